@@ -1,0 +1,62 @@
+"""`segvol` console command: one subcommand per stage, plus `predict` for anyone's CT.
+
+Each subcommand lives in `segvol/<package>/cli.py` as `add_arguments(parser)` and `run(args)`;
+heavy imports happen inside `run`, so `segvol --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+SUBCOMMANDS = {
+    "synth": ("segvol.synth.cli", "write procedural abdominal CT phantoms as NIfTI (the demo's data)"),
+    "download": ("segvol.download.cli", "fetch a registered dataset: resumable, checksummed, license-gated"),
+    "normalize": ("segvol.normalize.cli", "convert a raw dataset into one normalized Zarr store"),
+    "pseudo": ("segvol.pseudo.cli", "Felzenszwalb-Huttenlocher pseudo labels for every case of a store"),
+    "pretrain": ("segvol.pretrain.cli", "SimMIM pretraining of the 3D ViT image encoder"),
+    "finetune": ("segvol.finetune.cli", "supervised fine-tuning with text, point and box prompts"),
+    "evaluate": ("segvol.evaluate.cli", "paper evaluations: per-case scores, tables and figures"),
+    "predict": ("segvol.infer.cli", "segment your own CT (NIfTI/NRRD/MHA/DICOM) with text, box and point prompts"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segvol",
+        description="SegVol: universal, promptable 3D CT segmentation (NeurIPS 2024), reproducible.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, summary) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=(module.__doc__ or summary).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        # Bad input gets one clear line naming the file and the problem, not a traceback.
+        logging.getLogger("segvol").debug("traceback", exc_info=True)
+        print(f"segvol {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

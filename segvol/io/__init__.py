@@ -1,0 +1,1 @@
+"""Image files in and out: readers (NIfTI, NRRD, MHA, DICOM series), canonical orientation, atomic writes."""

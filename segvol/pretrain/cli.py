@@ -1,0 +1,9 @@
+"""Not implemented yet."""
+
+
+def add_arguments(parser):
+    parser.add_argument("rest", nargs="*")
+
+
+def run(args):
+    raise RuntimeError("segvol pretrain: not implemented yet")

@@ -1,0 +1,1 @@
+"""segvol.pseudo"""

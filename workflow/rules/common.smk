@@ -1,0 +1,38 @@
+import json
+import re
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RAW = config["paths"]["raw"]
+DOWNLOADS = config["paths"]["downloads"]
+ZARR = config["paths"]["zarr"]
+PSEUDO = config["paths"]["pseudo"]
+MODELS = config["paths"]["models"]
+RESULTS = config["paths"]["results"]
+
+TRAIN = config["datasets"]["train"]
+EXTERNAL = config["datasets"]["external"]
+UNLABELLED = config["datasets"]["unlabelled"]
+SYNTHETIC = sorted(config["synth"]["datasets"])
+REGISTERED = sorted(set(TRAIN + EXTERNAL + UNLABELLED) - set(SYNTHETIC))
+
+
+def alternation(names):
+    """Regex matching exactly one of `names` (a never-matching one for an empty list)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_.\-]+",
+
+
+def stage_json(stage):
+    """The `<stage>:` config block as a JSON string for `segvol <stage> --params`."""
+    return json.dumps(config[stage], sort_keys=True)
+
+
+localrules:
+    all,

@@ -1,0 +1,33 @@
+def run_datasets(run):
+    """Training datasets of a fine-tuning run: `segvol` = all, `first<N>` = the first N (Fig 3a)."""
+    if run == "segvol":
+        return TRAIN
+    return TRAIN[: int(run.removeprefix("first"))]
+
+
+rule finetune:
+    """Prompt fine-tuning (text/point/box + pseudo-label loss) from the SimMIM encoder."""
+    input:
+        zarr=lambda wc: expand(f"{ZARR}/{{dataset}}.zarr", dataset=run_datasets(wc.run)),
+        pseudo=lambda wc: expand(f"{PSEUDO}/{{dataset}}.zarr", dataset=run_datasets(wc.run)),
+        encoder=f"{MODELS}/pretrain/encoder.safetensors",
+    output:
+        f"{MODELS}/finetune/{{run}}/model.safetensors",
+    wildcard_constraints:
+        run=r"segvol|first\d+",
+    params:
+        settings=lambda wc: stage_json("finetune"),
+        model=lambda wc: stage_json("model"),
+    log:
+        "logs/finetune/{run}.log",
+    threads: 2
+    resources:
+        gpu=config["finetune"]["gpu"],
+        mem_mb=config["finetune"]["mem_mb"],
+        runtime=config["finetune"]["runtime"],
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol finetune --zarr {input.zarr} --pseudo {input.pseudo} --encoder {input.encoder}"
+        " --out {output} --threads {threads} --seed {config[seed]}"
+        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"

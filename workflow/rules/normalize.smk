@@ -1,0 +1,16 @@
+rule normalize:
+    """One dataset's raw cases -> one Zarr store (canonical orientation, foreground-normalized)."""
+    input:
+        f"{RAW}/{{dataset}}",
+    output:
+        directory(f"{ZARR}/{{dataset}}.zarr"),
+    params:
+        settings=lambda wc: stage_json("normalize"),
+    log:
+        "logs/normalize/{dataset}.log",
+    threads: 2
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol normalize --raw {input} --out {output} --seed {config[seed]}"
+        " --params {params.settings:q} > {log} 2>&1"

@@ -1,0 +1,21 @@
+rule pretrain:
+    """SimMIM pretraining of the ViT image encoder on every labelled and unlabelled CT."""
+    input:
+        expand(f"{ZARR}/{{dataset}}.zarr", dataset=TRAIN + UNLABELLED),
+    output:
+        f"{MODELS}/pretrain/encoder.safetensors",
+    params:
+        settings=lambda wc: stage_json("pretrain"),
+        model=lambda wc: stage_json("model"),
+    log:
+        "logs/pretrain.log",
+    threads: 2
+    resources:
+        gpu=config["pretrain"]["gpu"],
+        mem_mb=config["pretrain"]["mem_mb"],
+        runtime=config["pretrain"]["runtime"],
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol pretrain --zarr {input} --out {output} --threads {threads} --seed {config[seed]}"
+        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
