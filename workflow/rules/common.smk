@@ -34,5 +34,12 @@ def stage_json(stage):
     return json.dumps(config[stage], sort_keys=True)
 
 
+def run_datasets(run):
+    """Training datasets of a fine-tuning run: `segvol` = all, `first<N>` = the first N (Fig 3a)."""
+    if run == "segvol":
+        return TRAIN
+    return TRAIN[: int(run.removeprefix("first"))]
+
+
 localrules:
     all,

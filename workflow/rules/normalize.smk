@@ -5,6 +5,7 @@ rule normalize:
     output:
         directory(f"{ZARR}/{{dataset}}.zarr"),
     params:
+        seed=config["seed"],
         settings=lambda wc: stage_json("normalize"),
     log:
         "logs/normalize/{dataset}.log",
@@ -12,5 +13,5 @@ rule normalize:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol normalize --raw {input} --out {output} --seed {config[seed]}"
+        "segvol normalize --raw {input} --out {output} --seed {params.seed}"
         " --params {params.settings:q} > {log} 2>&1"

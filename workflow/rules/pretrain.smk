@@ -5,6 +5,7 @@ rule pretrain:
     output:
         f"{MODELS}/pretrain/encoder.safetensors",
     params:
+        seed=config["seed"],
         settings=lambda wc: stage_json("pretrain"),
         model=lambda wc: stage_json("model"),
     log:
@@ -17,5 +18,5 @@ rule pretrain:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol pretrain --zarr {input} --out {output} --threads {threads} --seed {config[seed]}"
+        "segvol pretrain --zarr {input} --out {output} --threads {threads} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"

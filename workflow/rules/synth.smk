@@ -5,11 +5,12 @@ rule synthesize:
     wildcard_constraints:
         dataset=alternation(SYNTHETIC),
     params:
+        seed=config["seed"],
         settings=lambda wc: stage_json("synth"),
     log:
         "logs/synthesize/{dataset}.log",
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol synth --dataset {wildcards.dataset} --out {output} --seed {config[seed]}"
+        "segvol synth --dataset {wildcards.dataset} --out {output} --seed {params.seed}"
         " --params {params.settings:q} > {log} 2>&1"
