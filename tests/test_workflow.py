@@ -45,7 +45,7 @@ def test_dry_run_lists_every_stage():
 
 def test_slurm_profile_dry_run_asks_gpus_for_training():
     output = assert_ok(
-        snakemake("-n", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml", "results/table2.csv")
+        snakemake("-n", "results/table2.csv", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml")
     )
     assert "finetune" in output and "pretrain" in output
 
@@ -55,7 +55,7 @@ def test_slurm_profile_dry_run_on_the_demo():
 
 
 def test_paper_dry_run_lists_downloads_for_every_dataset():
-    output = assert_ok(snakemake("-n", "--configfile", "config/paper.yaml", "results/table2.csv"))
+    output = assert_ok(snakemake("-n", "results/table2.csv", "--configfile", "config/paper.yaml"))
     assert "download" in output and "normalize" in output
 
 

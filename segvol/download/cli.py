@@ -1,9 +1,218 @@
-"""Not implemented yet."""
+"""Fetch one registered dataset into the raw dataset contract (`<out>/dataset.json` + files).
+
+Sources come from the registry (config/datasets.yaml): public URLs and Hugging Face files are
+downloaded resumably (HTTP Range into `<downloads>/<dataset>/<file>.partial`, continued after a
+cut connection), checked against the registry's size and sha256, retried with backoff, then
+unpacked safely and atomically. Datasets whose license needs acceptance fail before any byte is
+fetched unless listed in `download.accept_license`; registration-only datasets are taken from
+`download.manual_dir/<dataset>/`. Unlabelled manifests are ingested as shards `<name>.shardNNNN`.
+
+examples:
+  segvol download --dataset MSD-spleen --registry config/datasets.yaml --out data/raw/MSD-spleen
+  segvol download --dataset KiTS23 --out data/raw/KiTS23 \\
+      --params '{"accept_license": ["KiTS23"]}'
+  segvol download --dataset M3D-Cap.shard0003 --out data/raw/M3D-Cap.shard0003
+  segvol download --list                  # registered datasets, sources, licenses
+
+In the workflow the rule holds the resource `downloads=1`; run e.g.
+`snakemake --resources downloads=4 ...` to allow four parallel downloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger("segvol.download")
 
 
-def add_arguments(parser):
-    parser.add_argument("rest", nargs="*")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", help="registry name, or <name>.shardNNNN for an unlabelled manifest")
+    parser.add_argument("--registry", help="registry YAML (default: download.registry = config/datasets.yaml)")
+    parser.add_argument("--out", help="raw dataset folder to create (e.g. data/raw/<dataset>)")
+    parser.add_argument("--downloads", default="data/downloads", help="where verified archives are kept (default: %(default)s)")
+    parser.add_argument("--params", default="{}", help="the download: config block as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--list", action="store_true", help="list the registry and exit")
 
 
-def run(args):
-    raise RuntimeError("segvol download: not implemented yet")
+def _gate(name: str, entry: dict, settings: dict) -> None:
+    """License gate: runs before any network request."""
+    license_ = entry["license"]
+    if license_["acceptance_required"] and name not in settings["accept_license"]:
+        where = entry["source"].get("register_url") or license_.get("url") or entry.get("homepage")
+        raise ValueError(
+            f"{name}: its license ({license_['name']}) must be accepted before download. Read and "
+            f"accept it at {where}, then add '{name}' to download.accept_license in your config "
+            f"(or --params '{{\"accept_license\": [\"{name}\"]}}'). Nothing was downloaded."
+        )
+
+
+def _remote_files(name: str, entry: dict):
+    from segvol.download.fetch import RemoteFile
+
+    for item in entry["source"]["files"]:
+        filename = item.get("filename") or item["url"].rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+        yield RemoteFile(item["url"], filename, item.get("sha256"), item.get("size")), item.get("extract", True)
+
+
+def _place(path: Path, dest: Path, extract: bool, limits) -> None:
+    """Unpack an archive into `dest`, or link/copy a plain file or folder there."""
+    from segvol.download.extract import extract_into, is_archive
+
+    if extract and path.is_file() and is_archive(path):
+        log.info("unpacking %s", path)
+        extract_into(path, dest, limits)
+        return
+    target = dest / path.name
+    if path.is_dir():
+        target.symlink_to(path.resolve(), target_is_directory=True)
+        return
+    try:
+        os.link(path, target)  # same filesystem: no second copy of a large file
+    except OSError:
+        shutil.copy2(path, target)
+
+
+def _manual(name: str, entry: dict, settings: dict) -> list[Path]:
+    source = entry["source"]
+    folder = Path(settings["manual_dir"]) / name
+    expected = source["expected_files"]
+    missing = [f for f in expected if not (folder / f).exists()]
+    if missing:
+        lines = [
+            f"{name} can only be downloaded by hand after registration.",
+            f"  1. register / accept the terms at {source['register_url']}",
+            f"  2. download exactly these files: {', '.join(expected)}",
+            f"  3. put them (unchanged, archives not unpacked) into {folder.resolve()}/",
+            f"  missing now: {', '.join(missing)}",
+        ]
+        if source.get("instructions"):
+            lines.append(f"  note: {source['instructions']}")
+        raise FileNotFoundError("\n".join(lines))
+    return [folder / f for f in expected]
+
+
+def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fetch_kwargs: dict) -> tuple[list[str], Path]:
+    from segvol.download.fetch import RemoteFile, fetch
+
+    manifest = entry["source"]["manifest"]
+    if manifest.startswith(("http://", "https://", "hf://")):
+        remote = RemoteFile(manifest, manifest.rstrip("/").rsplit("/", 1)[-1])
+        path = fetch(remote, downloads / name, **fetch_kwargs)
+    else:
+        path = Path(settings["manual_dir"]) / name / manifest
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{name}: manifest {path} not found. Write one volume path or URL per line "
+                f"(optionally followed by its sha256) into {path}; instructions: "
+                f"{entry['source'].get('instructions', entry.get('homepage'))}"
+            )
+    lines = [
+        line.strip() for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if entry["n_cases"] != len(lines):
+        raise ValueError(
+            f"{path}: lists {len(lines)} volumes but the registry says n_cases: {entry['n_cases']} "
+            f"for {name}; fix n_cases (the shard plan is computed from it)"
+        )
+    return lines, path.parent
+
+
+def _ingest_shard(name: str, index: int, entry: dict, settings: dict, downloads: Path, dest: Path, fetch_kwargs: dict) -> None:
+    from tqdm import tqdm
+
+    from segvol.download.fetch import RemoteFile, fetch
+
+    lines, base_dir = _manifest_lines(name, entry, settings, downloads, fetch_kwargs)
+    size = settings["unlabelled_shard_size"]
+    chosen = lines[index * size:(index + 1) * size]
+    if not chosen:
+        raise ValueError(f"{name}.shard{index:04d}: beyond the {len(lines)} volumes of the manifest")
+    images = dest / "images"
+    images.mkdir()
+    for offset, line in enumerate(tqdm(chosen, desc=f"{name} shard {index}", unit="volume",
+                                       disable=not fetch_kwargs["progress"])):
+        location, _, checksum = line.partition(" ")
+        checksum = checksum.strip() or None
+        number = index * size + offset
+        stem = location.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+        filename = f"{number:06d}_{stem}"
+        if location.startswith(("http://", "https://", "hf://")):
+            fetch(RemoteFile(location, filename, checksum), images, **fetch_kwargs)
+        else:
+            path = Path(location) if Path(location).is_absolute() else base_dir / location
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: volume {number} of the {name} manifest not found")
+            (images / filename).symlink_to(path.resolve())
+
+
+def _list(registry: dict) -> int:
+    for name, entry in registry.items():
+        source = entry["source"]
+        gate = "accept" if entry["license"]["acceptance_required"] else "open"
+        print(f"{name:22s} {entry['role']:10s} {source['kind']:8s} verified={str(source['verified']).lower():5s} "
+              f"{gate:6s} {entry['license']['name']}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from segvol.download.extract import Limits
+    from segvol.download.layouts import describe
+    from segvol.download.registry import load_registry, lookup
+    from segvol.io.atomic import atomic_path
+    from segvol.settings import stage_settings
+
+    settings = stage_settings("download", args.params)
+    registry_path = args.registry or settings["registry"]
+    registry = load_registry(registry_path)
+    if args.list:
+        return _list(registry)
+    if not args.dataset or not args.out:
+        raise ValueError("segvol download needs --dataset and --out (or --list)")
+    base, entry, shard = lookup(registry, args.dataset, registry_path)
+    _gate(base, entry, settings)
+    kind = entry["source"]["kind"]
+    if kind == "manifest" and shard is None:
+        raise ValueError(f"{base}: an unlabelled manifest is downloaded in shards: use --dataset {base}.shard0000 ...")
+    if not entry["source"]["verified"]:
+        log.warning("%s: source not verified in the registry (no confirmed checksum)", base)
+
+    downloads = Path(args.downloads)
+    limits = Limits(settings["max_members"], settings["max_extract_bytes"])
+    fetch_kwargs = {
+        "retries": settings["retries"],
+        "timeout_s": settings["timeout_s"],
+        "progress": not args.no_progress,
+    }
+    # Manual files are checked before the output folder is touched.
+    manual_paths = _manual(base, entry, settings) if kind == "manual" else []
+
+    with atomic_path(args.out) as temporary:
+        temporary.mkdir(parents=True)
+        if kind in ("url", "hf"):
+            from segvol.download.fetch import fetch
+
+            for remote, extract in _remote_files(base, entry):
+                path = fetch(remote, downloads / base, **fetch_kwargs)
+                _place(path, temporary, extract, limits)
+        elif kind == "manual":
+            for path in manual_paths:
+                _place(path, temporary, True, limits)
+        else:
+            _ingest_shard(base, shard, entry, settings, downloads, temporary, fetch_kwargs)
+        document = describe(temporary, args.dataset, entry)
+        (temporary / "dataset.json").write_text(json.dumps(document, indent=1) + "\n")
+    log.info("%s: %d cases, %d categories -> %s", args.dataset, len(document["cases"]),
+             len(document["categories"]), args.out)
+    if not settings["keep_archives"] and kind in ("url", "hf"):
+        for remote, extract in _remote_files(base, entry):
+            archive = downloads / base / remote.filename
+            if extract and archive.exists():
+                archive.unlink()
+    return 0

@@ -1,1 +1,8 @@
-"""Image files in and out: readers (NIfTI, NRRD, MHA, DICOM series), canonical orientation, atomic writes."""
+"""Image files in and out: readers (NIfTI, NRRD, MHA, DICOM series), canonical orientation, atomic writes.
+
+    from segvol.io import read_image, read_label, write_like, CanonicalImage
+"""
+
+from segvol.io.image import CanonicalImage, read_image, read_label, same_grid, write_like
+
+__all__ = ["CanonicalImage", "read_image", "read_label", "same_grid", "write_like"]

@@ -1,9 +1,33 @@
-"""Not implemented yet."""
+"""Convert one raw dataset folder (dataset.json + NIfTI/NRRD/MHA/DICOM cases) into a normalized Zarr store.
+
+Every case is reoriented to the canonical (D, H, W) = (S, A, R) array order (no resampling),
+foreground-normalized to float32 [0, 1] (SegVol's §6.1 recipe), and its label map becomes one
+uint8 channel per category (category names unified, e.g. "postcava" -> "inferior vena cava").
+Train datasets get a seeded 80/20 split, external ones are all "test", unlabelled ones all
+"train". The store appears only when every case succeeded.
+
+example:
+  segvol normalize --raw data/raw/abdomen_a --out data/zarr/abdomen_a.zarr --seed 2023 \\
+      --params '{"test_fraction": 0.2, "chunks": [32, 128, 128], "shards": [128, 512, 512]}'
+"""
+
+from __future__ import annotations
 
 
 def add_arguments(parser):
-    parser.add_argument("rest", nargs="*")
+    parser.add_argument("--raw", required=True, help="dataset folder holding dataset.json")
+    parser.add_argument("--out", required=True, help="output store, e.g. data/zarr/<dataset>.zarr")
+    parser.add_argument("--seed", type=int, default=2023, help="seed of the train/test split (default 2023)")
+    parser.add_argument("--params", default="{}",
+                        help="JSON of the config's normalize: block (defaults from the schema)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args):
-    raise RuntimeError("segvol normalize: not implemented yet")
+def run(args) -> int:
+    from segvol.normalize.convert import build_store
+    from segvol.settings import stage_settings
+
+    settings = stage_settings("normalize", args.params)
+    out = build_store(args.raw, args.out, args.seed, settings, progress=not args.no_progress)
+    print(out)
+    return 0

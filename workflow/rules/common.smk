@@ -20,6 +20,35 @@ SYNTHETIC = sorted(config["synth"]["datasets"])
 REGISTERED = sorted(set(TRAIN + EXTERNAL + UNLABELLED) - set(SYNTHETIC))
 
 
+def _registry():
+    """Registry entries of the real datasets in use (validated; read offline at DAG-build time)."""
+    if not REGISTERED:
+        return {}
+    from segvol.download.registry import load_registry
+
+    registry = load_registry(config["download"]["registry"])
+    unknown = sorted(set(REGISTERED) - set(registry))
+    if unknown:
+        raise ValueError(
+            f"datasets {unknown} are neither synth.datasets entries nor in {config['download']['registry']}"
+        )
+    return registry
+
+
+REGISTRY = _registry()
+
+
+def stores(names):
+    """Raw/Zarr store names of `names`: an unlabelled manifest dataset becomes its shards.
+
+    `M3D-Cap` -> `M3D-Cap.shard0000` ... (ceil(n_cases / download.unlabelled_shard_size) of them),
+    so `snakemake -n` lists every shard job; any other name is kept as is.
+    """
+    from segvol.download.registry import expand_stores
+
+    return expand_stores(names, REGISTRY, config["download"]["unlabelled_shard_size"])
+
+
 def alternation(names):
     """Regex matching exactly one of `names` (a never-matching one for an empty list)."""
     return "|".join(map(re.escape, names)) or "(?!)"

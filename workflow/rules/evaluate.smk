@@ -1,3 +1,25 @@
+# Evaluation: Table 2/3 (issue #2) and every paper evaluation/ablation (issue #7). Each rule calls
+# one `segvol evaluate <name>` subcommand; outputs tagged report(...) go into `--report`.
+
+EVALUATE = config["evaluate"]
+SCALING_DATASET = EVALUATE.get("scaling_dataset") or (TRAIN[0] if TRAIN else None)
+SCALING_RUNS = ([f"first{n}" for n in range(1, len(TRAIN))] + ["segvol"]) if TRAIN else []
+PROMPT_DATASETS = EVALUATE.get("prompt_datasets") or TRAIN
+MRI_DATASET = EVALUATE.get("mri_dataset") or (EXTERNAL[0] if EXTERNAL else None)
+MRI_STAND_IN = not EVALUATE.get("mri_dataset")
+
+# Everything this file produces beyond Table 2/3 (the lead lists these in `rule all`).
+EVALUATION_TARGETS = [
+    f"{RESULTS}/figures/fig2_violin.png",
+    f"{RESULTS}/fig3a_scaling.csv",
+    f"{RESULTS}/fig3b_prompts.csv",
+    f"{RESULTS}/fig5_identification.csv",
+    f"{RESULTS}/table6.csv",
+    f"{RESULTS}/rotation.csv",
+    f"{RESULTS}/mri.csv",
+]
+
+
 rule evaluate_cases:
     """Per-case Dice/NSD of every method on one external test set (Table 2's raw material)."""
     input:
@@ -8,6 +30,7 @@ rule evaluate_cases:
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
+        seed=config["seed"],
     log:
         "logs/evaluate/{dataset}.log",
     threads: 1
@@ -15,7 +38,8 @@ rule evaluate_cases:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output}"
-        " --threads {threads} --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+        " --threads {threads} --seed {params.seed} --params {params.settings:q} --model {params.model:q}"
+        " > {log} 2>&1"
 
 
 rule table2:
@@ -43,15 +67,213 @@ rule table3:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
     output:
-        report(f"{RESULTS}/table3.csv", caption="../report/table3.rst", category="Tables"),
+        table=report(f"{RESULTS}/table3.csv", caption="../report/table3.rst", category="Tables"),
+        per_case=f"{RESULTS}/table3_per_case.parquet",
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
+        seed=config["seed"],
     log:
         "logs/table3.log",
     threads: 2
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol evaluate table3 --checkpoint {input.model} --zarr {input.zarr} --out {output}"
-        " --threads {threads} --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+        "segvol evaluate table3 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
+        " --per-case {output.per_case} --threads {threads} --seed {params.seed}"
+        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+
+
+rule figure2:
+    """Fig 2: violin plots of per-case Dice per task and method."""
+    input:
+        f"{RESULTS}/table2_per_case.parquet",
+    output:
+        report(f"{RESULTS}/figures/fig2_violin.png", caption="../report/fig2.rst", category="Figures"),
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+    log:
+        "logs/figure2.log",
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate fig2 --per-case {input} --png {output} --params {params.settings:q} > {log} 2>&1"
+
+
+rule scaling_cases:
+    """Fig 3a raw material: one fine-tuning run on the internal test split of the scaling dataset."""
+    input:
+        model=f"{MODELS}/finetune/{{run}}/model.safetensors",
+        zarr=f"{ZARR}/{SCALING_DATASET}.zarr",
+    output:
+        f"{RESULTS}/scaling/{{run}}.parquet",
+    wildcard_constraints:
+        run=r"segvol|first\d+",
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        model=lambda wc: stage_json("model"),
+        seed=config["seed"],
+    log:
+        "logs/scaling/{run}.log",
+    threads: 1
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
+        " --label {wildcards.run} --segvol-only --threads {threads} --seed {params.seed}"
+        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+
+
+rule figure3a:
+    """Fig 3a: median Dice against the number of training datasets."""
+    input:
+        expand(f"{RESULTS}/scaling/{{run}}.parquet", run=SCALING_RUNS),
+    output:
+        table=report(f"{RESULTS}/fig3a_scaling.csv", caption="../report/fig3a.rst", category="Tables"),
+        png=report(f"{RESULTS}/figures/fig3a_scaling.png", caption="../report/fig3a.rst", category="Figures"),
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        total=len(TRAIN),
+    log:
+        "logs/figure3a.log",
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate fig3a --cases {input} --total {params.total} --out {output.table} --png {output.png}"
+        " --params {params.settings:q} > {log} 2>&1"
+
+
+rule prompt_cases:
+    """Fig 3b raw material: SegVol with each prompt combination on one internal test split."""
+    input:
+        model=f"{MODELS}/finetune/segvol/model.safetensors",
+        zarr=f"{ZARR}/{{dataset}}.zarr",
+    output:
+        f"{RESULTS}/prompts/{{dataset}}.parquet",
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        model=lambda wc: stage_json("model"),
+        seed=config["seed"],
+    log:
+        "logs/prompts/{dataset}.log",
+    threads: 1
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
+        " --prompts text,point,box,point+text,box+text --segvol-only --threads {threads} --seed {params.seed}"
+        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+
+
+rule figure3b:
+    """Fig 3b: median Dice per category for text, point, box, point+text and box+text."""
+    input:
+        expand(f"{RESULTS}/prompts/{{dataset}}.parquet", dataset=PROMPT_DATASETS),
+    output:
+        table=report(f"{RESULTS}/fig3b_prompts.csv", caption="../report/fig3b.rst", category="Tables"),
+        png=report(f"{RESULTS}/figures/fig3b_prompts.png", caption="../report/fig3b.rst", category="Figures"),
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+    log:
+        "logs/figure3b.log",
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate fig3b --cases {input} --out {output.table} --png {output.png}"
+        " --params {params.settings:q} > {log} 2>&1"
+
+
+rule figure5:
+    """Fig 5: identify the category of a box prompt's mask among all training categories."""
+    input:
+        model=f"{MODELS}/finetune/segvol/model.safetensors",
+        zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=PROMPT_DATASETS),
+    output:
+        table=report(f"{RESULTS}/fig5_identification.csv", caption="../report/fig5.rst", category="Tables"),
+        per_case=f"{RESULTS}/fig5_per_case.parquet",
+        png=report(f"{RESULTS}/figures/fig5_identification.png", caption="../report/fig5.rst", category="Figures"),
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        model=lambda wc: stage_json("model"),
+        seed=config["seed"],
+    log:
+        "logs/figure5.log",
+    threads: 2
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate fig5 --checkpoint {input.model} --zarr {input.zarr} --split test --out {output.table}"
+        " --per-case {output.per_case} --png {output.png} --threads {threads} --seed {params.seed}"
+        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+
+
+rule table6:
+    """Table 6: parameters, MACs per case, seconds per case and Dice."""
+    input:
+        model=f"{MODELS}/finetune/segvol/model.safetensors",
+        zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
+    output:
+        table=report(f"{RESULTS}/table6.csv", caption="../report/table6.rst", category="Tables"),
+        per_case=f"{RESULTS}/table6_per_case.parquet",
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        model=lambda wc: stage_json("model"),
+        seed=config["seed"],
+    log:
+        "logs/table6.log",
+    threads: 2
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate table6 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
+        " --per-case {output.per_case} --threads {threads} --seed {params.seed}"
+        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+
+
+rule rotation:
+    """Rotation robustness: Dice per organ on original and rotated external cases."""
+    input:
+        model=f"{MODELS}/finetune/segvol/model.safetensors",
+        zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
+    output:
+        table=report(f"{RESULTS}/rotation.csv", caption="../report/rotation.rst", category="Tables"),
+        per_case=f"{RESULTS}/rotation_per_case.parquet",
+        png=report(f"{RESULTS}/figures/rotation.png", caption="../report/rotation.rst", category="Figures"),
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        model=lambda wc: stage_json("model"),
+        seed=config["seed"],
+    log:
+        "logs/rotation.log",
+    threads: 2
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate rotation --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
+        " --per-case {output.per_case} --png {output.png} --threads {threads} --seed {params.seed}"
+        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+
+
+rule mri:
+    """MRI generalization: a labelled MR store, or (demo) the MR-like stand-in of an external CT set."""
+    input:
+        model=f"{MODELS}/finetune/segvol/model.safetensors",
+        zarr=f"{ZARR}/{MRI_DATASET}.zarr",
+    output:
+        table=report(f"{RESULTS}/mri.csv", caption="../report/mri.rst", category="Tables"),
+        per_case=f"{RESULTS}/mri_per_case.parquet",
+        png=report(f"{RESULTS}/figures/mri.png", caption="../report/mri.rst", category="Figures"),
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        model=lambda wc: stage_json("model"),
+        seed=config["seed"],
+        stand_in="--stand-in" if MRI_STAND_IN else "",
+    log:
+        "logs/mri.log",
+    threads: 2
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate mri --checkpoint {input.model} --zarr {input.zarr} {params.stand_in}"
+        " --out {output.table} --per-case {output.per_case} --png {output.png} --threads {threads}"
+        " --seed {params.seed} --params {params.settings:q} --model {params.model:q} > {log} 2>&1"

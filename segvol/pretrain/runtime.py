@@ -1,0 +1,300 @@
+"""Training runtime shared by `segvol pretrain` and `segvol finetune`.
+
+Device choice, threads, DDP set-up (torchrun environment), the warmup + cosine schedule, exact
+resume checkpoints and the metrics CSV. It lives in the earlier stage so that `finetune` may
+import it (a stage never imports from a later one).
+
+Resume contract: every `checkpoint_every` optimizer steps the full training state (model,
+optimizer, scheduler, RNG states, next step) is written atomically to `<out>.ckpt/state.pt`
+together with a fingerprint of the settings. A later run with the same `--out` and the same
+settings continues from there; per-sample randomness is derived from (seed, step, sample), so the
+data stream after a resume is the same as in an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+from segvol.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices, threads, distributed
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process trains: device, rank and world size (world 1 without DDP)."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def select_device(preference: str | None = None) -> torch.device:
+    """`cuda` > `mps` > `cpu` unless `preference` (e.g. "cpu", "cuda:1") names one."""
+    if preference:
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def setup_runtime(threads: int | None = None, device: str | None = None) -> Runtime:
+    """Set torch threads and, under torchrun (WORLD_SIZE > 1), join the process group.
+
+    NCCL is used on CUDA, gloo otherwise (CPU DDP is what the tests exercise).
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    chosen = select_device(device)
+    if chosen.type == "cuda" and world_size > 1:
+        chosen = torch.device("cuda", local_rank)
+        torch.cuda.set_device(chosen)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+    return Runtime(device=chosen, rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def teardown_runtime(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPUs; full precision elsewhere (CPU bf16 is slower than fp32 here)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def all_reduce_sum(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """Sum of `value` over ranks (identity without DDP)."""
+    if runtime.distributed:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """lr factor per optimizer step: linear warmup to 1, then cosine to 0 at `total_steps`.
+
+    Step 0 already trains (factor 1/warmup) instead of the released epoch-0-at-lr-0 quirk.
+    """
+    total_steps = max(int(total_steps), 1)
+    warmup_steps = max(int(warmup_steps), 0)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact resume
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable hash of settings, so a checkpoint of other settings is never resumed."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def checkpoint_dir(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def _rng_states() -> dict:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_training_state(
+    out: str | os.PathLike,
+    *,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    tag: str,
+    extra: dict | None = None,
+) -> Path:
+    """Write the full training state after `step` optimizer steps (atomic, tensors only)."""
+    directory = checkpoint_dir(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": int(step),
+        "tag": tag,
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_states(),
+        "extra": extra or {},
+    }
+    path = directory / "state.pt"
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
+    return path
+
+
+def load_training_state(
+    out: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    tag: str,
+    map_location: torch.device | str = "cpu",
+) -> tuple[int, dict]:
+    """Restore a state written by `save_training_state`; returns (next step, extra) or (0, {}).
+
+    The file is read with `weights_only=True` (never unpickles arbitrary objects). A checkpoint
+    written with other settings (different `tag`) is ignored with a warning.
+    """
+    path = checkpoint_dir(out) / "state.pt"
+    if not path.is_file():
+        return 0, {}
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # a truncated file must not block a fresh start
+        log.warning("ignoring unreadable training checkpoint %s: %s", path, error)
+        return 0, {}
+    if state.get("tag") != tag:
+        log.warning("ignoring training checkpoint %s: it was written with other settings", path)
+        return 0, {}
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_states(state["rng"])
+    log.info("resuming from %s at step %d", path, state["step"])
+    return int(state["step"]), dict(state.get("extra", {}))
+
+
+def remove_training_state(out: str | os.PathLike) -> None:
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return getattr(model, "module", model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+
+class MetricsLog:
+    """Per-step metrics appended to `<out stem>.metrics.csv` (and TensorBoard when installed).
+
+    On resume, rows at or after the resume step are dropped so the file matches one clean run.
+    """
+
+    def __init__(self, out: str | os.PathLike, fields: list[str], start_step: int = 0, enabled: bool = True):
+        out = Path(out)
+        self.path = out.with_name(out.name.split(".")[0] + ".metrics.csv")
+        self.fields = ["step", *fields]
+        self.enabled = enabled
+        self._writer = None
+        if not enabled:
+            return
+        kept: list[dict] = []
+        if start_step > 0 and self.path.is_file():
+            with open(self.path, newline="") as handle:
+                kept = [row for row in csv.DictReader(handle) if int(row["step"]) < start_step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "w", newline="")
+        self._csv = csv.DictWriter(self._handle, fieldnames=self.fields, extrasaction="ignore")
+        self._csv.writeheader()
+        self._csv.writerows(kept)
+        self._handle.flush()
+        try:  # optional dependency
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.path.with_suffix("")) + ".tensorboard")
+        except Exception:
+            self._writer = None
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._csv.writerow({"step": step, **{k: f"{v:.6g}" for k, v in values.items()}})
+        self._handle.flush()
+        if self._writer is not None:
+            for key, value in values.items():
+                self._writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._handle.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+@contextlib.contextmanager
+def progress(total: int, initial: int, enabled: bool, description: str) -> Iterator[Any]:
+    """A tqdm bar on the main rank, a no-op object elsewhere."""
+    if not enabled:
+        yield _NoBar()
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+class _NoBar:
+    def update(self, *_: Any) -> None:
+        pass
+
+    def set_postfix(self, *_: Any, **__: Any) -> None:
+        pass

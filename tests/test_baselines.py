@@ -1,0 +1,89 @@
+"""Baselines behind one interface: corrective clicks, slice-wise SAM with random weights, reasons."""
+
+import numpy as np
+import pytest
+import torch
+
+from segvol.evaluate.baselines import (
+    SliceWiseMethod, TransformersSam, build_baselines, click_correction, next_click,
+)
+from segvol.evaluate.metrics import dice
+from segvol.evaluate.prompts import prompt_from_truth
+
+
+def disc(shape, centre, radius):
+    grid = np.indices(shape)
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+
+
+def test_next_click_targets_the_largest_error():
+    truth = np.zeros((20, 20), bool)
+    truth[2:12, 2:12] = True
+    prediction = np.zeros_like(truth)
+    prediction[2:12, 2:5] = True           # misses 70 pixels
+    prediction[15:18, 15:18] = True        # 9 false positives
+    coordinate, label = next_click(prediction, truth)
+    assert label == 1 and truth[tuple(coordinate)] and not prediction[tuple(coordinate)]
+    assert next_click(truth, truth) is None
+
+
+def test_click_correction_adds_clicks_until_five():
+    """A predictor painting discs at positive clicks and erasing at negative ones improves."""
+    truth = disc((32, 32), (10, 10), 4) | disc((32, 32), (24, 22), 4)
+
+    calls = []
+
+    def predict(points, labels, previous):
+        calls.append(len(points))
+        logits = -np.ones(truth.shape)
+        for point, label in zip(points, labels):
+            logits[disc(truth.shape, point, 4)] = 1 if label == 1 else -1
+        return logits
+
+    mask, clicks = click_correction(predict, truth, np.array([10, 10]), clicks=5)
+    assert calls[0] == 1 and calls == sorted(calls) and len(clicks) <= 5
+    assert clicks[1][1] == 1 and truth[tuple(clicks[1][0])]   # second click fixes the missed blob
+    assert dice(mask, truth) > dice(predict(np.array([[10, 10]]), np.array([1]), None) > 0, truth)
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    from transformers import SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+
+    torch.manual_seed(0)
+    config = SamConfig(
+        vision_config=SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=1, num_attention_heads=2,
+                                      image_size=64, patch_size=16, window_size=2, global_attn_indexes=[0],
+                                      num_pos_feats=8, mlp_dim=32),
+        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=SamMaskDecoderConfig(hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2,
+                                                 iou_head_hidden_dim=16),
+    )
+    from transformers import SamModel
+
+    return SamModel(config).eval()
+
+
+@pytest.mark.parametrize("style,prompt", [("sam", "point"), ("sam", "box"), ("medsam", "box")])
+def test_slice_wise_sam_shapes(tiny_sam, style, prompt):
+    torch.set_num_threads(1)
+    volume = np.random.default_rng(0).random((5, 40, 30)).astype(np.float32)
+    truth = np.zeros(volume.shape, bool)
+    truth[1:4, 10:20, 8:16] = True
+    method = SliceWiseMethod("SAM", TransformersSam(tiny_sam, style=style), prompt)
+    ground = prompt_from_truth(prompt, "liver", truth, np.random.default_rng(0))
+    mask = method.predict(volume, (1, 1, 1), ground)
+    assert mask.shape == volume.shape and mask.dtype == bool
+    assert not mask[0].any() and not mask[4].any()  # slices without the category are not prompted
+
+
+def test_methods_without_checkpoint_do_not_run():
+    runs, reasons = build_baselines(["SegVol", "SAM", "MedSAM", "SAM-Med2D", "SAM-Med3D"],
+                                    {"SAM-Med3D": "/x/sam_med3d.pth"})
+    assert runs == []
+    assert reasons["SAM (point)"] == reasons["SAM (box)"] == reasons["MedSAM"] == "not run: no checkpoint"
+    assert reasons["SAM-Med3D"] == "not run: architecture not implemented"
+    with pytest.raises(ValueError, match="unknown method"):
+        build_baselines(["SAMv9"], {})
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build_baselines(["MedSAM"], {"MedSAM": "/nowhere.pth"})

@@ -1,0 +1,201 @@
+"""segvol.infer.segment: zoom-out-zoom-in geometry with stub models, batching equivalence, errors."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from segvol.infer import OUTSIDE_LOGIT, Prompt, segment
+from segvol.infer.geometry import VoxelMap
+from segvol.infer.testing import BoxModel, MixingModel
+from segvol.infer.windows import window_lattice
+from segvol.infer.zoom import _window_job, foreground_box
+
+torch.set_num_threads(1)
+SIZE = (8, 32, 32)
+
+
+def phantom(shape=(30, 70, 90), seed=0) -> torch.Tensor:
+    """Air frame around a noisy body, values in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    volume = np.zeros(shape, np.float32)
+    volume[3:-2, 5:-4, 6:-7] = rng.uniform(0.05, 1.0, (shape[0] - 5, shape[1] - 9, shape[2] - 13))
+    return torch.from_numpy(volume)
+
+
+def box_mask(shape, box) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[box[0]:box[3] + 1, box[1]:box[4] + 1, box[2]:box[5] + 1] = True
+    return mask
+
+
+@pytest.mark.parametrize("mode", ["zoom", "window"])
+def test_box_prompt_result_is_the_box(mode):
+    volume = phantom()
+    box = (6, 20, 30, 17, 41, 62)
+    model = BoxModel(SIZE)
+    logits = segment(model, volume, [Prompt(box=box)], mode=mode)
+    assert logits.shape == (1, *volume.shape) and logits.dtype == torch.float32
+    np.testing.assert_array_equal(logits[0].numpy() > 0, box_mask(volume.shape, box))
+
+
+def test_windows_visited_per_mode():
+    volume = phantom((40, 120, 150))
+    box = (8, 30, 40, 14, 45, 60)
+    crop = foreground_box(volume)
+    lattice = window_lattice(crop[3:] - crop[:3] + 1, SIZE, 0.5)
+    box_in_crop = np.array(box) - np.tile(crop[:3], 2)
+    meeting_box = sum(w.intersects(box_in_crop) for w in lattice)
+    # plain sliding window, text only: every window of the foreground
+    model = BoxModel(SIZE)
+    segment(model, volume, [Prompt(text="liver")], mode="window")
+    assert model.images_encoded == len(lattice)
+    # a box prompt only needs the windows its box reaches, plus one zoom-out view in zoom mode
+    model = BoxModel(SIZE)
+    segment(model, volume, [Prompt(box=box)], mode="window")
+    assert model.images_encoded == meeting_box
+    model = BoxModel(SIZE)
+    segment(model, volume, [Prompt(box=box)], mode="zoom")
+    assert model.images_encoded == 1 + meeting_box < len(lattice)
+    # points without a box: the windows meeting the coarse mask around the point
+    point = np.array([[11, 38, 50]])
+    model = BoxModel(SIZE)
+    segment(model, volume, [Prompt(points=point)], mode="zoom")
+    to_zoom = VoxelMap.crop(crop[:3]).then(VoxelMap.resize(crop[3:] - crop[:3] + 1, SIZE))
+    zoom_point = to_zoom.map_points(point, SIZE)[0]
+    zoom_box = np.concatenate([np.maximum(zoom_point - 1, 0), np.minimum(zoom_point + 1, np.array(SIZE) - 1)])
+    roi = to_zoom.inverse().map_box(zoom_box) - np.tile(crop[:3], 2)
+    assert model.images_encoded == 1 + sum(w.intersects(roi) for w in lattice)
+
+
+def test_resize_mode_is_the_upsampled_coarse_result():
+    volume = phantom()
+    box = (6, 20, 30, 17, 41, 62)
+    logits = segment(BoxModel(SIZE), volume, [Prompt(box=box)], mode="resize")
+    mask = logits[0].numpy() > 0
+    crop = foreground_box(volume)
+    to_zoom = VoxelMap.crop(crop[:3]).then(VoxelMap.resize(crop[3:] - crop[:3] + 1, SIZE))
+    zoom_box = to_zoom.map_box(box, SIZE)
+    covered = to_zoom.inverse().map_box(zoom_box, volume.shape)
+    assert mask.sum() > 0
+    assert not np.any(mask & ~box_mask(volume.shape, covered))
+    assert np.all(mask[box_mask(volume.shape, box)])
+
+
+def test_points_only_prompt_follows_the_coarse_mask():
+    # BoxModel marks a cube of radius 1 around the point in zoom-out space; the zoom-in windows
+    # get the coarse mask's box, so the result is that cube upsampled to the native grid.
+    from segvol.infer.geometry import nearest_exact_indices
+
+    volume = phantom()
+    point = np.array([[12, 33, 47]])
+    logits = segment(BoxModel(SIZE, radius=1), volume, [Prompt(points=point, point_labels=[1])], mode="zoom")
+    mask = logits[0].numpy() > 0
+    crop = foreground_box(volume)
+    crop_shape = crop[3:] - crop[:3] + 1
+    zoom_point = VoxelMap.crop(crop[:3]).then(VoxelMap.resize(crop_shape, SIZE)).map_points(point, SIZE)[0]
+    expected = np.zeros(volume.shape, bool)
+    ranges = []
+    for axis in range(3):
+        sampled = nearest_exact_indices(SIZE[axis], int(crop_shape[axis]))
+        ranges.append(crop[axis] + np.flatnonzero(np.abs(sampled - zoom_point[axis]) <= 1))
+    expected[np.ix_(*ranges)] = True
+    assert mask[tuple(point[0])]
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_empty_zoom_out_keeps_the_coarse_result(caplog):
+    volume = phantom()
+    model = BoxModel(SIZE)
+    with caplog.at_level(logging.INFO, logger="segvol.infer.zoom"):
+        logits = segment(model, volume, [Prompt(text="liver")], mode="zoom")
+    assert "found nothing for 'liver'" in caplog.text
+    assert model.images_encoded == 1
+    crop = foreground_box(volume)
+    inside = box_mask(volume.shape, crop)
+    assert torch.all(logits[0][torch.from_numpy(inside)] == -4.0)
+    assert torch.all(logits[0][torch.from_numpy(~inside)] == OUTSIDE_LOGIT)
+
+
+def test_all_prompts_at_once_equal_one_at_a_time():
+    volume = phantom((26, 60, 80), seed=1)
+    prompts = [
+        Prompt(text="liver"),
+        Prompt(text="spleen", box=(4, 10, 12, 15, 40, 50)),
+        Prompt(points=[[10, 30, 40], [12, 20, 20]], point_labels=[1, 0]),
+        Prompt(text="left kidney", box=(8, 25, 30, 20, 50, 70), points=[[14, 35, 50]], point_labels=[1]),
+        Prompt(box=(2, 5, 8, 22, 55, 70)),
+    ]
+    for mode in ("zoom", "window"):
+        together = segment(MixingModel(SIZE), volume, prompts, mode=mode, sw_batch_size=3, decode_batch_size=2)
+        for k, prompt in enumerate(prompts):
+            alone = segment(MixingModel(SIZE), volume, [prompt], mode=mode, sw_batch_size=1)
+            np.testing.assert_allclose(together[k].numpy(), alone[0].numpy(), rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{mode} prompt {k}")
+
+
+def test_embeddings_are_shared_between_prompts():
+    volume = phantom((40, 120, 150))
+    boxes = [(8, 30, 40, 14, 45, 60), (10, 40, 50, 20, 70, 90), (5, 20, 30, 30, 100, 120)]
+    together = BoxModel(SIZE)
+    segment(together, volume, [Prompt(text=f"organ {i}", box=b) for i, b in enumerate(boxes)], mode="zoom")
+    separate = [BoxModel(SIZE) for _ in boxes]
+    for i, (model, box) in enumerate(zip(separate, boxes)):
+        segment(model, volume, [Prompt(text=f"organ {i}", box=box)], mode="zoom")
+    assert together.images_encoded < sum(m.images_encoded for m in separate)
+    assert together.images_encoded >= max(m.images_encoded for m in separate)
+    assert together.prompts_decoded == sum(m.prompts_decoded for m in separate)
+    assert together.texts_encoded == len(boxes)  # once per category, not per window
+
+
+def test_window_prompt_keeps_clipped_box_and_negative_points():
+    prompt = Prompt(text="liver", box=(2, 10, 10, 20, 40, 40),
+                    points=[[5, 15, 15], [6, 16, 30], [30, 5, 5]], point_labels=[1, 0, 1])
+    job = _window_job(prompt, VoxelMap.crop((4, 12, 12)), SIZE, 0, 0, coarse_box=None, use_coarse=True)
+    np.testing.assert_array_equal(job.box, [0, 0, 0, 7, 28, 28])
+    np.testing.assert_array_equal(job.points, [[1, 3, 3], [2, 4, 18]])
+    np.testing.assert_array_equal(job.point_labels, [1, 0])
+    assert job.text == "liver"
+    # the box does not reach this window: skipped
+    assert _window_job(prompt, VoxelMap.crop((21, 0, 0)), SIZE, 0, 0, None, True) is None
+    # no user box: the coarse box is used; nothing at all: skipped
+    text_only = Prompt(text="liver")
+    job = _window_job(text_only, VoxelMap.crop((0, 0, 0)), SIZE, 0, 0, np.array([1, 2, 3, 4, 5, 6]), True)
+    np.testing.assert_array_equal(job.box, [1, 2, 3, 4, 5, 6])
+    assert _window_job(text_only, VoxelMap.crop((0, 0, 0)), SIZE, 0, 0, None, True) is None
+    assert _window_job(text_only, VoxelMap.crop((0, 0, 0)), SIZE, 0, 0, None, False).box is None
+
+
+def test_bad_inputs_raise():
+    model = BoxModel(SIZE)
+    volume = phantom()
+    with pytest.raises(ValueError, match="NaN"):
+        bad = volume.clone()
+        bad[1, 1, 1] = float("nan")
+        segment(model, bad, [Prompt(text="liver")])
+    with pytest.raises(ValueError, match="\\(D, H, W\\)"):
+        segment(model, volume[None], [Prompt(text="liver")])
+    with pytest.raises(ValueError, match="outside"):
+        segment(model, volume, [Prompt(box=(0, 0, 0, 30, 10, 10))])
+    with pytest.raises(ValueError, match="unknown inference mode"):
+        segment(model, volume, [Prompt(text="liver")], mode="fast")
+    with pytest.raises(ValueError, match="at least one prompt"):
+        segment(model, volume, [])
+
+
+def test_tiny_segvol_batched_equals_per_category():
+    from segvol.model import build_model, model_config
+
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny"))
+    volume = phantom((40, 80, 100), seed=2)
+    prompts = [
+        Prompt(text="liver", box=(5, 10, 20, 30, 60, 80)),
+        Prompt(text="spleen", points=[[20, 40, 50], [10, 20, 20]], point_labels=[1, 0]),
+        Prompt(box=(10, 30, 30, 25, 70, 90)),
+    ]
+    together = segment(model, volume, prompts, mode="zoom", sw_batch_size=2)
+    for k, prompt in enumerate(prompts):
+        alone = segment(model, volume, [prompt], mode="zoom", sw_batch_size=1)
+        np.testing.assert_allclose(together[k].numpy(), alone[0].numpy(), rtol=1e-4, atol=1e-4)

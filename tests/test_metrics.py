@@ -1,0 +1,75 @@
+"""Dice, official Dice and NSD against values computed by hand."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segvol.evaluate.metrics import dice, dice_official, normalized_surface_dice, summarize
+
+
+def masks(shape=(4, 4, 4)):
+    return np.zeros(shape, bool), np.zeros(shape, bool)
+
+
+def test_dice_counts_overlap_by_hand():
+    prediction, truth = masks()
+    truth[0, 0, :4] = True          # 4 voxels
+    prediction[0, 0, 2:4] = True    # 2 voxels, both inside
+    prediction[3, 3, 3] = True      # 1 false positive
+    # 2 * 2 / (3 + 4)
+    assert dice(prediction, truth) == pytest.approx(4 / 7)
+    assert dice_official(prediction, truth) == pytest.approx(4 / 8)
+
+
+def test_empty_ground_truth_policy():
+    prediction, truth = masks()
+    assert math.isnan(dice(prediction, truth))          # nothing to segment: skipped
+    assert dice_official(prediction, truth) == 0.0      # the released helper gives 0
+    prediction[1, 1, 1] = True
+    assert dice(prediction, truth) == 0.0               # false positive only
+    assert dice(truth, prediction) == 0.0               # miss only
+
+
+def test_dice_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="shape"):
+        dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
+
+
+def test_nsd_single_voxels_with_anisotropic_spacing():
+    prediction, truth = masks((8, 8, 8))
+    truth[2, 2, 2] = True
+    prediction[3, 2, 2] = True  # one voxel away along D
+    assert normalized_surface_dice(prediction, truth, (2.0, 1.0, 1.0), 1.0) == 0.0   # 2 mm apart
+    assert normalized_surface_dice(prediction, truth, (2.0, 1.0, 1.0), 2.0) == 1.0
+    assert normalized_surface_dice(prediction, truth, (0.5, 1.0, 1.0), 1.0) == 1.0   # 0.5 mm apart
+    shifted_h = np.zeros_like(truth)
+    shifted_h[2, 3, 2] = True  # along H the spacing is 1 mm
+    assert normalized_surface_dice(shifted_h, truth, (2.0, 1.0, 1.0), 1.0) == 1.0
+
+
+def test_nsd_counts_both_directions():
+    prediction, truth = masks((8, 8, 8))
+    truth[2, 2, 2] = truth[2, 2, 6] = True
+    prediction[2, 2, 2] = True
+    # pred->truth: 1 of 1 within 1 mm; truth->pred: 1 of 2 (the other is 4 mm away): (1 + 1) / (1 + 2)
+    assert normalized_surface_dice(prediction, truth, (1.0, 1.0, 1.0), 1.0) == pytest.approx(2 / 3)
+
+
+def test_nsd_empty_policy():
+    prediction, truth = masks()
+    assert math.isnan(normalized_surface_dice(prediction, truth, (1, 1, 1)))
+    prediction[0, 0, 0] = True
+    assert normalized_surface_dice(prediction, truth, (1, 1, 1)) == 0.0
+
+
+def test_summarize_medians_skip_nan():
+    scores = pd.DataFrame({
+        "category": ["a", "a", "a", "b"],
+        "dice": [0.2, 0.9, np.nan, 0.5],
+    })
+    summary = summarize(scores, ["category"]).set_index("category")
+    assert summary.loc["a", "median"] == pytest.approx(0.55)
+    assert summary.loc["a", "n"] == 2
+    assert summary.loc["b", "mean"] == pytest.approx(0.5)

@@ -1,0 +1,147 @@
+"""SegVol network (`tiny` preset): shapes, prompt semantics, shared-embedding decoding, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segvol.model import build_model, model_config
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny")).eval()
+    # A freshly initialised decoder has tiny, near-constant outputs; widen the prompt tokens so
+    # that prompt changes produce clearly measurable output changes.
+    with torch.no_grad():
+        for embedding in model.prompt_encoder.point_embeddings:
+            embedding.weight.normal_(0, 1)
+    return model
+
+
+def _image(model, batch=1, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 1, *model.config.spatial_size, generator=generator)
+
+
+def test_forward_shapes_and_grid(tiny):
+    cfg = tiny.config
+    image = _image(tiny, batch=2)
+    with torch.no_grad():
+        embedding = tiny.encode_image(image)
+        assert embedding.shape == (2, cfg.hidden_size, *cfg.grid_size)
+        text = tiny.encode_text(["liver", "spleen"])
+        assert text.shape == (2, cfg.hidden_size)
+        boxes = torch.tensor([[2.0, 3, 4, 20, 30, 40], [0, 0, 0, 31, 63, 63]])
+        points = (torch.tensor([[[5.0, 6, 7], [9, 9, 9]]] * 2), torch.tensor([[1, 0]] * 2))
+        for prompts in (dict(text=text), dict(boxes=boxes), dict(points=points), dict(text=text, boxes=boxes, points=points)):
+            logits = tiny.decode(embedding, **prompts)
+            assert logits.shape == (2, 1, *cfg.spatial_size)
+            assert torch.isfinite(logits).all()
+        forward = tiny(image, text=["liver", "spleen"], boxes=boxes)
+        assert forward.shape == (2, 1, *cfg.spatial_size)
+
+
+def test_text_changes_output(tiny):
+    image = _image(tiny)
+    boxes = torch.tensor([[4.0, 10, 10, 20, 40, 40]])
+    with torch.no_grad():
+        embedding = tiny.encode_image(image)
+        liver = tiny.decode(embedding, text=["liver"], boxes=boxes)
+        kidney = tiny.decode(embedding, text=["left kidney"], boxes=boxes)
+        none = tiny.decode(embedding, boxes=boxes)
+    assert (liver - kidney).abs().max() > 1e-4
+    assert (liver - none).abs().max() > 1e-4
+
+
+def test_ignored_points_do_not_depend_on_coordinates(tiny):
+    image = _image(tiny)
+    labels = torch.tensor([[1, -1, -1]])
+    first = torch.tensor([[[10.0, 20, 30], [1, 2, 3], [30, 60, 60]]])
+    second = torch.tensor([[[10.0, 20, 30], [25, 5, 50], [0, 0, 0]]])
+    moved_positive = torch.tensor([[[2.0, 50, 5], [1, 2, 3], [30, 60, 60]]])
+    with torch.no_grad():
+        embedding = tiny.encode_image(image)
+        a = tiny.decode(embedding, points=(first, labels))
+        b = tiny.decode(embedding, points=(second, labels))
+        c = tiny.decode(embedding, points=(moved_positive, labels))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert (a - c).abs().max() > 1e-4  # a point that counts does move the output
+
+
+def test_shared_embedding_decode_equals_separate_forwards(tiny):
+    image = _image(tiny, seed=3)
+    names = ["liver", "spleen", "aorta"]
+    boxes = torch.tensor([[2.0, 3, 4, 20, 30, 40], [5, 5, 5, 25, 60, 50], [0, 10, 20, 31, 40, 60]])
+    coords = torch.tensor([[[5.0, 6, 7]], [[10, 30, 30]], [[20, 40, 12]]])
+    labels = torch.tensor([[1], [0], [1]])
+    with torch.no_grad():
+        embedding = tiny.encode_image(image)
+        text = tiny.encode_text(names)
+        shared = tiny.decode(embedding.expand(3, -1, -1, -1, -1), text=text, boxes=boxes, points=(coords, labels))
+        broadcast = tiny.decode(embedding, text=text, boxes=boxes, points=(coords, labels))
+        separate = torch.cat(
+            [
+                tiny(image, text=[names[k]], boxes=boxes[k : k + 1], points=(coords[k : k + 1], labels[k : k + 1]))
+                for k in range(3)
+            ]
+        )
+    torch.testing.assert_close(shared, separate, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(broadcast, separate, rtol=1e-4, atol=1e-4)
+    assert (separate[0] - separate[1]).abs().max() > 1e-4  # the prompts really differ
+
+
+def test_gradients_reach_trainable_parts_but_not_the_frozen_text_backbone(tiny):
+    tiny.zero_grad(set_to_none=True)
+    image = _image(tiny)
+    logits = tiny(image, text=["liver"], boxes=torch.tensor([[2.0, 3, 4, 20, 30, 40]]))
+    logits.mean().backward()
+    assert tiny.image_encoder.patch_embedding.position_embeddings.grad is not None
+    assert tiny.text_encoder.dim_align.weight.grad is not None
+    assert all(p.grad is None and not p.requires_grad for p in tiny.text_encoder.language_model.parameters())
+    tiny.zero_grad(set_to_none=True)
+
+
+def test_bad_input_raises_clear_errors(tiny):
+    cfg = tiny.config
+    image = _image(tiny)
+    with pytest.raises(ValueError, match="expects a"):
+        tiny.encode_image(torch.rand(1, *cfg.spatial_size))  # 4-D
+    with pytest.raises(ValueError, match="expects a"):
+        tiny.encode_image(torch.rand(1, 1, 16, 16, 16))
+    nan_image = image.clone()
+    nan_image[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        tiny.encode_image(nan_image)
+    with torch.no_grad():
+        embedding = tiny.encode_image(image)
+    with pytest.raises(ValueError, match="at least one prompt"):
+        tiny.decode(embedding)
+    with pytest.raises(ValueError, match="point labels"):
+        tiny.decode(embedding, points=(torch.zeros(1, 1, 3), torch.tensor([[2]])))
+    with pytest.raises(ValueError, match="boxes must be"):
+        tiny.decode(embedding, boxes=torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="batch"):
+        tiny.decode(embedding.expand(2, -1, -1, -1, -1), boxes=torch.zeros(3, 6))
+    with pytest.raises(ValueError, match="category name"):
+        tiny.encode_text([""])
+    with pytest.raises(ValueError, match="list of category names"):
+        tiny.encode_text("liver")
+
+
+def test_model_config_presets_and_overrides():
+    base = model_config("base")
+    assert base.grid_size == (8, 16, 16) and base.coordinate_convention == "released"
+    assert base.text_encoder == "clip"
+    wide = model_config("tiny", num_layers=6)
+    assert wide.num_layers == 6 and wide.spatial_size == model_config("tiny").spatial_size
+    with pytest.raises(ValueError, match="unknown model preset"):
+        model_config("huge")
+    with pytest.raises(ValueError, match="unknown ModelConfig field"):
+        model_config("tiny", depth=3)
+    with pytest.raises(ValueError, match="divisible"):
+        model_config("tiny", patch_size=(5, 8, 8))
+    assert type(base).from_dict(base.to_dict()) == base
