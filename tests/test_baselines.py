@@ -87,3 +87,36 @@ def test_methods_without_checkpoint_do_not_run():
         build_baselines(["SAMv9"], {})
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         build_baselines(["MedSAM"], {"MedSAM": "/nowhere.pth"})
+
+
+ORIGINAL_SAM_KEYS = [  # key names of segment-anything's sam_vit_b checkpoint (one of each kind)
+    "image_encoder.pos_embed", "image_encoder.patch_embed.proj.weight", "image_encoder.blocks.0.norm1.weight",
+    "image_encoder.blocks.0.attn.qkv.weight", "image_encoder.blocks.0.attn.rel_pos_h",
+    "image_encoder.blocks.0.attn.proj.bias", "image_encoder.blocks.0.norm2.bias",
+    "image_encoder.blocks.0.mlp.lin1.weight", "image_encoder.blocks.0.mlp.lin2.bias",
+    "image_encoder.neck.0.weight", "image_encoder.neck.1.weight", "image_encoder.neck.2.weight",
+    "image_encoder.neck.3.bias", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+    "prompt_encoder.point_embeddings.3.weight", "prompt_encoder.not_a_point_embed.weight",
+    "prompt_encoder.no_mask_embed.weight", "prompt_encoder.mask_downscaling.0.weight",
+    "prompt_encoder.mask_downscaling.1.bias", "prompt_encoder.mask_downscaling.6.weight",
+    "mask_decoder.iou_token.weight", "mask_decoder.mask_tokens.weight",
+    "mask_decoder.transformer.layers.0.self_attn.q_proj.weight",
+    "mask_decoder.transformer.layers.0.norm1.weight", "mask_decoder.transformer.layers.0.mlp.lin1.weight",
+    "mask_decoder.transformer.layers.0.cross_attn_image_to_token.out_proj.bias",
+    "mask_decoder.transformer.final_attn_token_to_image.k_proj.weight",
+    "mask_decoder.transformer.norm_final_attn.weight", "mask_decoder.output_upscaling.0.weight",
+    "mask_decoder.output_upscaling.1.weight", "mask_decoder.output_upscaling.3.bias",
+    "mask_decoder.output_hypernetworks_mlps.0.layers.0.weight",
+    "mask_decoder.output_hypernetworks_mlps.3.layers.1.bias",
+    "mask_decoder.output_hypernetworks_mlps.2.layers.2.weight",
+    "mask_decoder.iou_prediction_head.layers.0.weight", "mask_decoder.iou_prediction_head.layers.2.bias",
+]
+
+
+def test_original_sam_keys_map_onto_transformers(tiny_sam):
+    from segvol.evaluate.baselines import _rename_original_sam
+
+    renamed = _rename_original_sam({key: None for key in ORIGINAL_SAM_KEYS + ["pixel_mean"]})
+    known = set(tiny_sam.state_dict())
+    assert not set(renamed) - known, sorted(set(renamed) - known)
+    assert len(renamed) == len(ORIGINAL_SAM_KEYS) + 1  # + the prompt encoder's copy of the Fourier matrix

@@ -198,3 +198,25 @@ def test_cli_bad_store_leaves_no_output(tmp_path, stub_segvol, capsys):
     assert "nope.zarr" in capsys.readouterr().err and not out.exists()
     assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(tmp_path / "nope.zarr"),
                  "--out", str(out), "--params", '{"prompt": "box+text", "colour": 1}']) == 2
+
+
+def test_cases_and_table3_with_a_real_tiny_model(tmp_path):
+    """The real network and `segvol.infer.segment` behind the CLI (random weights: plumbing only)."""
+    checkpoints = pytest.importorskip("segvol.model.checkpoint")
+    import torch
+
+    from segvol.model import build_model, model_config
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoints.save(build_model(model_config("tiny", text_encoder="minilm")), checkpoint)
+    store = write_store(tmp_path / "ext_real.zarr", n_cases=1, dataset="ext_real", shape=(20, 40, 36))
+    out = tmp_path / "cases.parquet"
+    assert main(["evaluate", "cases", "--checkpoint", str(checkpoint), "--zarr", str(store), "--out", str(out),
+                 "--params", json.dumps({"methods": ["SegVol", "MedSAM"]})]) == 0
+    rows = pd.read_parquet(out)
+    assert len(rows) == 2 and rows["dice"].between(0, 1).all() and (rows["seconds"] > 0).all()
+    assert main(["evaluate", "table3", "--checkpoint", str(checkpoint), "--zarr", str(store),
+                 "--out", str(tmp_path / "t3.csv")]) == 0
+    assert list(pd.read_csv(tmp_path / "t3.csv")["mode"]) == ["resize", "window", "zoom"]

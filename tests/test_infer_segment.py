@@ -32,10 +32,11 @@ def box_mask(shape, box) -> np.ndarray:
 
 @pytest.mark.parametrize("mode", ["zoom", "window"])
 def test_box_prompt_result_is_the_box(mode):
+    # without the box limit, so the windows alone must bring the coarse result back to the box
     volume = phantom()
     box = (6, 20, 30, 17, 41, 62)
     model = BoxModel(SIZE)
-    logits = segment(model, volume, [Prompt(box=box)], mode=mode)
+    logits = segment(model, volume, [Prompt(box=box)], mode=mode, box_limits=False)
     assert logits.shape == (1, *volume.shape) and logits.dtype == torch.float32
     np.testing.assert_array_equal(logits[0].numpy() > 0, box_mask(volume.shape, box))
 
@@ -72,7 +73,7 @@ def test_windows_visited_per_mode():
 def test_resize_mode_is_the_upsampled_coarse_result():
     volume = phantom()
     box = (6, 20, 30, 17, 41, 62)
-    logits = segment(BoxModel(SIZE), volume, [Prompt(box=box)], mode="resize")
+    logits = segment(BoxModel(SIZE), volume, [Prompt(box=box)], mode="resize", box_limits=False)
     mask = logits[0].numpy() > 0
     crop = foreground_box(volume)
     to_zoom = VoxelMap.crop(crop[:3]).then(VoxelMap.resize(crop[3:] - crop[:3] + 1, SIZE))
@@ -165,6 +166,16 @@ def test_window_prompt_keeps_clipped_box_and_negative_points():
     np.testing.assert_array_equal(job.box, [1, 2, 3, 4, 5, 6])
     assert _window_job(text_only, VoxelMap.crop((0, 0, 0)), SIZE, 0, 0, None, True) is None
     assert _window_job(text_only, VoxelMap.crop((0, 0, 0)), SIZE, 0, 0, None, False).box is None
+
+
+def test_box_limit_cuts_the_coarse_spill():
+    volume = phantom()
+    box = (6, 20, 30, 17, 41, 62)
+    soft = segment(BoxModel(SIZE), volume, [Prompt(box=box)], mode="resize", box_limits=False)[0] > 0
+    hard = segment(BoxModel(SIZE), volume, [Prompt(box=box)], mode="resize")[0] > 0
+    inside = torch.from_numpy(box_mask(volume.shape, box))
+    assert soft[~inside].any()
+    assert torch.equal(hard, soft & inside)
 
 
 def test_bad_inputs_raise():

@@ -263,3 +263,37 @@ def test_dicom_series_and_its_nifti_label_agree_in_physical_space(shared_data, t
     assert written.shape == (512, 512, 20)
     reread = read_label(out, image)
     assert np.array_equal(reread.array, label.array)
+
+
+def test_canonical_image_from_memory_matches_file_reader(tmp_path, volume):
+    from segvol.io import canonical_image
+
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(volume, AFFINES["pir"]), path)
+    from_file, from_memory = read_image(path), canonical_image(volume, AFFINES["pir"], "mem")
+    assert np.array_equal(from_file.array, from_memory.array)
+    assert np.allclose(from_file.affine, from_memory.affine) and from_memory.source == "mem"
+    with pytest.raises(ValueError, match="mem: is a 2-D image"):
+        canonical_image(volume[:, :, 0], np.eye(4), "mem")
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(shared_data, tmp_path):
+    import shutil
+
+    files = sorted((shared_data / "totalsegmentator" / "ct_dicom_series" / "dicom").iterdir())
+    series = tmp_path / "series"
+    series.mkdir()
+    for index, path in enumerate(files):
+        if index != 10:  # drop one slice from the middle of the stack
+            shutil.copy(path, series / path.name)
+    with pytest.raises(ValueError, match=r"series: DICOM slices are not evenly spaced"):
+        read_image(series)
+
+
+def test_m3d_npy_images_are_read_through_the_m3d_reader(tmp_path, volume):
+    path = tmp_path / "image.npy"
+    np.save(path, volume[None].astype(np.float32))  # M3D-Seg layout (1, X, Y, Z), no geometry
+    image = read_image(path)
+    assert image.shape == SHAPE[::-1]  # identity affine: canonical = reversed axes
+    assert np.array_equal(image.array, volume.T.astype(np.float32))
+    assert image.spacing == (1.0, 1.0, 1.0)

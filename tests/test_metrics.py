@@ -73,3 +73,20 @@ def test_summarize_medians_skip_nan():
     assert summary.loc["a", "median"] == pytest.approx(0.55)
     assert summary.loc["a", "n"] == 2
     assert summary.loc["b", "mean"] == pytest.approx(0.5)
+
+
+def test_nsd_and_dice_on_a_real_liver_shifted_by_one_slice(shared_data):
+    """A TotalSegmentator liver (3 mm voxels) moved by one voxel: every surface voxel moves 3 mm."""
+    import nibabel
+
+    labels = np.asarray(nibabel.load(shared_data / "totalsegmentator/abdomen_ct_3mm_small/example_seg.nii.gz")
+                        .dataobj)
+    liver = np.pad(labels == 5, 2)  # id 5 = liver (labels_total.json); padding keeps the shift inside
+    assert liver.sum() > 1000
+    shifted = np.roll(liver, 1, axis=0)
+    overlap = np.count_nonzero(liver[1:] & liver[:-1])
+    assert dice(shifted, liver) == pytest.approx(overlap / liver.sum())
+    assert normalized_surface_dice(shifted, liver, (3.0, 3.0, 3.0), 3.0) == 1.0
+    assert normalized_surface_dice(shifted, liver, (3.0, 3.0, 3.0), 1.0) < 1.0
+    # the same shift along an axis with 1 mm voxels is within a 1 mm tolerance
+    assert normalized_surface_dice(shifted, liver, (1.0, 3.0, 3.0), 1.0) == 1.0

@@ -37,18 +37,30 @@ def _reference(hu: np.ndarray) -> np.ndarray:
     return (z - z.min()) / max(z.max() - z.min(), 1e-8)
 
 
-def test_normalization_matches_float64_reference_with_blockwise_sums(monkeypatch):
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.float32])
+def test_normalization_matches_float64_reference(monkeypatch, dtype):
     monkeypatch.setattr(intensity, "_BLOCK", 1000)  # many blocks on a small volume
     rng = np.random.default_rng(3)
-    hu = rng.normal(-200, 400, size=(20, 30, 40)).astype(np.int16)
+    hu = rng.normal(-200, 400, size=(20, 30, 40)).astype(dtype)
     hu[:5] = -1024  # air
+    if dtype == np.int32:
+        hu[0, 0, 0] = 5_000_000  # too wide a range for the histogram: the generic path
     result = foreground_normalize(hu)
-    assert result.shape == hu.shape
+    assert result.dtype == np.float32 and result.shape == hu.shape
     assert result.min() == 0.0 and result.max() == pytest.approx(1.0)
     assert np.allclose(result, _reference(hu), atol=2e-6)
     stats = intensity.foreground_statistics(hu)
     kept = hu[hu > hu.mean()].astype(np.float64)
     assert stats["std"] == pytest.approx(kept.std(), rel=1e-9)
+    assert stats["lower"] == pytest.approx(np.percentile(kept, 0.05), abs=1e-9)
+    assert stats["upper"] == pytest.approx(np.percentile(kept, 99.95), abs=1e-9)
+
+
+def test_slabwise_normalization_equals_whole_volume():
+    hu = np.random.default_rng(5).integers(-1000, 1500, size=(9, 6, 7)).astype(np.int16)
+    stats = intensity.foreground_statistics(hu)
+    slabs = np.concatenate([intensity.apply_normalization(hu[i : i + 4], stats) for i in range(0, 9, 4)])
+    assert np.array_equal(slabs, foreground_normalize(hu))
 
 
 def test_constant_and_nan_volumes_are_rejected():
@@ -157,7 +169,7 @@ def _canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def _normalize(tmp_path, params=None):
     """`segvol normalize` through its own CLI module (segvol.cli would import every stage)."""
     out = tmp_path / "store.zarr"
-    params = params or {"chunks": [4, 8, 8], "shards": [8, 16, 16]}
+    params = {"chunks": [4, 8, 8], "shards": [8, 16, 16]} if params is None else params
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     args = parser.parse_args(["--raw", str(tmp_path / "raw"), "--out", str(out), "--seed", "7",
@@ -281,3 +293,46 @@ def test_real_cases_normalize(shared_data, tmp_path):
     # Contrast-enhanced aorta is brighter than liver after normalization (aorta 177 HU, liver 89).
     assert image[labels[3] == 1].mean() > image[labels[0] == 1].mean()
     assert "liver" in store.case_attrs("abdomen")["categories_present"]
+
+
+def _read_in_child(store, queue):
+    queue.put(float(store.case("case_001")["image"][:].sum()))
+
+
+def test_store_is_usable_in_a_forked_worker_after_parent_reads(tmp_path):
+    import multiprocessing
+
+    _write_dataset(tmp_path / "raw", n_cases=2)
+    _, out = _normalize(tmp_path)
+    store = open_store(out)
+    expected = float(store.case("case_001")["image"][:].sum())  # the parent has used zarr already
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    worker = context.Process(target=_read_in_child, args=(store, queue))
+    worker.start()
+    try:
+        assert queue.get(timeout=60) == pytest.approx(expected)
+    finally:
+        worker.join(timeout=10)
+
+
+def test_category_masks_from_boxes_match_isin():
+    from segvol.normalize.convert import _category_mask, _label_boxes
+
+    rng = np.random.default_rng(2)
+    labelmap = np.zeros((12, 14, 16), np.uint8)
+    for value in (1, 2, 5):
+        d, h, w = rng.integers(0, 8, size=3)
+        labelmap[d : d + 3, h : h + 4, w : w + 2] = value
+    boxes = _label_boxes(labelmap)
+    for values in ([1], [2, 5], [1, 2, 5], [3], [5, 200]):
+        region, mask = _category_mask(labelmap, values, boxes)
+        expected = np.isin(labelmap, values)
+        if not expected.any():
+            assert mask is None
+            continue
+        full = np.zeros(labelmap.shape, np.uint8)
+        full[region] = mask
+        assert np.array_equal(full, expected)
+        _, fallback = _category_mask(labelmap, values, None)  # the path for huge label ids
+        assert np.array_equal(fallback, expected)

@@ -126,7 +126,7 @@ def run_fig3a(args, settings) -> int:
     write_csv(summary, args.out)
     plots.lines(summary, "n_datasets", "median_dice", args.png,
                 "Data scaling (Fig 3a): more training datasets", "training datasets",
-                "median Dice (interquartile band)", low="q25", high="q75")
+                "median Dice (interquartile band)", low="q25", high="q75", label="run")
     return 0
 
 

@@ -222,13 +222,8 @@ class TransformersSam(SliceSegmenter):
 # --------------------------------------------------------------------------------------------
 # Checkpoints.
 
-# original segment-anything key prefix -> transformers SamModel prefix (the simple renames; the
-# two-way transformer and the neck need the finer rules in `_rename_original_sam`).
-_ORIGINAL_PREFIXES = (("image_encoder.", "vision_encoder."), ("prompt_encoder.", "prompt_encoder."),
-                      ("mask_decoder.", "mask_decoder."))
-
-
 def _rename_original_sam(state: dict) -> dict:
+    """segment-anything's state_dict keys -> `transformers.SamModel` keys (first matching rule wins)."""
     import re
 
     renamed = {}
@@ -253,8 +248,6 @@ def _rename_original_sam(state: dict) -> dict:
         (r"^prompt_encoder\.mask_downscaling\.4", r"prompt_encoder.mask_embed.layer_norm2"),
         (r"^prompt_encoder\.mask_downscaling\.6", r"prompt_encoder.mask_embed.conv3"),
         (r"^mask_decoder\.transformer\.layers\.(\d+)\.norm(\d)", r"mask_decoder.transformer.layers.\1.layer_norm\2"),
-        (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.lin1", r"mask_decoder.transformer.layers.\1.mlp.proj_in"),
-        (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.lin2", r"mask_decoder.transformer.layers.\1.mlp.proj_out"),
         (r"^mask_decoder\.transformer\.norm_final_attn", r"mask_decoder.transformer.layer_norm_final_attn"),
         (r"^mask_decoder\.output_upscaling\.0", r"mask_decoder.upscale_conv1"),
         (r"^mask_decoder\.output_upscaling\.1", r"mask_decoder.upscale_layer_norm"),
@@ -277,6 +270,9 @@ def _rename_original_sam(state: dict) -> dict:
             if hits:
                 break
         renamed[new] = value
+        if new == "shared_image_embedding.positional_embedding":
+            # transformers keeps the prompt encoder's copy of the random Fourier matrix as its own key
+            renamed["prompt_encoder.shared_embedding.positional_embedding"] = value
     return renamed
 
 
@@ -304,7 +300,6 @@ def load_sam(checkpoint: str | Path):
         state = _rename_original_sam(state)
     model = SamModel(SamConfig())  # ViT-B defaults
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if "positional_embedding" not in k]
     if missing or unexpected:
         raise ValueError(
             f"{path}: not a SAM ViT-B checkpoint ({len(missing)} missing keys, e.g. {missing[:3]};"

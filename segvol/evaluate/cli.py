@@ -4,6 +4,8 @@ Subcommands (each writes atomically; per-case scores are tidy parquet files):
   cases    per-case Dice/NSD of SegVol and the baselines on one store
   table2   median Dice per (dataset, category) and method from `cases` outputs
   table3   resize vs sliding window vs zoom-out-zoom-in on the same cases
+  fig2, fig3a, fig3b, fig5, table6, rotation, mri: the paper's figures and ablations
+           (see `segvol evaluate <name> --help`)
 
 Example:
   segvol evaluate cases --checkpoint models/finetune/segvol/model.safetensors \\

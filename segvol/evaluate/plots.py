@@ -101,7 +101,7 @@ def violins(per_case, methods: Sequence[str], path, title: str) -> None:
 
 
 def lines(summary, x: str, y: str, path, title: str, xlabel: str, ylabel: str, group: str | None = None,
-          low: str | None = None, high: str | None = None) -> None:
+          low: str | None = None, high: str | None = None, label: str | None = None) -> None:
     """Fig 3a: a metric over an ordered x (e.g. number of training datasets)."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -112,6 +112,13 @@ def lines(summary, x: str, y: str, path, title: str, xlabel: str, ylabel: str, g
         if low and high:
             axis.fill_between(block[x], block[low], block[high], alpha=0.15,
                               color=FALLBACK[index % len(FALLBACK)] if name else "#c0392b")
+    if label:
+        for _, row in summary.iterrows():
+            axis.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(0, 8),
+                          ha="center", fontsize=10)
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)
@@ -144,7 +151,7 @@ def grouped_bars(summary, category: str, series: str, value: str, path, title: s
     axis.set_title(title)
     axis.grid(axis="y", alpha=0.3)
     axis.axhline(0, color="black", lw=0.8)
-    axis.legend(ncol=min(5, len(order)), loc="upper center", bbox_to_anchor=(0.5, -0.28), frameon=False)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     figure.tight_layout()
     save(figure, path)
 

@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> int:
-    """Copy the `image_encoder.*` tensors of a safetensors file into `model`; returns their count.
+    """Copy the `image_encoder.*` tensors of a SimMIM encoder file into `model`; returns their count.
 
-    Only safetensors is read here (never a pickle); every encoder tensor of the model must be
-    present with the same shape.
+    Our safetensors must hold every encoder tensor of the model with the same shape; other
+    formats (the official `ViT_pretrain.ckpt`) go through `segvol.model.checkpoint`, which reads
+    tensors only (weights_only=True).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -34,6 +35,11 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> int:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: encoder checkpoint not found")
+    if path.suffix != ".safetensors":  # official SimMIM ViT_pretrain.ckpt etc.: read tensors only
+        from segvol.model import checkpoint
+
+        checkpoint.load_image_encoder(model, path)
+        return sum(1 for k in model.state_dict() if k.startswith("image_encoder."))
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:

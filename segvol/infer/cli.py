@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="zoom: zoom-out-zoom-in (default); resize: zoom-out only; window: sliding window only")
     run.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     run.add_argument("--sw-batch-size", type=int, default=2, help="windows per image-encoder call")
+    run.add_argument("--soft-box", action="store_true",
+                     help="treat the box as a hint: allow foreground outside it (default: nothing outside the box)")
     run.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--probabilities", metavar="DIR",
                         help="also write one float32 probability NIfTI per category into DIR")
@@ -182,12 +184,13 @@ def run(args) -> int:
     model = load_model(args, device)
     predict_file(model, args.input, args.output, records, world=args.world, mode=args.mode,
                  overlap=args.overlap, sw_batch_size=args.sw_batch_size, probabilities=args.probabilities,
-                 weights=args.checkpoint or f"random weights ({args.preset})")
+                 weights=args.checkpoint or f"random weights ({args.preset})", box_limits=not args.soft_box)
     return 0
 
 
 def predict_file(model, input_path, output, records: list[dict], world: bool = False, mode: str = "zoom",
-                 overlap: float = 0.5, sw_batch_size: int = 2, probabilities=None, weights: str = "") -> dict:
+                 overlap: float = 0.5, sw_batch_size: int = 2, probabilities=None, weights: str = "",
+                 box_limits: bool = True) -> dict:
     """Segment one image file for prompt records (input-file coordinates) and write the outputs.
 
     Writes the label map ``output`` (NIfTI on the input grid), its JSON sidecar and, with
@@ -223,7 +226,7 @@ def predict_file(model, input_path, output, records: list[dict], world: bool = F
     log.info("segmenting %d categor%s of %s (%s) on %s, mode %s", len(prompts), "y" if len(prompts) == 1 else "ies",
              input_path, "x".join(map(str, volume.shape)), device, mode)
     logits = segment(model, volume, canonical_prompts, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size,
-                     progress=True)
+                     progress=True, box_limits=box_limits)
     del volume
 
     written: list[Path] = []
@@ -249,6 +252,7 @@ def predict_file(model, input_path, output, records: list[dict], world: bool = F
             "input": str(input_path),
             "mode": mode,
             "overlap": overlap,
+            "box_limits": box_limits,
             "weights": weights,
             "voxels": {p.label: int((labels == k + 1).sum()) for k, p in enumerate(prompts)},
             "seconds": round(time.perf_counter() - started, 2),

@@ -20,6 +20,10 @@ Per-window prompts (differences from the release are marked *):
   negatives and never combined points with a box).
 A window where a prompt has no box, no point and (without text, or in zoom mode) no coarse
 foreground is skipped for that prompt: its voxels keep the coarse logits.
+
+A box is a limit* (``box_limits=True``): logits outside a prompt's box are set to
+``OUTSIDE_LOGIT``, so coarse voxels that spill past the box at zoom-out resolution and that no
+box-carrying window revisits cannot leak out of it.
 """
 
 from __future__ import annotations
@@ -202,7 +206,8 @@ def _embed_texts(model, prompts: Sequence[Prompt], device: torch.device) -> dict
 
 def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
             overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
-            device: str | torch.device | None = None, progress: bool = False) -> torch.Tensor:
+            device: str | torch.device | None = None, progress: bool = False,
+            box_limits: bool = True) -> torch.Tensor:
     """Segment a canonical volume for K prompts.
 
     Args:
@@ -216,6 +221,7 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
         decode_batch_size: prompts decoded per decoder call.
         device: where the model runs (default: where its parameters are). Stitching stays on CPU.
         progress: show a tqdm bar over windows.
+        box_limits: nothing outside a prompt's box is foreground (False: the box is only a hint).
 
     Returns:
         ``(K, D, H, W)`` float32 logits on the CPU (sigmoid > 0.5 = inside), ``OUTSIDE_LOGIT``
@@ -241,11 +247,27 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            return _segment(model, volume, list(prompts), mode, overlap, sw_batch_size, decode_batch_size,
-                            device, window_size, progress)
+        with torch.no_grad():
+            logits = _segment(model, volume, list(prompts), mode, overlap, sw_batch_size, decode_batch_size,
+                              device, window_size, progress)
     finally:
         model.train(was_training)
+    if box_limits:
+        for k, prompt in enumerate(prompts):
+            if prompt.box is not None:
+                _limit_to_box(logits[k], prompt.box)
+    return logits
+
+
+def _limit_to_box(target: torch.Tensor, box: np.ndarray) -> None:
+    """Set ``target`` (D, H, W) to OUTSIDE_LOGIT outside the inclusive box, in place."""
+    for axis in range(3):
+        before = [slice(None)] * 3
+        before[axis] = slice(0, int(box[axis]))
+        target[tuple(before)] = OUTSIDE_LOGIT
+        after = [slice(None)] * 3
+        after[axis] = slice(int(box[axis + 3]) + 1, None)
+        target[tuple(after)] = OUTSIDE_LOGIT
 
 
 def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_size, device, window_size,

@@ -3,6 +3,6 @@
     from segvol.io import read_image, read_label, write_like, CanonicalImage
 """
 
-from segvol.io.image import CanonicalImage, read_image, read_label, same_grid, write_like
+from segvol.io.image import CanonicalImage, canonical_image, read_image, read_label, same_grid, write_like
 
-__all__ = ["CanonicalImage", "read_image", "read_label", "same_grid", "write_like"]
+__all__ = ["CanonicalImage", "canonical_image", "read_image", "read_label", "same_grid", "write_like"]

@@ -125,6 +125,12 @@ def _canonical_from_source(source: SourceVolume, path: Path) -> CanonicalImage:
     )
 
 
+def canonical_image(array_ijk: np.ndarray, affine: np.ndarray, source: str = "<array>") -> CanonicalImage:
+    """Canonicalise an in-memory volume: `array_ijk` indexed like a NIfTI array, `affine` its
+    (i, j, k) -> RAS+ mm map (e.g. for .npy volumes or synthetic data). Same checks as read_image."""
+    return _canonical_from_source(SourceVolume(np.asarray(array_ijk), np.asarray(affine, float), "array"), Path(source))
+
+
 def read_image(path: str | os.PathLike) -> CanonicalImage:
     """Read a NIfTI, NRRD, MHA/MHD file, a DICOM series folder or an M3D `.npy` canonically.
 
@@ -139,7 +145,11 @@ def read_image(path: str | os.PathLike) -> CanonicalImage:
             from segvol.io.m3d import read_m3d_image
         except ImportError as error:
             raise ValueError(f"{path}: reading M3D .npy images needs segvol.io.m3d ({error})") from error
-        return read_m3d_image(path)
+        loaded = read_m3d_image(path)
+        if isinstance(loaded, CanonicalImage):
+            return loaded
+        array_xyz, affine = loaded  # M3D-Seg arrays carry no geometry: an identity affine
+        return canonical_image(array_xyz, affine, str(path))
     return _canonical_from_source(read_source(path), path)
 
 

@@ -106,11 +106,31 @@ def read_dicom_series(folder: Path) -> SourceVolume:
     if len(files) < 2:
         raise ValueError(f"{folder}: DICOM series {series_id} has a single slice; expected a 3-D volume")
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except Exception as error:
         raise ValueError(f"{folder}: cannot read DICOM series {series_id} ({error})") from error
+    _check_slice_positions(reader, image, folder)
     return _itk_to_source(image, folder, "dicom")
+
+
+def _check_slice_positions(reader, image, folder: Path) -> None:
+    """Refuse series whose slices are not evenly spaced (missing slices, mixed stacks): the
+    volume's single z spacing would silently misplace them."""
+    key = "0020|0032"  # Image Position (Patient)
+    count = image.GetSize()[2]
+    if not all(reader.HasMetaDataKey(i, key) for i in range(count)):
+        return
+    positions = np.array([[float(v) for v in reader.GetMetaData(i, key).split("\\")] for i in range(count)])
+    normal = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    steps = np.diff(positions @ normal)
+    spacing = image.GetSpacing()[2]
+    if np.any(np.abs(np.abs(steps) - spacing) > 0.01 * spacing + 1e-3):
+        raise ValueError(
+            f"{folder}: DICOM slices are not evenly spaced (steps {np.round(steps, 3).tolist()[:10]} mm"
+            f"{' ...' if len(steps) > 10 else ''}, expected {spacing:g}); missing slices or mixed series?"
+        )
 
 
 def read_source(path: Path) -> SourceVolume:

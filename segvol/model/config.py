@@ -110,17 +110,18 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     # The paper / released weights (facts §1-§5): 180,890,064 parameters.
     "base": ModelConfig(),
-    # Fast CPU demo, trained from scratch: 8x8x8 tokens of width 192.
+    # Fast CPU demo, trained from scratch: 8x8x8 tokens of width 128 (width 192 costs 2.2x the
+    # MACs of a training step and missed the 0.2 s/step CPU goal; see benchmarks/bench_complexity.py).
     "tiny": ModelConfig(
         spatial_size=(32, 64, 64),
         patch_size=(4, 8, 8),
-        hidden_size=192,
-        mlp_dim=768,
+        hidden_size=128,
+        mlp_dim=512,
         num_layers=4,
         num_heads=4,
         decoder_depth=2,
         decoder_heads=4,
-        decoder_mlp_dim=512,
+        decoder_mlp_dim=256,
         iou_head_hidden_dim=64,
         text_encoder="minilm",
         coordinate_convention="dhw",
@@ -150,11 +151,19 @@ def model_config_from_settings(settings: dict[str, Any]) -> ModelConfig:
 
 def build_model(config: ModelConfig) -> "SegVol":
     """A freshly initialised SegVol for `config` (text backbone weights: see text_encoder.py)."""
+    from segvol.model.segvol import SegVol
+    from segvol.model.text_encoder import build_text_encoder
+
+    image_encoder, prompt_encoder, mask_decoder = build_vision_parts(config)
+    text_encoder = build_text_encoder(config.text_encoder, out_dim=config.hidden_size, template=config.text_template)
+    return SegVol(config, image_encoder, prompt_encoder, mask_decoder, text_encoder)
+
+
+def build_vision_parts(config: ModelConfig):
+    """(image_encoder, prompt_encoder, mask_decoder) for `config`, without the text encoder."""
     from segvol.model.image_encoder import ImageEncoderViT3D
     from segvol.model.mask_decoder import MaskDecoder3D
     from segvol.model.prompt_encoder import PromptEncoder3D
-    from segvol.model.segvol import SegVol
-    from segvol.model.text_encoder import build_text_encoder
     from segvol.model.transformer import TwoWayTransformer
 
     image_encoder = ImageEncoderViT3D(
@@ -186,5 +195,4 @@ def build_model(config: ModelConfig) -> "SegVol":
         num_mask_tokens=config.num_mask_tokens,
         iou_head_hidden_dim=config.iou_head_hidden_dim,
     )
-    text_encoder = build_text_encoder(config.text_encoder, out_dim=config.hidden_size, template=config.text_template)
-    return SegVol(config, image_encoder, prompt_encoder, mask_decoder, text_encoder)
+    return image_encoder, prompt_encoder, mask_decoder

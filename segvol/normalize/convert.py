@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segvol.normalize.intensity import foreground_normalize, foreground_statistics
+from segvol.normalize.intensity import apply_normalization, foreground_statistics
 from segvol.normalize.vocabulary import canonical_name
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 ROLES = ("train", "external", "unlabelled")
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-# Past this many label ids a lookup table would be large; np.isin is used instead.
+# Past this label id, per-id bounding boxes and lookup tables get large; np.isin is used instead.
 MAX_LOOKUP_LABEL = 1 << 16
 
 
@@ -144,51 +144,79 @@ def fit_chunks(shape: tuple[int, ...], chunks: list[int], shards: list[int]) -> 
 # ----------------------------------------------------------------------------- store writing
 
 
-def _compressor(shuffle: str, clevel: int):
+def _compressor(clevel: int):
+    """Blosc zstd without byte shuffle: normalized integer CT holds few distinct float32 values
+    (and long runs of exact 0 for air) that compress better unshuffled (512x512x300 phantom,
+    level 1: 58 MB unshuffled vs 77 MB shuffled; level 3: 40 MB in 1.7x the time)."""
     import zarr
 
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=clevel, shuffle=zarr.codecs.BloscShuffle(shuffle))
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=clevel, shuffle=zarr.codecs.BloscShuffle.noshuffle)
 
 
-def _label_channel(labelmap: np.ndarray, values: list[int], lookup: np.ndarray | None) -> np.ndarray:
-    if lookup is not None:
-        return lookup[labelmap]
-    return np.isin(labelmap, values).astype(np.uint8)
+def _label_boxes(labelmap: np.ndarray) -> list | None:
+    """Bounding box (tuple of slices, or None) of every label id, from one pass; None when the
+    ids are too large for that."""
+    from scipy import ndimage
+
+    top = int(labelmap.max()) if labelmap.size else 0
+    if top >= MAX_LOOKUP_LABEL:
+        return None
+    return ndimage.find_objects(labelmap, max_label=top)  # entry i: box of label id i + 1
+
+
+def _category_mask(labelmap: np.ndarray, values: list[int], boxes: list | None):
+    """(region, uint8 mask on that region) of the voxels whose id is in `values`.
+
+    Only the union of the ids' bounding boxes is computed and written, so a dataset with many
+    small structures does not pay a full-volume pass and write per category. (None, None) when
+    no voxel has one of the ids.
+    """
+    if boxes is None:
+        mask = np.isin(labelmap, values).astype(np.uint8)
+        return tuple(slice(0, n) for n in labelmap.shape), mask
+    found = [boxes[value - 1] for value in values if value <= len(boxes) and boxes[value - 1] is not None]
+    if not found:
+        return None, None
+    region = tuple(slice(min(box[axis].start for box in found), max(box[axis].stop for box in found))
+                   for axis in range(labelmap.ndim))
+    lookup = np.zeros(len(boxes) + 1, dtype=np.uint8)
+    lookup[[value for value in values if value <= len(boxes)]] = 1
+    return region, lookup[labelmap[region]]
 
 
 def write_case(group, image, labelmap, categories: dict[str, list[int]], settings: dict) -> dict:
     """Write one case's `image` (and `labels`) into zarr `group`; returns the case attrs."""
     stats = foreground_statistics(image.array)
-    normalized = foreground_normalize(image.array, stats)
-    chunks, shards = fit_chunks(normalized.shape, settings["chunks"], settings["shards"])
+    chunks, shards = fit_chunks(image.shape, settings["chunks"], settings["shards"])
     array = group.create_array(
-        "image", shape=normalized.shape, dtype="float32", chunks=chunks, shards=shards,
-        compressors=_compressor("shuffle", settings["compression_level"]), fill_value=0.0,
+        "image", shape=image.shape, dtype="float32", chunks=chunks, shards=shards,
+        compressors=_compressor(settings["compression_level"]), fill_value=0.0,
         dimension_names=("D", "H", "W"),
     )
-    array[...] = normalized
-    del normalized
+    # One slab of whole shards at a time: the float32 volume never exists in full.
+    slab = np.empty((shards[0], *image.shape[1:]), dtype=np.float32)
+    for start in range(0, image.shape[0], shards[0]):
+        stop = min(start + shards[0], image.shape[0])
+        part = slab[: stop - start]
+        apply_normalization(image.array[start:stop], stats, out=part)
+        array[start:stop] = part
+    del slab
 
     present = []
     if labelmap is not None:
         names = list(categories)
-        top = int(labelmap.max()) if labelmap.size else 0
         labels = group.create_array(
             "labels", shape=(len(names), *labelmap.shape), dtype="uint8",
             chunks=(1, *chunks), shards=(1, *shards),
-            compressors=_compressor("bitshuffle", settings["compression_level"]), fill_value=0,
+            compressors=_compressor(settings["compression_level"]), fill_value=0,
             dimension_names=("C", "D", "H", "W"),
         )
+        boxes = _label_boxes(labelmap)
         for channel, name in enumerate(names):
-            values = categories[name]
-            lookup = None
-            if max(top, max(values)) < MAX_LOOKUP_LABEL:
-                lookup = np.zeros(max(top, max(values)) + 1, dtype=np.uint8)
-                lookup[values] = 1
-            mask = _label_channel(labelmap, values, lookup)
-            if mask.any():
+            region, mask = _category_mask(labelmap, categories[name], boxes)
+            if mask is not None and mask.any():
                 present.append(name)
-            labels[channel] = mask
+                labels[(channel, *region)] = mask
     attrs = image.geometry()
     attrs["categories_present"] = present
     attrs["intensity"] = stats

@@ -232,7 +232,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 class MetricsLog:
     """Per-step metrics appended to `<out stem>.metrics.csv` (and TensorBoard when installed).
 
-    On resume, rows at or after the resume step are dropped so the file matches one clean run.
+    On resume, rows after the resumed step are dropped so the file matches one clean run.
     """
 
     def __init__(self, out: str | os.PathLike, fields: list[str], start_step: int = 0, enabled: bool = True):
@@ -246,7 +246,7 @@ class MetricsLog:
         kept: list[dict] = []
         if start_step > 0 and self.path.is_file():
             with open(self.path, newline="") as handle:
-                kept = [row for row in csv.DictReader(handle) if int(row["step"]) < start_step]
+                kept = [row for row in csv.DictReader(handle) if int(row["step"]) <= start_step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(self.path, "w", newline="")
         self._csv = csv.DictWriter(self._handle, fieldnames=self.fields, extrasaction="ignore")

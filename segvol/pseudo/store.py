@@ -9,6 +9,7 @@ into place, so a failed run leaves nothing at the output path.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import multiprocessing
 import os
@@ -80,12 +81,18 @@ def _results(store: str, cases: Sequence[str], settings: dict, threads: int) -> 
     # spawn, not fork: zarr's background event loop does not survive a fork
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(threads, mp_context=context, initializer=_single_thread_worker) as pool:
-        futures = [pool.submit(_one_case, store, case, settings) for case in cases]
+        # a bounded window of cases in flight: finished label maps wait in memory only briefly
+        window = 2 * threads
+        pending = collections.deque()
         try:
-            for future in futures:
-                yield future.result()
+            for case in cases:
+                pending.append(pool.submit(_one_case, store, case, settings))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
         except BaseException:
-            for future in futures:
+            for future in pending:
                 future.cancel()
             raise
 

@@ -151,8 +151,6 @@ def paint_anatomy(
 ) -> Anatomy:
     """Paint every structure of `body` onto `grid`; tumours as requested (counts)."""
     tissue = np.zeros(grid.shape, dtype=np.uint8)
-    s = body.organ_scale
-    W, D = body.half_width, body.half_depth
     everything = (slice(None),) * 3
     z, y, x = grid.coordinates(everything)
 
@@ -472,7 +470,7 @@ def _paint_kidneys(tissue, grid: Grid, body: Body, rng) -> list[_Kidney]:
         lobules = smooth_noise(rng, level.shape, [9.0 / sp for sp in grid.spacing])
         medulla = kidney & (level < 0.74 + 0.08 * lobules)
         view[medulla] = medulla_id
-        sinus = (level < 1.0) & (hilum | (level < 0.38 + 0.06 * lobules))
+        sinus = (level < 1.0) & (hilum | (level < 0.3 + 0.06 * lobules))
         view[sinus & np.isin(view, (*SOFT_BACKGROUND, medulla_id))] = Tissue.FAT
     return kidneys
 

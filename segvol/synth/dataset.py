@@ -10,6 +10,7 @@ nothing at `<out>`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -95,6 +96,16 @@ def to_nifti(array: np.ndarray, canonical_affine: np.ndarray, orientation: str =
     return image
 
 
+def _single_threaded_blas():
+    """The phantoms' small matrix products lose badly to thread contention on shared CPUs, so
+    keep BLAS on one thread while generating (when threadpoolctl is installed)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def synthesize_dataset(name: str, out, seed: int, params=None, progress: bool = True) -> Path:
     """Write dataset `name` of the `synth` settings `params` (dict or JSON) to folder `out`."""
     import nibabel as nib
@@ -113,7 +124,7 @@ def synthesize_dataset(name: str, out, seed: int, params=None, progress: bool = 
              name, spec["n_cases"], spec["role"], spec["labels"], orientation, out)
 
     cases = []
-    with atomic_path(out) as folder:
+    with _single_threaded_blas(), atomic_path(out) as folder:
         (folder / "images").mkdir(parents=True)
         if labelled:
             (folder / "labels").mkdir()

@@ -1,0 +1,303 @@
+"""Model checkpoints: ours (safetensors + ModelConfig) and the released SegVol formats (facts §5).
+
+Recognised sources (files are never unpickled beyond tensors: torch.load(weights_only=True)):
+
+| source                          | container                    | key prefix         | loads into      |
+|---------------------------------|------------------------------|--------------------|-----------------|
+| ours (`save`)                   | safetensors, config metadata | none               | its own config  |
+| GitHub `SegVol_v1.pth`          | dict with 'model'            | `module.`          | `base`          |
+| HF `pytorch_model.bin`          | flat                         | `model.`           | `base`          |
+| SimMIM `ViT_pretrain.ckpt`      | dict with 'state_dict'       | `model.encoder.`   | image encoder   |
+| plain safetensors of the above  | flat                         | as above           | as above        |
+| `hf://BAAI/SegVol[/file]`       | downloaded with huggingface_hub (default file pytorch_model.bin) |
+
+Loading is strict apart from these documented differences: the CLIP `position_ids` buffer
+(persistent only in old transformers), unused cross-attention parameters that recent MONAI
+ViTs create, and a pretrained text backbone that is not CLIP (`minilm`, a local model folder):
+ours are saved without it because it is rebuilt from its own files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segvol.io.atomic import atomic_path
+from segvol.model.config import ModelConfig, build_model, model_config
+
+FORMAT = "segvol-workflow"
+FORMAT_VERSION = "1"
+HF_PREFIX = "hf://"
+HF_DEFAULT_FILE = "pytorch_model.bin"
+ENCODER_ONLY = "encoder-only"
+
+_OPTIONAL_KEYS = re.compile(
+    r"^(text_encoder\.clip_text_model\.text_model\.embeddings\.position_ids"
+    r"|image_encoder\.blocks\.\d+\.(norm_cross_attn|cross_attn)\..*)$"
+)
+_ENCODER_TOP_LEVEL = ("patch_embedding.", "blocks.", "norm.")
+
+
+# --------------------------------------------------------------------------------------- save
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write `model` as safetensors with its ModelConfig in the metadata (atomic)."""
+    from safetensors.torch import save_file
+
+    config: ModelConfig = model.config
+    skip = _external_backbone_prefix(model)
+    tensors = {
+        key: value.detach().to("cpu").contiguous()
+        for key, value in model.state_dict().items()
+        if not (skip and key.startswith(skip))
+    }
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": config.to_json(),
+        "text_backbone_stored": "false" if skip else "true",
+    }
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+    return path
+
+
+# --------------------------------------------------------------------------------------- read
+
+
+def resolve(source: str | os.PathLike) -> Path:
+    """A local file for `source`; `hf://owner/repo[/file]` is downloaded with huggingface_hub."""
+    text = str(source)
+    if not text.startswith(HF_PREFIX):
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return path
+    parts = text[len(HF_PREFIX) :].strip("/").split("/")
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"{text}: expected hf://owner/repo or hf://owner/repo/path/to/file")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or HF_DEFAULT_FILE
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except Exception as error:  # offline mode, no network, missing repo/file, auth: all end here
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = "HF_HUB_OFFLINE is set" if offline else "no network access or no such file"
+        raise FileNotFoundError(
+            f"{text}: cannot download {filename} from the Hugging Face Hub ({hint}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); download it where you have internet "
+            "and pass the local file path instead"
+        ) from error
+
+
+def _read_raw(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            return load_file(str(path)), metadata
+        except Exception as error:
+            raise ValueError(f"{path}: unreadable safetensors file: {error}") from error
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=head[:2] == b"PK")
+        except Exception as error:
+            raise ValueError(
+                f"{path}: cannot read it as a weights-only torch checkpoint (arbitrary objects are never "
+                f"unpickled): {str(error).splitlines()[0]}"
+            ) from error
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+        return obj, {}
+    raise ValueError(f"{path}: not a checkpoint (neither safetensors nor a torch.save file)")
+
+
+def _unwrap(obj: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    for wrapper in ("model", "state_dict", "model_state_dict"):
+        inner = obj.get(wrapper)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner
+    raise ValueError(
+        f"{path}: no state dict found (top-level keys: {_short(sorted(map(str, obj)), 8)}; "
+        "expected tensors, or a 'model' / 'state_dict' entry of tensors)"
+    )
+
+
+def _normalize(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """Keys in our naming; returns (state, kind) with kind in github|huggingface|simmim|plain|encoder-only."""
+    keys = list(state)
+
+    def strip(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+    if keys and all(k.startswith("module.") for k in keys):
+        state, kind = strip("module."), "github"
+    elif any(k.startswith("model.encoder.") for k in keys) and not any(k.startswith("model.image_encoder.") for k in keys):
+        encoder = strip("model.encoder.")
+        return {"image_encoder." + k: v for k, v in encoder.items()}, "simmim"
+    elif keys and all(k.startswith("model.") for k in keys):
+        state, kind = strip("model."), "huggingface"
+    else:
+        kind = "plain"
+    if state and all(k.startswith(_ENCODER_TOP_LEVEL) for k in state):
+        return {"image_encoder." + k: v for k, v in state.items()}, ENCODER_ONLY
+    if state and all(k.startswith("image_encoder.") for k in state):
+        return state, ENCODER_ONLY
+    return state, kind
+
+
+def read_state_dict(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+    """(state dict in our key names, metadata, kind) of any recognised checkpoint."""
+    path = resolve(source)
+    raw, metadata = _read_raw(path)
+    state, kind = _normalize(_unwrap(raw, path))
+    if metadata.get("format") == FORMAT:
+        kind = FORMAT
+    if not state:
+        raise ValueError(f"{path}: the checkpoint holds no model weights")
+    return state, metadata, kind
+
+
+# --------------------------------------------------------------------------------------- load
+
+
+def config_of(source: str | os.PathLike, **overrides: Any) -> ModelConfig:
+    """The ModelConfig a checkpoint was saved with (ours) or `base` (official files), plus overrides."""
+    _, metadata, _ = read_state_dict(source)
+    return _config_from_metadata(metadata, source, overrides)
+
+
+def _config_from_metadata(metadata: dict[str, str], source, overrides: dict[str, Any]) -> ModelConfig:
+    if metadata.get("format") == FORMAT:
+        try:
+            values = json.loads(metadata["model_config"])
+        except (KeyError, json.JSONDecodeError) as error:
+            raise ValueError(f"{source}: broken model_config in the checkpoint metadata ({error})") from error
+        values.update(overrides)
+        return ModelConfig.from_dict(values)
+    return model_config("base", **overrides)
+
+
+def load(source: str | os.PathLike, **overrides: Any):
+    """A SegVol built from the checkpoint's config (ours) or `base` (official), weights loaded, eval mode.
+
+    `overrides` replace ModelConfig fields (e.g. text_encoder="minilm" for a checkpoint saved
+    with a CLIP path that is not wanted; shapes must still match).
+    """
+    state, metadata, kind = read_state_dict(source)
+    if kind in ("simmim", ENCODER_ONLY):
+        raise ValueError(
+            f"{source}: holds only image-encoder weights ({kind}); build a model and call load_image_encoder"
+        )
+    config = _config_from_metadata(metadata, source, overrides)
+    model = build_model(config)
+    _load_normalized(model, state, source)
+    return model.eval()
+
+
+def load_into(model: nn.Module, source: str | os.PathLike) -> nn.Module:
+    """Load a full checkpoint into `model` strictly (known differences aside); returns `model`."""
+    state, _, kind = read_state_dict(source)
+    if kind in ("simmim", ENCODER_ONLY):
+        raise ValueError(f"{source}: holds only image-encoder weights ({kind}); use load_image_encoder")
+    _load_normalized(model, state, source)
+    return model
+
+
+def load_image_encoder(target: nn.Module, source: str | os.PathLike) -> nn.Module:
+    """Load only the image encoder (SimMIM `ViT_pretrain.ckpt`, a full checkpoint, ours, ...).
+
+    `target` is a SegVol or an ImageEncoderViT3D; returns the encoder.
+    """
+    encoder = getattr(target, "image_encoder", target)
+    state, _, _ = read_state_dict(source)
+    encoder_state = {k[len("image_encoder.") :]: v for k, v in state.items() if k.startswith("image_encoder.")}
+    if not encoder_state:
+        raise ValueError(f"{source}: no image-encoder weights in the checkpoint")
+    _load_normalized(encoder, encoder_state, source, optional_prefix="image_encoder.")
+    return encoder
+
+
+def _external_backbone_prefix(model: nn.Module) -> str | None:
+    text_encoder = getattr(model, "text_encoder", None)
+    if text_encoder is None or getattr(text_encoder, "kind", "clip") == "clip":
+        return None
+    return "text_encoder." + text_encoder.backbone_prefix
+
+
+def load_state_dict(model: nn.Module, state: dict[str, Any], source: str = "<state dict>") -> nn.Module:
+    """Load an in-memory state dict in any recognised layout (ours, `module.`, `model.`, wrapped)."""
+    normalized, kind = _normalize(_unwrap(state, Path(source)))
+    if not hasattr(model, "image_encoder"):  # a bare image encoder
+        encoder_state = {k[len("image_encoder.") :]: v for k, v in normalized.items() if k.startswith("image_encoder.")}
+        _load_normalized(model, encoder_state, source, optional_prefix="image_encoder.")
+        return model
+    if kind in ("simmim", ENCODER_ONLY):
+        raise ValueError(f"{source}: holds only image-encoder weights ({kind}); use load_image_encoder")
+    _load_normalized(model, normalized, source)
+    return model
+
+
+def _load_normalized(model: nn.Module, state: dict[str, torch.Tensor], source, optional_prefix: str = "") -> None:
+    expected = model.state_dict()
+    external = _external_backbone_prefix(model)
+
+    def optional(key: str) -> bool:
+        full = optional_prefix + key
+        return bool(_OPTIONAL_KEYS.match(full)) or bool(external and full.startswith(external))
+
+    missing = [k for k in expected if k not in state and not optional(k)]
+    unexpected = [k for k in state if k not in expected and not optional(k)]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in state
+        if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_short(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_short(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es): {_short(mismatched)}")
+        config = getattr(model, "config", None)
+        what = f"the model ({_describe(config)})" if config is not None else f"the {type(model).__name__}"
+        raise ValueError(f"{source}: checkpoint does not fit {what}: " + "; ".join(parts))
+    with torch.no_grad():
+        for key, target in expected.items():
+            if key in state:
+                target.copy_(state[key])
+    # Cached text features depend on the weights just replaced.
+    for module in model.modules():
+        if hasattr(module, "clear_cache"):
+            module.clear_cache()
+
+
+def _describe(config: ModelConfig) -> str:
+    return (
+        f"spatial {list(config.spatial_size)}, patch {list(config.patch_size)}, hidden {config.hidden_size}, "
+        f"{config.num_layers} layers, text {config.text_encoder}"
+    )
+
+
+def _short(items: list[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")

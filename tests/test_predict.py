@@ -1,0 +1,193 @@
+"""`segvol predict`: input geometry in and out, prompts in input voxel indices, bad prompts."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from segvol.cli import main
+from segvol.infer.cli import predict_file
+from segvol.infer.geometry import VoxelMap
+from segvol.infer.testing import BoxModel
+from segvol.io import read_image, read_label
+
+torch.set_num_threads(1)
+
+# A file stored with permuted, flipped, anisotropic axes (not RAS, not canonical).
+NON_RAS_AFFINE = np.array([
+    [0.0, -2.5, 0.0, 120.0],
+    [0.0, 0.0, 0.8, -40.0],
+    [-1.2, 0.0, 0.0, 60.0],
+    [0.0, 0.0, 0.0, 1.0],
+])
+
+
+def write_phantom(path, shape=(50, 24, 70), affine=NON_RAS_AFFINE, seed=0):
+    rng = np.random.default_rng(seed)
+    hu = np.full(shape, -1000, np.int16)
+    hu[3:-3, 2:-2, 4:-4] = rng.integers(-100, 200, (shape[0] - 6, shape[1] - 4, shape[2] - 8))
+    nib.save(nib.Nifti1Image(hu, affine), str(path))
+    return hu
+
+
+def box_mask(shape, box):
+    mask = np.zeros(shape, bool)
+    mask[box[0]:box[3] + 1, box[1]:box[4] + 1, box[2]:box[5] + 1] = True
+    return mask
+
+
+def test_file_to_canonical_map_is_the_readers_reorientation(tmp_path):
+    path = tmp_path / "ct.nii.gz"
+    hu = write_phantom(path)
+    image = read_image(path)
+    file_to_canonical = VoxelMap.from_affines(image.original_affine, image.affine)
+    indices = np.argwhere(np.ones(hu.shape, bool))
+    mapped = file_to_canonical.map_points(indices)
+    np.testing.assert_array_equal(image.array[tuple(mapped.T)], hu[tuple(indices.T)])
+    # and the reader's own inverse agrees voxel for voxel
+    index_volume = np.arange(hu.size).reshape(hu.shape)
+    canonical_index = image.from_original(index_volume)
+    np.testing.assert_array_equal(canonical_index[tuple(mapped.T)], index_volume[tuple(indices.T)])
+
+
+@pytest.mark.parametrize("mode", ["zoom", "window", "resize"])
+def test_box_lands_on_the_input_grid_of_a_non_ras_file(tmp_path, mode):
+    path = tmp_path / "ct.nii.gz"
+    hu = write_phantom(path)
+    box = [10, 5, 20, 30, 15, 50]  # i, j, k of the file as stored
+    out = tmp_path / "out" / "seg.nii.gz"
+    description = predict_file(BoxModel((8, 32, 32)), path, out, [{"name": "thing", "box": box}], mode=mode,
+                               box_limits=mode == "resize")
+    written = nib.load(str(out))
+    assert written.shape == hu.shape
+    np.testing.assert_allclose(written.affine, NON_RAS_AFFINE)
+    mask = np.asarray(written.dataobj) == 1
+    expected = box_mask(hu.shape, box)
+    if mode == "zoom":  # coarse voxels past the box may survive without the box limit
+        assert np.all(mask[expected]) and mask.sum() < 1.2 * expected.sum()
+    else:  # window: refined everywhere; resize: coarse cut to the box
+        np.testing.assert_array_equal(mask, expected)
+    sidecar = json.loads((tmp_path / "out" / "seg.json").read_text())
+    assert sidecar == description and sidecar["labels"] == {"0": "background", "1": "thing"}
+    assert sidecar["voxels"]["thing"] == int(mask.sum())
+
+
+def test_world_coordinates_equal_voxel_coordinates(tmp_path):
+    path = tmp_path / "ct.nii.gz"
+    write_phantom(path)
+    box = np.array([10, 5, 20, 30, 15, 50])
+    corners_world = nib.affines.apply_affine(NON_RAS_AFFINE, box.reshape(2, 3)).reshape(-1)
+    predict_file(BoxModel((8, 32, 32)), path, tmp_path / "a.nii.gz", [{"box": box.tolist()}])
+    predict_file(BoxModel((8, 32, 32)), path, tmp_path / "b.nii.gz", [{"box": corners_world.tolist()}], world=True)
+    predict_file(BoxModel((8, 32, 32)), path, tmp_path / "c.nii.gz", [{"box": box.tolist()}], box_limits=False)
+    a = np.asarray(nib.load(str(tmp_path / "a.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(tmp_path / "b.nii.gz")).dataobj)
+    c = np.asarray(nib.load(str(tmp_path / "c.nii.gz")).dataobj)
+    assert a.sum() > 0
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, box_mask(a.shape, box))
+    assert c.sum() >= a.sum() and np.all(c[a == 1] == 1)
+
+
+def test_overlapping_categories_most_probable_wins(tmp_path):
+    path = tmp_path / "ct.nii.gz"
+    hu = write_phantom(path)
+    records = [{"name": "a", "box": [10, 5, 20, 30, 15, 50]}, {"name": "b", "box": [20, 8, 30, 40, 20, 60]}]
+    predict_file(BoxModel((8, 32, 32)), path, tmp_path / "s.nii.gz", records, probabilities=tmp_path / "p")
+    labels = np.asarray(nib.load(str(tmp_path / "s.nii.gz")).dataobj)
+    a, b = box_mask(hu.shape, records[0]["box"]), box_mask(hu.shape, records[1]["box"])
+    assert np.all(labels[a & ~b] == 1) and np.all(labels[b & ~a] == 2) and np.all(labels[~a & ~b] == 0)
+    assert set(np.unique(labels[a & b])) <= {1, 2}  # equal logits there: either is right
+    probabilities = nib.load(str(tmp_path / "p" / "01_a.nii.gz"))
+    assert probabilities.get_data_dtype() == np.float32 and probabilities.shape == hu.shape
+    np.testing.assert_array_equal(np.asarray(probabilities.dataobj) > 0.5, a)
+
+
+def liver_box_in_file_indices(image, label):
+    """Inclusive box (input-file indices) around label 5 (liver) of a canonical label map."""
+    liver = np.argwhere(label.array == 5)
+    canonical_box = np.concatenate([liver.min(axis=0), liver.max(axis=0)])
+    to_file = VoxelMap.from_affines(image.affine, image.original_affine)
+    return to_file.map_box(canonical_box, image.original_shape)
+
+
+@pytest.mark.parametrize("case,seg", [
+    ("abdomen_ct_3mm/example_ct.nii.gz", "abdomen_ct_3mm/example_seg_fast_force_split.nii.gz"),
+    ("ct_dicom_series/dicom", "ct_dicom_series/example_seg_dicom.nii.gz"),
+])
+def test_predict_real_ct_keeps_geometry_and_box(shared_data, tmp_path, case, seg):
+    root = shared_data / "totalsegmentator"
+    image = read_image(root / case)
+    label = read_label(root / seg, image)
+    box = liver_box_in_file_indices(image, label)
+    out = tmp_path / "liver.nii.gz"
+    predict_file(BoxModel((16, 64, 64)), root / case, out, [{"name": "liver", "text": "liver", "box": box.tolist()}])
+    written = nib.load(str(out))
+    assert written.shape == tuple(image.original_shape)
+    np.testing.assert_allclose(written.affine, image.original_affine, atol=1e-4)
+    mask = np.asarray(written.dataobj) == 1
+    assert mask.any() and not np.any(mask & ~box_mask(mask.shape, box))
+    # physically aligned: every silver liver voxel is inside the predicted region
+    predicted = read_label(out, image)
+    assert np.all(predicted.array[label.array == 5] == 1)
+
+
+def test_cli_with_tiny_random_weights(shared_data, tmp_path):
+    path = shared_data / "totalsegmentator" / "abdomen_ct_3mm_small" / "example_ct_sm.nii.gz"
+    out = tmp_path / "seg.nii.gz"
+    code = main(["predict", str(path), "-o", str(out), "--random-weights", "--preset", "tiny",
+                 "--text", "liver", "--box", "20", "20", "5", "80", "70", "25", "--point", "50", "45", "15",
+                 "--negative-point", "10", "10", "10", "--probabilities", str(tmp_path / "prob"), "--device", "cpu"])
+    assert code == 0
+    source = nib.load(str(path))
+    written = nib.load(str(out))
+    assert written.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
+    probability = np.asarray(nib.load(str(tmp_path / "prob" / "01_liver.nii.gz")).dataobj)
+    assert probability.min() >= 0 and probability.max() <= 1
+    np.testing.assert_array_equal(probability > 0.5, np.asarray(written.dataobj) == 1)
+    sidecar = json.loads((tmp_path / "seg.json").read_text())
+    assert sidecar["prompts"][0]["point_labels"] == [1, 0]
+
+
+class TextlessModel(BoxModel):
+    def encode_text(self, names):
+        raise KeyError(f"no text encoder for {names}")
+
+
+@pytest.mark.parametrize("records,message", [
+    ([{"box": [0, 0, 0, 60, 10, 10]}], "outside"),
+    ([{"box": [10, 10, 10, 5, 20, 20]}], "inverted"),
+    ([{"points": [[5, 5, 5]], "point_labels": [2]}], "1 \\(inside\\) or 0"),
+    ([{"points": [[5, 5, 90]]}], "outside"),
+    ([{"text": "liver", "colour": "red"}], "unknown key"),
+    ([{"box": [0, 0, 0, 2, 1, 3]}], "background"),
+])
+def test_bad_prompts_raise_and_write_nothing(tmp_path, records, message):
+    path = tmp_path / "ct.nii.gz"
+    write_phantom(path)
+    out = tmp_path / "seg.nii.gz"
+    with pytest.raises(ValueError, match=message):
+        predict_file(BoxModel((8, 32, 32)), path, out, records)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
+
+
+def test_unknown_text_raises(tmp_path):
+    path = tmp_path / "ct.nii.gz"
+    write_phantom(path)
+    with pytest.raises(ValueError, match="cannot be embedded"):
+        predict_file(TextlessModel((8, 32, 32)), path, tmp_path / "seg.nii.gz", [{"text": "liver"}])
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    path = tmp_path / "ct.nii.gz"
+    write_phantom(path)
+    code = main(["predict", str(path), "-o", str(tmp_path / "s.nii.gz"), "--random-weights", "--preset", "tiny",
+                 "--box", "0", "0", "0", "99", "5", "5"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "outside" in err and str(path) in err
+    assert not (tmp_path / "s.nii.gz").exists()
