@@ -1,7 +1,7 @@
 """`segvol` console command: one subcommand per stage, plus `predict` for anyone's CT.
 
-Each subcommand lives in `segvol/<package>/cli.py` as `add_arguments(parser)` and `run(args)`;
-heavy imports happen inside `run`, so `segvol --help` stays fast.
+Each subcommand lives in `segvol/<package>/cli.py` as `add_arguments(parser)` and `run(args)`.
+Only the module of the subcommand being run is imported, so every command starts fast.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (none for `segvol --help`)."""
     parser = argparse.ArgumentParser(
         prog="segvol",
         description="SegVol: universal, promptable 3D CT segmentation (NeurIPS 2024), reproducible.",
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, summary) in SUBCOMMANDS.items():
+        if name != command:
+            commands.add_parser(name, help=summary)
+            continue
         module = importlib.import_module(module_name)
         sub = commands.add_parser(
             name,
@@ -44,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((word for word in argv if word in SUBCOMMANDS), None)
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

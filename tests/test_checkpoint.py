@@ -247,3 +247,14 @@ def test_base_forward_gives_full_resolution_logits(base_model):
         logits = base_model.eval()(image, text=["liver"], boxes=torch.tensor([[4.0, 30, 40, 20, 200, 180]]))
     assert logits.shape == (1, 1, 32, 256, 256)
     assert torch.isfinite(logits).all()
+
+
+def test_model_from_settings_builds_and_initialises(tiny_model, tmp_path):
+    path = checkpoint.save(tiny_model, tmp_path / "init.safetensors")
+    model = checkpoint.model_from_settings({"preset": "tiny", "text_encoder": "minilm", "init_checkpoint": str(path)})
+    for key, value in tiny_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="does not fit"):
+        checkpoint.model_from_settings(
+            {"preset": "tiny", "text_encoder": "minilm", "overrides": {"num_layers": 2}, "init_checkpoint": str(path)}
+        )

@@ -145,3 +145,22 @@ def test_model_config_presets_and_overrides():
     with pytest.raises(ValueError, match="divisible"):
         model_config("tiny", patch_size=(5, 8, 8))
     assert type(base).from_dict(base.to_dict()) == base
+
+
+def test_text_encoder_from_a_local_model_directory_and_bad_sources(tiny):
+    from segvol.model.text_encoder import build_text_encoder, minilm_directory
+
+    folder = minilm_directory()
+    from_path = build_text_encoder(str(folder), out_dim=tiny.config.hidden_size)
+    assert from_path.kind == "hf"
+    names = ["liver", "right kidney"]
+    torch.testing.assert_close(from_path.pooled_features(names), tiny.text_encoder.pooled_features(names))
+    # Mean pooling over real tokens: recompute by hand for one name.
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(str(folder))(["A computerized tomography of a liver."], return_tensors="pt")
+    with torch.no_grad():
+        hidden = from_path.language_model(**tokens).last_hidden_state
+    torch.testing.assert_close(from_path.pooled_features(["liver"])[0], hidden[0].mean(0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="not 'clip', 'minilm'"):
+        build_text_encoder("/nonexistent/model-dir", out_dim=8)

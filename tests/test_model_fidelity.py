@@ -146,3 +146,4 @@ def test_decode_upsamples_low_res_logits_trilinearly(tiny):
     hook.remove()
     expected = F.interpolate(captured["low"], size=tiny.config.spatial_size, mode="trilinear", align_corners=False)
     torch.testing.assert_close(logits, expected)
+

@@ -191,3 +191,23 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "outside" in err and str(path) in err
     assert not (tmp_path / "s.nii.gz").exists()
+
+
+def test_cli_loads_our_checkpoint(tmp_path):
+    from segvol.model import build_model, model_config
+    from segvol.model.checkpoint import save
+
+    torch.manual_seed(1)
+    save(build_model(model_config("tiny")), tmp_path / "tiny.safetensors")
+    path = tmp_path / "ct.nii.gz"
+    hu = write_phantom(path, shape=(40, 30, 50))
+    out = tmp_path / "seg.nii.gz"
+    code = main(["predict", str(path), "-o", str(out), "--checkpoint", str(tmp_path / "tiny.safetensors"),
+                 "--box", "10", "5", "10", "30", "20", "40", "--mode", "window", "--device", "cpu"])
+    assert code == 0
+    written = nib.load(str(out))
+    assert written.shape == hu.shape
+    np.testing.assert_allclose(written.affine, NON_RAS_AFFINE)
+    mask = np.asarray(written.dataobj) == 1
+    assert not np.any(mask & ~box_mask(hu.shape, [10, 5, 10, 30, 20, 40]))  # the box limit
+    assert json.loads((tmp_path / "seg.json").read_text())["weights"].endswith("tiny.safetensors")

@@ -77,7 +77,7 @@ def violins(per_case, methods: Sequence[str], path, title: str) -> None:
                 names.append(method)
         for position, values, method in zip(positions, data, names):
             if len(values) > 1 and np.ptp(values) > 0:
-                parts = axis.violinplot([values], positions=[position], widths=0.8, showmedians=True)
+                parts = axis.violinplot([values], positions=[position], widths=0.6, showmedians=True)
                 for body in parts["bodies"]:
                     body.set_facecolor(colour(method, index=position))
                     body.set_alpha(0.6)
@@ -87,6 +87,7 @@ def violins(per_case, methods: Sequence[str], path, title: str) -> None:
             axis.scatter(np.full(len(values), position), values, s=10, color=colour(method, index=position),
                          zorder=3)
         axis.set_xticks(range(len(methods)))
+        axis.set_xlim(-0.6, len(methods) - 0.4)
         axis.set_xticklabels(methods, rotation=30, ha="right")
         axis.set_title(f"{dataset}: {category}", fontsize=11)
         axis.set_ylim(-0.02, 1.02)
@@ -174,7 +175,8 @@ def identification_bars(examples, path, title: str, top: int = 5) -> None:
         rank = sorted(example["probabilities"], key=lambda n: -example["probabilities"][n]).index(example["category"]) \
             if example["category"] in example["probabilities"] else None
         note = "" if rank is None or rank < top else f" (truth ranked {rank + 1})"
-        axis.set_title(f"{example['case']}: {example['category']}{note}", fontsize=11)
+        where = f"{example['dataset']}/{example['case']}" if "dataset" in example else example["case"]
+        axis.set_title(f"{where}: {example['category']}{note}", fontsize=11)
     for axis in list(axes.flat)[len(examples):]:
         axis.axis("off")
     figure.suptitle(title)

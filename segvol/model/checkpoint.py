@@ -301,3 +301,21 @@ def _describe(config: ModelConfig) -> str:
 def _short(items: list[str], limit: int = 10) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def model_from_settings(settings: dict[str, Any]):
+    """The model of a workflow `model:` settings block, with `init_checkpoint` loaded if given.
+
+    A full checkpoint is loaded strictly; an encoder-only one (SimMIM) into the image encoder.
+    """
+    from segvol.model.config import model_config_from_settings
+
+    model = build_model(model_config_from_settings(settings))
+    source = settings.get("init_checkpoint")
+    if source:
+        state, _, kind = read_state_dict(source)
+        if kind in ("simmim", ENCODER_ONLY):
+            load_image_encoder(model, source)
+        else:
+            _load_normalized(model, state, source)
+    return model

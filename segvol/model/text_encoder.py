@@ -179,6 +179,10 @@ def build_text_encoder(kind: str, out_dim: int, template: str = TEXT_TEMPLATE) -
     from transformers import AutoModel, AutoTokenizer
 
     model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
+    from transformers.utils import logging as hf_logging
+
+    progress_bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one small local model: no "Loading weights" bar in job logs
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         if model_type in ("clip", "clip_text_model"):
@@ -189,6 +193,9 @@ def build_text_encoder(kind: str, out_dim: int, template: str = TEXT_TEMPLATE) -
             model = AutoModel.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as error:
         raise ValueError(f"text encoder {kind!r}: cannot load the model in {folder}: {error}") from error
+    finally:
+        if progress_bar:
+            hf_logging.enable_progress_bar()
     hidden = model.config.hidden_size
     if model_type in ("clip", "clip_text_model"):
         return TextEncoder("hf-clip", model, _hf_tokenize(tokenizer, str(folder)), hidden, out_dim, template)

@@ -16,8 +16,9 @@ RESULTS = config["paths"]["results"]
 TRAIN = config["datasets"]["train"]
 EXTERNAL = config["datasets"]["external"]
 UNLABELLED = config["datasets"]["unlabelled"]
+MRI = [config["evaluate"]["mri_dataset"]] if config["evaluate"].get("mri_dataset") else []
 SYNTHETIC = sorted(config["synth"]["datasets"])
-REGISTERED = sorted(set(TRAIN + EXTERNAL + UNLABELLED) - set(SYNTHETIC))
+REGISTERED = sorted(set(TRAIN + EXTERNAL + UNLABELLED + MRI) - set(SYNTHETIC))
 
 
 def _registry():
@@ -61,6 +62,14 @@ wildcard_constraints:
 def stage_json(stage):
     """The `<stage>:` config block as a JSON string for `segvol <stage> --params`."""
     return json.dumps(config[stage], sort_keys=True)
+
+
+def synth_json(dataset):
+    """The `synth:` block reduced to one dataset, so editing another dataset's entry does not
+    re-run this one (Snakemake's params rerun trigger compares this string)."""
+    block = dict(config["synth"])
+    block["datasets"] = {dataset: config["synth"]["datasets"][dataset]}
+    return json.dumps(block, sort_keys=True)
 
 
 def run_datasets(run):

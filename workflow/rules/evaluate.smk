@@ -3,7 +3,7 @@
 
 EVALUATE = config["evaluate"]
 SCALING_DATASET = EVALUATE.get("scaling_dataset") or (TRAIN[0] if TRAIN else None)
-SCALING_RUNS = ([f"first{n}" for n in range(1, len(TRAIN))] + ["segvol"]) if TRAIN else []
+SCALING_RUNS = [f"first{n}" for n in EVALUATE["scaling_runs"] if n < len(TRAIN)] + ["segvol"] * bool(TRAIN)
 PROMPT_DATASETS = EVALUATE.get("prompt_datasets") or TRAIN
 MRI_DATASET = EVALUATE.get("mri_dataset") or (EXTERNAL[0] if EXTERNAL else None)
 MRI_STAND_IN = not EVALUATE.get("mri_dataset")

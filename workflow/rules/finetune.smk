@@ -16,7 +16,10 @@ rule finetune:
     wildcard_constraints:
         run=r"segvol|first\d+",
     params:
-        launcher=train_launcher("finetune"),
+        launcher=lambda wc, resources: (
+            f"torchrun --standalone --nproc_per_node={resources.gpu} -m segvol" if int(resources.gpu) > 1 else "segvol"
+        ),
+        seed=config["seed"],
         settings=lambda wc: stage_json("finetune"),
         model=lambda wc: stage_json("model"),
     log:
@@ -30,5 +33,5 @@ rule finetune:
         "../../envs/segvol.yaml"
     shell:
         "{params.launcher} finetune --zarr {input.zarr} --pseudo {input.pseudo} --encoder {input.encoder}"
-        " --out {output} --threads {threads} --seed {config[seed]}"
+        " --out {output} --threads {threads} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"

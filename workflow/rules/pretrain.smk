@@ -1,11 +1,3 @@
-def train_launcher(stage):
-    """`segvol` for one process; torchrun with one process per GPU when the stage asks for more."""
-    gpus = int(config[stage]["gpu"])
-    if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node={gpus} -m segvol"
-    return "segvol"
-
-
 rule pretrain:
     """SimMIM pretraining of the ViT image encoder on every labelled and unlabelled CT."""
     input:
@@ -13,7 +5,11 @@ rule pretrain:
     output:
         f"{MODELS}/pretrain/encoder.safetensors",
     params:
-        launcher=train_launcher("pretrain"),
+        # one process per GPU through torchrun when the job asks for more than one
+        launcher=lambda wc, resources: (
+            f"torchrun --standalone --nproc_per_node={resources.gpu} -m segvol" if int(resources.gpu) > 1 else "segvol"
+        ),
+        seed=config["seed"],
         settings=lambda wc: stage_json("pretrain"),
         model=lambda wc: stage_json("model"),
     log:
@@ -26,5 +22,5 @@ rule pretrain:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "{params.launcher} pretrain --zarr {input} --out {output} --threads {threads} --seed {config[seed]}"
+        "{params.launcher} pretrain --zarr {input} --out {output} --threads {threads} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"

@@ -1,11 +1,3 @@
-def synth_json(dataset):
-    """The `synth:` block reduced to one dataset, so editing another dataset's entry does not
-    re-run this one (Snakemake's params rerun trigger compares this string)."""
-    block = dict(config["synth"])
-    block["datasets"] = {dataset: config["synth"]["datasets"][dataset]}
-    return json.dumps(block, sort_keys=True)
-
-
 rule synthesize:
     """Procedural abdominal CT phantoms (NIfTI + dataset.json): the embedded demo's raw data."""
     output:
@@ -14,6 +6,7 @@ rule synthesize:
         dataset=alternation(SYNTHETIC),
     params:
         settings=lambda wc: synth_json(wc.dataset),
+        seed=config["seed"],
     log:
         "logs/synthesize/{dataset}.log",
     threads: 1
@@ -23,5 +16,5 @@ rule synthesize:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol synth --dataset {wildcards.dataset} --out {output} --seed {config[seed]}"
+        "segvol synth --dataset {wildcards.dataset} --out {output} --seed {params.seed}"
         " --params {params.settings:q} --quiet > {log} 2>&1"
