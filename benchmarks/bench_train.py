@@ -63,13 +63,13 @@ def make_batch(spatial_size, batch: int, categories: int, pseudo_passes: int, se
     }
 
 
-def measure(args) -> dict:
-    """One schedule in this process: median samples/s over `steps` timed steps after a warm-up."""
+def setup(args):
+    """(device, objective, optimizer, batch, categories) for the benchmark's model and batch."""
     import torch
 
     from segvol.finetune.objective import FinetuneObjective
     from segvol.model import build_model, model_config
-    from segvol.pretrain.runtime import autocast, select_device
+    from segvol.pretrain.runtime import select_device
 
     torch.set_num_threads(args.threads)
     device = select_device(args.device)
@@ -81,16 +81,23 @@ def measure(args) -> dict:
     categories = names[: args.categories]
     batch = make_batch(model.config.spatial_size, args.batch, args.categories, args.pseudo_passes)
     batch = {k: v.to(device) for k, v in batch.items()}
+    return device, objective, optimizer, batch, categories
+
+
+def steps_for(args, device, objective, optimizer, batch, categories):
+    """The two schedules as callables training one batch each."""
+    from segvol.pretrain.runtime import autocast
+
     pairs = float(batch["present"].sum())
 
-    def shared_step():
+    def shared():
         optimizer.zero_grad(set_to_none=True)
         with autocast(device):
             loss, _ = objective(batch, categories, pairs, float(args.batch))
         loss.backward()
         optimizer.step()
 
-    def per_category_step():
+    def per_category():
         for k in range(len(categories)):
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
@@ -98,24 +105,47 @@ def measure(args) -> dict:
             loss.backward()
             optimizer.step()
 
-    step = shared_step if args.mode == "shared" else per_category_step
-    step()  # warm-up (allocator, text cache)
+    return {"shared": shared, "per-category": per_category}
+
+
+def timed(step, device) -> float:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    rates = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(args.batch / (time.perf_counter() - start))
+    start = time.perf_counter()
+    step()
     if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": args.mode, "device": str(device), "preset": args.preset, "samples_per_s": statistics.median(rates),
-            "rates": rates, "peak_mb": peak_mb}
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure_speed(args) -> dict:
+    """Both schedules in one process, steps interleaved so machine load hits both alike."""
+    device, *rest = setup(args)
+    steps = steps_for(args, device, *rest)
+    for step in steps.values():
+        step()  # warm-up (allocator, text cache)
+    rates = {mode: [] for mode in steps}
+    for _ in range(args.steps):
+        for mode, step in steps.items():
+            rates[mode].append(args.batch / timed(step, device))
+    return {"device": str(device), "rates": rates}
+
+
+def measure_memory(args) -> float:
+    """Peak memory (MB) of one schedule: CUDA peak allocation, else this process's peak RSS."""
+    import torch
+
+    device, *rest = setup(args)
+    step = steps_for(args, device, *rest)[args.mode]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step()
+    step()
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv=None) -> int:
@@ -135,21 +165,23 @@ def main(argv=None) -> int:
 
         args.preset = "base" if torch.cuda.is_available() else "tiny"
     if args.mode:
-        print(json.dumps(measure(args)))
+        print(json.dumps({"peak_mb": measure_memory(args)}))
         return 0
-    results = {}
-    for mode in ("shared", "per-category"):  # fresh process each: clean peak memory
+    speed = measure_speed(args)
+    peaks = {}
+    for mode in ("shared", "per-category"):  # a fresh process each: clean peak memory
         command = [sys.executable, __file__, "--mode", mode, "--preset", args.preset, "--text-encoder", args.text_encoder,
                    "--batch", str(args.batch), "--categories", str(args.categories),
-                   "--pseudo-passes", str(args.pseudo_passes), "--steps", str(args.steps), "--threads", str(args.threads)]
+                   "--pseudo-passes", str(args.pseudo_passes), "--threads", str(args.threads)]
         if args.device:
             command += ["--device", args.device]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        results[mode] = json.loads(output.strip().splitlines()[-1])
-        r = results[mode]
-        print(f"{mode:>13}: {r['samples_per_s']:.3f} samples/s (median of {args.steps}; "
-              f"{', '.join(f'{x:.3f}' for x in r['rates'])}), peak {r['peak_mb']:.0f} MB on {r['device']}, preset {r['preset']}")
-    ratio = results["shared"]["samples_per_s"] / results["per-category"]["samples_per_s"]
+        peaks[mode] = json.loads(output.strip().splitlines()[-1])["peak_mb"]
+    medians = {mode: statistics.median(r) for mode, r in speed["rates"].items()}
+    for mode, rates in speed["rates"].items():
+        print(f"{mode:>13}: {medians[mode]:.3f} samples/s (median of {len(rates)}: "
+              f"{', '.join(f'{x:.3f}' for x in rates)}), peak {peaks[mode]:.0f} MB, {args.preset} on {speed['device']}")
+    ratio = medians["shared"] / medians["per-category"]
     print(f"speed-up shared / per-category: {ratio:.2f}x (goal >= 3x) at batch {args.batch}, "
           f"{args.categories} categories, {args.pseudo_passes} pseudo passes")
     return 0

@@ -258,3 +258,18 @@ def test_model_from_settings_builds_and_initialises(tiny_model, tmp_path):
         checkpoint.model_from_settings(
             {"preset": "tiny", "text_encoder": "minilm", "overrides": {"num_layers": 2}, "init_checkpoint": str(path)}
         )
+
+
+def test_saved_image_encoder_loads_into_a_fresh_model(tiny_model, tmp_path):
+    path = checkpoint.save_image_encoder(tiny_model, tmp_path / "encoder.safetensors")
+    torch.manual_seed(9)
+    fresh = build_model(tiny_model.config)
+    checkpoint.load_image_encoder(fresh, path)
+    for key, value in tiny_model.image_encoder.state_dict().items():
+        assert torch.equal(fresh.image_encoder.state_dict()[key], value), key
+    assert not torch.equal(fresh.mask_decoder.iou_token.weight, tiny_model.mask_decoder.iou_token.weight)
+    with pytest.raises(ValueError, match="only image-encoder weights"):
+        checkpoint.load(path)
+    smaller = build_model(model_config("tiny", hidden_size=64, mlp_dim=128))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        checkpoint.load_image_encoder(smaller, path)

@@ -164,3 +164,15 @@ def test_text_encoder_from_a_local_model_directory_and_bad_sources(tiny):
     torch.testing.assert_close(from_path.pooled_features(["liver"])[0], hidden[0].mean(0), rtol=1e-5, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="not 'clip', 'minilm'"):
         build_text_encoder("/nonexistent/model-dir", out_dim=8)
+
+
+def test_text_cached_under_inference_mode_still_trains_dim_align(tiny):
+    tiny.text_encoder.clear_cache()
+    with torch.inference_mode():
+        frozen = tiny.encode_text(["gallbladder"])
+    tiny.zero_grad(set_to_none=True)
+    trained = tiny.encode_text(["gallbladder"])
+    trained.sum().backward()
+    torch.testing.assert_close(trained.detach(), frozen)
+    assert tiny.text_encoder.dim_align.weight.grad is not None
+    tiny.zero_grad(set_to_none=True)

@@ -58,7 +58,6 @@ def test_loss_is_l1_on_masked_voxels_only_and_mask_token_is_used():
     changed = image.clone()
     changed[voxels] = 0.0
     _, again = simmim(changed, mask)
-    unchanged_output = simmim.decoder  # noqa: F841 (same decoder, only inputs differ)
     torch.testing.assert_close(again, reconstruction)
     # ... while without the mask it does
     _, unmasked = simmim(changed, torch.zeros_like(mask))

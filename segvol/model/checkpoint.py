@@ -71,6 +71,25 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
+def save_image_encoder(target: nn.Module, path: str | os.PathLike, config: ModelConfig | None = None) -> Path:
+    """Write only the image encoder of `target` (a SegVol or an ImageEncoderViT3D), atomically.
+
+    Keys are `image_encoder.*`; `load_image_encoder` reads it (e.g. pretrain -> finetune).
+    """
+    from safetensors.torch import save_file
+
+    encoder = getattr(target, "image_encoder", target)
+    config = config or getattr(target, "config", None)
+    tensors = {"image_encoder." + k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "content": "image_encoder"}
+    if config is not None:
+        metadata["model_config"] = config.to_json()
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+    return path
+
+
 # --------------------------------------------------------------------------------------- read
 
 
@@ -168,7 +187,7 @@ def read_state_dict(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     path = resolve(source)
     raw, metadata = _read_raw(path)
     state, kind = _normalize(_unwrap(raw, path))
-    if metadata.get("format") == FORMAT:
+    if metadata.get("format") == FORMAT and kind != ENCODER_ONLY:
         kind = FORMAT
     if not state:
         raise ValueError(f"{path}: the checkpoint holds no model weights")

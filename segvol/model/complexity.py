@@ -50,18 +50,22 @@ def macs_per_forward(config: ModelConfig, batch: int = 1) -> dict[str, int]:
     return {"image_encoder": encoder_macs, "decoder": decoder_macs, "forward": encoder_macs + decoder_macs}
 
 
-def median_seconds(function: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+def median_seconds(
+    function: Callable[[], object], repeats: int = 5, warmup: int = 1, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Median duration of `function` by `clock` (wall time; pass time.process_time for CPU time,
+    which is steadier than wall time on a machine shared with other jobs)."""
     for _ in range(warmup):
         function()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         function()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
-def seconds_per_case(model, repeats: int = 3, warmup: int = 1) -> dict[str, float]:
+def seconds_per_case(model, repeats: int = 3, warmup: int = 1, clock=time.perf_counter) -> dict[str, float]:
     """Median seconds of encode_image and of one box+text decode for one case (no gradient)."""
     config = model.config
     image = torch.rand(1, config.in_channels, *config.spatial_size, device=model.device)
@@ -70,12 +74,14 @@ def seconds_per_case(model, repeats: int = 3, warmup: int = 1) -> dict[str, floa
     with torch.no_grad():
         text = model.encode_text(["liver"])
         embedding = model.encode_image(image)
-        encode = median_seconds(lambda: model.encode_image(image), repeats, warmup)
-        decode = median_seconds(lambda: model.decode(embedding, text=text, boxes=box), repeats, warmup)
+        encode = median_seconds(lambda: model.encode_image(image), repeats, warmup, clock)
+        decode = median_seconds(lambda: model.decode(embedding, text=text, boxes=box), repeats, warmup, clock)
     return {"encode_image": encode, "decode": decode, "case": encode + decode}
 
 
-def training_step_seconds(model, batch: int = 2, decoder_passes: int = 6, repeats: int = 5, warmup: int = 1) -> float:
+def training_step_seconds(
+    model, batch: int = 2, decoder_passes: int = 6, repeats: int = 5, warmup: int = 1, clock=time.perf_counter
+) -> float:
     """Median seconds of forward + backward: one image encoding, `decoder_passes` decodes per case."""
     config = model.config
     image = torch.rand(batch, config.in_channels, *config.spatial_size, device=model.device)
@@ -94,7 +100,7 @@ def training_step_seconds(model, batch: int = 2, decoder_passes: int = 6, repeat
             loss = loss + F.binary_cross_entropy_with_logits(logits, target)
         loss.backward()
 
-    seconds = median_seconds(step, repeats, warmup)
+    seconds = median_seconds(step, repeats, warmup, clock)
     model.zero_grad(set_to_none=True)
     model.eval()
     return seconds

