@@ -56,18 +56,41 @@ def test_windows_visited_per_mode():
     model = BoxModel(SIZE)
     segment(model, volume, [Prompt(box=box)], mode="window")
     assert model.images_encoded == meeting_box
+    # zoom: per axis one window where the coarse box fits in one, else all windows meeting it
+    to_zoom = VoxelMap.crop(crop[:3]).then(VoxelMap.resize(crop[3:] - crop[:3] + 1, SIZE))
+
+    def expected_zoom_windows(roi, user_box=None):
+        chosen = []
+        for axis in range(3):
+            starts = sorted({w.start[axis] for w in lattice})
+            fits = [s for s in starts if s <= roi[axis] and roi[axis + 3] <= s + SIZE[axis] - 1]
+            centre = (roi[axis] + roi[axis + 3]) / 2
+            if fits:
+                chosen.append([min(fits, key=lambda s: abs(s + (SIZE[axis] - 1) / 2 - centre))])
+            else:
+                chosen.append([s for s in starts if s <= roi[axis + 3] and roi[axis] <= s + SIZE[axis] - 1])
+        windows = [w for w in lattice if all(w.start[a] in chosen[a] for a in range(3))]
+        if user_box is not None:
+            windows = [w for w in windows if w.intersects(user_box)]
+        return 1 + len(windows)
+
     model = BoxModel(SIZE)
     segment(model, volume, [Prompt(box=box)], mode="zoom")
-    assert model.images_encoded == 1 + meeting_box < len(lattice)
-    # points without a box: the windows meeting the coarse mask around the point
+    # the coarse mask covers the box; with the box as a limit the zoom-in looks inside it only
+    expected = expected_zoom_windows(box_in_crop, box_in_crop)
+    assert model.images_encoded == expected < meeting_box
+    model = BoxModel(SIZE)
+    segment(model, volume, [Prompt(box=box)], mode="zoom", box_limits=False)
+    coarse_roi = to_zoom.inverse().map_box(to_zoom.map_box(box, SIZE)) - np.tile(crop[:3], 2)
+    assert model.images_encoded == expected_zoom_windows(coarse_roi, box_in_crop) >= expected
+    # points without a box: the windows over the coarse mask around the point
     point = np.array([[11, 38, 50]])
     model = BoxModel(SIZE)
     segment(model, volume, [Prompt(points=point)], mode="zoom")
-    to_zoom = VoxelMap.crop(crop[:3]).then(VoxelMap.resize(crop[3:] - crop[:3] + 1, SIZE))
     zoom_point = to_zoom.map_points(point, SIZE)[0]
     zoom_box = np.concatenate([np.maximum(zoom_point - 1, 0), np.minimum(zoom_point + 1, np.array(SIZE) - 1)])
     roi = to_zoom.inverse().map_box(zoom_box) - np.tile(crop[:3], 2)
-    assert model.images_encoded == 1 + sum(w.intersects(roi) for w in lattice)
+    assert model.images_encoded == expected_zoom_windows(roi)
 
 
 def test_resize_mode_is_the_upsampled_coarse_result():

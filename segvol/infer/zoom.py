@@ -6,9 +6,10 @@
 2. zoom-out: nearest-exact resize of the crop to the model size, prompts mapped with the same
    `VoxelMap`, one image embedding, every prompt decoded from it;
 3. coarse logits back onto the crop (nearest-exact);
-4. zoom-in: per prompt, the windows of a fixed 0.5-overlap lattice that meet the bounding box of
-   its coarse mask; each window is encoded once for all prompts that need it, each prompt gets
-   its own per-window box/points, window logits are averaged and replace the coarse logits;
+4. zoom-in: per prompt, windows of a fixed 0.5-overlap lattice over the bounding box of its
+   coarse mask (inside the prompt's box when boxes are limits; `roi_windows`: one window per axis
+   where it fits in one, else all that meet it); each window is encoded once for all prompts that need it, each prompt gets its own
+   per-window box/points, window logits are averaged and replace the coarse logits;
 5. everything pasted back into the uncropped volume.
 
 Per-window prompts (differences from the release are marked *):
@@ -36,7 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from segvol.infer.geometry import VoxelMap, box_is_empty, nearest_exact_indices
+from segvol.infer.geometry import VoxelMap, box_is_empty, box_slices, nearest_exact_indices
 from segvol.infer.prompts import Prompt
 from segvol.infer.windows import LogitStitcher, Window, extract_window, window_lattice
 
@@ -134,6 +135,27 @@ def _mask_box(mask: torch.Tensor) -> np.ndarray | None:
         lower.append(int(hits[0]))
         upper.append(int(hits[-1]))
     return np.array(lower + upper, dtype=np.int64)
+
+
+def roi_windows(lattice: list[Window], roi: np.ndarray) -> list[int]:
+    """Indices of the lattice windows that zoom in on an inclusive ROI box.
+
+    Per axis, like the release's ROI grown to the window size: if one window position holds
+    the ROI's whole extent, only the one centred best on it; otherwise every position meeting the
+    ROI (0.5-overlapping windows, averaged). Small organs thus cost one window, not 2-3 per axis.
+    """
+    chosen = []
+    for axis in range(3):
+        size = lattice[0].size[axis]
+        starts = sorted({w.start[axis] for w in lattice})
+        lo, hi = int(roi[axis]), int(roi[axis + 3])
+        holding = [s for s in starts if s <= lo and hi < s + size]
+        if holding:
+            centre = (lo + hi) / 2
+            chosen.append({min(holding, key=lambda s: abs(s + (size - 1) / 2 - centre))})
+        else:
+            chosen.append({s for s in starts if s <= hi and lo < s + size})
+    return [i for i, w in enumerate(lattice) if all(w.start[a] in chosen[a] for a in range(3))]
 
 
 def _window_job(prompt: Prompt, to_window: VoxelMap, window_size: Sequence[int], view_index: int,
@@ -249,7 +271,7 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
     try:
         with torch.no_grad():
             logits = _segment(model, volume, list(prompts), mode, overlap, sw_batch_size, decode_batch_size,
-                              device, window_size, progress)
+                              device, window_size, progress, box_limits)
     finally:
         model.train(was_training)
     if box_limits:
@@ -270,8 +292,17 @@ def _limit_to_box(target: torch.Tensor, box: np.ndarray) -> None:
         target[tuple(after)] = OUTSIDE_LOGIT
 
 
+def _coarse_roi(coarse: torch.Tensor, box: np.ndarray | None) -> np.ndarray | None:
+    """Bounding box of the coarse mask (crop voxels); with a limiting box, of its part inside the box
+    (everything outside will be cut anyway, so no window is spent there)."""
+    if box is None:
+        return _mask_box(coarse > 0)
+    inside = _mask_box(coarse[box_slices(box)] > 0)
+    return None if inside is None else inside + np.tile(box[:3], 2)
+
+
 def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_size, device, window_size,
-             progress) -> torch.Tensor:
+             progress, box_limits) -> torch.Tensor:
     decoder = _Decoder(model, _embed_texts(model, prompts, device), device, decode_batch_size)
     crop_box = foreground_box(volume)
     crop_start = crop_box[:3]
@@ -297,11 +328,11 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
         if mode == "window":
             needed_windows = range(len(lattice))
         else:
-            roi = _mask_box(crop_logits[k] > 0)
+            roi = _coarse_roi(crop_logits[k], local[k].box if box_limits else None)
             if roi is None:
                 log.info("zoom-out found nothing for '%s'; keeping the coarse result", prompts[k].label)
                 continue
-            needed_windows = [i for i, w in enumerate(lattice) if w.intersects(roi)]
+            needed_windows = roi_windows(lattice, roi)
         for i in needed_windows:
             needed[i].append(k)
 
