@@ -51,6 +51,7 @@ class FinetuneObjective(nn.Module):
         sample_count: float,
         scale: float = 1.0,
         category: int | None = None,
+        combinations: tuple[int, ...] = tuple(range(len(PROMPT_COMBINATIONS))),
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: collated `FinetuneSamples` items on the model's device.
 
@@ -61,9 +62,9 @@ class FinetuneObjective(nn.Module):
         model = self.model
         embedding = model.encode_image(batch["image"])  # (B, C, d, h, w)
         if category is None:
-            supervised = self._supervised_shared(embedding, batch, categories)
+            supervised = self._supervised_shared(embedding, batch, categories, combinations)
         else:
-            supervised = self._supervised_category(embedding, batch, categories, category)
+            supervised = self._supervised_category(embedding, batch, categories, category, combinations)
         supervised = supervised * (scale / max(pair_count, 1.0))
         pseudo = self._pseudo(embedding, batch) * (scale / max(sample_count, 1.0))
         loss = supervised + self.pseudo_weight * pseudo
@@ -71,9 +72,9 @@ class FinetuneObjective(nn.Module):
 
     # -- supervised ---------------------------------------------------------------------------
 
-    def _decode_combinations(self, embedding, text, boxes, points, point_labels, target, weight):
+    def _decode_combinations(self, combinations, embedding, text, boxes, points, point_labels, target, weight):
         total = embedding.new_zeros(())
-        for use_text, use_box, use_points in PROMPT_COMBINATIONS:
+        for use_text, use_box, use_points in (PROMPT_COMBINATIONS[i] for i in combinations):
             logits = self.model.decode(
                 embedding,
                 text=text if use_text else None,
@@ -83,7 +84,7 @@ class FinetuneObjective(nn.Module):
             total = total + (dice_bce(logits[:, 0], target) * weight).sum()
         return total
 
-    def _supervised_shared(self, embedding, batch, categories):
+    def _supervised_shared(self, embedding, batch, categories, combinations):
         text = self.model.encode_text(categories)  # (K, C)
         present = batch["present"]  # (B, K)
         sample_index, category_index = present.nonzero(as_tuple=True)
@@ -93,6 +94,7 @@ class FinetuneObjective(nn.Module):
             sample_index = category_index = torch.zeros(1, dtype=torch.long, device=present.device)
             weight = torch.zeros(1, device=embedding.device)
         return self._decode_combinations(
+            combinations,
             embedding[sample_index],
             text[category_index],
             batch["boxes"][sample_index, category_index],
@@ -102,11 +104,12 @@ class FinetuneObjective(nn.Module):
             weight,
         )
 
-    def _supervised_category(self, embedding, batch, categories, category):
+    def _supervised_category(self, embedding, batch, categories, category, combinations):
         text = self.model.encode_text([categories[category]])  # (1, C)
         b = embedding.shape[0]
         weight = batch["present"][:, category].to(embedding.dtype)
         return self._decode_combinations(
+            combinations,
             embedding,
             text.expand(b, -1),
             batch["boxes"][:, category],

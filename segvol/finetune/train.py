@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from segvol.finetune.data import DatasetBatches, FinetuneSamples
-from segvol.finetune.objective import FinetuneObjective
+from segvol.finetune.objective import PROMPT_COMBINATIONS, FinetuneObjective
 from segvol.pretrain import runtime as rt
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,16 @@ def save_model(model: torch.nn.Module, out: str | Path) -> None:
 
     with atomic_path(out) as temporary:
         checkpoint.save(model, temporary)
+
+
+def prompt_combinations(seed: int, step: int, count: int) -> tuple[int, ...]:
+    """Indices of the prompt combinations trained at `step`: all six (the paper), or `count` of
+    them drawn from (seed, step) alone, so a resumed run and every DDP rank draw the same ones."""
+    total = len(PROMPT_COMBINATIONS)
+    if count >= total:
+        return tuple(range(total))
+    chosen = np.random.default_rng([seed, step]).choice(total, size=count, replace=False)
+    return tuple(sorted(int(i) for i in chosen))
 
 
 def finetune(
@@ -147,6 +158,7 @@ def finetune(
         with rt.progress(steps, start, runtime.is_main, "finetune") as bar:
             tick = time.perf_counter()
             while step < steps:
+                combinations = prompt_combinations(seed, step, int(settings["prompt_combinations"]))
                 totals = {"loss": 0.0, "supervised": 0.0, "pseudo": 0.0}
                 samples = 0
                 if shared:
@@ -159,7 +171,8 @@ def finetune(
                         sync = micro == accum - 1 or not runtime.distributed
                         context = trained.no_sync() if not sync else _nothing()
                         with context, rt.autocast(runtime.device):
-                            loss, parts = trained(batch, categories, float(pairs), count, runtime.world_size)
+                            loss, parts = trained(batch, categories, float(pairs), count, runtime.world_size,
+                                                  combinations=combinations)
                         (loss / accum).backward()
                         _accumulate(totals, loss, parts, 1.0 / accum)
                         samples += batch["image"].shape[0] * runtime.world_size
@@ -174,7 +187,7 @@ def finetune(
                         optimizer.zero_grad(set_to_none=True)
                         with rt.autocast(runtime.device):
                             loss, parts = trained(batch, categories, float(per_category[k]), count,
-                                                  runtime.world_size, category=k)
+                                                  runtime.world_size, category=k, combinations=combinations)
                         loss.backward()
                         optimizer.step()
                         _accumulate(totals, loss, parts, 1.0 / max(len(present), 1))

@@ -79,5 +79,12 @@ def run_datasets(run):
     return TRAIN[: int(run.removeprefix("first"))]
 
 
+
+def launcher(wildcards, resources):
+    """`segvol`, or one process per GPU through torchrun when a training job asks for several."""
+    gpus = int(resources.gpu)
+    return f"torchrun --standalone --nproc_per_node={gpus} -m segvol" if gpus > 1 else "segvol"
+
+
 localrules:
     all,

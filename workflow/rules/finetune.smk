@@ -1,10 +1,3 @@
-def run_datasets(run):
-    """Training datasets of a fine-tuning run: `segvol` = all, `first<N>` = the first N (Fig 3a)."""
-    if run == "segvol":
-        return TRAIN
-    return TRAIN[: int(run.removeprefix("first"))]
-
-
 rule finetune:
     """Prompt fine-tuning (text/point/box + pseudo-label loss) from the SimMIM encoder."""
     input:
@@ -16,9 +9,7 @@ rule finetune:
     wildcard_constraints:
         run=r"segvol|first\d+",
     params:
-        launcher=lambda wc, resources: (
-            f"torchrun --standalone --nproc_per_node={resources.gpu} -m segvol" if int(resources.gpu) > 1 else "segvol"
-        ),
+        launcher=launcher,
         seed=config["seed"],
         settings=lambda wc: stage_json("finetune"),
         model=lambda wc: stage_json("model"),

@@ -5,10 +5,7 @@ rule pretrain:
     output:
         f"{MODELS}/pretrain/encoder.safetensors",
     params:
-        # one process per GPU through torchrun when the job asks for more than one
-        launcher=lambda wc, resources: (
-            f"torchrun --standalone --nproc_per_node={resources.gpu} -m segvol" if int(resources.gpu) > 1 else "segvol"
-        ),
+        launcher=launcher,
         seed=config["seed"],
         settings=lambda wc: stage_json("pretrain"),
         model=lambda wc: stage_json("model"),
