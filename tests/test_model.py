@@ -176,3 +176,22 @@ def test_text_cached_under_inference_mode_still_trains_dim_align(tiny):
     torch.testing.assert_close(trained.detach(), frozen)
     assert tiny.text_encoder.dim_align.weight.grad is not None
     tiny.zero_grad(set_to_none=True)
+
+
+def test_dense_box_prompt_coverage_is_the_share_of_each_patch_inside_the_box():
+    from segvol.model import build_model, model_config
+
+    model = build_model(model_config("tiny"))
+    encoder = model.prompt_encoder
+    patch = encoder.patch_size
+    # inclusive box over exactly the first token cell, and one over half a cell along w
+    exact = torch.tensor([[0.0, 0, 0, patch[0] - 1, patch[1] - 1, patch[2] - 1]])
+    half = torch.tensor([[0.0, 0, 0, patch[0] - 1, patch[1] - 1, patch[2] // 2 - 1]])
+    empty = torch.full((1, 6), -1.0)
+    expected = torch.zeros(encoder.image_embedding_size)
+    expected[0, 0, 0] = 1.0
+    torch.testing.assert_close(encoder.box_coverage(exact)[0], expected)
+    torch.testing.assert_close(encoder.box_coverage(half)[0], expected * 0.5)
+    assert encoder.box_coverage(empty).abs().sum() == 0
+    # the paper model keeps the released key list: no dense box embedding there
+    assert not model_config("base").dense_box_prompt

@@ -24,37 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> int:
-    """Copy the `image_encoder.*` tensors of a SimMIM encoder file into `model`; returns their count.
-
-    Our safetensors must hold every encoder tensor of the model with the same shape; other
-    formats (the official `ViT_pretrain.ckpt`) go through `segvol.model.checkpoint`, which reads
-    tensors only (weights_only=True).
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Copy the image-encoder tensors of `path` (ours, SimMIM `ViT_pretrain.ckpt`, a whole
+    checkpoint) into `model`, strictly; returns how many tensors the encoder has."""
+    from segvol.model import checkpoint
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: encoder checkpoint not found")
-    if path.suffix != ".safetensors":  # official SimMIM ViT_pretrain.ckpt etc.: read tensors only
-        from segvol.model import checkpoint
-
-        checkpoint.load_image_encoder(model, path)
-        return sum(1 for k in model.state_dict() if k.startswith("image_encoder."))
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
-    own = {k: v for k, v in model.state_dict().items() if k.startswith("image_encoder.")}
-    given = {k: v for k, v in tensors.items() if k.startswith("image_encoder.")}
-    missing = sorted(set(own) - set(given))
-    if missing:
-        raise ValueError(f"{path}: {len(missing)} image encoder tensor(s) missing, e.g. {missing[0]}")
-    for key, value in own.items():
-        if tuple(given[key].shape) != tuple(value.shape):
-            raise ValueError(f"{path}: {key} has shape {tuple(given[key].shape)}, the model expects {tuple(value.shape)}")
-    model.load_state_dict(given, strict=False)
-    return len(given)
+    return len(checkpoint.load_image_encoder(model, path).state_dict())
 
 
 def move_batch(batch: dict, device: torch.device) -> dict:

