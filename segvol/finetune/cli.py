@@ -18,6 +18,8 @@ example:
 
 from __future__ import annotations
 
+from segvol.pretrain.cli import add_runtime_arguments
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--zarr", nargs="+", required=True, metavar="STORE", help="labelled Zarr stores (data/zarr/<ds>.zarr)")
@@ -25,11 +27,7 @@ def add_arguments(parser) -> None:
                         help="pseudo-label stores (data/pseudo/<ds>.zarr), matched to --zarr by name")
     parser.add_argument("--encoder", default=None, help="SimMIM encoder .safetensors (image_encoder.* tensors)")
     parser.add_argument("--out", required=True, metavar="MODEL", help="output model .safetensors")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=2023, help="seed of batches, views, prompts and initialisation")
-    parser.add_argument("--params", default="{}", metavar="JSON", help="the `finetune:` settings block as JSON")
-    parser.add_argument("--model", default="{}", metavar="JSON", help="the `model:` settings block as JSON")
-    parser.add_argument("--device", default=None, help="force a device (cpu, cuda, cuda:1, mps); default: cuda > mps > cpu")
+    add_runtime_arguments(parser, "finetune")
 
 
 def run(args) -> int:

@@ -1,4 +1,4 @@
-"""Time phantom generation and writing: `python -m segvol.synth.benchmark [--cases N]`.
+"""Time phantom generation and writing: `python benchmarks/bench_synth.py [--cases N]`.
 
 Prints the median seconds per case of each step at the default `shape_max`, for the train and
 external populations. The goal is under 1-2 s per case on one core.
