@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from segvol.pseudo.sampling import segment_box
+
 PROMPT_KINDS = ("text", "point", "box", "point+text", "box+text")
 
 
@@ -31,11 +33,8 @@ class GroundTruthPrompt:
 
 def tight_box(mask: np.ndarray) -> tuple[int, ...] | None:
     """Inclusive bounding box (d0, h0, w0, d1, h1, w1) of a 3-D mask; None when it is empty."""
-    coords = np.argwhere(np.asarray(mask) > 0)
-    if coords.size == 0:
-        return None
-    lower, upper = coords.min(axis=0), coords.max(axis=0)
-    return tuple(int(v) for v in (*lower, *upper))
+    box = segment_box(np.asarray(mask) > 0)
+    return None if box[0] < 0 else tuple(int(v) for v in box)
 
 
 def positive_points(mask: np.ndarray, rng: np.random.Generator, n_extra: int = 4) -> np.ndarray | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from segvol.pseudo.sampling import segment_box
+
 POINTS_PER_PROMPT = 21  # 1 + up to 10 positives + up to 10 negatives
 
 
@@ -63,10 +65,9 @@ def tight_box(mask: torch.Tensor, threshold: float = 0.5, jitter: int = 0,
     With `jitter` > 0 every coordinate moves by an integer in [-jitter, jitter], clamped to the
     volume (upper clamp is the size, as the released generator).
     """
-    where = torch.nonzero(mask > threshold)
-    if len(where) == 0:
-        return torch.full((6,), -1.0)
-    box = torch.cat([where.min(0).values, where.max(0).values]).float()
+    box = segment_box(mask > threshold).float()
+    if box[0] < 0:
+        return box
     if jitter > 0 and rng is not None:
         box = box + torch.from_numpy(rng.integers(-jitter, jitter + 1, size=6).astype(np.float32))
         limits = torch.tensor(list(mask.shape) * 2, dtype=torch.float32)
