@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from segvol.model import build_model, model_config
@@ -182,13 +183,30 @@ def test_simmim_encoder_checkpoint_loads_only_the_encoder(tiny_model, tmp_path):
         checkpoint.load_into(tiny_model, path)
 
 
+class _Payload:
+    """Unpickling this would call its __reduce__ target: touch a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (self.marker.touch, ())
+
+
 def test_untrusted_and_broken_files_are_refused(tmp_path):
     import argparse
 
-    pickled = tmp_path / "evil.pth"  # any non-tensor object would need a full unpickle
-    torch.save({"model": {"a": torch.zeros(1)}, "extra": argparse.Namespace(run="rm -rf")}, pickled)
-    with pytest.raises(ValueError, match="weights-only"):
+    marker = tmp_path / "executed"
+    pickled = tmp_path / "evil.pth"
+    torch.save({"model": {"a": torch.zeros(1)}, "extra": _Payload(marker)}, pickled)
+    with pytest.raises(ValueError, match="evil.pth.*weights-only.*never unpickled"):
         checkpoint.read_state_dict(pickled)
+    assert not marker.exists()
+    # Plain training metadata saved beside the weights (argparse options, numpy scalars) is data, not code.
+    options = tmp_path / "with_options.pth"
+    torch.save({"model_state_dict": {"a": torch.ones(1)}, "args": argparse.Namespace(lr=1e-4),
+                "best": np.float64(0.5)}, options)
+    assert torch.equal(checkpoint.read_weights(options)["a"], torch.ones(1))
     junk = tmp_path / "junk.bin"
     junk.write_bytes(os.urandom(64))
     with pytest.raises(ValueError, match="not a checkpoint"):

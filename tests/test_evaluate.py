@@ -1,7 +1,6 @@
 """Ground-truth prompts, per-case scoring, Table 2/3 and the `segvol evaluate` CLI on tiny stores."""
 
 import json
-import math
 
 import numpy as np
 import pandas as pd

@@ -106,21 +106,42 @@ def test_rotation_mri_table6(tmp_path, stub):
     assert table6["cases"][0] == 2 and table6["seconds_per_case"][0] > 0
 
 
+def test_table6_adds_the_baselines_that_run(tmp_path, stub, monkeypatch):
+    from segvol.evaluate.baselines import sam
+
+    small = {**sam.ARCHITECTURES["sam-med3d"], "embed_dim": 32, "depth": 2, "num_heads": 2,
+             "global_attn_indexes": (1,), "window_size": 3, "img_size": 32, "prompt_dim": 48}
+    monkeypatch.setitem(sam.ARCHITECTURES, "sam-med3d", small)
+    checkpoint = tmp_path / "sam_med3d_turbo.pth"
+    torch.save({"model_state_dict": sam.build("sam-med3d").state_dict()}, checkpoint)
+    store = write_store(tmp_path / "ext.zarr", n_cases=2, dataset="ext")
+    params = {"methods": ["SegVol", "SAM", "SAM-Med3D"], "baseline_checkpoints": {"SAM-Med3D": str(checkpoint)}}
+    assert main(["evaluate", "table6", "--checkpoint", "m", "--zarr", str(store), "--out", str(tmp_path / "t6.csv"),
+                 "--per-case", str(tmp_path / "t6.parquet"), "--params", json.dumps(params)]) == 0
+    table6 = pd.read_csv(tmp_path / "t6.csv").set_index("method")
+    assert list(table6.index) == ["SegVol", "SAM-Med3D"]  # SAM has no checkpoint: no row
+    assert table6.loc["SAM-Med3D", "parameters"] == sum(p.numel() for p in sam.build("sam-med3d").parameters())
+    assert table6.loc["SAM-Med3D", "gmacs_per_case"] > 0 and table6.loc["SAM-Med3D", "cases"] == 2
+    assert set(pd.read_parquet(tmp_path / "t6.parquet")["method"]) == {"SegVol", "SAM-Med3D"}
+
+
 def test_fig5_identifies_the_category_whose_text_matches_the_box(tmp_path, monkeypatch, stub):
     store = write_store(tmp_path / "abdomen_a.zarr", n_cases=2, dataset="abdomen_a")
     root = zarr.open_group(str(store), mode="r")
-    owner = {}
+    boxes = {}  # category -> its boxes in every case: a text prompt segments where its category lies
     for case in root.attrs["cases"]:
         for index, name in enumerate(root.attrs["categories"]):
             box = tight_box(root[case]["labels"][index])
             if box is not None:
-                owner[tuple(box)] = name
+                boxes.setdefault(name, []).append(box)
 
     def text_aware(model, volume, prompts, mode="zoom", **kwargs):
-        logits = box_segment(model, volume, prompts)
+        spatial = [p for p in prompts if p.box is not None]
+        logits = box_segment(model, volume, spatial) if spatial else -torch.ones(len(prompts), *volume.shape)
         for k, prompt in enumerate(prompts):
-            if prompt.text is not None and owner.get(tuple(prompt.box)) != prompt.text:
-                logits[k] -= 3  # the wrong text disagrees with the box
+            if prompt.box is None:
+                for d0, h0, w0, d1, h1, w1 in boxes.get(prompt.text, []):
+                    logits[k, d0:d1 + 1, h0:h1 + 1, w0:w1 + 1] = 1
         return logits
 
     monkeypatch.setattr(segvol.infer, "segment", text_aware)

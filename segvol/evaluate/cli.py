@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
 log = logging.getLogger("segvol.evaluate")

@@ -19,6 +19,7 @@ ours are saved without it because it is rebuilt from its own files.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,6 +45,16 @@ _OPTIONAL_KEYS = re.compile(
     r"|image_encoder\.blocks\.\d+\.(norm_cross_attn|cross_attn)\..*)$"
 )
 _ENCODER_TOP_LEVEL = ("patch_embedding.", "blocks.", "norm.")
+def _numpy_scalar():
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed the module; pickles name either
+    return core.multiarray.scalar
+
+
+# Training checkpoints of other projects store their argparse options and numpy scalars beside
+# the weights; these plain data types are safe to rebuild, nothing else is.
+_HARMLESS_GLOBALS = [argparse.Namespace, np.dtype, _numpy_scalar()] + [
+    type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")
+]
 
 
 # --------------------------------------------------------------------------------------- save
@@ -134,16 +146,27 @@ def _read_raw(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             raise ValueError(f"{path}: unreadable safetensors file: {error}") from error
     if head[:2] == b"PK" or head[:1] == b"\x80":
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=head[:2] == b"PK")
+            with torch.serialization.safe_globals(_HARMLESS_GLOBALS):
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=head[:2] == b"PK")
         except Exception as error:
+            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            reason = f"it refers to {unsafe.group(1)}" if unsafe else str(error).splitlines()[0]
             raise ValueError(
                 f"{path}: cannot read it as a weights-only torch checkpoint (arbitrary objects are never "
-                f"unpickled): {str(error).splitlines()[0]}"
+                f"unpickled): {reason}"
             ) from error
         if not isinstance(obj, dict):
             raise ValueError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
         return obj, {}
     raise ValueError(f"{path}: not a checkpoint (neither safetensors nor a torch.save file)")
+
+
+def read_weights(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The flat state dict of a safetensors or weights-only torch file, unwrapped from a
+    'model' / 'state_dict' / 'model_state_dict' entry; key names as stored."""
+    path = resolve(source)
+    raw, _ = _read_raw(path)
+    return _unwrap(raw, path)
 
 
 def _unwrap(obj: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:

@@ -7,6 +7,8 @@ SCALING_RUNS = [f"first{n}" for n in EVALUATE["scaling_runs"] if n < len(TRAIN)]
 PROMPT_DATASETS = EVALUATE.get("prompt_datasets") or TRAIN
 MRI_DATASET = EVALUATE.get("mri_dataset") or (EXTERNAL[0] if EXTERNAL else None)
 MRI_STAND_IN = not EVALUATE.get("mri_dataset")
+# Checkpoints of the baselines that run: inputs, so that a new file reruns the tables that use it.
+BASELINE_CHECKPOINTS = sorted({path for path in (EVALUATE.get("baseline_checkpoints") or {}).values() if path})
 
 # Everything this file produces beyond Table 2/3 (the lead lists these in `rule all`).
 EVALUATION_TARGETS = [
@@ -25,6 +27,7 @@ rule evaluate_cases:
     input:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=f"{ZARR}/{{dataset}}.zarr",
+        baselines=BASELINE_CHECKPOINTS,
     output:
         f"{RESULTS}/cases/{{dataset}}.parquet",
     params:
@@ -208,10 +211,11 @@ rule figure5:
 
 
 rule table6:
-    """Table 6: parameters, MACs per case, seconds per case and Dice."""
+    """Table 6: parameters, MACs per case, seconds per case and Dice of SegVol and the baselines that run."""
     input:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
+        baselines=BASELINE_CHECKPOINTS,
     output:
         table=report(f"{RESULTS}/table6.csv", caption="../report/table6.rst", category="Tables"),
         per_case=f"{RESULTS}/table6_per_case.parquet",
