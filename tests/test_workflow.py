@@ -23,6 +23,14 @@ def snakemake(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.Co
     )
 
 
+def job_counts(output: str) -> dict[str, int]:
+    """The first "Job stats" table of a (dry) run: rule -> number of jobs."""
+    import re
+
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+
+
 def assert_ok(result: subprocess.CompletedProcess) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
@@ -30,6 +38,8 @@ def assert_ok(result: subprocess.CompletedProcess) -> str:
 
 
 STAGE_RULES = ["synthesize", "normalize", "pseudo", "pretrain", "finetune", "evaluate_cases", "table2"]
+EVALUATION_RULES = ["table2", "table3", "figure2", "scaling_cases", "figure3a", "prompt_cases", "figure3b",
+                    "figure5", "table6", "rotation", "mri"]
 
 
 def test_lint_is_clean():
@@ -57,6 +67,15 @@ def test_slurm_profile_dry_run_on_the_demo():
 def test_paper_dry_run_lists_downloads_for_every_dataset():
     output = assert_ok(snakemake("-n", "results/table2.csv", "--configfile", "config/paper.yaml"))
     assert "download" in output and "normalize" in output
+
+
+def test_paper_dry_run_of_the_default_target_lists_every_table_and_figure():
+    counts = job_counts(assert_ok(snakemake("-n", "--configfile", "config/paper.yaml")))
+    for rule in EVALUATION_RULES:
+        assert counts.get(rule, 0) >= 1, f"{rule} missing from the paper DAG"
+    # Fig 3a: models fine-tuned on the first 1, 2 and 8 datasets and on all 25, each scored on BTCV
+    assert counts["finetune"] == counts["scaling_cases"] == 4
+    assert counts["evaluate_cases"] == 3 and counts["pseudo"] == 25
 
 
 def test_bad_config_is_rejected():
@@ -88,3 +107,16 @@ def test_end_to_end_tiny(tmp_path):
     assert len(table3) == 3
     again = assert_ok(snakemake(*args, "-n", "results/table2.csv", "results/table3.csv"))
     assert "Nothing to be done" in again
+
+    # Every other table and figure (the default target), then one of them forced to rerun alone.
+    assert_ok(snakemake(*args, timeout=1500))
+    results = work / "results"
+    for name in ("fig3a_scaling.csv", "fig3b_prompts.csv", "fig5_identification.csv", "table6.csv", "rotation.csv",
+                 "mri.csv"):
+        assert len(pd.read_csv(results / name)) > 0, name
+    pngs = sorted((results / "figures").glob("*.png"))
+    assert len(pngs) >= 6 and all(png.read_bytes()[:4] == b"\x89PNG" for png in pngs)
+    forced = job_counts(assert_ok(snakemake(*args, "-n", "--forcerun", "table6", "results/table6.csv")))
+    assert {rule for rule in forced if rule != "all"} == {"table6"}  # `all` only collects, it runs nothing
+    assert_ok(snakemake(*args, "--report", str(results / "report.zip")))
+    assert (results / "report.zip").stat().st_size > 10_000
