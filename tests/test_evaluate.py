@@ -190,6 +190,37 @@ def test_cli_cases_table2_table3(tmp_path, stub_segvol):
     assert (t3["median_ms_per_case"] > 0).all() and (t3["cases"] == 6).all()
 
 
+def test_table2_gets_a_column_for_a_baseline_with_a_checkpoint(tmp_path, stub_segvol, monkeypatch):
+    """SAM-Med3D (a small stand-in of its architecture, in its released checkpoint format) fills its column."""
+    import torch
+
+    from segvol.evaluate.baselines import sam
+
+    small = {**sam.ARCHITECTURES["sam-med3d"], "embed_dim": 32, "depth": 2, "num_heads": 2,
+             "global_attn_indexes": (1,), "window_size": 3, "img_size": 32, "prompt_dim": 48}
+    monkeypatch.setitem(sam.ARCHITECTURES, "sam-med3d", small)
+    checkpoint = tmp_path / "sam_med3d_turbo.pth"
+    torch.save({"model_state_dict": sam.build("sam-med3d").state_dict()}, checkpoint)
+    store = write_store(tmp_path / "ext_a.zarr", dataset="ext_a")
+    params = json.dumps({"methods": ["SegVol", "SAM-Med2D", "SAM-Med3D"],
+                         "baseline_checkpoints": {"SAM-Med3D": str(checkpoint)}})
+    cases = tmp_path / "cases.parquet"
+    assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(cases),
+                 "--params", params]) == 0
+    rows = pd.read_parquet(cases)
+    assert set(rows["method"]) == {"SegVol", "SAM-Med3D"}
+    assert set(rows.loc[rows.method == "SAM-Med3D", "prompt"]) == {"point"}
+    sidecar = tmp_path / "methods.json"
+    assert main(["evaluate", "table2", "--cases", str(cases), "--out", str(tmp_path / "t2.csv"), "--per-case",
+                 str(tmp_path / "pc.parquet"), "--methods", str(sidecar), "--params", params]) == 0
+    table = pd.read_csv(tmp_path / "t2.csv")
+    assert list(table.columns) == ["dataset", "category", "SegVol", "SAM-Med2D", "SAM-Med3D"]
+    assert table["SAM-Med3D"].between(0, 1).all() and table["SAM-Med2D"].isna().all()
+    reasons = json.loads(sidecar.read_text())["columns"]
+    assert set(reasons["SAM-Med3D"].values()) == {f"ran: {checkpoint}"}
+    assert set(reasons["SAM-Med2D"].values()) == {"not run: no checkpoint"}
+
+
 def test_cli_bad_store_leaves_no_output(tmp_path, stub_segvol, capsys):
     out = tmp_path / "x.parquet"
     assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(tmp_path / "nope.zarr"),
