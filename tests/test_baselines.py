@@ -121,3 +121,21 @@ def test_original_sam_keys_map_onto_transformers(tiny_sam):
     known = set(tiny_sam.state_dict())
     assert not set(renamed) - known, sorted(set(renamed) - known)
     assert len(renamed) == len(ORIGINAL_SAM_KEYS) + 1  # + the prompt encoder's copy of the Fourier matrix
+
+
+def test_original_sam_vit_b_file_loads_into_transformers(tmp_path):
+    """A file in segment-anything's layout (here written from our SAM modules, random weights) loads
+    strictly as SAM ViT-B through `load_sam` (outputs of the two implementations are compared on a
+    small configuration in test_sam_baselines.py)."""
+    from segvol.evaluate.baselines.sam import build
+    from segvol.evaluate.baselines.transformers_sam import load_sam
+
+    torch.manual_seed(0)
+    original = build("sam-med2d", img_size=1024, adapter=False)  # = SAM ViT-B without adapters
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save(original.state_dict(), path)
+    loaded = load_sam(path)
+    assert torch.equal(loaded.vision_encoder.pos_embed, original.image_encoder.pos_embed)
+    assert torch.equal(loaded.vision_encoder.layers[11].attn.rel_pos_h, original.image_encoder.blocks[11].attn.rel_pos_h)
+    assert torch.equal(loaded.mask_decoder.iou_prediction_head.proj_out.weight,
+                       original.mask_decoder.iou_prediction_head.layers[2].weight)
