@@ -424,3 +424,73 @@ def test_per_structure_masks_merge_into_one_label_map(tmp_path):
     merged = nib.load(tmp_path / document["cases"][0]["label"])
     np.testing.assert_array_equal(np.asarray(merged.dataobj), liver * 3 + spleen * 1)
     np.testing.assert_allclose(merged.affine, affine)
+
+
+def write_dicom_series(folder, volume, spacing=(0.8, 0.7, 3.0), reverse_names=True):
+    """A DICOM series of (Z, Y, X) int16 slices; file names run against the slice order on purpose."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True)
+    series_uid = "1.2.826.0.1.3680043.2.1125.1"
+    names = []
+    for k in range(volume.shape[0]):
+        slice_image = sitk.GetImageFromArray(volume[k : k + 1].astype(np.int16))
+        slice_image.SetSpacing(spacing)
+        slice_image.SetOrigin((10.0, -20.0, 5.0 + k * spacing[2]))
+        for tag, value in {
+            "0008|0060": "MR", "0020|000e": series_uid, "0020|000d": "1.2.826.0.1.3680043.2.1125.2",
+            "0020|0032": f"10\\-20\\{5.0 + k * spacing[2]}", "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0013": str(k + 1), "0018|0050": str(spacing[2]),
+        }.items():
+            slice_image.SetMetaData(tag, value)
+        number = volume.shape[0] - k if reverse_names else k + 1
+        name = f"IMG-0002-{number:05d}.dcm"
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / name))
+        writer.Execute(slice_image)
+        names.append(name)
+    return names
+
+
+def test_chaos_png_slices_become_a_label_map_on_the_dicom_grid(tmp_path):
+    """CHAOS ships one PNG per DICOM slice (same stem, organ = grey level); they are stacked by the
+    series' slice order, not by file name, and written on the series' grid."""
+    import SimpleITK as sitk
+    from PIL import Image
+
+    from segvol.download.layouts import describe
+    from segvol.io.image import read_image, read_label
+
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 1000, size=(4, 12, 16))
+    truth = np.zeros(volume.shape, np.uint8)
+    truth[0, 2:5, 3:9] = 1                     # liver in the first slice only
+    truth[2, 6:10, 10:14] = 4                  # spleen in the third
+    truth[3, 1:3, 1:3] = 2
+    case = tmp_path / "Train_Sets" / "MR" / "5" / "T2SPIR"
+    names = write_dicom_series(case / "DICOM_anon", volume)
+    (case / "Ground").mkdir()
+    grey = {0: 0, 1: 63, 2: 126, 3: 189, 4: 252}
+    for k, name in enumerate(names):
+        Image.fromarray(np.vectorize(grey.get)(truth[k]).astype(np.uint8)).save(case / "Ground" / f"{name[:-4]}.png")
+    entry = {"role": "external", "modality": "MR", "labels": {"1": "liver", "2": "right kidney",
+                                                                  "3": "left kidney", "4": "spleen"},
+             "layout": {"kind": "dicom", "image": "Train_Sets/MR/{case}/T2SPIR",
+                        "label_slices": "Train_Sets/MR/{case}/T2SPIR/Ground",
+                        "label_ranges": {"1": [55, 70], "2": [110, 135], "3": [175, 200], "4": [240, 255]}}}
+    document = describe(tmp_path, "CHAOS-MR", entry)
+    assert document["categories"]["spleen"] == [4] and document["cases"][0]["id"] == "5"
+    label_path = tmp_path / document["cases"][0]["label"]
+    series = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(case / "DICOM_anon")))
+    label = sitk.ReadImage(str(label_path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(label), truth)
+    np.testing.assert_allclose(label.GetOrigin(), series.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(label.GetSpacing(), series.GetSpacing(), atol=1e-4)
+    # The reader of the normalize stage accepts the pair: same grid in physical space.
+    image = read_image(tmp_path / document["cases"][0]["image"])
+    assert read_label(label_path, image).array.shape == image.array.shape
+
+    (case / "Ground" / f"{names[1][:-4]}.png").unlink()
+    with pytest.raises(ValueError, match=r"Ground: no label image for 1 DICOM file.*IMG-0002-00003.dcm"):
+        describe(tmp_path, "CHAOS-MR", entry)

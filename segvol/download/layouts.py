@@ -9,7 +9,7 @@ them, except per-structure masks, which are merged into one label map per case.
 | `m3d`           | M3D-Seg release: `<code>/<code>.json`, `image.npy`, `mask_(C, X, Y, Z).npz` |
 | `paired`        | MSD tasks, nnU-Net folders, plain NIfTI/NRRD/MHA folders + label map  |
 | `per_structure` | TotalSegmentator: `<case>/ct.nii.gz` + `<case>/segmentations/*.nii.gz` |
-| `dicom`         | one DICOM series folder per case (+ optional label map template)      |
+| `dicom`         | one DICOM series folder per case (+ label map template or PNG slices) |
 | `volumes`       | unlabelled volumes (manifest shards)                                   |
 """
 
@@ -163,10 +163,15 @@ def _dicom_series_folder(case_dir: Path) -> Path | None:
 
 
 def dicom(root: Path, name: str, entry: dict) -> dict:
-    """One case per folder matching `layout.image` (e.g. `{case}`); the series may sit deeper."""
+    """One case per folder matching `layout.image` (e.g. `{case}`); the series may sit deeper.
+
+    Labels: a label-map template (`layout.label`), or one 2-D label image per DICOM file
+    (`layout.label_slices`, CHAOS) stacked into `labels/<case>.nii.gz` on the series' grid.
+    """
     layout = entry["layout"]
     case_dirs = _filter_cases(match_template(root, layout["image"], want_dirs=True), layout)
     label_template = layout.get("label")
+    slices_template = layout.get("label_slices")
     cases = []
     for case, (case_dir, fields) in case_dirs.items():
         series = _dicom_series_folder(case_dir)
@@ -178,9 +183,60 @@ def dicom(root: Path, name: str, entry: dict) -> dict:
             if not label_path.is_file():
                 raise ValueError(f"{label_path}: label map of DICOM case {case} not found")
             label = _relative(label_path, root)
+        elif slices_template:
+            out = root / "labels" / f"{case}.nii.gz"
+            stack_label_slices(series, root / fill(slices_template, fields), layout.get("label_ranges") or {}, out)
+            label = _relative(out, root)
         cases.append({"id": case, "image": _relative(series, root), "label": label})
-    cats = _categories(root, name, entry) if label_template else {}
+    cats = _categories(root, name, entry) if (label_template or slices_template) else {}
     return _document(name, entry, cats, cases)
+
+
+def stack_label_slices(series: Path, slices: Path, ranges: dict, out: Path) -> Path:
+    """Stack one 2-D label image per DICOM file of `series` (matched by file stem) into a label map.
+
+    The images are put in the slice order SimpleITK reads the series in, row/column as the DICOM
+    pixel data, and written on the series' grid (spacing, origin, direction) as NIfTI. A pixel in
+    `ranges[value] = [low, high]` gets `value`; anything else is background.
+    """
+    import SimpleITK as sitk
+    from PIL import Image
+
+    from segvol.io.atomic import atomic_path
+
+    if not slices.is_dir():
+        raise ValueError(f"{slices}: folder of label slices not found")
+    if not ranges:
+        raise ValueError(f"{slices}: label_slices needs label_ranges (label value -> [low, high])")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series))
+    if not files:
+        raise ValueError(f"{series}: no readable DICOM series")
+    images = {p.stem: p for p in slices.iterdir() if p.is_file() and not p.name.startswith(".")}
+    missing = [Path(f).name for f in files if Path(f).stem not in images]
+    if missing:
+        raise ValueError(f"{slices}: no label image for {len(missing)} DICOM file(s) of {series}, e.g. {missing[0]}")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reference = reader.Execute()
+    depth, height, width = sitk.GetArrayViewFromImage(reference).shape[:3]
+    stack = np.zeros((depth, height, width), dtype=np.uint8)
+    for index, file in enumerate(files):
+        path = images[Path(file).stem]
+        try:
+            pixels = np.asarray(Image.open(path).convert("L"))
+        except Exception as error:
+            raise ValueError(f"{path}: unreadable label image ({error})") from error
+        if pixels.shape != (height, width):
+            raise ValueError(f"{path}: label image is {pixels.shape[1]}x{pixels.shape[0]}, "
+                             f"its DICOM slice {width}x{height}")
+        for value, (low, high) in ranges.items():
+            stack[index][(pixels >= low) & (pixels <= high)] = int(value)
+    label = sitk.GetImageFromArray(stack)
+    label.CopyInformation(reference)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as temporary:
+        sitk.WriteImage(label, str(temporary), True)
+    return out
 
 
 def per_structure(root: Path, name: str, entry: dict) -> dict:
