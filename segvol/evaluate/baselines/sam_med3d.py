@@ -10,7 +10,8 @@
   prediction gets an all-zero mask prompt and each later one the previous 32^3 logits
   (its validation loop). One mask per prediction (no multimask output).
 - The crop's prediction is pasted back into the resampled volume and resized (nearest) to the
-  original grid.
+  original grid. Like the original (no sliding window), an object larger than the 192 mm cube
+  is segmented only inside it.
 """
 
 from __future__ import annotations
