@@ -17,7 +17,7 @@ import yaml
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
-    text = resources.files("segvol").joinpath("config.schema.yaml").read_text()
+    text = resources.files("segvol").joinpath("config.schema.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 

@@ -31,7 +31,7 @@ def official_table():
     if not KEY_TABLE.is_file():
         pytest.skip(f"{KEY_TABLE} is not available")
     rows = []
-    for line in KEY_TABLE.read_text().splitlines()[1:]:
+    for line in KEY_TABLE.read_text(encoding="utf-8").splitlines()[1:]:
         key, shape, dtype, numel, is_buffer = line.split("\t")
         rows.append((key, tuple(int(s) for s in shape.split("x")), dtype, int(numel), is_buffer == "1"))
     return rows

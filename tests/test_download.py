@@ -292,7 +292,7 @@ def test_cli_msd_archive_to_raw_contract(server, tmp_path, capsys):
     out = tmp_path / "raw" / "Spleen"
     rc = _cli("--dataset", "Spleen", "--registry", registry, "--out", out, "--downloads", tmp_path / "dl")
     assert rc == 0, capsys.readouterr().err
-    document = json.loads((out / "dataset.json").read_text())
+    document = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert document["categories"] == {"spleen": [1]}
     assert [c["id"] for c in document["cases"]] == ["spleen_0", "spleen_1"]
     for case in document["cases"]:
@@ -353,7 +353,7 @@ def test_manual_dataset_instructions_then_success(tmp_path, capsys):
         "train/Patient_01/GT.nii.gz": _nifti_bytes(rng.integers(0, 3, (4, 4, 3)).astype(np.uint8)),
     }))
     assert _cli("--dataset", "SegTHOR", "--registry", registry, "--out", out, "--params", params) == 0
-    document = json.loads((out / "dataset.json").read_text())
+    document = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert document["categories"] == {"esophagus": [1], "heart": [2]}
     assert document["cases"] == [{"id": "Patient_01", "image": "train/Patient_01/Patient_01.nii.gz",
                                   "label": "train/Patient_01/GT.nii.gz"}]
@@ -388,7 +388,7 @@ def test_unlabelled_manifest_shards(tmp_path, server):
         out = tmp_path / "raw" / shard
         assert _cli("--dataset", shard, "--registry", registry, "--out", out, "--params", params,
                     "--downloads", tmp_path / "dl") == 0
-        document = json.loads((out / "dataset.json").read_text())
+        document = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
         assert document["role"] == "unlabelled" and document["name"] == shard
         assert all(case["label"] is None for case in document["cases"])
         seen += [(out / case["image"]).read_bytes() for case in document["cases"]]
@@ -428,8 +428,19 @@ def test_per_structure_masks_merge_into_one_label_map(tmp_path):
 
 def write_dicom_series(folder, volume, spacing=(0.8, 0.7, 3.0), reverse_names=True):
     """A DICOM series of (Z, Y, X) int16 slices; file names run against the slice order on purpose."""
+    import locale
+
     import SimpleITK as sitk
 
+    # GDCM's writer switches the process to the C locale; later text reads would turn ASCII-only.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_dicom_series(sitk, folder, volume, spacing, reverse_names)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(sitk, folder, volume, spacing, reverse_names):
     folder.mkdir(parents=True)
     series_uid = "1.2.826.0.1.3680043.2.1125.1"
     names = []

@@ -179,7 +179,7 @@ def test_cli_cases_table2_table3(tmp_path, stub_segvol):
     expected = rows[rows.category == "spleen"]["dice"].median()
     assert table.loc[(table.dataset == "ext_a") & (table.category == "spleen"), "SegVol"].item() == \
         pytest.approx(expected, abs=1e-4)
-    reasons = json.loads(sidecar.read_text())["columns"]
+    reasons = json.loads(sidecar.read_text(encoding="utf-8"))["columns"]
     assert set(reasons["MedSAM"].values()) == {"not run: no checkpoint"}
 
     table3_path = tmp_path / "table3.csv"
@@ -216,7 +216,7 @@ def test_table2_gets_a_column_for_a_baseline_with_a_checkpoint(tmp_path, stub_se
     table = pd.read_csv(tmp_path / "t2.csv")
     assert list(table.columns) == ["dataset", "category", "SegVol", "SAM-Med2D", "SAM-Med3D"]
     assert table["SAM-Med3D"].between(0, 1).all() and table["SAM-Med2D"].isna().all()
-    reasons = json.loads(sidecar.read_text())["columns"]
+    reasons = json.loads(sidecar.read_text(encoding="utf-8"))["columns"]
     assert set(reasons["SAM-Med3D"].values()) == {f"ran: {checkpoint}"}
     assert set(reasons["SAM-Med2D"].values()) == {"not run: no checkpoint"}
 

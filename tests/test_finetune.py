@@ -256,7 +256,7 @@ def test_per_category_schedule_matches_shared_loss_for_one_category(stores):
 
 
 def _read_losses(path: Path) -> dict[int, float]:
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle)}
 
 

@@ -233,7 +233,7 @@ def test_real_nifti_case_round_trips(shared_data, tmp_path):
     source = nib.load(folder / "example_ct_sm.nii.gz")
     assert image.shape == source.shape[::-1]  # RAS source: canonical = reversed axes
     assert image.spacing == pytest.approx((3.0, 3.0, 3.0))
-    names = {name: int(k) for k, name in json.loads((shared_data / "totalsegmentator" / "labels_total.json").read_text()).items()}
+    names = {name: int(k) for k, name in json.loads((shared_data / "totalsegmentator" / "labels_total.json").read_text(encoding="utf-8")).items()}
     liver_hu = image.array[label.array == names["liver"]].mean()
     assert 20 < liver_hu < 70  # README: 44.5 HU on the full scan
 
@@ -252,7 +252,7 @@ def test_dicom_series_and_its_nifti_label_agree_in_physical_space(shared_data, t
     assert image.spacing == pytest.approx((2.0, 0.9765625, 0.9765625))
     assert same_grid(label, image) is None
     # The two files store rows in opposite directions; after canonicalisation the organs line up.
-    names = {name: int(k) for k, name in json.loads((shared_data / "totalsegmentator" / "labels_total.json").read_text()).items()}
+    names = {name: int(k) for k, name in json.loads((shared_data / "totalsegmentator" / "labels_total.json").read_text(encoding="utf-8")).items()}
     expected = {"liver": 89, "spleen": 80, "aorta": 177}  # README sanity figures
     for organ, hu in expected.items():
         assert abs(image.array[label.array == names[organ]].mean() - hu) < 5, organ

@@ -94,7 +94,7 @@ def test_release_folder_to_raw_contract(tmp_path):
             np.testing.assert_array_equal(labels == values[0], channels[channel].astype(bool), err_msg=name)
 
     # A json naming more labels than the masks have channels is refused.
-    meta = json.loads((code_dir / "0005.json").read_text())
+    meta = json.loads((code_dir / "0005.json").read_text(encoding="utf-8"))
     meta["labels"]["3"] = "renal artery"
     (code_dir / "0005.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="2 channels but"):

@@ -254,7 +254,7 @@ def test_corrupt_image_and_bad_manifest(tmp_path):
     with pytest.raises(ValueError, match=r"case_001.nii.gz: cannot read NIfTI"):
         _normalize(tmp_path)
 
-    spec = json.loads((tmp_path / "raw" / "dataset.json").read_text())
+    spec = json.loads((tmp_path / "raw" / "dataset.json").read_text(encoding="utf-8"))
     spec["role"] = "training"
     (tmp_path / "raw" / "dataset.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match=r"dataset\.json: role must be one of"):

@@ -69,7 +69,7 @@ def test_box_lands_on_the_input_grid_of_a_non_ras_file(tmp_path, mode):
         assert np.all(mask[expected]) and mask.sum() < 1.2 * expected.sum()
     else:  # window: refined everywhere; resize: coarse cut to the box
         np.testing.assert_array_equal(mask, expected)
-    sidecar = json.loads((tmp_path / "out" / "seg.json").read_text())
+    sidecar = json.loads((tmp_path / "out" / "seg.json").read_text(encoding="utf-8"))
     assert sidecar == description and sidecar["labels"] == {"0": "background", "1": "thing"}
     assert sidecar["voxels"]["thing"] == int(mask.sum())
 
@@ -149,7 +149,7 @@ def test_cli_with_tiny_random_weights(shared_data, tmp_path):
     probability = np.asarray(nib.load(str(tmp_path / "prob" / "01_liver.nii.gz")).dataobj)
     assert probability.min() >= 0 and probability.max() <= 1
     np.testing.assert_array_equal(probability > 0.5, np.asarray(written.dataobj) == 1)
-    sidecar = json.loads((tmp_path / "seg.json").read_text())
+    sidecar = json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))
     assert sidecar["prompts"][0]["point_labels"] == [1, 0]
 
 
@@ -210,4 +210,4 @@ def test_cli_loads_our_checkpoint(tmp_path):
     np.testing.assert_allclose(written.affine, NON_RAS_AFFINE)
     mask = np.asarray(written.dataobj) == 1
     assert not np.any(mask & ~box_mask(hu.shape, [10, 5, 10, 30, 20, 40]))  # the box limit
-    assert json.loads((tmp_path / "seg.json").read_text())["weights"].endswith("tiny.safetensors")
+    assert json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))["weights"].endswith("tiny.safetensors")

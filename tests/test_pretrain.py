@@ -90,7 +90,7 @@ def store(tmp_path_factory):
 
 
 def _losses(path):
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(handle)}
 
 

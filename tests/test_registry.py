@@ -62,7 +62,7 @@ def test_checksums_only_where_verified(registry):
 
 
 def test_paper_config_names_are_registered(registry):
-    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["datasets"]
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text(encoding="utf-8"))["datasets"]
     assert paper["train"] == list(M3D_CODES)
     for name in paper["train"] + paper["external"] + paper["unlabelled"]:
         assert name in registry

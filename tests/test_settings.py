@@ -22,12 +22,12 @@ def test_unknown_key_is_an_error():
 
 def test_workflow_schema_is_the_package_schema():
     linked = REPO / "workflow" / "schemas" / "config.schema.yaml"
-    assert yaml.safe_load(linked.read_text()) == schema()
+    assert yaml.safe_load(linked.read_text(encoding="utf-8")) == schema()
 
 
 @pytest.mark.parametrize("config", ["config.yaml", "paper.yaml", "test.yaml"])
 def test_every_config_validates(config):
     import jsonschema
 
-    data = yaml.safe_load((REPO / "config" / config).read_text())
+    data = yaml.safe_load((REPO / "config" / config).read_text(encoding="utf-8"))
     jsonschema.validate(data, schema())

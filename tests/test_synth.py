@@ -94,7 +94,7 @@ def test_bad_settings_raise_clear_errors(tmp_path, mutate, message):
 def test_dataset_folder_is_complete_and_labels_match_categories(tmp_path):
     labels = ["liver", "liver tumor", "spleen", "left kidney", "right kidney", "kidney tumor", "postcava"]
     out = synthesize_dataset("abd", tmp_path / "abd", 7, params("abd", n_cases=3, labels=labels), progress=False)
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["name"] == "abd" and meta["role"] == "train" and meta["modality"] == "CT"
     assert list(meta["categories"]) == labels
     assert [c["id"] for c in meta["cases"]] == ["case_000", "case_001", "case_002"]
@@ -129,7 +129,7 @@ def test_dataset_folder_is_complete_and_labels_match_categories(tmp_path):
 def test_lesion_only_dataset_labels_only_lesions(tmp_path):
     out = synthesize_dataset("les", tmp_path / "les", 3, params("les", n_cases=3, labels=["liver tumor", "kidney tumor"]),
                              progress=False)
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["categories"] == {"liver tumor": [1], "kidney tumor": [2]}
     for case in meta["cases"]:
         _, label = load(out, case["label"])
@@ -141,7 +141,7 @@ def test_lesion_only_dataset_labels_only_lesions(tmp_path):
 
 def test_unlabelled_dataset_has_images_only(tmp_path):
     out = synthesize_dataset("u", tmp_path / "u", 3, params("u", role="unlabelled", labels=[], n_cases=2), progress=False)
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["role"] == "unlabelled" and meta["categories"] == {}
     assert [c["label"] for c in meta["cases"]] == [None, None]
     assert not (out / "labels").exists()

@@ -113,7 +113,7 @@ def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fet
                 f"{entry['source'].get('instructions', entry.get('homepage'))}"
             )
     lines = [
-        line.strip() for line in path.read_text().splitlines()
+        line.strip() for line in path.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
     if entry["n_cases"] != len(lines):

@@ -100,7 +100,7 @@ def _filter_cases(found: dict, layout: dict) -> dict:
 def _labels_from_source_json(path: Path) -> dict[str, list[int]]:
     """Label map of an MSD (`{"1": "liver"}`) or nnU-Net v2 (`{"liver": 1}`) dataset.json."""
     try:
-        labels = json.loads(path.read_text())["labels"]
+        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
     except (OSError, json.JSONDecodeError, KeyError) as error:
         raise ValueError(f"{path}: cannot read a 'labels' map: {error}") from None
     result: dict[str, list[int]] = {}
@@ -318,7 +318,7 @@ def m3d(root: Path, name: str, entry: dict) -> dict:
     code = entry["layout"].get("code") or entry.get("m3d_code")
     json_path = _find_m3d_json(root, code)
     try:
-        meta = json.loads(json_path.read_text())
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{json_path}: not valid JSON: {error}") from None
     labels = {int(k): str(v) for k, v in meta.get("labels", {}).items() if int(k) != 0}

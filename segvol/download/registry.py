@@ -60,7 +60,7 @@ def validate(document: dict, source: str = "registry") -> None:
     """Raise ValueError naming the dataset and field when `document` breaks the schema."""
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(document), key=lambda e: list(e.path))
     if errors:
@@ -77,7 +77,7 @@ def validate(document: dict, source: str = "registry") -> None:
 
 @lru_cache(maxsize=8)
 def _load_cached(path: str, mtime: float) -> dict:
-    text = Path(path).read_text()
+    text = Path(path).read_text(encoding="utf-8")
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:

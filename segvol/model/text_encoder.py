@@ -177,7 +177,7 @@ def build_text_encoder(kind: str, out_dim: int, template: str = TEXT_TEMPLATE) -
         )
     from transformers import AutoModel, AutoTokenizer
 
-    model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
+    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")
     from transformers.utils import logging as hf_logging
 
     progress_bar = hf_logging.is_progress_bar_enabled()

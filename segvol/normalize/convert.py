@@ -40,7 +40,7 @@ def load_dataset(raw: Path) -> dict:
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: dataset description not found")
     try:
-        spec = json.loads(manifest.read_text())
+        spec = json.loads(manifest.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{manifest}: not valid JSON ({error})") from error
     if not isinstance(spec, dict):

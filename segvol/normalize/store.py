@@ -29,7 +29,7 @@ class NormalizedStore:
         if not metadata.is_file():
             raise FileNotFoundError(f"{self.path}: not a Zarr v3 store (no zarr.json)")
         try:
-            root = json.loads(metadata.read_text())
+            root = json.loads(metadata.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{metadata}: corrupt store metadata ({error})") from error
         self.attrs: dict = root.get("attributes", {})
@@ -66,7 +66,7 @@ class NormalizedStore:
         """The case group's attributes (spacing, affine, to_original, ...), read without zarr."""
         self._check_case(case_id)
         metadata = self.path / case_id / "zarr.json"
-        return json.loads(metadata.read_text()).get("attributes", {})
+        return json.loads(metadata.read_text(encoding="utf-8")).get("attributes", {})
 
     def case(self, case_id: str):
         """The case's zarr group (read-only), opened on first use in this process."""

@@ -245,10 +245,10 @@ class MetricsLog:
             return
         kept: list[dict] = []
         if start_step > 0 and self.path.is_file():
-            with open(self.path, newline="") as handle:
+            with open(self.path, newline="", encoding="utf-8") as handle:
                 kept = [row for row in csv.DictReader(handle) if int(row["step"]) <= start_step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "w", newline="")
+        self._handle = open(self.path, "w", newline="", encoding="utf-8")
         self._csv = csv.DictWriter(self._handle, fieldnames=self.fields, extrasaction="ignore")
         self._csv.writeheader()
         self._csv.writerows(kept)
