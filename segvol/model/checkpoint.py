@@ -45,6 +45,8 @@ _OPTIONAL_KEYS = re.compile(
     r"|image_encoder\.blocks\.\d+\.(norm_cross_attn|cross_attn)\..*)$"
 )
 _ENCODER_TOP_LEVEL = ("patch_embedding.", "blocks.", "norm.")
+
+
 def _numpy_scalar():
     core = getattr(np, "_core", None) or np.core  # numpy 2 renamed the module; pickles name either
     return core.multiarray.scalar

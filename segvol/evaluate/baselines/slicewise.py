@@ -9,7 +9,6 @@ from segvol.evaluate.methods import Method
 from segvol.evaluate.prompts import GroundTruthPrompt, tight_box
 
 
-
 class SliceSegmenter:
     """A 2-D promptable model: `set_image(slice)` then `predict(points, labels, box, previous)`.
 
