@@ -276,3 +276,20 @@ def test_full_size_sam_med2d_segments_a_slice():
     assert segmenter.embedding.shape == (1, 256, 16, 16)
     logits, low = segmenter.predict(np.array([[50, 40]]), np.array([1]), None, None)
     assert logits.shape == (100, 80) and low.shape == (1, 1, 64, 64)
+
+
+def test_hub_reference_of_a_baseline_fails_clearly_offline(tmp_path):
+    """hf://owner/repo/file works for baseline checkpoints too; offline, the error names the file."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    code = (
+        "from segvol.evaluate.baselines import build_baselines\n"
+        "try:\n    build_baselines(['SAM-Med3D'], {'SAM-Med3D': 'hf://blueyo0/SAM-Med3D/sam_med3d_turbo.pth'})\n"
+        "except FileNotFoundError as e:\n    print('ERROR', e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "ERROR hf://blueyo0/SAM-Med3D/sam_med3d_turbo.pth" in result.stdout, result.stderr
+    assert "HF_HUB_OFFLINE" in result.stdout

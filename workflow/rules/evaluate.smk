@@ -7,8 +7,11 @@ SCALING_RUNS = [f"first{n}" for n in EVALUATE["scaling_runs"] if n < len(TRAIN)]
 PROMPT_DATASETS = EVALUATE.get("prompt_datasets") or TRAIN
 MRI_DATASET = EVALUATE.get("mri_dataset") or (EXTERNAL[0] if EXTERNAL else None)
 MRI_STAND_IN = not EVALUATE.get("mri_dataset")
-# Checkpoints of the baselines that run: inputs, so that a new file reruns the tables that use it.
-BASELINE_CHECKPOINTS = sorted({path for path in (EVALUATE.get("baseline_checkpoints") or {}).values() if path})
+# Local checkpoints of the baselines that run: inputs, so that a new file reruns the tables that use
+# it (an hf:// reference is downloaded by the job itself).
+BASELINE_CHECKPOINTS = sorted(
+    {path for path in (EVALUATE.get("baseline_checkpoints") or {}).values() if path and "://" not in path}
+)
 
 # Everything this file produces beyond Table 2/3 (the lead lists these in `rule all`).
 EVALUATION_TARGETS = [

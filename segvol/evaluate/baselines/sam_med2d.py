@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segvol.evaluate.baselines.sam import PromptableSam, build, load_checkpoint
+from segvol.evaluate.baselines.sam import PromptableSam, load
 from segvol.evaluate.baselines.slicewise import SliceSegmenter
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -25,7 +25,7 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 def load_sam_med2d(source: str | os.PathLike) -> PromptableSam:
     """SAM-Med2D ViT-B with its released weights (`sam-med2d_b.pth` or a safetensors copy)."""
-    return load_checkpoint(build("sam-med2d"), source)
+    return load("sam-med2d", source)
 
 
 class SamMed2DSegmenter(SliceSegmenter):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from segvol.evaluate.baselines.clicks import CLICKS, central_point, click_correction
-from segvol.evaluate.baselines.sam import PromptableSam, build, load_checkpoint
+from segvol.evaluate.baselines.sam import PromptableSam, load
 from segvol.evaluate.methods import Method
 from segvol.evaluate.prompts import GroundTruthPrompt
 
@@ -34,7 +34,7 @@ TARGET_SPACING_MM = 1.5
 
 def load_sam_med3d(source: str | os.PathLike) -> PromptableSam:
     """SAM-Med3D ViT-B with its released weights (`sam_med3d_turbo.pth` or a safetensors copy)."""
-    return load_checkpoint(build("sam-med3d"), source)
+    return load("sam-med3d", source)
 
 
 @dataclass(frozen=True)

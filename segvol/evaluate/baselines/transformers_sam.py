@@ -138,17 +138,16 @@ def _rename_original_sam(state: dict) -> dict:
 
 
 def load_sam(checkpoint: str | Path):
-    """A `transformers.SamModel` (ViT-B) from a HF folder, a safetensors file or an original .pth."""
+    """A `transformers.SamModel` (ViT-B) from a HF model folder, a safetensors file, an original .pth
+    or an hf://owner/repo/file reference."""
     from transformers import SamConfig, SamModel
 
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: baseline checkpoint not found")
-    if path.is_dir():
-        return SamModel.from_pretrained(str(path)).eval()
     from segvol.model.checkpoint import read_weights
 
-    state = read_weights(path)
+    path = Path(checkpoint)
+    if path.is_dir():
+        return SamModel.from_pretrained(str(path)).eval()
+    state = read_weights(checkpoint)  # a file, or an hf://owner/repo/file reference
     if any(key.startswith("image_encoder.") for key in state):
         state = _rename_original_sam(state)
     model = SamModel(SamConfig())  # ViT-B defaults

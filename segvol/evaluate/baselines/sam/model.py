@@ -78,14 +78,30 @@ def build(name: str, **overrides: Any) -> PromptableSam:
     return PromptableSam(**{**ARCHITECTURES[name], **overrides}).eval()
 
 
+def load(name: str, source: str | os.PathLike) -> PromptableSam:
+    """The `name` architecture with the weights of `source` (a file or hf://owner/repo/file), eval mode.
+
+    The file is read before the network is built, so a missing or unreadable one fails at once.
+    """
+    state = _read_state(source)
+    return _load_state(build(name), state, source)
+
+
 def load_checkpoint(model: PromptableSam, source: str | os.PathLike) -> PromptableSam:
     """Load a released checkpoint (or a safetensors copy) into `model` strictly; returns it in eval mode."""
+    return _load_state(model, _read_state(source), source)
+
+
+def _read_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
     from segvol.model.checkpoint import read_weights
 
     state = read_weights(source)
     if state and all(key.startswith("module.") for key in state):
         state = {key[len("module."):]: value for key, value in state.items()}
-    state = {key: value for key, value in state.items() if key not in _CONSTANT_KEYS}
+    return {key: value for key, value in state.items() if key not in _CONSTANT_KEYS}
+
+
+def _load_state(model: PromptableSam, state: dict[str, torch.Tensor], source) -> PromptableSam:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
