@@ -307,21 +307,8 @@ def _load_normalized(model: nn.Module, state: dict[str, torch.Tensor], source, o
         full = optional_prefix + key
         return bool(_OPTIONAL_KEYS.match(full)) or bool(external and full.startswith(external))
 
-    missing = [k for k in expected if k not in state and not optional(k)]
-    unexpected = [k for k in state if k not in expected and not optional(k)]
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in state
-        if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing: {_short(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected: {_short(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): {_short(mismatched)}")
+    parts = key_differences(expected, state, optional)
+    if parts:
         config = getattr(model, "config", None)
         what = f"the model ({_describe(config)})" if config is not None else f"the {type(model).__name__}"
         raise ValueError(f"{source}: checkpoint does not fit {what}: " + "; ".join(parts))
@@ -333,6 +320,27 @@ def _load_normalized(model: nn.Module, state: dict[str, torch.Tensor], source, o
     for module in model.modules():
         if hasattr(module, "clear_cache"):
             module.clear_cache()
+
+
+def key_differences(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                    optional=lambda key: False) -> list[str]:
+    """Why `state` does not fit a model whose state dict is `expected`: missing, unexpected and
+    wrongly shaped keys, a readable part each (empty when it fits)."""
+    missing = [k for k in expected if k not in state and not optional(k)]
+    unexpected = [k for k in state if k not in expected and not optional(k)]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in state
+        if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing: {_short(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected: {_short(unexpected)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatch(es): {_short(mismatched)}")
+    return parts
 
 
 def _describe(config: ModelConfig) -> str:

@@ -38,8 +38,8 @@ class MLP(nn.Module):
         return x
 
 
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of a (B, C, H, W) map (kept for the legacy mask path)."""
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of a (B, C, *spatial) map (SAM's LayerNorm2d / LayerNorm3d)."""
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -51,5 +51,5 @@ class LayerNorm2d(nn.Module):
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
-
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return self.weight.view(shape) * x + self.bias.view(shape)

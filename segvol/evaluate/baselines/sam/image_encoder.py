@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segvol.evaluate.baselines.sam.common import ChannelLayerNorm, conv
-from segvol.model.common import MLPBlock
+from segvol.evaluate.baselines.sam.common import conv
+from segvol.model.common import ChannelLayerNorm, MLPBlock
 
 # Parameter names of the relative position tables, by axis, as in the released checkpoints.
 REL_POS_NAMES = {2: ("rel_pos_h", "rel_pos_w"), 3: ("rel_pos_d", "rel_pos_h", "rel_pos_w")}

@@ -102,20 +102,10 @@ def _read_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _load_state(model: PromptableSam, state: dict[str, torch.Tensor], source) -> PromptableSam:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            key = wrong[0]
-            details.append(f"{len(wrong)} of another shape (e.g. {key}: {tuple(state[key].shape)} in the file, "
-                           f"{tuple(expected[key].shape)} in the model)")
-        raise ValueError(f"{source}: not a checkpoint of this architecture: {'; '.join(details)}")
+    from segvol.model.checkpoint import key_differences
+
+    differences = key_differences(model.state_dict(), state)
+    if differences:
+        raise ValueError(f"{source}: not a checkpoint of this architecture: {'; '.join(differences)}")
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -12,7 +12,8 @@ import math
 import torch
 from torch import nn
 
-from segvol.evaluate.baselines.sam.common import ChannelLayerNorm, conv
+from segvol.evaluate.baselines.sam.common import conv
+from segvol.model.common import ChannelLayerNorm
 
 
 class FourierPositionEncoding(nn.Module):
