@@ -69,10 +69,10 @@ def setup(args):
 
     from segvol.finetune.objective import FinetuneObjective
     from segvol.model import build_model, model_config
-    from segvol.pretrain.runtime import select_device
+    from segvol.device import resolve_device
 
     torch.set_num_threads(args.threads)
-    device = select_device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     model = build_model(model_config(args.preset, text_encoder=args.text_encoder)).to(device)
     objective = FinetuneObjective(model, pseudo_weight=0.1)
@@ -86,7 +86,7 @@ def setup(args):
 
 def steps_for(args, device, objective, optimizer, batch, categories):
     """The two schedules as callables training one batch each."""
-    from segvol.pretrain.runtime import autocast
+    from segvol.training.runtime import autocast
 
     pairs = float(batch["present"].sum())
 

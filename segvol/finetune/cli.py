@@ -18,7 +18,7 @@ example:
 
 from __future__ import annotations
 
-from segvol.pretrain.cli import add_runtime_arguments
+from segvol.training.options import add_runtime_arguments
 
 
 def add_arguments(parser) -> None:

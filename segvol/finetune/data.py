@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from segvol.finetune.prompts import POINTS_PER_PROMPT, sample_points, tight_box
-from segvol.pretrain.volumes import (
+from segvol.training.volumes import (
     CaseRef,
     LazyGroup,
     StoreReader,

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from segvol.finetune.data import DatasetBatches, FinetuneSamples
 from segvol.finetune.objective import PROMPT_COMBINATIONS, FinetuneObjective
-from segvol.pretrain import runtime as rt
+from segvol.training import runtime as rt
 
 log = logging.getLogger(__name__)
 

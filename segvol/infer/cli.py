@@ -27,6 +27,8 @@ import logging
 import time
 from pathlib import Path
 
+from segvol.device import add_device_argument, resolve_device
+
 log = logging.getLogger(__name__)
 
 
@@ -58,21 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--sw-batch-size", type=int, default=2, help="windows per image-encoder call")
     run.add_argument("--soft-box", action="store_true",
                      help="treat the box as a hint: allow foreground outside it (default: nothing outside the box)")
-    run.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    add_device_argument(run)
     parser.add_argument("--probabilities", metavar="DIR",
                         help="also write one float32 probability NIfTI per category into DIR")
-
-
-def pick_device(name: str):
-    import torch
-
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def prompt_records(args) -> list[dict]:
@@ -180,7 +170,7 @@ def run(args) -> int:
         from segvol.infer.prompts import prompts_from_records
 
         prompts_from_records(records, source="prompts")
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     model = load_model(args, device)
     predict_file(model, args.input, args.output, records, world=args.world, mode=args.mode,
                  overlap=args.overlap, sw_batch_size=args.sw_batch_size, probabilities=args.probabilities,

@@ -14,14 +14,7 @@ example:
 
 from __future__ import annotations
 
-
-def add_runtime_arguments(parser, stage: str) -> None:
-    """Options every training stage shares (pretrain, finetune)."""
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=2023, help="seed of batches, masks, views, prompts and initialisation")
-    parser.add_argument("--params", default="{}", metavar="JSON", help=f"the `{stage}:` settings block as JSON")
-    parser.add_argument("--model", default="{}", metavar="JSON", help="the `model:` settings block as JSON")
-    parser.add_argument("--device", default=None, help="force a device (cpu, cuda, cuda:1, mps); default: cuda > mps > cpu")
+from segvol.training.options import add_runtime_arguments
 
 
 def add_arguments(parser) -> None:

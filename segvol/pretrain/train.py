@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from segvol.pretrain import runtime as rt
+from segvol.training import runtime as rt
 from segvol.pretrain.simmim import SimMIM
-from segvol.pretrain.volumes import StoreReader, View, check_finite, crop_start, read_image
+from segvol.training.volumes import StoreReader, View, check_finite, crop_start, read_image
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,7 @@
 """Training runtime shared by `segvol pretrain` and `segvol finetune`.
 
 Device choice, threads, DDP set-up (torchrun environment), the warmup + cosine schedule, exact
-resume checkpoints and the metrics CSV. It lives in the earlier stage so that `finetune` may
-import it (a stage never imports from a later one).
+resume checkpoints and the metrics CSV.
 
 Resume contract: every `checkpoint_every` optimizer steps the full training state (model,
 optimizer, scheduler, RNG states, next step) is written atomically to `<out>.ckpt/state.pt`
@@ -28,6 +27,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from segvol.device import resolve_device
 from segvol.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -55,18 +55,6 @@ class Runtime:
         return self.rank == 0
 
 
-def select_device(preference: str | None = None) -> torch.device:
-    """`cuda` > `mps` > `cpu` unless `preference` (e.g. "cpu", "cuda:1") names one."""
-    if preference:
-        return torch.device(preference)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def setup_runtime(threads: int | None = None, device: str | None = None) -> Runtime:
     """Set torch threads and, under torchrun (WORLD_SIZE > 1), join the process group.
 
@@ -77,7 +65,7 @@ def setup_runtime(threads: int | None = None, device: str | None = None) -> Runt
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    chosen = select_device(device)
+    chosen = resolve_device(device)
     if chosen.type == "cuda" and world_size > 1:
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)

@@ -1,0 +1,8 @@
+"""Shared training library of the `pretrain` and `finetune` stages.
+
+- `runtime`: device, threads, DDP, the warmup + cosine schedule, exact resume, metrics, progress.
+- `volumes`: reading training views out of the normalized Zarr stores.
+- `options`: the command-line options every training command shares.
+
+Both training stages import from here; neither imports from the other.
+"""
