@@ -246,7 +246,9 @@ def test_clip_text_encoder_pools_the_end_of_text_state(base_model, random_offici
             hidden = text_encoder.clip_text_model.text_model(input_ids=ids).last_hidden_state
             expected.append(text_encoder.dim_align(hidden[0, -1]))
         together = base_model.encode_text(["liver", "inferior vena cava"])  # padded batch
-    torch.testing.assert_close(together, torch.stack(expected), rtol=1e-4, atol=1e-4)
+    # Padding changes the attention kernels' summation order (random weights, ~3e-4); pooling the
+    # wrong token would differ by orders of magnitude more.
+    torch.testing.assert_close(together, torch.stack(expected), rtol=1e-3, atol=1e-3)
 
     # New weights invalidate the per-name feature cache.
     changed = dict(random_official_state)
