@@ -90,3 +90,38 @@ def test_nsd_and_dice_on_a_real_liver_shifted_by_one_slice(shared_data):
     assert normalized_surface_dice(shifted, liver, (3.0, 3.0, 3.0), 1.0) < 1.0
     # the same shift along an axis with 1 mm voxels is within a 1 mm tolerance
     assert normalized_surface_dice(shifted, liver, (1.0, 3.0, 3.0), 1.0) == 1.0
+
+
+def _whole_volume_nsd(prediction, truth, spacing, tolerance):
+    """MONAI on the whole volume: the reference the cropped computation must equal."""
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    def one_hot(mask):
+        foreground = torch.from_numpy(mask)
+        return torch.stack([~foreground, foreground])[None].float()
+
+    return float(compute_surface_dice(one_hot(prediction), one_hot(truth), class_thresholds=[tolerance],
+                                      include_background=False, spacing=list(spacing)).reshape(-1)[0])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nsd_on_the_bounding_box_equals_the_whole_volume(seed):
+    """Random blobs, some touching the volume's faces, with anisotropic spacing and two tolerances."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (24, 40, 36)
+    truth = ndimage.gaussian_filter(rng.random(shape), 3) > 0.52
+    prediction = ndimage.binary_dilation(truth, iterations=int(rng.integers(1, 4)))
+    prediction ^= ndimage.gaussian_filter(rng.random(shape), 2) > 0.6
+    if seed % 2:  # masks that touch the faces of the volume
+        truth[0] = truth[0] | (rng.random(shape[1:]) > 0.7)
+        prediction[:, -1] = True
+    spacing = (2.5, 0.8, 0.8) if seed % 3 else (1.0, 1.0, 1.0)
+    values = []
+    for tolerance in (1.0, 2.0):
+        expected = _whole_volume_nsd(prediction, truth, spacing, tolerance)
+        assert normalized_surface_dice(prediction, truth, spacing, tolerance) == pytest.approx(expected, abs=1e-12)
+        values.append(expected)
+    assert 0.0 < values[0] < 1.0  # a case where surfaces really differ

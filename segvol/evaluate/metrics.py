@@ -65,6 +65,9 @@ def normalized_surface_dice(
         return float("nan")
     if prediction.any() != truth.any():
         return 0.0
+    # Only the masks' bounding box (plus one voxel, so that edges and distances inside it are those of
+    # the whole volume) reaches MONAI: same value, a fraction of the memory of whole-volume one-hots.
+    prediction, truth = _crop_to_union(prediction, truth, margin=1)
     # MONAI wants one-hot batches (B, C, ...); channel 0 is a background it is told to ignore.
     def one_hot(mask: np.ndarray) -> torch.Tensor:
         foreground = torch.from_numpy(mask)
@@ -81,6 +84,17 @@ def normalized_surface_dice(
             spacing=[float(s) for s in spacing],
         )
     return float(value.reshape(-1)[0])
+
+
+def _crop_to_union(prediction: np.ndarray, truth: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cut to the bounding box of their union, grown by `margin` voxels (within the volume)."""
+    union = prediction | truth
+    window = []
+    for axis in range(union.ndim):
+        occupied = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
+        window.append(slice(max(int(occupied[0]) - margin, 0), min(int(occupied[-1]) + margin + 1, union.shape[axis])))
+    window = tuple(window)
+    return prediction[window], truth[window]
 
 
 def summarize(scores, by: Sequence[str], value: str = "dice"):
