@@ -71,8 +71,8 @@ def validate(document: dict, source: str = "registry") -> None:
         if source_kind == "manifest" and entry.get("n_cases") is None:
             raise ValueError(f"{source}: {name}: a manifest dataset needs n_cases (shards are planned from it)")
         for item in entry["source"].get("files", []):
-            if item.get("sha256") and not entry["source"].get("verified", False):
-                raise ValueError(f"{source}: {name}: has a sha256 but verified: false; decide which is true")
+            if (item.get("sha256") or item.get("md5")) and not entry["source"].get("verified", False):
+                raise ValueError(f"{source}: {name}: has a checksum but verified: false; decide which is true")
 
 
 @lru_cache(maxsize=8)
@@ -105,6 +105,10 @@ def lookup(registry: dict, name: str, registry_path: str | os.PathLike = "regist
         known = ", ".join(sorted(registry))
         raise ValueError(f"{registry_path}: unknown dataset {name!r}; registered: {known}")
     entry = registry[base]
+    if entry.get("unavailable"):
+        gone = entry["unavailable"]
+        raise ValueError(f"{registry_path}: {base} can no longer be obtained: {gone['reason']} "
+                         f"(see {', '.join(gone['evidence'])})")
     if index is not None and entry["source"]["kind"] != "manifest":
         raise ValueError(f"{registry_path}: {base} is not an unlabelled manifest dataset; {name!r} has no shards")
     return base, entry, index
