@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from pathlib import Path
@@ -181,3 +182,66 @@ def test_missing_registry_file(tmp_path):
     bad.write_text("datasets: [1, 2]\n")
     with pytest.raises(ValueError, match="bad.yaml"):
         load_registry(bad)
+
+
+# --------------------------------------------------------------------------- category vocabulary
+
+
+def test_vocabulary_merges_registry_synth_and_store_names(tmp_path):
+    import zarr
+
+    from segvol.normalize.vocabulary import known_categories
+
+    store = tmp_path / "mine.zarr"
+    zarr.open_group(str(store), mode="w").attrs.update({
+        "dataset": "mine", "role": "train", "modality": "CT", "categories": ["left kidney", "gallstone"],
+        "cases": [], "split": {"train": [], "test": [], "seed": 0, "test_fraction": 0.2}, "format_version": 1})
+    vocabulary = known_categories(REGISTRY, REPO / "config" / "config.yaml", [store])
+    # Release spellings become synonyms of one canonical name, with every dataset that carries it.
+    assert "arota" in vocabulary["aorta"]["synonyms"]
+    assert {"AMOS22", "AMOS22-val", "BTCV", "SegTHOR", "ext_vessels"} <= set(vocabulary["aorta"]["datasets"])
+    assert "postcava" in vocabulary["inferior vena cava"]["synonyms"]
+    assert {"CT-ORG", "AbdomenCT-1k", "abdomen_a"} <= set(vocabulary["kidney"]["datasets"])
+    assert vocabulary["renal vein"]["datasets"] == ["KiPA22"] and vocabulary["lesion"]["datasets"] == ["ULS23"]
+    assert "mine" in vocabulary["left kidney"]["datasets"] and vocabulary["gallstone"]["datasets"] == ["mine"]
+    assert "vertebrae l6" in vocabulary and "banana" not in vocabulary
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        known_categories(tmp_path / "nope.yaml")
+
+
+def test_categories_command(capsys):
+    from segvol.cli import main
+
+    assert main(["categories", "renal"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "7 categories"  # renal artery/vein, kidney tumor/cyst (renal ...), the adrenal glands
+    assert any(line.startswith("renal vein") and line.endswith("| KiPA22") for line in lines)
+    assert any(line.startswith("kidney tumor") and "renal tumor" in line for line in lines)
+    assert main(["categories", "--json"]) == 0
+    vocabulary = json.loads(capsys.readouterr().out)
+    assert vocabulary["gallbladder"]["synonyms"] == ["gall bladder"]
+    assert "AMOS22" in vocabulary["gallbladder"]["datasets"] and "BTCV" in vocabulary["gallbladder"]["datasets"]
+
+
+def test_predict_warns_about_unknown_text_and_refuses_it_with_strict(tmp_path, caplog, capsys):
+    import argparse
+
+    from segvol.cli import main
+    from segvol.infer import cli as predict_cli
+    from segvol.normalize.vocabulary import check_text_prompt
+
+    assert check_text_prompt("Kidney_Left", strict=True) == "left kidney"
+    parser = argparse.ArgumentParser()
+    predict_cli.add_arguments(parser)
+    with caplog.at_level("WARNING"):
+        records = predict_cli.prompt_records(parser.parse_args(["ct.nii.gz", "-o", "x.nii.gz", "--text", "banana", "--text", "liver"]))
+    assert [r["text"] for r in records] == ["banana", "liver"]  # warned, still segmented
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "'banana' is not a category" in warnings[0]
+    with pytest.raises(ValueError, match=r"'livr'.*did you mean 'liver'.*--strict"):
+        predict_cli.prompt_records(parser.parse_args(["ct.nii.gz", "-o", "x.nii.gz", "--text", "livr", "--strict"]))
+    # Through the command: one line, exit 2, before any file is read or written.
+    out = tmp_path / "seg.nii.gz"
+    assert main(["predict", str(tmp_path / "absent.nii.gz"), "-o", str(out), "--text", "spleeen", "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segvol predict: error: text prompt 'spleeen'") and "'spleen'" in err and not out.exists()
