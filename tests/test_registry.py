@@ -67,6 +67,8 @@ def test_m3d_cap_is_listed_as_gone_and_refused(registry):
     assert any("M3D-Cap/discussions" in url for url in gone["evidence"])
     with pytest.raises(ValueError, match="M3D-Cap can no longer be obtained: access to the Hub dataset was disabled"):
         lookup(registry, "M3D-Cap.shard0000")
+    with pytest.raises(ValueError, match="M3D-Cap can no longer be obtained"):  # at DAG-build time
+        expand_stores(["CHAOS", "M3D-Cap"], registry, 200)
     assert not any(entry.get("unavailable") for name, entry in registry.items() if name != "M3D-Cap")
 
 
