@@ -155,7 +155,7 @@ def _ingest_shard(name: str, index: int, entry: dict, settings: dict, downloads:
 def _list(registry: dict) -> int:
     for name, entry in registry.items():
         source = entry["source"]
-        gate = "accept" if entry["license"]["acceptance_required"] else "open"
+        gate = "GONE" if entry.get("unavailable") else "accept" if entry["license"]["acceptance_required"] else "open"
         print(f"{name:22s} {entry['role']:10s} {source['kind']:8s} verified={str(source['verified']).lower():5s} "
               f"{gate:6s} {entry['license']['name']}")
     return 0

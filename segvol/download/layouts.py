@@ -7,7 +7,7 @@ them, except per-structure masks, which are merged into one label map per case.
 | layout          | source formats                                                        |
 |-----------------|-----------------------------------------------------------------------|
 | `m3d`           | M3D-Seg release: `<code>/<code>.json`, `image.npy`, `mask_(C, X, Y, Z).npz` |
-| `paired`        | MSD tasks, nnU-Net folders, plain NIfTI/NRRD/MHA folders + label map  |
+| `paired`        | MSD tasks, nnU-Net folders, KiTS, AMOS, SegTHOR, ULS23 (zipped labels)  |
 | `per_structure` | TotalSegmentator: `<case>/ct.nii.gz` + `<case>/segmentations/*.nii.gz` |
 | `dicom`         | one DICOM series folder per case (+ label map template or PNG slices) |
 | `volumes`       | unlabelled volumes (manifest shards)                                   |
@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,8 @@ from segvol.download.registry import categories as registry_categories
 log = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = (".dcm", ".ima", "")
+# A single zipped label map (ULS23 ships `<case>.nii.gz.zip`) larger than this is refused.
+MAX_ZIPPED_LABEL_BYTES = 4 << 30
 
 
 def _visible(path: Path, root: Path) -> bool:
@@ -80,6 +84,10 @@ def _relative(path: Path, root: Path) -> str:
 def _document(name: str, entry: dict, cats: dict, cases: list[dict]) -> dict:
     if not cases:
         raise ValueError(f"{name}: no cases found for layout {entry['layout']}")
+    expected = entry.get("n_cases")
+    if expected and entry["role"] != "unlabelled" and len(cases) != expected:
+        log.warning("%s: %d cases found, the registry expects %d (another release or revision?)",
+                    name, len(cases), expected)
     return {
         "name": name,
         "role": entry["role"],
@@ -128,8 +136,41 @@ def _categories(root: Path, name: str, entry: dict) -> dict[str, list[int]]:
     return cats
 
 
+def unzip_label(archive: Path, out_stem: Path) -> Path:
+    """The one label map inside `archive` (e.g. ULS23 `labels/<case>.nii.gz.zip`) -> `<out_stem><suffix>`.
+
+    The member's own name is never used as a path (only its suffix), so an archive cannot write
+    outside `out_stem`'s folder; anything but exactly one file inside is an error.
+    """
+    from segvol.io.atomic import atomic_path
+
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [i for i in bundle.infolist()
+                       if not i.is_dir() and not Path(i.filename).name.startswith((".", "__MACOSX"))]
+            if len(members) != 1:
+                raise ValueError(f"{archive}: expected one zipped label map, found "
+                                 f"{[i.filename for i in members][:5]}")
+            member = members[0]
+            if member.file_size > MAX_ZIPPED_LABEL_BYTES:
+                raise ValueError(f"{archive}: {member.file_size} unpacked bytes exceed the limit")
+            member_name = Path(member.filename).name
+            suffix = ".nii.gz" if member_name.endswith(".nii.gz") else Path(member_name).suffix
+            out = out_stem.with_name(out_stem.name + suffix)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out) as temporary, bundle.open(member) as source, open(temporary, "wb") as target:
+                shutil.copyfileobj(source, target)
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{archive}: corrupt zipped label: {error}") from None
+    return out
+
+
 def paired(root: Path, name: str, entry: dict) -> dict:
-    """Image and label found by templates such as `imagesTr/{case}_0000.nii.gz`."""
+    """Image and label found by templates such as `imagesTr/{case}_0000.nii.gz`.
+
+    A label template ending in `.zip` (ULS23: one zipped NIfTI per case) is unpacked into
+    `labels/<case id>.nii.gz`.
+    """
     layout = entry["layout"]
     images = _filter_cases(match_template(root, layout["image"]), layout)
     label_template = layout.get("label")
@@ -141,6 +182,8 @@ def paired(root: Path, name: str, entry: dict) -> dict:
             if not label_path.is_file():
                 missing.append(_relative(label_path, root))
                 continue
+            if label_path.name.lower().endswith(".zip"):
+                label_path = unzip_label(label_path, root / "labels" / case)
             label = _relative(label_path, root)
         cases.append({"id": case, "image": _relative(image, root), "label": label})
     if missing:

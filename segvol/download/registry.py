@@ -44,11 +44,25 @@ def shard_names(name: str, entry: dict, shard_size: int) -> list[str]:
     return [shard_name(name, index) for index in range(n_shards(entry, shard_size))]
 
 
+def refuse_unavailable(name: str, entry: dict, where: str | os.PathLike = "registry") -> None:
+    """ValueError with the registry's reason when a dataset can no longer be obtained."""
+    gone = entry.get("unavailable")
+    if gone:
+        raise ValueError(f"{where}: {name} can no longer be obtained: {gone['reason']} "
+                         f"(see {', '.join(gone['evidence'])})")
+
+
 def expand_stores(names, registry: dict, shard_size: int) -> list[str]:
-    """Dataset names as raw/Zarr store names: manifest datasets become their shards."""
+    """Dataset names as raw/Zarr store names: manifest datasets become their shards.
+
+    A dataset marked `unavailable` is refused here, so a workflow naming it fails when the DAG is
+    built rather than in hundreds of download jobs.
+    """
     out: list[str] = []
     for name in names:
         entry = registry.get(name)
+        if entry is not None:
+            refuse_unavailable(name, entry)
         if entry is not None and entry.get("source", {}).get("kind") == "manifest":
             out.extend(shard_names(name, entry, shard_size))
         else:
@@ -71,8 +85,8 @@ def validate(document: dict, source: str = "registry") -> None:
         if source_kind == "manifest" and entry.get("n_cases") is None:
             raise ValueError(f"{source}: {name}: a manifest dataset needs n_cases (shards are planned from it)")
         for item in entry["source"].get("files", []):
-            if item.get("sha256") and not entry["source"].get("verified", False):
-                raise ValueError(f"{source}: {name}: has a sha256 but verified: false; decide which is true")
+            if (item.get("sha256") or item.get("md5")) and not entry["source"].get("verified", False):
+                raise ValueError(f"{source}: {name}: has a checksum but verified: false; decide which is true")
 
 
 @lru_cache(maxsize=8)
@@ -105,6 +119,7 @@ def lookup(registry: dict, name: str, registry_path: str | os.PathLike = "regist
         known = ", ".join(sorted(registry))
         raise ValueError(f"{registry_path}: unknown dataset {name!r}; registered: {known}")
     entry = registry[base]
+    refuse_unavailable(base, entry, registry_path)
     if index is not None and entry["source"]["kind"] != "manifest":
         raise ValueError(f"{registry_path}: {base} is not an unlabelled manifest dataset; {name!r} has no shards")
     return base, entry, index

@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          metavar=("I", "J", "K"), help="a voxel outside the object (repeatable)")
     prompts.add_argument("--prompts", metavar="FILE", help="JSON/YAML list of prompts for many categories")
     prompts.add_argument("--world", action="store_true", help="coordinates are RAS+ mm, not voxel indices")
+    prompts.add_argument("--strict", action="store_true", help="refuse a --text outside `segvol categories` (default: warn)")
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", help="weights: ours (.safetensors), SegVol_v1.pth, pytorch_model.bin "
                                             "or hf://BAAI/SegVol")
@@ -85,6 +86,11 @@ def prompt_records(args) -> list[dict]:
         records.extend({"text": text} for text in args.text)
     if not records:
         raise ValueError("no prompt given: use --text, --box, --point or --prompts FILE")
+    from segvol.normalize.vocabulary import check_text_prompt
+
+    for record in records:
+        if record.get("text"):
+            check_text_prompt(record["text"], strict=getattr(args, "strict", False))
     return records
 
 

@@ -191,7 +191,12 @@ def read_label(path: str | os.PathLike, reference: CanonicalImage) -> CanonicalI
     The check is physical (canonical shape and affine within 1% of a voxel), so a label saved
     in another axis order or flip than its image (e.g. NIfTI next to a DICOM series) is accepted.
     """
-    label = read_image(path)
+    from segvol.io.m3d import MASK_NAME, read_m3d_mask
+
+    if MASK_NAME.match(Path(path).name):  # M3D-Seg `mask_(C, X, Y, Z).npz`: channel c -> label c + 1
+        label = canonical_image(*read_m3d_mask(path), str(path))
+    else:
+        label = read_image(path)
     label.array = _as_integer_labels(label.array, Path(path))
     problem = same_grid(label, reference)
     if problem:

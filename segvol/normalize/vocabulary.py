@@ -4,11 +4,27 @@ Datasets spell the same structure differently ("kidney_left", "Left Kidney", "po
 AMOS "arota" typo, ...). `canonical_name` maps them to one lower-case, space-separated name;
 names it does not know pass through in that normalized form instead of failing, so new
 categories keep working (they just are not merged with synonyms).
+
+`known_categories` is the vocabulary a user can prompt with: every canonical name of this table,
+of the dataset registry's label maps and of the demo's synthetic datasets (plus the categories of
+any normalized store given), each with its synonyms and the datasets that carry it;
+`segvol categories` prints it and `segvol predict` checks text prompts against it
+(`check_text_prompt`, near names by difflib).
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
 import re
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_REGISTRY = REPO_ROOT / "config" / "datasets.yaml"
+DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
 
 # canonical name -> spellings seen in public datasets (already in normalized form: lower-case,
 # single spaces). Side-first and side-last forms are both listed where datasets use both.
@@ -25,10 +41,15 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "inferior vena cava": ("postcava", "ivc", "vena cava inferior", "inferior vena cava ivc"),
     "portal vein and splenic vein": ("portal vein splenic vein", "portal and splenic vein",
                                      "portal splenic vein"),
+    "kidney": ("kidneys",),
     "left kidney": ("kidney left", "kidney l", "l kidney"),
     "right kidney": ("kidney right", "kidney r", "r kidney"),
     "left adrenal gland": ("adrenal gland left", "left adrenal", "adrenal left"),
     "right adrenal gland": ("adrenal gland right", "right adrenal", "adrenal right"),
+    "adrenal gland": ("adrenal", "adrenal glands"),
+    "renal vein": ("renal veins", "kidney vein"),
+    "renal artery": ("renal arteries", "kidney artery"),
+    "lung": ("lungs",),
     "left lung": ("lung left",),
     "right lung": ("lung right",),
     "left femur": ("femur left",),
@@ -69,3 +90,91 @@ def canonical_name(name: str) -> str:
 
 def is_known(name: str) -> bool:
     return normalize_text(name) in _LOOKUP
+
+
+def _add(vocabulary: dict, name: str, dataset: str | None) -> None:
+    canonical = canonical_name(name)
+    entry = vocabulary.setdefault(canonical, {"synonyms": set(SYNONYMS.get(canonical, ())), "datasets": set()})
+    spelled = normalize_text(name)
+    if spelled != canonical:
+        entry["synonyms"].add(spelled)
+    if dataset:
+        entry["datasets"].add(dataset)
+
+
+@lru_cache(maxsize=8)
+def _known(registry: str | None, config: str | None, stores: tuple[str, ...]) -> dict:
+    import yaml
+
+    vocabulary: dict = {}
+    for canonical in SYNONYMS:
+        _add(vocabulary, canonical, None)
+    if registry:
+        from segvol.download.registry import load_registry
+
+        for dataset, entry in load_registry(registry).items():
+            for name in (entry.get("labels") or {}).values():
+                _add(vocabulary, name, dataset)
+            for name in entry.get("regions") or {}:
+                _add(vocabulary, name, dataset)
+    if config:
+        synth = (yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}).get("synth") or {}
+        for dataset, spec in (synth.get("datasets") or {}).items():
+            for name in (spec or {}).get("labels") or []:
+                _add(vocabulary, name, dataset)
+    for store in stores:
+        from segvol.normalize.store import open_store
+
+        opened = open_store(store)
+        for name in opened.categories:
+            _add(vocabulary, name, opened.attrs.get("dataset") or Path(store).stem)
+    return {name: {"synonyms": sorted(entry["synonyms"]), "datasets": sorted(entry["datasets"])}
+            for name, entry in sorted(vocabulary.items())}
+
+
+def known_categories(registry: str | os.PathLike | None = DEFAULT_REGISTRY,
+                     config: str | os.PathLike | None = DEFAULT_CONFIG,
+                     stores=()) -> dict[str, dict[str, list[str]]]:
+    """`{canonical name: {"synonyms": [...], "datasets": [...]}}`, sorted by name.
+
+    Sources: the synonym table, the registry's `labels`/`regions` (entries whose labels come from
+    the release, `labels: null`, add theirs only through a normalized store), the synthetic
+    datasets of `config` and the `categories` of each Zarr store in `stores`. A missing default
+    registry/config (an installed package without the repository) is skipped; a missing file
+    given explicitly is an error.
+    """
+    def usable(path, default):
+        if path is None:
+            return None
+        if not Path(path).is_file():
+            if Path(path) == default:
+                return None
+            raise FileNotFoundError(f"{path}: not found")
+        return str(Path(path).resolve())
+
+    return _known(usable(registry, DEFAULT_REGISTRY), usable(config, DEFAULT_CONFIG),
+                  tuple(str(Path(s).resolve()) for s in stores))
+
+
+def near_names(name: str, vocabulary: dict, n: int = 3) -> list[str]:
+    """Up to `n` canonical names that look like `name` (difflib over names and synonyms)."""
+    spellings = {spelling: canonical for canonical, entry in vocabulary.items()
+                 for spelling in (canonical, *entry["synonyms"])}
+    matches = difflib.get_close_matches(normalize_text(name), list(spellings), n=3 * n, cutoff=0.6)
+    return list(dict.fromkeys(spellings[m] for m in matches))[:n]
+
+
+def check_text_prompt(name: str, strict: bool = False, vocabulary: dict | None = None) -> str:
+    """The canonical form of a text prompt; warn (or, `strict`, raise ValueError) when the model
+    was never taught it, naming the nearest known categories."""
+    vocabulary = known_categories() if vocabulary is None else vocabulary
+    canonical = canonical_name(name)
+    if canonical in vocabulary:
+        return canonical
+    near = near_names(name, vocabulary)
+    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else "; `segvol categories` lists them"
+    message = f"text prompt {name!r} is not a category SegVol was trained on{hint}"
+    if strict:
+        raise ValueError(message + " (refused: --strict)")
+    log.warning("%s (segmenting it anyway: the result is likely meaningless)", message)
+    return canonical
