@@ -66,3 +66,26 @@ def test_paired_wilcoxon_sees_no_effect_in_noise():
     assert paired_wilcoxon(a, b).p_value > 0.01
     with pytest.raises(ValueError, match="same cases"):
         paired_wilcoxon([1, 2], [1, 2, 3])
+
+
+def test_table2_statistics_pairs_methods_on_the_same_cases():
+    import pandas as pd
+
+    from segvol.evaluate.tables import table2_statistics
+
+    rng = np.random.default_rng(2)
+    cases = [f"case_{i:02d}" for i in range(20)]
+    segvol = rng.uniform(0.7, 0.9, size=20)
+    rows = []
+    for case, score in zip(cases, segvol):
+        rows.append({"dataset": "ext", "category": "liver", "case": case, "method": "SegVol", "dice": score})
+        rows.append({"dataset": "ext", "category": "liver", "case": case, "method": "SAM(box)", "dice": score - 0.1})
+    # Shuffled rows and one case the baseline lacks must not break the pairing.
+    rows.append({"dataset": "ext", "category": "liver", "case": "case_99", "method": "SegVol", "dice": 0.0})
+    frame = pd.DataFrame(rows).sample(frac=1.0, random_state=0)
+    table = table2_statistics(frame).set_index("method")
+    assert table.loc["SAM(box)", "n_pairs"] == 20
+    assert table.loc["SAM(box)", "median_difference"] == pytest.approx(0.1)
+    assert table.loc["SAM(box)", "wilcoxon_p"] < 1e-4
+    assert table.loc["SegVol", "n"] == 21 and np.isnan(table.loc["SegVol", "wilcoxon_p"])
+    assert table.loc["SegVol", "ci_low"] <= table.loc["SegVol", "median"] <= table.loc["SegVol", "ci_high"]
