@@ -153,3 +153,46 @@ def test_fig5_identifies_the_category_whose_text_matches_the_box(tmp_path, monke
     rows = pd.read_parquet(tmp_path / "f5.parquet")
     assert (rows["predicted"] == rows["category"]).all()
     assert (tmp_path / "f5.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def box_and_click_segment(model, volume, prompts, mode="zoom", **kwargs):
+    """Stand-in for segvol.infer.segment: +1 inside the box, then each click sets a 5^3 cube."""
+    logits = -torch.ones(len(prompts), *volume.shape)
+    for k, prompt in enumerate(prompts):
+        if prompt.box is not None:
+            d0, h0, w0, d1, h1, w1 = prompt.box
+            logits[k, d0:d1 + 1, h0:h1 + 1, w0:w1 + 1] = 1
+        for point, label in zip(prompt.points or [], prompt.point_labels or []):
+            d, h, w = (int(v) for v in point)
+            logits[k, max(d - 2, 0):d + 3, max(h - 2, 0):h + 3, max(w - 2, 0):w + 3] = 1 if label == 1 else -1
+    return logits
+
+
+def test_interactive_protocol_and_statistics_commands(tmp_path, stub, monkeypatch):
+    monkeypatch.setattr(segvol.infer, "segment", box_and_click_segment, raising=False)
+    store = write_store(tmp_path / "ext_organs.zarr", n_cases=3, dataset="ext_organs")
+    out, steps, png = tmp_path / "interactive.csv", tmp_path / "steps.parquet", tmp_path / "curve.png"
+    assert main(["evaluate", "interactive", "--checkpoint", "m", "--zarr", str(store), "--out", str(out),
+                 "--per-step", str(steps), "--png", str(png), "--params", json.dumps({"methods": ["SegVol"]})]) == 0
+    per_step = pd.read_parquet(steps)
+    assert set(per_step["step"]) == set(range(6))
+    assert per_step.groupby(["case", "category"]).size().eq(6).all()
+    table = pd.read_csv(out).set_index("category")
+    assert {"dsc_auc", "nsd_auc", "dsc_final", "nsd_final", "seconds_per_step", "n"} <= set(table.columns)
+    assert (table["n"] == 3).all()
+    for category, block in per_step.groupby("category"):
+        curves = block.sort_values("step").groupby("case")["dsc"].apply(list)
+        assert all(curve[0] > 0.3 for curve in curves)          # the box step follows the box
+        auc = np.median([np.trapezoid(curve[1:], dx=1.0) for curve in curves])
+        assert table.loc[category, "dsc_auc"] == pytest.approx(auc, abs=1e-4)
+        assert table.loc[category, "dsc_final"] == pytest.approx(np.median([c[-1] for c in curves]), abs=1e-4)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+    cases = tmp_path / "cases.parquet"
+    assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(cases),
+                 "--segvol-only"]) == 0
+    stats = tmp_path / "stats.csv"
+    assert main(["evaluate", "statistics", "--per-case", str(cases), "--out", str(stats)]) == 0
+    frame = pd.read_csv(stats)
+    assert {"median", "ci_low", "ci_high", "n", "wilcoxon_p"} <= set(frame.columns)
+    assert (frame["ci_low"] <= frame["median"] + 1e-9).all() and (frame["n"] == 3).all()

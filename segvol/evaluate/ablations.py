@@ -53,6 +53,25 @@ def add_subcommands(commands, common) -> None:
     p.add_argument("--png", required=True)
     common(p, model=False)
 
+    p = command("statistics", "Table 2 statistics: bootstrap 95 % CIs of the medians, paired Wilcoxon vs SegVol",
+                "segvol evaluate statistics --per-case results/table2_per_case.parquet"
+                " --out results/table2_statistics.csv")
+    p.add_argument("--per-case", required=True, help="Table 2's per-case rows")
+    p.add_argument("--out", required=True)
+    common(p, model=False)
+
+    p = command("interactive", "Interactive protocol: a box, then 5 corrective clicks; DSC/NSD per step and AUCs",
+                "segvol evaluate interactive --checkpoint M --zarr data/zarr/ext_organs.zarr"
+                " --out results/interactive.csv --per-step results/interactive_steps.parquet"
+                " --png results/figures/interactive.png")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--zarr", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="summary CSV: per dataset, category and method")
+    p.add_argument("--per-step", required=True, help="tidy parquet: one row per case, category, method and step")
+    p.add_argument("--png", required=True, help="per-step curve")
+    p.add_argument("--split", default="all", choices=["all", "test"], help="cases of each store")
+    common(p)
+
     for name, summary, example in (
         ("fig5", "Fig 5: category identification from a spatial prompt",
          "segvol evaluate fig5 --checkpoint M --zarr data/zarr/abdomen_a.zarr --out results/fig5.csv"
@@ -373,5 +392,63 @@ def run_mri(args, settings) -> int:
     return 0
 
 
+def run_statistics(args, settings) -> int:
+    import pandas as pd
+
+    from segvol.evaluate.tables import table2_statistics, write_csv
+
+    per_case = pd.read_parquet(args.per_case)
+    write_csv(table2_statistics(per_case, seed=args.seed), args.out)
+    return 0
+
+
+def run_interactive(args, settings) -> int:
+    import pandas as pd
+
+    from segvol.evaluate import interactive, plots
+    from segvol.evaluate.baselines import build_baselines
+    from segvol.evaluate.cases import write_parquet
+    from segvol.evaluate.methods import SegVolMethod
+    from segvol.evaluate.stores import iter_cases
+    from segvol.evaluate.tables import write_csv
+
+    methods = [SegVolMethod(_model(args), prompt="box+point", mode="zoom", overlap=settings["overlap"])]
+    baselines, reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"])
+    methods += [m for m in baselines if hasattr(m, "step_predictor")]
+    for name, reason in reasons.items():
+        log.info("%s: %s", name, reason)
+    summaries, steps = [], []
+    for store in args.zarr:
+        for case in iter_cases(store, split=args.split, limit=_limit(settings)):
+            for index, category in enumerate(case.categories):
+                truth = np.asarray(case.labels[index], dtype=bool)
+                if not truth.any():
+                    continue
+                for method in methods:
+                    predictor = interactive.method_step_predictor(method, case.image, case.spacing, truth)
+                    result = interactive.run_protocol(predictor, truth, case.spacing, category)
+                    summary, per_step = interactive.result_rows(
+                        result, dataset=case.dataset, case=case.case, category=category, method=method.name)
+                    summaries.append(summary)
+                    steps += per_step
+                    log.info("%s %s %s %s: DSC per step %s", case.dataset, case.case, category, method.name,
+                             " ".join(f"{v:.2f}" for v in result.dsc))
+    per_case = pd.DataFrame(summaries)
+    per_step = pd.DataFrame(steps, columns=["dataset", "case", "category", "method", "step", "dsc", "nsd", "seconds"])
+    metrics = ["dsc_auc", "nsd_auc", "dsc_final", "nsd_final", "seconds_per_step"]
+    table = (per_case.groupby(["dataset", "category", "method"], sort=False)[metrics].median()
+             .join(per_case.groupby(["dataset", "category", "method"], sort=False).size().rename("n"))
+             .reset_index()) if len(per_case) else pd.DataFrame(columns=["dataset", "category", "method", *metrics, "n"])
+    write_parquet(per_step, args.per_step, {"protocol": interactive.__doc__.split("\n\n")[0],
+                                            "methods": reasons, "cases": per_case.to_dict("records")})
+    write_csv(table, args.out)
+    curve = per_step.groupby(["method", "step"], sort=False)["dsc"].agg(
+        mean_dsc="mean", q25=lambda v: v.quantile(0.25), q75=lambda v: v.quantile(0.75)).reset_index()
+    plots.lines(curve, "step", "mean_dsc", args.png,
+                "Interactive protocol: box (step 0), then corrective clicks", "step (0 = box)",
+                "DSC (mean, interquartile band)", group="method", low="q25", high="q75")
+    return 0
+
+
 HANDLERS = {"fig2": run_fig2, "fig3a": run_fig3a, "fig3b": run_fig3b, "fig5": run_fig5, "table6": run_table6,
-            "rotation": run_rotation, "mri": run_mri}
+            "rotation": run_rotation, "mri": run_mri, "statistics": run_statistics, "interactive": run_interactive}

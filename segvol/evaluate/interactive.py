@@ -134,7 +134,7 @@ def run_protocol(
     truth = np.asarray(truth, dtype=bool)
     if truth.ndim != 3 or not truth.any():
         raise ValueError(f"the interactive protocol needs a non-empty 3-D mask for {category!r}")
-    result = ProtocolResult(used_box=category not in VESSELS)
+    result = ProtocolResult(used_box=category not in VESSELS and getattr(predict, "takes_box", True))
     box = challenge_box(truth, np.random.RandomState(BOX_SEED)) if result.used_box else None
     points: list[np.ndarray] = []
     labels: list[int] = []
@@ -202,6 +202,20 @@ def segvol_step_predictor(model, volume: np.ndarray, text: str | None = None, mo
         return logits[0] > 0
 
     return predict
+
+
+def method_step_predictor(method, volume: np.ndarray, spacing: Sequence[float], truth: np.ndarray):
+    """The `StepPredictor` of an evaluated method (`segvol.evaluate.methods.Method`), or None.
+
+    SegVol methods run through `segvol_step_predictor`; a baseline takes part when it implements
+    `step_predictor(volume, spacing, truth)` (a predictor whose `takes_box = False` gets no box step).
+    """
+    from segvol.evaluate.methods import SegVolMethod
+
+    if isinstance(method, SegVolMethod):
+        return segvol_step_predictor(method.model, volume, mode=method.mode, overlap=method.overlap)
+    factory = getattr(method, "step_predictor", None)
+    return None if factory is None else factory(volume, spacing, truth)
 
 
 def result_rows(result: ProtocolResult, **keys) -> tuple[dict, list[dict]]:

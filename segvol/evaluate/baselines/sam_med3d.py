@@ -129,3 +129,31 @@ class SamMed3DMethod(Method):
 
         cube_mask, _ = click_correction(predict, cube_truth, central_point(cube_truth), self.clicks)
         return paste(cube_mask, crop)
+
+    def step_predictor(self, volume: np.ndarray, spacing: Sequence[float], truth: np.ndarray):
+        """This model under the interactive protocol (`segvol.evaluate.interactive`): clicks given in
+        the volume's (D, H, W) voxels are mapped into the cube; it takes no box, and its own
+        previous low-resolution logits are its mask prompt, as in its validation loop."""
+        size = self.model.img_size
+        cube, _, crop = prepare(volume, spacing, truth, size)
+        with torch.inference_mode():
+            embedding = self.model.encode(torch.from_numpy(cube)[None, None])
+        state = {"low": torch.zeros(1, 1, *(size // 4,) * 3)}
+        scale = np.asarray(crop.resampled_shape, dtype=float) / np.asarray(crop.original_shape, dtype=float)
+
+        def predict(box, points, labels, previous):
+            xyz = np.asarray(points, dtype=float).reshape(-1, 3)[:, ::-1]
+            in_cube = (xyz + 0.5) * scale - 0.5 - np.asarray(crop.start, dtype=float)
+            with torch.inference_mode():
+                low, _ = self.model.decode(
+                    embedding,
+                    points=torch.as_tensor(np.round(in_cube), dtype=torch.float32)[None],
+                    labels=torch.as_tensor(labels, dtype=torch.long)[None],
+                    mask=state["low"],
+                )
+                state["low"] = low
+                logits = F.interpolate(low, size=(size,) * 3, mode="trilinear", align_corners=False)
+            return paste(logits[0, 0].numpy() > 0, crop)
+
+        predict.takes_box = False
+        return predict
