@@ -22,6 +22,8 @@ EVALUATION_TARGETS = [
     f"{RESULTS}/table6.csv",
     f"{RESULTS}/rotation.csv",
     f"{RESULTS}/mri.csv",
+    f"{RESULTS}/table2_statistics.csv",
+    f"{RESULTS}/interactive.csv",
 ]
 
 
@@ -284,3 +286,54 @@ rule mri:
         "segvol evaluate mri --checkpoint {input.model} --zarr {input.zarr} {params.stand_in}"
         " --out {output.table} --per-case {output.per_case} --png {output.png} --threads {threads}"
         " --seed {params.seed} --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+
+
+rule table2_statistics:
+    """Table 2's cells with bootstrap 95 % CIs and paired Wilcoxon tests against SegVol."""
+    input:
+        f"{RESULTS}/table2_per_case.parquet",
+    output:
+        report(
+            f"{RESULTS}/table2_statistics.csv",
+            caption="../report/table2_statistics.rst",
+            category="Tables",
+        ),
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        seed=config["seed"],
+    log:
+        "logs/table2_statistics.log",
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate statistics --per-case {input} --out {output} --seed {params.seed}"
+        " --params {params.settings:q} > {log} 2>&1"
+
+
+rule interactive:
+    """The interactive protocol (box, then 5 corrective clicks) for SegVol and the baselines that run."""
+    input:
+        model=f"{MODELS}/finetune/segvol/model.safetensors",
+        zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
+        baselines=BASELINE_CHECKPOINTS,
+    output:
+        table=report(f"{RESULTS}/interactive.csv", caption="../report/interactive.rst", category="Tables"),
+        per_step=f"{RESULTS}/interactive_steps.parquet",
+        png=report(
+            f"{RESULTS}/figures/interactive.png",
+            caption="../report/interactive.rst",
+            category="Figures",
+        ),
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        model=lambda wc: stage_json("model"),
+        seed=config["seed"],
+    log:
+        "logs/interactive.log",
+    threads: 2
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate interactive --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
+        " --per-step {output.per_step} --png {output.png} --threads {threads} --seed {params.seed}"
+        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
