@@ -60,6 +60,16 @@ def add_subcommands(commands, common) -> None:
     p.add_argument("--out", required=True)
     common(p, model=False)
 
+    p = command("overlap", "Overlap audit: no external test case may be a training case",
+                "segvol evaluate overlap --external data/zarr/ext_organs.zarr --train data/zarr/abdomen_a.zarr"
+                " --out results/overlap_audit.csv")
+    p.add_argument("--external", nargs="+", required=True, help="external test-set stores (all cases)")
+    p.add_argument("--train", nargs="*", default=[], help="training stores (their train split)")
+    p.add_argument("--out", required=True, help="CSV of flagged pairs (identical pairs make it an error)")
+    p.add_argument("--threshold", type=float, default=0.99,
+                   help="fingerprint correlation above which a pair is a near-duplicate (default 0.99)")
+    common(p, model=False)
+
     p = command("interactive", "Interactive protocol: a box, then 5 corrective clicks; DSC/NSD per step and AUCs",
                 "segvol evaluate interactive --checkpoint M --zarr data/zarr/ext_organs.zarr"
                 " --out results/interactive.csv --per-step results/interactive_steps.parquet"
@@ -402,6 +412,12 @@ def run_statistics(args, settings) -> int:
     return 0
 
 
+def run_overlap(args, settings) -> int:
+    from segvol.evaluate.overlap import run_audit
+
+    return run_audit(args.external, args.train, args.out, threshold=args.threshold)
+
+
 def run_interactive(args, settings) -> int:
     import pandas as pd
 
@@ -451,4 +467,5 @@ def run_interactive(args, settings) -> int:
 
 
 HANDLERS = {"fig2": run_fig2, "fig3a": run_fig3a, "fig3b": run_fig3b, "fig5": run_fig5, "table6": run_table6,
-            "rotation": run_rotation, "mri": run_mri, "statistics": run_statistics, "interactive": run_interactive}
+            "rotation": run_rotation, "mri": run_mri, "statistics": run_statistics, "interactive": run_interactive,
+            "overlap": run_overlap}

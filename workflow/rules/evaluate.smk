@@ -53,7 +53,8 @@ rule evaluate_cases:
 rule table2:
     """Median Dice per (dataset, category) and method, with an Average row per dataset."""
     input:
-        expand(f"{RESULTS}/cases/{{dataset}}.parquet", dataset=EXTERNAL),
+        cases=expand(f"{RESULTS}/cases/{{dataset}}.parquet", dataset=EXTERNAL),
+        audit=f"{RESULTS}/overlap_audit.csv",
     output:
         table=report(f"{RESULTS}/table2.csv", caption="../report/table2.rst", category="Tables"),
         per_case=f"{RESULTS}/table2_per_case.parquet",
@@ -65,7 +66,7 @@ rule table2:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol evaluate table2 --cases {input} --out {output.table} --per-case {output.per_case}"
+        "segvol evaluate table2 --cases {input.cases} --out {output.table} --per-case {output.per_case}"
         " --methods {output.methods} --params {params.settings:q} > {log} 2>&1"
 
 
@@ -286,6 +287,21 @@ rule mri:
         "segvol evaluate mri --checkpoint {input.model} --zarr {input.zarr} {params.stand_in}"
         " --out {output.table} --per-case {output.per_case} --png {output.png} --threads {threads}"
         " --seed {params.seed} --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+
+
+rule overlap_audit:
+    """No external test case may be a training case: checked before Table 2 is made."""
+    input:
+        external=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
+        train=expand(f"{ZARR}/{{dataset}}.zarr", dataset=TRAIN),
+    output:
+        report(f"{RESULTS}/overlap_audit.csv", caption="../report/overlap_audit.rst", category="Tables"),
+    log:
+        "logs/overlap_audit.log",
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate overlap --external {input.external} --train {input.train} --out {output} > {log} 2>&1"
 
 
 rule table2_statistics:
