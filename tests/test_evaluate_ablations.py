@@ -196,3 +196,72 @@ def test_interactive_protocol_and_statistics_commands(tmp_path, stub, monkeypatc
     frame = pd.read_csv(stats)
     assert {"median", "ci_low", "ci_high", "n", "wilcoxon_p"} <= set(frame.columns)
     assert (frame["ci_low"] <= frame["median"] + 1e-9).all() and (frame["n"] == 3).all()
+
+
+def test_pick_cases_best_median_worst():
+    from segvol.evaluate.pictures import pick_cases
+
+    frame = pd.DataFrame({"dataset": "d", "category": "liver", "method": "SegVol",
+                          "case": [f"c{i}" for i in range(5)], "dice": [0.5, 0.9, 0.1, 0.7, 0.3]})
+    frame = pd.concat([frame, frame.assign(method="SAM (box)", dice=1.0)])
+    picks = pick_cases(frame).set_index("rank")
+    assert picks.loc["best", "case"] == "c1" and picks.loc["median", "case"] == "c0"
+    assert picks.loc["worst", "case"] == "c2"
+
+
+def test_gallery_and_fig4(tmp_path, stub, monkeypatch):
+    store = write_store(tmp_path / "ext_organs.zarr", n_cases=3, dataset="ext_organs")
+    cases = tmp_path / "cases.parquet"
+    assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(cases),
+                 "--segvol-only"]) == 0
+    png = tmp_path / "gallery.png"
+    assert main(["evaluate", "gallery", "--checkpoint", "m", "--zarr", str(store), "--per-case", str(cases),
+                 "--png", str(png), "--params", json.dumps({"methods": ["SegVol"]})]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+    # A store whose tumour lies inside its liver; the stub reads text as an intensity threshold.
+    root = zarr.open_group(str(tmp_path / "lesions.zarr"), mode="w")
+    image = np.zeros((16, 24, 24), np.float32)
+    image[3:13, 4:20, 4:20] = 0.6
+    image[6:10, 9:15, 9:15] = 0.95
+    labels = np.stack([image >= 0.6, image >= 0.95]).astype(np.uint8)
+    group = root.create_group("case_000")
+    group.create_array("image", data=image)
+    group.create_array("labels", data=labels)
+    group.attrs["spacing"] = [2.0, 1.0, 1.0]
+    root.attrs.update({"dataset": "lesions", "role": "train", "modality": "CT", "categories": ["liver", "liver tumor"],
+                       "cases": ["case_000"], "format_version": 1})
+
+    def text_segment(model, volume, prompts, mode="zoom", **kwargs):
+        logits = -torch.ones(len(prompts), *volume.shape)
+        for k, prompt in enumerate(prompts):
+            if prompt.text is not None:
+                threshold = {"liver": 0.5, "liver tumor": 0.9}[prompt.text]
+                logits[k][torch.from_numpy(volume >= threshold)] = 1
+            else:
+                d, h, w = prompt.points[0]
+                logits[k, d - 1:d + 2, h - 1:h + 2, w - 1:w + 2] = 1
+        return logits
+
+    monkeypatch.setattr(segvol.infer, "segment", text_segment, raising=False)
+    out, png4 = tmp_path / "fig4.csv", tmp_path / "fig4.png"
+    assert main(["evaluate", "fig4", "--checkpoint", "m", "--zarr", str(tmp_path / "lesions.zarr"),
+                 "--out", str(out), "--png", str(png4)]) == 0
+    table = pd.read_csv(out).set_index(["prompt", "category"])["dice"]
+    assert table["point + 'liver tumor'", "liver tumor"] == 1.0 and table["point + 'liver'", "liver"] == 1.0
+    assert table["point + 'liver'", "liver tumor"] < 0.5 and table["point only", "liver"] < 0.2
+    assert png4.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_nested_pair_finds_a_tumour_cut_out_of_its_organ():
+    from segvol.evaluate.pictures import nested_pair
+
+    liver = np.zeros((16, 24, 24), bool)
+    liver[3:13, 4:20, 4:20] = True
+    tumour = np.zeros_like(liver)
+    tumour[6:10, 9:15, 9:15] = True
+    spleen = np.zeros_like(liver)
+    spleen[2:6, 20:24, 0:4] = True
+    labels = np.stack([liver & ~tumour, tumour, spleen])
+    assert nested_pair(["liver", "liver tumor", "spleen"], labels) == (1, 0)
+    assert nested_pair(["liver", "spleen"], labels[[0, 2]]) is None

@@ -39,7 +39,8 @@ def assert_ok(result: subprocess.CompletedProcess) -> str:
 
 STAGE_RULES = ["synthesize", "normalize", "pseudo", "pretrain", "finetune", "evaluate_cases", "table2"]
 EVALUATION_RULES = ["table2", "table3", "figure2", "scaling_cases", "figure3a", "prompt_cases", "figure3b",
-                    "figure5", "table6", "rotation", "mri", "interactive", "table2_statistics"]
+                    "figure5", "table6", "rotation", "mri", "interactive", "table2_statistics", "gallery", "figure4",
+                    "overlap_audit"]
 
 
 def test_lint_is_clean():
@@ -112,7 +113,7 @@ def test_end_to_end_tiny(tmp_path):
     assert_ok(snakemake(*args, timeout=1500))
     results = work / "results"
     for name in ("fig3a_scaling.csv", "fig3b_prompts.csv", "fig5_identification.csv", "table6.csv", "rotation.csv",
-                 "mri.csv", "interactive.csv", "table2_statistics.csv"):
+                 "mri.csv", "interactive.csv", "table2_statistics.csv", "fig4_semantic.csv"):
         assert len(pd.read_csv(results / name)) > 0, name
     pngs = sorted((results / "figures").glob("*.png"))
     assert len(pngs) >= 6 and all(png.read_bytes()[:4] == b"\x89PNG" for png in pngs)

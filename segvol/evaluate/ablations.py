@@ -60,6 +60,24 @@ def add_subcommands(commands, common) -> None:
     p.add_argument("--out", required=True)
     common(p, model=False)
 
+    p = command("gallery", "Gallery: best, median and worst case per task, three orthogonal views per case",
+                "segvol evaluate gallery --checkpoint M --zarr data/zarr/ext_organs.zarr"
+                " --per-case results/table2_per_case.parquet --png results/figures/gallery.png")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--zarr", nargs="+", required=True, help="the stores Table 2 scored")
+    p.add_argument("--per-case", required=True, help="Table 2's per-case rows (to rank the cases)")
+    p.add_argument("--png", required=True)
+    common(p)
+
+    p = command("fig4", "Fig 4: one point, several text prompts, different masks",
+                "segvol evaluate fig4 --checkpoint M --zarr data/zarr/lesions_c.zarr --out results/fig4.csv"
+                " --png results/figures/fig4.png")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--zarr", nargs="+", required=True, help="stores to search for a structure nested in another")
+    p.add_argument("--out", required=True, help="CSV: Dice of each prompt's mask against each category")
+    p.add_argument("--png", required=True)
+    common(p)
+
     p = command("overlap", "Overlap audit: no external test case may be a training case",
                 "segvol evaluate overlap --external data/zarr/ext_organs.zarr --train data/zarr/abdomen_a.zarr"
                 " --out results/overlap_audit.csv")
@@ -412,6 +430,85 @@ def run_statistics(args, settings) -> int:
     return 0
 
 
+def _segvol_masks(method, case, categories, seed):
+    """SegVol's masks of `categories` in `case`, with the prompts Table 2 gave (same seeds)."""
+    from segvol.evaluate.prompts import category_seed, prompt_from_truth
+
+    prompts = [prompt_from_truth(method.prompt, c, case.labels[case.categories.index(c)],
+                                 np.random.default_rng(category_seed(seed, case.case, c))) for c in categories]
+    return dict(zip(categories, method.predict_many(case.image, case.spacing, prompts)))
+
+
+def run_gallery(args, settings) -> int:
+    import pandas as pd
+
+    from segvol.evaluate import pictures
+    from segvol.evaluate.baselines import build_baselines
+    from segvol.evaluate.methods import SegVolMethod
+    from segvol.evaluate.stores import dataset_name, open_store, read_case
+
+    picks = pictures.pick_cases(pd.read_parquet(args.per_case))
+    stores = {dataset_name(open_store(path), path): path for path in args.zarr}
+    methods = [SegVolMethod(_model(args), prompt=settings["prompt"], mode="zoom", overlap=settings["overlap"])]
+    methods += build_baselines(settings["methods"], settings["baseline_checkpoints"])[0]
+    rows = []
+    for pick in picks.itertuples():
+        if pick.dataset not in stores:
+            continue
+        path = stores[pick.dataset]
+        case = read_case(open_store(path), pick.case, path)
+        truth = case.labels[case.categories.index(pick.category)]
+        masks = {m.name: _segvol_masks(m, case, [pick.category], args.seed)[pick.category] for m in methods}
+        rows.append({"image": case.image, "truth": truth, "masks": masks, "spacing": case.spacing,
+                     "label": f"{pick.dataset}\n{pick.category}\n{pick.rank} ({pick.case})\nSegVol Dice {pick.dice:.2f}"})
+    pictures.gallery(rows, args.png, "Best, median and worst case per task (SegVol's Dice)")
+    return 0
+
+
+def run_fig4(args, settings) -> int:
+    import pandas as pd
+
+    from segvol.evaluate import pictures
+    from segvol.evaluate.metrics import dice
+    from segvol.evaluate.stores import iter_cases
+    from segvol.evaluate.tables import write_csv
+    from segvol.infer import Prompt, segment
+
+    found = None
+    for path in args.zarr:
+        for case in iter_cases(path, limit=_limit(settings)):
+            pair = pictures.nested_pair(case.categories, case.labels)
+            if pair is not None:
+                found = (case, pair)
+                break
+        if found:
+            break
+    if found is None:
+        from segvol.evaluate import plots
+
+        write_csv(pd.DataFrame(columns=["prompt", "category", "dice"]), args.out)
+        plots.empty_figure(args.png, "Fig 4: semantic prompts disambiguate a point",
+                           "no case has one category nested inside another")
+        return 0
+    case, (inner, outer) = found
+    names = [case.categories[inner], case.categories[outer]]
+    point = pictures.ambiguous_point(case.labels[inner])
+    model = _model(args)
+    prompts = [Prompt(points=[point.tolist()], point_labels=[1])]
+    prompts += [Prompt(text=name, points=[point.tolist()], point_labels=[1]) for name in names]
+    logits = np.asarray(segment(model, case.image, prompts, mode="zoom", overlap=settings["overlap"]))
+    labels = ["point only", *[f"point + '{name}'" for name in names]]
+    masks = dict(zip(labels, logits > 0))
+    truths = {f"point + '{name}'": case.labels[case.categories.index(name)] for name in names}
+    rows = [{"dataset": case.dataset, "case": case.case, "prompt": label, "category": name,
+             "dice": dice(mask, case.labels[case.categories.index(name)]), "point": point.tolist()}
+            for label, mask in masks.items() for name in names]
+    write_csv(pd.DataFrame(rows), args.out)
+    pictures.figure4(case.image, case.spacing, point, masks, truths, args.png,
+                     f"Fig 4: one point inside '{names[0]}' (within '{names[1]}'), {case.dataset} {case.case}")
+    return 0
+
+
 def run_overlap(args, settings) -> int:
     from segvol.evaluate.overlap import run_audit
 
@@ -468,4 +565,4 @@ def run_interactive(args, settings) -> int:
 
 HANDLERS = {"fig2": run_fig2, "fig3a": run_fig3a, "fig3b": run_fig3b, "fig5": run_fig5, "table6": run_table6,
             "rotation": run_rotation, "mri": run_mri, "statistics": run_statistics, "interactive": run_interactive,
-            "overlap": run_overlap}
+            "overlap": run_overlap, "gallery": run_gallery, "fig4": run_fig4}

@@ -24,6 +24,8 @@ EVALUATION_TARGETS = [
     f"{RESULTS}/mri.csv",
     f"{RESULTS}/table2_statistics.csv",
     f"{RESULTS}/interactive.csv",
+    f"{RESULTS}/figures/gallery.png",
+    f"{RESULTS}/fig4_semantic.csv",
 ]
 
 
@@ -353,3 +355,50 @@ rule interactive:
         "segvol evaluate interactive --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
         " --per-step {output.per_step} --png {output.png} --threads {threads} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+
+
+rule gallery:
+    """Best, median and worst case per task: three orthogonal views with ground truth and each method."""
+    input:
+        model=f"{MODELS}/finetune/segvol/model.safetensors",
+        zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
+        per_case=f"{RESULTS}/table2_per_case.parquet",
+        baselines=BASELINE_CHECKPOINTS,
+    output:
+        report(f"{RESULTS}/figures/gallery.png", caption="../report/gallery.rst", category="Figures"),
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        model=lambda wc: stage_json("model"),
+        seed=config["seed"],
+    log:
+        "logs/gallery.log",
+    threads: 2
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate gallery --checkpoint {input.model} --zarr {input.zarr} --per-case {input.per_case}"
+        " --png {output} --threads {threads} --seed {params.seed} --params {params.settings:q}"
+        " --model {params.model:q} > {log} 2>&1"
+
+
+rule figure4:
+    """Fig 4: one point inside a structure nested in another, with no text and with each name."""
+    input:
+        model=f"{MODELS}/finetune/segvol/model.safetensors",
+        zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL + TRAIN),
+    output:
+        table=report(f"{RESULTS}/fig4_semantic.csv", caption="../report/fig4.rst", category="Tables"),
+        png=report(f"{RESULTS}/figures/fig4_semantic.png", caption="../report/fig4.rst", category="Figures"),
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        model=lambda wc: stage_json("model"),
+        seed=config["seed"],
+    log:
+        "logs/figure4.log",
+    threads: 2
+    conda:
+        "../../envs/segvol.yaml"
+    shell:
+        "segvol evaluate fig4 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
+        " --png {output.png} --threads {threads} --seed {params.seed} --params {params.settings:q}"
+        " --model {params.model:q} > {log} 2>&1"
