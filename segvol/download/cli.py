@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s: source not verified in the registry (no confirmed checksum)", base)
 
     downloads = Path(args.downloads)
-    limits = Limits(settings["max_members"], settings["max_extract_bytes"])
+    limits = Limits(settings["max_members"], settings["max_extract_bytes"], settings["max_extract_ratio"])
     fetch_kwargs = {
         "retries": settings["retries"],
         "timeout_s": settings["timeout_s"],
