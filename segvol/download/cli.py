@@ -55,9 +55,11 @@ def _gate(name: str, entry: dict, settings: dict) -> None:
 def _remote_files(name: str, entry: dict):
     from segvol.download.fetch import RemoteFile
 
+    allow_http = entry["source"].get("allow_http", False)
     for item in entry["source"]["files"]:
         filename = item.get("filename") or item["url"].rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-        yield RemoteFile(item["url"], filename, item.get("sha256"), item.get("size")), item.get("extract", True)
+        remote = RemoteFile(item["url"], filename, item.get("sha256"), item.get("size"), item.get("md5"), allow_http)
+        yield remote, item.get("extract", True)
 
 
 def _place(path: Path, dest: Path, extract: bool, limits) -> None:
@@ -84,16 +86,12 @@ def _manual(name: str, entry: dict, settings: dict) -> list[Path]:
     expected = source["expected_files"]
     missing = [f for f in expected if not (folder / f).exists()]
     if missing:
-        lines = [
-            f"{name} can only be downloaded by hand after registration.",
-            f"  1. register / accept the terms at {source['register_url']}",
-            f"  2. download exactly these files: {', '.join(expected)}",
-            f"  3. put them (unchanged, archives not unpacked) into {folder.resolve()}/",
-            f"  missing now: {', '.join(missing)}",
-        ]
-        if source.get("instructions"):
-            lines.append(f"  note: {source['instructions']}")
-        raise FileNotFoundError("\n".join(lines))
+        note = f"; note: {' '.join(source['instructions'].split())}" if source.get("instructions") else ""
+        raise FileNotFoundError(
+            f"{folder.resolve()}/: missing {', '.join(missing)}. {name} can only be downloaded by hand: "
+            f"register / accept the terms at {source['register_url']}, download exactly "
+            f"{', '.join(expected)} and put them there unchanged (archives not unpacked){note}"
+        )
     return [folder / f for f in expected]
 
 
@@ -102,14 +100,15 @@ def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fet
 
     manifest = entry["source"]["manifest"]
     if manifest.startswith(("http://", "https://", "hf://")):
-        remote = RemoteFile(manifest, manifest.rstrip("/").rsplit("/", 1)[-1])
+        remote = RemoteFile(manifest, manifest.rstrip("/").rsplit("/", 1)[-1],
+                            allow_http=entry["source"].get("allow_http", False))
         path = fetch(remote, downloads / name, **fetch_kwargs)
     else:
         path = Path(settings["manual_dir"]) / name / manifest
         if not path.is_file():
             raise FileNotFoundError(
                 f"{name}: manifest {path} not found. Write one volume path or URL per line "
-                f"(optionally followed by its sha256) into {path}; instructions: "
+                f"(optionally followed by its sha256 or md5) into {path}; instructions: "
                 f"{entry['source'].get('instructions', entry.get('homepage'))}"
             )
     lines = [
@@ -144,7 +143,12 @@ def _ingest_shard(name: str, index: int, entry: dict, settings: dict, downloads:
         stem = location.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
         filename = f"{number:06d}_{stem}"
         if location.startswith(("http://", "https://", "hf://")):
-            fetch(RemoteFile(location, filename, checksum), images, **fetch_kwargs)
+            kind = "md5" if checksum is not None and len(checksum) == 32 else "sha256"
+            remote = RemoteFile(location, filename, allow_http=entry["source"].get("allow_http", False),
+                                **{kind: checksum})
+            # Fetched next to the other downloads (resumable across runs, with its .sha256
+            # record), then linked into the shard.
+            _place(fetch(remote, downloads / name / "volumes", **fetch_kwargs), images, False, None)
         else:
             path = Path(location) if Path(location).is_absolute() else base_dir / location
             if not path.exists():
@@ -163,6 +167,7 @@ def _list(registry: dict) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from segvol.download.extract import Limits
+    from segvol.download.fetch import record_path
     from segvol.download.layouts import describe
     from segvol.download.registry import load_registry, lookup
     from segvol.io.atomic import atomic_path
@@ -215,4 +220,5 @@ def run(args: argparse.Namespace) -> int:
             archive = downloads / base / remote.filename
             if extract and archive.exists():
                 archive.unlink()
+                record_path(archive).unlink(missing_ok=True)
     return 0

@@ -312,11 +312,12 @@ def extract_into(archive: str | os.PathLike, dest: str | os.PathLike, limits: Li
         raise ValueError(f"{archive}: corrupt archive: {error}") from None
 
 
-def check_integrity(archive: str | os.PathLike) -> None:
-    """Read every member of a zip (CRC-32) or tar (compressed stream checksum, full listing);
-    ValueError naming the archive when it is truncated or corrupt."""
+def check_integrity(archive: str | os.PathLike, name: str | None = None) -> None:
+    """Read every member of a zip (CRC-32) or tar (compressed stream checksum, full listing), or
+    a whole .gz file; ValueError naming the archive when it is truncated or corrupt. `name` gives
+    the type when the path has another suffix (a `.partial` download)."""
     archive = Path(archive)
-    lower = archive.name.lower()
+    lower = (name or archive.name).lower()
     try:
         if lower.endswith(".zip"):
             with zipfile.ZipFile(archive) as bundle:
