@@ -51,7 +51,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         payload = body[start:]
-        self.send_header("Content-Length", str(len(payload)))
+        if server.send_length:
+            self.send_header("Content-Length", str(len(payload)))
+        else:
+            self.close_connection = True  # the body ends where the connection does (HTTP/1.0 style)
         self.end_headers()
         if server.cuts_left > 0:
             # Announce the full length but send only part of it, then drop the connection.
@@ -67,6 +70,7 @@ def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.files, httpd.requests = {}, []
     httpd.cuts_left, httpd.cut_after, httpd.bytes_sent, httpd.honour_range = 0, 0, 0, True
+    httpd.send_length = True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"

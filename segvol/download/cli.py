@@ -166,6 +166,7 @@ def _list(registry: dict) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segvol.download.cleanup import remove_stale_temporaries
     from segvol.download.extract import Limits
     from segvol.download.fetch import record_path
     from segvol.download.layouts import describe
@@ -197,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     }
     # Manual files are checked before the output folder is touched.
     manual_paths = _manual(base, entry, settings) if kind == "manual" else []
+    remove_stale_temporaries(args.out)
 
     with atomic_path(args.out) as temporary:
         temporary.mkdir(parents=True)

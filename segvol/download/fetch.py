@@ -302,8 +302,6 @@ def fetch(
     or integrity failure of a complete transfer removes the partial file and raises ValueError
     (the next run fetches it again from byte 0).
     """
-    from segvol.download.extract import can_check_integrity, check_integrity
-
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / remote.filename
@@ -323,14 +321,46 @@ def fetch(
         )
 
     url = resolve_url(remote.url)
-    failures = 0
-    start = partial.stat().st_size if partial.exists() else 0
-    if remote.size is not None and start > remote.size:
+    if partial.exists() and remote.size is not None and partial.stat().st_size > remote.size:
         partial.unlink()
-        start = 0
+    transfer = dict(retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s, timeout_s=timeout_s,
+                    progress=progress, sleep=sleep)
+    resumed = partial.exists() and partial.stat().st_size > 0
+    announced = _download(url, partial, final.name, remote, **transfer)
+    try:
+        sha256, how = _verify(partial, final.name, remote, announced, progress)
+    except ValueError as error:
+        partial.unlink(missing_ok=True)
+        if not resumed:
+            raise
+        # The kept bytes were not a prefix of this file (changed upstream, or damaged on disk).
+        log.warning("%s: the resumed file fails verification (%s); fetching it again from byte 0", remote.url, error)
+        announced = _download(url, partial, final.name, remote, **transfer)
+        try:
+            sha256, how = _verify(partial, final.name, remote, announced, progress)
+        except ValueError:
+            partial.unlink(missing_ok=True)
+            raise
+    record = record_path(final)
+    record.with_name(record.name + ".partial").write_text(f"{sha256}  {final.name}\n", encoding="utf-8")
+    os.replace(record.with_name(record.name + ".partial"), record)
+    os.replace(partial, final)
+    if not _has_checksum(remote):
+        log.warning("%s: no checksum in the registry; verified by %s. To pin it, add to its registry "
+                    "entry: sha256: %s, size: %d (recorded in %s)", remote.url, how, sha256,
+                    final.stat().st_size, record)
+    return final
+
+
+def _download(url: str, partial: Path, name: str, remote: RemoteFile, *, retries: int, backoff_s: float,
+              max_backoff_s: float, timeout_s: float, progress: bool, sleep: Callable[[float], None]) -> int | None:
+    """Fill `partial` until the server has nothing more to send; return the size it announced."""
+    from segvol.download.extract import can_check_integrity, check_integrity
+
+    failures = 0
     announced = None
-    checkable = can_check_integrity(final)
-    bar = _bar(remote.size, start, remote.filename, progress)
+    checkable = can_check_integrity(name)
+    bar = _bar(remote.size, partial.stat().st_size if partial.exists() else 0, name, progress)
     try:
         for _request in range(MAX_REQUESTS):
             before = partial.stat().st_size if partial.exists() else 0
@@ -341,7 +371,7 @@ def fetch(
                 if announced is None and checkable and not _has_checksum(remote):
                     # No size from the server: a connection closed early looks like the end.
                     try:
-                        check_integrity(partial, final.name)
+                        check_integrity(partial, name)
                     except ValueError as error:
                         raise TransientError(f"the file is incomplete ({_one_line(error)})") from None
                 break
@@ -360,23 +390,9 @@ def fetch(
             raise RuntimeError(f"{remote.url}: no complete download after {MAX_REQUESTS} requests")
     finally:
         bar.close()
-
     if not partial.exists():
         raise ValueError(f"{remote.url}: the server sent no data")
-    try:
-        sha256, how = _verify(partial, final.name, remote, announced, progress)
-    except ValueError:
-        partial.unlink()
-        raise
-    record = record_path(final)
-    record.with_name(record.name + ".partial").write_text(f"{sha256}  {final.name}\n", encoding="utf-8")
-    os.replace(record.with_name(record.name + ".partial"), record)
-    os.replace(partial, final)
-    if not _has_checksum(remote):
-        log.warning("%s: no checksum in the registry; verified by %s. To pin it, add to its registry "
-                    "entry: sha256: %s, size: %d (recorded in %s)", remote.url, how, sha256,
-                    final.stat().st_size, record)
-    return final
+    return announced
 
 
 def _has_checksum(remote: RemoteFile) -> bool:
