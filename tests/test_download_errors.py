@@ -121,3 +121,14 @@ def test_offline_hf_checkpoint_error_is_one_line_naming_the_reference(tmp_path, 
     assert "\n" not in message
     assert message.startswith("hf://owner/repo/weights.bin: cannot download weights.bin from the Hugging Face Hub")
     assert "HF_HUB_OFFLINE is set" in message
+
+
+def test_help_explains_verification_transport_and_unpacking():
+    """`segvol download --help` prints this module docstring (segvol.cli)."""
+    from segvol.download import cli
+
+    text = " ".join((cli.__doc__ or "").split())
+    for phrase in ("allow_http: true", "https to http is always refused", "never across a redirect",
+                   "<file>.sha256", "links in archives are never created", "download.max_extract_ratio",
+                   "`md5`", "Stale `.<out>.tmp-<pid>`"):
+        assert phrase in text, phrase

@@ -1,11 +1,27 @@
 """Fetch one registered dataset into the raw dataset contract (`<out>/dataset.json` + files).
 
-Sources come from the registry (config/datasets.yaml): public URLs and Hugging Face files are
+Sources come from the registry (config/datasets.yaml). Public URLs and Hugging Face files are
 downloaded resumably (HTTP Range into `<downloads>/<dataset>/<file>.partial`, continued after a
-cut connection), checked against the registry's size and sha256, retried with backoff, then
-unpacked safely and atomically. Datasets whose license needs acceptance fail before any byte is
-fetched unless listed in `download.accept_license`; registration-only datasets are taken from
+cut connection or on the next run), retried with backoff, verified, then unpacked safely and
+atomically. Datasets whose license needs acceptance fail before any byte is fetched unless
+listed in `download.accept_license`; registration-only datasets are taken from
 `download.manual_dir/<dataset>/`. Unlabelled manifests are ingested as shards `<name>.shardNNNN`.
+
+verification: a file is only used once it is complete and verified: its size must match the
+  server's announced size and the registry's `size`, its `sha256` / `md5` the registry's. Without
+  a registry checksum an archive must also pass its own CRCs (zip) or a full read (tar, gzip), and
+  a file with no checksum, no announced size and no internal checksum is refused. The observed
+  sha256 is written to `<file>.sha256` and logged, so that you can pin it in the registry. A file
+  that fails is resumed, or fetched again from byte 0, never kept.
+transport: only https, unless the registry source sets `allow_http: true`; a redirect from https
+  to http is always refused. The Hugging Face token (HF_TOKEN or `huggingface-cli login`) is sent
+  only over https to huggingface.co or the host of an https HF_ENDPOINT, never across a redirect
+  to another host. With HF_HUB_OFFLINE set, hf:// files must already be downloaded.
+unpacking: links in archives are never created (a link to a file of the archive becomes a copy;
+  others are refused), nothing is written outside the output folder or through an existing link,
+  and archive bombs are refused by member count, total size (download.max_extract_bytes) and
+  compression ratio (download.max_extract_ratio, per zip member and per archive).
+  Stale `.<out>.tmp-<pid>` folders of killed runs are removed first.
 
 examples:
   segvol download --dataset MSD-spleen --registry config/datasets.yaml --out data/raw/MSD-spleen
