@@ -80,19 +80,6 @@ def test_offline_hub_download_is_one_line_and_makes_no_request(server, tmp_path,
     assert server.requests == []
 
 
-def test_missing_hub_file_is_one_line(server, tmp_path, capsys, monkeypatch):
-    """A 404 from the Hub (here: an HF_ENDPOINT on loopback over the opted-in http)."""
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    entry = _entry("hf://datasets/owner/repo/missing.zip")
-    entry["source"]["kind"] = "hf"
-    registry = _registry(tmp_path, {"CHAOS": entry})
-    assert _cli("--dataset", "CHAOS", "--registry", registry, "--out", tmp_path / "raw" / "CHAOS",
-                "--downloads", tmp_path / "dl") == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "segvol download: error: hf://datasets/owner/repo/missing.zip: HTTP 404 Not Found"
-    assert server.requests[0][0] == "/datasets/owner/repo/resolve/main/missing.zip"
-
-
 def test_manual_dataset_instructions_are_one_line(tmp_path, capsys):
     entry = _entry("https://unused.invalid/x.zip")
     entry["source"] = {"kind": "manual", "verified": False, "register_url": "https://example.org/register",

@@ -93,9 +93,10 @@ def servers(certificate, monkeypatch):
 
 
 def test_token_reaches_the_hub_endpoint_but_not_the_host_it_redirects_to(servers, tmp_path):
+    """A registry URL on the Hub (HF_ENDPOINT) origin, as a resolve URL would be."""
     hub, other, _ = servers
     hub.redirects["/datasets/owner/repo/resolve/main/data/a.zip"] = f"{other.url}/cdn/a.zip?signed=1"
-    path = fetch(RemoteFile("hf://datasets/owner/repo/data/a.zip", "a.bin"), tmp_path, **FAST)
+    path = fetch(RemoteFile(f"{hub.url}/datasets/owner/repo/resolve/main/data/a.zip", "a.bin"), tmp_path, **FAST)
     assert path.read_bytes() == BODY
     assert hub.seen == [("/datasets/owner/repo/resolve/main/data/a.zip", f"Bearer {TOKEN}")]
     assert other.seen == [("/cdn/a.zip?signed=1", None)]
@@ -104,7 +105,7 @@ def test_token_reaches_the_hub_endpoint_but_not_the_host_it_redirects_to(servers
 def test_token_kept_on_a_redirect_within_the_hub_origin(servers, tmp_path):
     hub, _, _ = servers
     hub.redirects["/datasets/owner/repo/resolve/v1/x.bin"] = "/datasets/owner/repo/resolve/abc123/x.bin"
-    fetch(RemoteFile("hf://datasets/owner/repo@v1/x.bin", "x.bin"), tmp_path, **FAST)
+    fetch(RemoteFile(f"{hub.url}/datasets/owner/repo/resolve/v1/x.bin", "x.bin"), tmp_path, **FAST)
     assert [auth for _, auth in hub.seen] == [f"Bearer {TOKEN}", f"Bearer {TOKEN}"]
 
 
@@ -119,7 +120,7 @@ def test_hub_name_in_the_query_of_another_host_gets_no_token(servers, tmp_path):
 def test_token_never_sent_over_plain_http_even_to_the_endpoint(servers, tmp_path, monkeypatch):
     _, _, plain = servers
     monkeypatch.setenv("HF_ENDPOINT", plain.url)  # a plain-http mirror the user configured
-    fetch(RemoteFile("hf://datasets/owner/repo/y.bin", "y.bin", allow_http=True), tmp_path, **FAST)
+    fetch(RemoteFile(f"{plain.url}/datasets/owner/repo/resolve/main/y.bin", "y.bin", allow_http=True), tmp_path, **FAST)
     assert plain.seen == [("/datasets/owner/repo/resolve/main/y.bin", None)]
 
 

@@ -1,17 +1,18 @@
-"""Resumable, verified HTTPS downloads (stdlib urllib; huggingface_hub only builds Hub URLs and
-looks up the login token).
+"""Resumable, verified downloads: our HTTPS fetcher (stdlib urllib) for plain URLs, and
+huggingface_hub for hf:// files (`segvol.download.hub`).
 
-A file is fetched into `<dest>.partial`; an interrupted transfer continues from the bytes already
-on disk with an HTTP `Range` request. A file is never "done" until it is verified:
+A plain URL is fetched into `<dest>.partial`; an interrupted transfer continues from the bytes
+already on disk with an HTTP `Range` request. A file is never "done" until it is verified:
 - its size must equal what the server announced (Content-Length / Content-Range) and the
-  registry's `size`; its `sha256` and/or `md5` must match the registry when given;
-- without a registry checksum, an archive's own integrity (zip CRC-32 of every member, a full
+  registry's `size`; its `sha256` and/or `md5` must match the registry when given (for hf://
+  files without one: the Hub's LFS sha256 and size, or its git blob id, at the resolved commit);
+- without any such checksum, an archive's own integrity (zip CRC-32 of every member, a full
   read of a tar / gzip stream) must hold as well, and a file that has neither a checksum nor an
   announced size nor an internal checksum is refused;
-- only then is `<dest>.sha256` (sha256sum format) written and the partial file renamed to
-  `<dest>`. The observed sha256 is logged so that it can be pinned in the registry. On a later
-  run a file counts as downloaded only when it still hashes to the registry's checksum or to its
-  `.sha256` record; anything else under the final name is moved back to `.partial` and resumed.
+- only then is `<dest>.sha256` (sha256sum format) written and the file renamed to `<dest>`. The
+  observed sha256 is logged so that it can be pinned in the registry. On a later run a file
+  counts as downloaded only when it still hashes to the registry's checksum or to its `.sha256`
+  record; anything else under the final name is resumed (moved back to `.partial`) or fetched again.
 
 Transport rules (why not plain `urlopen`): plain `http://` is refused unless the registry source
 opts in with `allow_http: true`, and a redirect from https to http is always refused. The Hugging
@@ -64,30 +65,6 @@ class TransientError(Exception):
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
-
-
-def resolve_url(url: str) -> str:
-    """`hf://datasets/<owner>/<repo>[@rev]/<path>` -> the Hub's plain HTTPS `resolve` URL.
-
-    The Hub serves LFS files with Range support, so the same resumable fetcher handles them.
-    `HF_ENDPOINT` is read now (huggingface_hub reads it once at import) and passed to its URL
-    builder; no network access here.
-    """
-    if not url.startswith("hf://"):
-        return url
-    rest = url[len("hf://"):]
-    kind, _, rest = rest.partition("/")
-    if kind not in {"datasets", "models", "spaces"}:
-        raise ValueError(f"{url}: expected hf://datasets|models|spaces/<owner>/<repo>/<path>")
-    parts = rest.split("/")
-    if len(parts) < 3 or not all(parts):
-        raise ValueError(f"{url}: expected hf://{kind}/<owner>/<repo>[@revision]/<path>")
-    owner, repo_rev, path = parts[0], parts[1], "/".join(parts[2:])
-    repo, _, revision = repo_rev.partition("@")
-    from huggingface_hub import hf_hub_url
-
-    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
-    return hf_hub_url(f"{owner}/{repo}", path, repo_type=kind[:-1], revision=revision or None, endpoint=endpoint)
 
 
 # --------------------------------------------------------------------------- transport policy
@@ -218,11 +195,7 @@ def _total_from(response, offset: int) -> int | None:
 
 
 def _http_error(remote: RemoteFile, error: urllib.error.HTTPError) -> ValueError:
-    hint = ""
-    if error.code in (401, 403) and remote.url.startswith("hf://"):
-        hint = (" (gated or private on the Hub: accept its terms there, then log in with "
-                "`huggingface-cli login` or set HF_TOKEN)")
-    return ValueError(f"{remote.url}: HTTP {error.code} {_one_line(error.reason)}{hint}")
+    return ValueError(f"{remote.url}: HTTP {error.code} {_one_line(error.reason)}")
 
 
 def _transfer(url: str, partial: Path, remote: RemoteFile, timeout: float, bar) -> int | None:
@@ -306,21 +279,28 @@ def fetch(
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / remote.filename
     partial = dest_dir / (remote.filename + ".partial")
+    from_hub = remote.url.startswith("hf://")
     if final.exists():
         if _already_verified(final, remote, progress):
             log.info("%s: already downloaded and verified", final)
             return final
-        # Not proven complete (e.g. kept by an older version without a checksum): resume it.
-        log.warning("%s: not verified (no matching checksum or record); resuming it as a partial download", final)
+        # Not proven complete (e.g. kept by an older version without a checksum): resume it, or
+        # for the Hub let huggingface_hub fetch it again (it keeps its own resumable copy).
+        log.warning("%s: not verified (no matching checksum or record); downloading it again", final)
         record_path(final).unlink(missing_ok=True)
-        os.replace(final, partial)
-    if remote.url.startswith("hf://") and _offline_hub():
-        raise ValueError(
-            f"{remote.url}: HF_HUB_OFFLINE is set and {final} is not downloaded yet; unset it or "
-            f"run the download where the Hub is reachable"
-        )
+        if from_hub:
+            final.unlink()
+        else:
+            os.replace(final, partial)
+    if from_hub:
+        if _offline_hub():
+            raise ValueError(
+                f"{remote.url}: HF_HUB_OFFLINE is set and {final} is not downloaded yet; unset it or "
+                f"run the download where the Hub is reachable"
+            )
+        return _fetch_from_hub(remote, final, retries=retries, timeout_s=timeout_s, progress=progress)
 
-    url = resolve_url(remote.url)
+    url = remote.url
     if partial.exists() and remote.size is not None and partial.stat().st_size > remote.size:
         partial.unlink()
     transfer = dict(retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s, timeout_s=timeout_s,
@@ -341,14 +321,48 @@ def fetch(
         except ValueError:
             partial.unlink(missing_ok=True)
             raise
-    record = record_path(final)
-    record.with_name(record.name + ".partial").write_text(f"{sha256}  {final.name}\n", encoding="utf-8")
-    os.replace(record.with_name(record.name + ".partial"), record)
-    os.replace(partial, final)
+    _finish(partial, final, sha256)
     if not _has_checksum(remote):
         log.warning("%s: no checksum in the registry; verified by %s. To pin it, add to its registry "
                     "entry: sha256: %s, size: %d (recorded in %s)", remote.url, how, sha256,
-                    final.stat().st_size, record)
+                    final.stat().st_size, record_path(final))
+    return final
+
+
+def _finish(path: Path, final: Path, sha256: str) -> None:
+    """Record the verified sha256, then move the file to its final name (in that order: a file
+    under the final name always has its record)."""
+    record = record_path(final)
+    record.with_name(record.name + ".partial").write_text(f"{sha256}  {final.name}\n", encoding="utf-8")
+    os.replace(record.with_name(record.name + ".partial"), record)
+    os.replace(path, final)
+
+
+def _fetch_from_hub(remote: RemoteFile, final: Path, *, retries: int, timeout_s: float, progress: bool) -> Path:
+    """hf:// through huggingface_hub at one resolved commit, verified like any other file."""
+    from segvol.download import hub
+
+    ref = hub.parse(remote.url)
+    endpoint, token = hub.endpoint_and_token(remote)
+    commit = hub.resolve_commit(remote.url, ref, endpoint, token, timeout_s)
+    checked, blob_id, source = hub.with_hub_checksum(remote.url, remote, ref, commit, endpoint, token)
+    path = hub.download(remote.url, ref, commit, final.parent / ".hub", endpoint, token, timeout_s, retries, progress)
+    try:
+        if blob_id is not None:
+            observed = hub.git_blob_id(path)
+            if observed != blob_id:
+                raise ValueError(f"{remote.url}: git blob id mismatch: got {observed}, the Hub lists {blob_id} "
+                                 f"at commit {commit} (removed; rerun to fetch it again)")
+        sha256, how = _verify(path, final.name, checked, None, progress, source=source,
+                              listed_size=blob_id is not None)
+    except ValueError:
+        path.unlink(missing_ok=True)
+        raise
+    _finish(path, final, sha256)
+    if not _has_checksum(remote) or not ref.pinned:
+        log.warning("%s: verified by %s at commit %s. To pin it, use in its registry entry: url: %s, "
+                    "sha256: %s, size: %d (recorded in %s)", remote.url, how, commit, ref.reference(commit),
+                    sha256, final.stat().st_size, record_path(final))
     return final
 
 
@@ -399,15 +413,19 @@ def _has_checksum(remote: RemoteFile) -> bool:
     return remote.sha256 is not None or remote.md5 is not None
 
 
-def _verify(path: Path, name: str, remote: RemoteFile, announced: int | None, progress: bool) -> tuple[str, str]:
-    """Raise ValueError unless `path` is complete; return its sha256 and how it was verified."""
+def _verify(path: Path, name: str, remote: RemoteFile, announced: int | None, progress: bool,
+            source: str = "the registry", listed_size: bool = False) -> tuple[str, str]:
+    """Raise ValueError unless `path` is complete; return its sha256 and how it was verified.
+
+    `source` says where `remote`'s checksums come from; `listed_size`: its size was checked
+    together with a content id by the caller (the Hub's git blob id)."""
     from segvol.download.extract import can_check_integrity, check_integrity
 
     size = path.stat().st_size
     evidence = []
     if remote.size is not None and size != remote.size:
         raise ValueError(
-            f"{remote.url}: got {size} bytes but the registry expects {remote.size} "
+            f"{remote.url}: got {size} bytes but {source} expects {remote.size} "
             f"(truncated or changed file; removed)"
         )
     if announced is not None:
@@ -421,10 +439,12 @@ def _verify(path: Path, name: str, remote: RemoteFile, announced: int | None, pr
         if expected is not None:
             if observed[kind] != expected.lower():
                 raise ValueError(
-                    f"{remote.url}: {kind} mismatch: got {observed[kind]}, the registry expects "
+                    f"{remote.url}: {kind} mismatch: got {observed[kind]}, {source} expects "
                     f"{expected} (corrupt or changed file; removed)"
                 )
-            evidence.append(f"the registry {kind}")
+            evidence.append(f"{source} {kind}" if source == "the registry" else source)
+    if listed_size:
+        evidence.append("the Hub's git blob id and size")
     if not _has_checksum(remote):
         if can_check_integrity(name):
             try:

@@ -1,0 +1,186 @@
+"""hf:// dataset files through huggingface_hub, pinned to one commit and verified.
+
+`hf://datasets/<owner>/<repo>[@<revision>]/<path>` (also `models/`, `spaces/`):
+1. the revision (default `main`) is resolved to its commit with one metadata request, and
+   everything below uses that commit, so the checksum and the bytes cannot come from two
+   different versions of the file;
+2. without a registry checksum, the Hub's own record of the file is the reference:
+   `HfApi.get_paths_info` gives the LFS sha256 and size (or, for a small non-LFS file, its git
+   blob id and size, checked as git does);
+3. `huggingface_hub.hf_hub_download` fetches the file into `<downloads>/<dataset>/.hub/` (the
+   library resumes its `.incomplete` file across runs and retries cut connections), with its own
+   token lookup (HF_TOKEN or `huggingface-cli login`) and `HF_ENDPOINT` read when called.
+The caller (`segvol.download.fetch.fetch`) then verifies, records `<file>.sha256` and moves the
+file to its final name. Our transport rules still hold: an `http://` HF_ENDPOINT needs the
+source's `allow_http: true`, and no token is sent to it (huggingface_hub would send one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class HubFile:
+    repo_type: str  # dataset | model | space
+    repo_id: str
+    revision: str
+    path: str
+
+    @property
+    def pinned(self) -> bool:
+        return bool(COMMIT.match(self.revision))
+
+    def reference(self, revision: str | None = None) -> str:
+        return f"hf://{self.repo_type}s/{self.repo_id}@{revision or self.revision}/{self.path}"
+
+
+def parse(url: str) -> HubFile:
+    """`hf://datasets/<owner>/<repo>[@rev]/<path>` -> HubFile, or ValueError naming the reference."""
+    kind, _, rest = url.removeprefix("hf://").partition("/")
+    if kind not in {"datasets", "models", "spaces"}:
+        raise ValueError(f"{url}: expected hf://datasets|models|spaces/<owner>/<repo>[@revision]/<path>")
+    parts = rest.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ValueError(f"{url}: expected hf://{kind}/<owner>/<repo>[@revision]/<path>")
+    repo, _, revision = parts[1].partition("@")
+    return HubFile(kind[:-1], f"{parts[0]}/{repo}", revision or "main", "/".join(parts[2:]))
+
+
+def endpoint_and_token(remote) -> tuple[str | None, bool | None]:
+    """The endpoint to use (HF_ENDPOINT now, None: huggingface.co) and the `token` argument for
+    huggingface_hub (None: its own lookup; False: send none)."""
+    from segvol.download.fetch import _check_scheme
+
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+    if endpoint is None or endpoint.startswith("https://"):
+        return endpoint, None
+    _check_scheme(endpoint + "/", remote)  # plain http needs the source's allow_http
+    return endpoint, False
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _hub_error(url: str, error: BaseException) -> Exception:
+    """A huggingface_hub exception as our one-line ValueError / RuntimeError."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(error, GatedRepoError):
+        return ValueError(f"{url}: gated on the Hub: accept its terms there, then log in with "
+                          f"`huggingface-cli login` or set HF_TOKEN")
+    if isinstance(error, RepositoryNotFoundError):
+        return ValueError(f"{url}: no such repository on the Hub (or it is private: log in or set HF_TOKEN)")
+    if isinstance(error, RevisionNotFoundError):
+        return ValueError(f"{url}: no such revision on the Hub")
+    if isinstance(error, RemoteEntryNotFoundError):
+        return ValueError(f"{url}: no such file in the repository at this revision")
+    if isinstance(error, HfHubHTTPError):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return RuntimeError(f"{url}: the Hub answered {' '.join(first.split())}")
+    return RuntimeError(f"{url}: cannot reach the Hub ({_one_line(error)}); rerun to resume")
+
+
+def resolve_commit(url: str, ref: HubFile, endpoint: str | None, token, timeout_s: float) -> str:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    if ref.pinned:
+        return ref.revision
+    try:
+        metadata = get_hf_file_metadata(
+            hf_hub_url(ref.repo_id, ref.path, repo_type=ref.repo_type, revision=ref.revision, endpoint=endpoint),
+            token=token, timeout=timeout_s, endpoint=endpoint, retry_on_errors=True,
+        )
+    except Exception as error:  # noqa: BLE001 (every Hub failure becomes one line)
+        raise _hub_error(url, error) from error
+    if not metadata.commit_hash:
+        raise ValueError(f"{url}: {endpoint or 'the Hub'} gave no commit for revision {ref.revision!r} (not a Hub endpoint?)")
+    return metadata.commit_hash
+
+
+def with_hub_checksum(url: str, remote, ref: HubFile, commit: str, endpoint: str | None, token):
+    """`remote` with the Hub's sha256 and size filled in where the registry has no checksum.
+
+    Returns (remote, git blob id or None, where the checksum came from)."""
+    if remote.sha256 is not None or remote.md5 is not None:
+        return remote, None, "the registry"
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    try:
+        infos = HfApi(endpoint=endpoint, token=token).get_paths_info(
+            ref.repo_id, [ref.path], repo_type=ref.repo_type, revision=commit
+        )
+    except Exception as error:  # noqa: BLE001
+        raise _hub_error(url, error) from error
+    info = next((i for i in infos if isinstance(i, RepoFile) and i.path == ref.path), None)
+    if info is None:
+        raise ValueError(f"{url}: no such file in the repository at commit {commit}")
+    if remote.size is not None and remote.size != info.size:
+        raise ValueError(f"{url}: the Hub lists {info.size} bytes at commit {commit} but the registry expects {remote.size}")
+    if info.lfs is not None:
+        return replace(remote, sha256=info.lfs.sha256, size=info.lfs.size), None, "the Hub's LFS sha256"
+    return replace(remote, size=info.size), info.blob_id, "the Hub's git blob id"
+
+
+def git_blob_id(path: Path) -> str:
+    """The id git gives a file's content (sha1 of "blob <size>\\0" + bytes)."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, ref: HubFile, commit: str, folder: Path, endpoint: str | None, token,
+             timeout_s: float, retries: int, progress: bool) -> Path:
+    """The file at `commit` under `folder` (huggingface_hub's local-dir layout, resumable)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    last: Exception | None = None
+    if not progress:
+        disable_progress_bars()
+    try:
+        for attempt in range(retries + 1):
+            try:
+                return Path(hf_hub_download(
+                    ref.repo_id, ref.path, repo_type=ref.repo_type, revision=commit, local_dir=folder,
+                    endpoint=endpoint, token=token, etag_timeout=timeout_s,
+                ))
+            except HfHubHTTPError as error:
+                status = getattr(error.response, "status_code", None)
+                if status is not None and status < 500 and status != 429:
+                    raise _hub_error(url, error) from error
+                last = error
+            except Exception as error:  # noqa: BLE001 (network down, cut stream: the library resumes)
+                last = error
+            log.warning("%s: %s; retrying (%d/%d)", url, _one_line(last), attempt + 1, retries)
+    finally:
+        if not progress:
+            enable_progress_bars()
+    raise _hub_error(url, last) from last
+
+
+def discard(folder: Path) -> None:
+    """Forget a failed or moved download: the library's layout under `folder`."""
+    shutil.rmtree(folder, ignore_errors=True)
