@@ -196,3 +196,17 @@ def test_integrity_check_finds_truncation(tmp_path, suffix):
     path.write_bytes(bytes(broken))
     with pytest.raises(ValueError, match=f"a{suffix}: corrupt"):
         check_integrity(path)
+
+
+def test_encrypted_zip_member_is_a_one_line_error(tmp_path):
+    archive = tmp_path / "locked.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("a.txt", b"secret")
+    data = bytearray(archive.read_bytes())
+    # Set the "encrypted" flag bit in the central directory entry (zipfile refuses to read it).
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 8] |= 0x1
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="locked.zip: cannot unpack: .*encrypted"):
+        extract_archive(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

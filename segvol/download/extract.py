@@ -310,6 +310,8 @@ def extract_into(archive: str | os.PathLike, dest: str | os.PathLike, limits: Li
             raise ValueError(f"{archive}: not a supported archive ({', '.join(ARCHIVE_SUFFIXES)})")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as error:
         raise ValueError(f"{archive}: corrupt archive: {error}") from None
+    except (NotImplementedError, RuntimeError) as error:  # zipfile: unknown compression, encryption
+        raise ValueError(f"{archive}: cannot unpack: {error}") from None
 
 
 def check_integrity(archive: str | os.PathLike, name: str | None = None) -> None:
