@@ -20,8 +20,10 @@ from urllib.parse import parse_qs, unquote
 import pytest
 
 from segvol.download.fetch import RemoteFile, fetch, recorded_sha256
+from tests.test_download_transport import certificate  # noqa: F401 (fixture)
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+TOKEN = "hf_secret_token_for_tests"
 OLD_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 FAST = {"retries": 1, "backoff_s": 0.0, "timeout_s": 10.0, "progress": False}
 RESOLVE = re.compile(r"^/(?P<type>datasets|models|spaces)/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
@@ -42,6 +44,9 @@ class _Hub(BaseHTTPRequestHandler):
     def _resolve(self, head: bool):
         server = self.server
         server.seen.append((self.command, self.path, self.headers.get("Authorization"), self.headers.get("Range")))
+        if self.path.startswith("/cdn/"):  # a signed storage URL: the bytes only
+            self._send(server.cdn_files[self.path.split("?")[0]], head, {})
+            return
         match = RESOLVE.match(self.path.split("?")[0])
         commit = match and self._commit(match["rev"])
         entry = commit and server.commits[commit].get((match["repo"], unquote(match["path"])))
@@ -54,7 +59,22 @@ class _Hub(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        data = entry["served"]
+        etag = hashlib.sha256(entry["data"]).hexdigest() if entry["lfs"] else _git_blob_id(entry["data"])
+        if entry["lfs"] and server.cdn is not None:
+            # What the Hub does for LFS files: metadata here, bytes behind a signed URL elsewhere.
+            location = f"/cdn/{etag}"
+            server.cdn.cdn_files[location] = entry["served"]
+            self.send_response(302)
+            for name, value in {"Location": f"{server.cdn.url}{location}?signature=x", "X-Repo-Commit": commit,
+                                "X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(entry["data"])),
+                                "Content-Length": "0"}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            return
+        self._send(entry["served"], head, {"X-Repo-Commit": commit, "ETag": f'"{etag}"'})
+
+    def _send(self, data: bytes, head: bool, headers: dict):
+        server = self.server
         start = 0
         range_header = self.headers.get("Range")
         if range_header and not head:
@@ -63,8 +83,8 @@ class _Hub(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
-        self.send_header("X-Repo-Commit", commit)
-        self.send_header("ETag", f'"{hashlib.sha256(entry["data"]).hexdigest() if entry["lfs"] else _git_blob_id(entry["data"])}"')
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data) - start))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
@@ -110,12 +130,13 @@ class _Hub(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
+def _start(tls=None):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     httpd.seen, httpd.commits, httpd.branches = [], {COMMIT: {}, OLD_COMMIT: {}}, {"main": COMMIT}
-    httpd.cuts_left, httpd.cut_after = 0, 0
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.cuts_left, httpd.cut_after, httpd.cdn, httpd.cdn_files = 0, 0, None, {}
+    httpd.url = f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
 
     def publish(repo, path, data, lfs=True, commit=COMMIT, served=None):
         httpd.commits[commit][(repo, path)] = {"data": data, "lfs": lfs, "served": data if served is None else served}
@@ -123,16 +144,30 @@ def hub(monkeypatch, tmp_path):
     httpd.publish = publish
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", httpd.url)
-    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_for_tests")
+    return httpd, thread
+
+
+def _stop(httpd, thread):
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def _hub_environment(monkeypatch, tmp_path, endpoint):
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    httpd, thread = _start()
+    _hub_environment(monkeypatch, tmp_path, httpd.url)
     try:
         yield httpd
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+        _stop(httpd, thread)
 
 
 def _remote(url, filename, **checksums) -> RemoteFile:
@@ -219,3 +254,31 @@ def test_plain_http_endpoint_needs_the_opt_in(hub, tmp_path):
     with pytest.raises(ValueError, match="plain http refused"):
         fetch(RemoteFile("hf://datasets/owner/repo/a.zip", "a.zip"), tmp_path, **FAST)
     assert hub.seen == []
+
+
+def test_https_hub_gets_the_login_token_and_its_storage_host_does_not(certificate, monkeypatch, tmp_path):
+    """The way users hit it: an https HF_ENDPOINT, the token from huggingface_hub's own lookup
+    (HF_TOKEN here), LFS bytes behind a redirect to another origin."""
+    import ssl
+
+    from huggingface_hub.utils._http import close_session
+
+    cert, key = certificate
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    (hub, hub_thread), (storage, storage_thread) = _start(tls), _start(tls)
+    hub.cdn = storage
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    _hub_environment(monkeypatch, tmp_path, hub.url)
+    close_session()  # the library's HTTP client reads SSL_CERT_FILE when it is created
+    try:
+        data = os.urandom(80_000)
+        hub.publish("owner/repo", "M3D_Seg/0001.zip", data)
+        path = fetch(RemoteFile("hf://datasets/owner/repo/M3D_Seg/0001.zip", "0001.zip"), tmp_path / "dl", **FAST)
+        assert path.read_bytes() == data
+    finally:
+        close_session()
+        _stop(hub, hub_thread)
+        _stop(storage, storage_thread)
+    assert hub.seen and all(auth == f"Bearer {TOKEN}" for _, _, auth, _ in hub.seen)
+    assert [(method, auth) for method, _, auth, _ in storage.seen] == [("GET", None)]
