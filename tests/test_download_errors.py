@@ -119,3 +119,29 @@ def test_help_explains_verification_transport_and_unpacking():
                    "<file>.sha256", "links in archives are never created", "download.max_extract_ratio",
                    "`md5`", "Stale `.<out>.tmp-<pid>`"):
         assert phrase in text, phrase
+
+
+@pytest.mark.parametrize("filename", ["..", "../Snakefile", "a/b.zip", ""])
+def test_download_name_must_be_a_plain_file_name(tmp_path, filename):
+    from segvol.download.fetch import RemoteFile, fetch
+
+    with pytest.raises(ValueError, match="is not a plain file name"):
+        fetch(RemoteFile("https://example.invalid/x", filename), tmp_path / "dl", progress=False)
+    assert not (tmp_path / "dl").exists()
+
+
+def test_downloaded_manifest_may_not_list_local_files(server, tmp_path, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    server.files["/manifest.txt"] = f"{secret}\n".encode()
+    entry = {
+        "role": "unlabelled", "modality": "CT", "license": {"name": "test", "acceptance_required": False},
+        "source": {"kind": "manifest", "verified": False, "manifest": f"{server.url}/manifest.txt", "allow_http": True},
+        "layout": {"kind": "volumes"}, "labels": None, "n_cases": 1,
+    }
+    registry = _registry(tmp_path, {"Cap": entry})
+    out = tmp_path / "raw" / "Cap.shard0000"
+    assert _cli("--dataset", "Cap.shard0000", "--registry", registry, "--out", out, "--downloads", tmp_path / "dl") == 2
+    err = capsys.readouterr().err
+    assert "manifest.txt: volume 0 is a local path" in err and "may only list URLs" in err
+    assert not out.exists()

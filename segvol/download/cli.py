@@ -115,7 +115,9 @@ def _manual(name: str, entry: dict, settings: dict) -> list[Path]:
     return [folder / f for f in expected]
 
 
-def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fetch_kwargs: dict) -> tuple[list[str], Path]:
+def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fetch_kwargs: dict) -> tuple[list[str], Path | None]:
+    """The manifest's volume lines, and the folder its local paths are relative to (None for a
+    downloaded manifest: it may not point into this machine's files)."""
     from segvol.download.fetch import RemoteFile, fetch
 
     manifest = entry["source"]["manifest"]
@@ -140,7 +142,7 @@ def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fet
             f"{path}: lists {len(lines)} volumes but the registry says n_cases: {entry['n_cases']} "
             f"for {name}; fix n_cases (the shard plan is computed from it)"
         )
-    return lines, path.parent
+    return lines, (None if manifest.startswith(("http://", "https://", "hf://")) else path.parent)
 
 
 def _ingest_shard(name: str, index: int, entry: dict, settings: dict, downloads: Path, dest: Path, fetch_kwargs: dict) -> None:
@@ -170,6 +172,11 @@ def _ingest_shard(name: str, index: int, entry: dict, settings: dict, downloads:
             # record), then linked into the shard.
             _place(fetch(remote, downloads / name / "volumes", **fetch_kwargs), images, False, None)
         else:
+            if base_dir is None:
+                raise ValueError(
+                    f"{entry['source']['manifest']}: volume {number} is a local path ({location}); a downloaded "
+                    f"manifest may only list URLs"
+                )
             path = Path(location) if Path(location).is_absolute() else base_dir / location
             if not path.exists():
                 raise FileNotFoundError(f"{path}: volume {number} of the {name} manifest not found")

@@ -275,6 +275,8 @@ def fetch(
     or integrity failure of a complete transfer removes the partial file and raises ValueError
     (the next run fetches it again from byte 0).
     """
+    if remote.filename in ("", ".", "..") or "/" in remote.filename or "\\" in remote.filename or "\0" in remote.filename:
+        raise ValueError(f"{remote.url}: {remote.filename!r} is not a plain file name to save it as")
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / remote.filename
