@@ -30,7 +30,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
-    def do_GET(self):  # noqa: N802 (http.server API)
+    def do_GET(self):
         server = self.server
         server.requests.append((self.path, self.headers.get("Range")))
         body = server.files.get(self.path)
@@ -65,8 +65,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-@pytest.fixture
-def server():
+def loopback_server():
+    """The loopback server, as a generator for the `server` fixtures of the test_download_* files."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.files, httpd.requests = {}, []
     httpd.cuts_left, httpd.cut_after, httpd.bytes_sent, httpd.honour_range = 0, 0, 0, True
@@ -80,6 +80,11 @@ def server():
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def server():
+    yield from loopback_server()
 
 
 def _sha(data: bytes) -> str:

@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from segvol.download.cleanup import remove_stale_temporaries
-from tests.test_download import _cli, _entry, _msd_zip, _registry, _sha, server  # noqa: F401
+from tests.test_download import _cli, _entry, _msd_zip, _registry, _sha, loopback_server
+
+
+@pytest.fixture
+def server():
+    yield from loopback_server()
 
 HOUR = 3600
 

@@ -10,13 +10,17 @@ import io
 import os
 import stat
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from segvol.download.extract import Limits, check_integrity, extract_archive, extract_into
+from segvol.download.extract import (
+    Limits,
+    check_integrity,
+    extract_archive,
+    extract_into,
+)
 
 LINK_CHAIN = [("l0", "."), ("l1", "l0/.."), ("l2", "l1/.."), ("l3", "l2/..")]
 

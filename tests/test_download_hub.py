@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, unquote
 import pytest
 
 from segvol.download.fetch import RemoteFile, fetch, recorded_sha256
-from tests.test_download_transport import certificate  # noqa: F401 (fixture)
+from tests.test_download_transport import make_certificate
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_secret_token_for_tests"
@@ -97,16 +97,16 @@ class _Hub(BaseHTTPRequestHandler):
             self.close_connection = True
         self.wfile.write(payload)
 
-    def do_HEAD(self):  # noqa: N802 (http.server API)
+    def do_HEAD(self):
         self._resolve(head=True)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.path.startswith("/api/"):  # the library's own side requests (agent registry): not the Hub API we emulate
             self.send_error(404)
             return
         self._resolve(head=False)
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         server = self.server
         server.seen.append(("POST", self.path, self.headers.get("Authorization"), None))
         match = PATHS_INFO.match(self.path)
@@ -256,14 +256,14 @@ def test_plain_http_endpoint_needs_the_opt_in(hub, tmp_path):
     assert hub.seen == []
 
 
-def test_https_hub_gets_the_login_token_and_its_storage_host_does_not(certificate, monkeypatch, tmp_path):
+def test_https_hub_gets_the_login_token_and_its_storage_host_does_not(monkeypatch, tmp_path):
     """The way users hit it: an https HF_ENDPOINT, the token from huggingface_hub's own lookup
     (HF_TOKEN here), LFS bytes behind a redirect to another origin."""
     import ssl
 
     from huggingface_hub.utils._http import close_session
 
-    cert, key = certificate
+    cert, key = make_certificate(tmp_path)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
     (hub, hub_thread), (storage, storage_thread) = _start(tls), _start(tls)

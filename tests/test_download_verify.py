@@ -15,7 +15,22 @@ import os
 import pytest
 
 from segvol.download.fetch import RemoteFile, fetch, recorded_sha256
-from tests.test_download import FAST, _cli, _entry, _loopback_file, _msd_zip, _registry, _sha, _zip_bytes, server  # noqa: F401
+from tests.test_download import (
+    FAST,
+    _cli,
+    _entry,
+    _loopback_file,
+    _msd_zip,
+    _registry,
+    _sha,
+    _zip_bytes,
+    loopback_server,
+)
+
+
+@pytest.fixture
+def server():
+    yield from loopback_server()
 
 MSD_SPLEEN_MD5 = "410d4a301da4e5b2f6f86ec3ddba524e"  # as published for Task09_Spleen.tar
 

@@ -13,10 +13,13 @@ Why our own writer instead of `zipfile.extract` / `tarfile.extractall(filter="da
   `O_EXCL`, walking down from the destination one folder at a time: a path through a link, or an
   existing file (for instance a hard link a previous source placed there), is refused at the
   moment of writing, whatever is on disk.
-- Archive bombs are refused before the first byte is written: member count, total unpacked size,
-  and the compression ratio (unpacked / packed bytes) per zip member and for the whole archive,
-  judged once the unpacked bytes pass `ratio_floor_bytes` (small, very sparse label maps stay
-  fine). While writing, the bytes actually produced are counted against the same total.
+- Archive bombs are refused by member count, total unpacked size, and the compression ratio
+  (unpacked / packed bytes) per zip member and for the whole archive, judged once the unpacked
+  bytes pass `ratio_floor_bytes` (small, very sparse label maps stay fine). A zip is checked
+  whole, from its central directory, before the first byte is written; a tar has no index, so it
+  is checked member by member in one streaming pass (listing a .tar.gz first would decompress it
+  twice), each member before it is written. While writing, the bytes actually produced are
+  counted against the declared sizes and the total.
 
 `extract_archive` unpacks into a temporary sibling and renames it into place, so a refused or
 failed archive leaves nothing behind; `extract_into` writes into an existing (fresh) folder.
@@ -30,9 +33,9 @@ import shutil
 import tarfile
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from segvol.io.atomic import atomic_path
 
@@ -75,12 +78,34 @@ def _safe_name(archive: Path, name: str) -> str:
 
 @dataclass
 class _Plan:
-    """What an archive will write: folders, regular files and links (as copies), all checked."""
+    """What an archive writes: folders, regular files and links (as copies), checked as added."""
 
     archive: Path
-    folders: list[str]
-    files: dict[str, object]        # clean name -> the archive's own member handle
-    links: dict[str, tuple[str, bool]]  # clean name -> (target text, is hard link)
+    folders: list[str] = field(default_factory=list)
+    files: dict[str, object] = field(default_factory=dict)  # clean name -> the archive's member handle
+    links: dict[str, tuple[str, bool]] = field(default_factory=dict)  # clean name -> (target, is hard link)
+    _under: dict[str, str] = field(default_factory=dict)  # folder path -> a member below it
+
+    def add(self, name: str, member: object = None, link: tuple[str, bool] | None = None) -> None:
+        """Register a folder (no member, no link), file or link; ValueError when a member would
+        lie under a link or a file (it would be written through it), in either order."""
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            prefix = "/".join(parts[:depth])
+            if prefix in self.links or prefix in self.files:
+                kind = "link" if prefix in self.links else "file"
+                raise ValueError(f"{self.archive}: member {name!r} lies under the {kind} {prefix!r}; refused")
+        if (member is not None or link is not None) and name in self._under:
+            kind = "link" if link is not None else "file"
+            raise ValueError(f"{self.archive}: member {self._under[name]!r} lies under the {kind} {name!r}; refused")
+        for depth in range(1, len(parts)):
+            self._under.setdefault("/".join(parts[:depth]), name)
+        if link is not None:
+            self.links[name] = link
+        elif member is not None:
+            self.files[name] = member
+        else:
+            self.folders.append(name)
 
     def copies(self) -> dict[str, str]:
         """Each link -> the regular file member it stands for, or ValueError."""
@@ -121,17 +146,6 @@ class _Plan:
                 raise ValueError(f"{self.archive}: link {link!r} -> {target!r} passes through the link {prefix!r}; refused")
             parts.append(part)
         return "/".join(parts)
-
-    def check_parents(self) -> None:
-        """No member may lie under a link or a file (it would be written through it)."""
-        taken = set(self.links) | set(self.files)
-        for name in [*self.folders, *self.files, *self.links]:
-            parts = name.split("/")
-            for depth in range(1, len(parts)):
-                prefix = "/".join(parts[:depth])
-                if prefix in taken:
-                    kind = "link" if prefix in self.links else "file"
-                    raise ValueError(f"{self.archive}: member {name!r} lies under the {kind} {prefix!r}; refused")
 
 
 def _check_totals(archive: Path, count: int, total: int, limits: Limits) -> None:
@@ -218,20 +232,18 @@ class _Folder:
         return os.fdopen(handle, "rb")
 
 
-def _write(plan: _Plan, dest: Path, limits: Limits, open_member: Callable[[object], BinaryIO],
-           size_of: Callable[[object], int]) -> None:
-    copies = plan.copies()  # every link checked before the first byte is written
+def _write_zip(plan: _Plan, dest: Path, limits: Limits, bundle: zipfile.ZipFile) -> None:
+    copies = plan.copies()
     folder = _Folder(dest, plan.archive, limits)
     try:
         for name in plan.folders:
             folder.folder(name)
-        for name, member in plan.files.items():
-            with open_member(member) as source:
-                folder.write(name, source, size_of(member))
+        for name, info in plan.files.items():
+            with bundle.open(info) as source:
+                folder.write(name, source, info.file_size)
         for name, target in copies.items():
-            size = size_of(plan.files[target])
             with folder.open_file(target) as source:
-                folder.write(name, source, size)
+                folder.write(name, source, plan.files[target].file_size)
     finally:
         folder.close()
 
@@ -243,18 +255,18 @@ def _zip_is_symlink(info: zipfile.ZipInfo) -> bool:
 def _extract_zip(archive: Path, dest: Path, limits: Limits) -> None:
     with zipfile.ZipFile(archive) as bundle:
         infos = bundle.infolist()
-        plan = _Plan(archive, [], {}, {})
+        plan = _Plan(archive)
         total = 0
         for info in infos:
             name = _safe_name(archive, info.filename)
             if _zip_is_symlink(info):
                 if info.file_size > 4096:
                     raise ValueError(f"{archive}: link {name!r} with a {info.file_size}-byte target refused")
-                plan.links[name] = (bundle.read(info).decode("utf-8", "replace"), False)
+                plan.add(name, link=(bundle.read(info).decode("utf-8", "replace"), False))
             elif info.is_dir():
-                plan.folders.append(name)
+                plan.add(name)
             else:
-                plan.files[name] = info
+                plan.add(name, info)
                 total += info.file_size
                 ratio = info.file_size / max(1, info.compress_size)
                 if info.file_size > limits.ratio_floor_bytes and ratio > limits.max_ratio:
@@ -263,31 +275,43 @@ def _extract_zip(archive: Path, dest: Path, limits: Limits) -> None:
                         f"(ratio {ratio:.0f}, limit {limits.max_ratio:g}): refused as an archive bomb "
                         f"(raise download.max_extract_ratio if it is genuine)"
                     )
-        plan.check_parents()
         copies_total = sum(plan.files[t].file_size for t in plan.copies().values())
         _check_totals(archive, len(infos), total + copies_total, limits)
-        _write(plan, dest, limits, bundle.open, lambda info: info.file_size)
+        _write_zip(plan, dest, limits, bundle)
 
 
 def _extract_tar(archive: Path, dest: Path, limits: Limits) -> None:
-    with tarfile.open(archive, "r:*") as bundle:
-        members = bundle.getmembers()
-        plan = _Plan(archive, [], {}, {})
-        for member in members:
-            name = _safe_name(archive, member.name)
-            if member.issym() or member.islnk():
-                plan.links[name] = (member.linkname, member.islnk())
-            elif member.isdir():
-                plan.folders.append(name)
-            elif member.isfile():
-                plan.files[name] = member
-            else:
-                raise ValueError(f"{archive}: special file {member.name!r} (device/fifo) refused")
-        plan.check_parents()
-        total = sum(m.size for m in plan.files.values())
-        total += sum(plan.files[t].size for t in plan.copies().values())
-        _check_totals(archive, len(members), total, limits)
-        _write(plan, dest, limits, bundle.extractfile, lambda member: member.size)
+    """One pass: a tar has no index, and listing a .tar.gz first would decompress it twice. Each
+    member is checked before it is written (names, links, parents, running totals and ratio);
+    a refusal part-way leaves what was written in `dest`, which the callers discard."""
+    plan = _Plan(archive)
+    folder = _Folder(dest, archive, limits)
+    count = total = 0
+    try:
+        with tarfile.open(archive, "r:*") as bundle:
+            for member in bundle:
+                count += 1
+                total += member.size if member.isfile() else 0
+                _check_totals(archive, count, total, limits)
+                name = _safe_name(archive, member.name)
+                if member.issym() or member.islnk():
+                    plan.add(name, link=(member.linkname, member.islnk()))
+                elif member.isdir():
+                    plan.add(name)
+                    folder.folder(name)
+                elif member.isfile():
+                    plan.add(name, member)
+                    with bundle.extractfile(member) as source:
+                        folder.write(name, source, member.size)
+                else:
+                    raise ValueError(f"{archive}: special file {member.name!r} (device/fifo) refused")
+            copies = plan.copies()
+            _check_totals(archive, count, total + sum(plan.files[t].size for t in copies.values()), limits)
+            for name, target in copies.items():
+                with folder.open_file(target) as source:
+                    folder.write(name, source, plan.files[target].size)
+    finally:
+        folder.close()
 
 
 def extract_into(archive: str | os.PathLike, dest: str | os.PathLike, limits: Limits = Limits()) -> None:

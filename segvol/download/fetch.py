@@ -31,9 +31,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -305,8 +305,8 @@ def fetch(
     url = remote.url
     if partial.exists() and remote.size is not None and partial.stat().st_size > remote.size:
         partial.unlink()
-    transfer = dict(retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s, timeout_s=timeout_s,
-                    progress=progress, sleep=sleep)
+    transfer = {"retries": retries, "backoff_s": backoff_s, "max_backoff_s": max_backoff_s,
+                "timeout_s": timeout_s, "progress": progress, "sleep": sleep}
     resumed = partial.exists() and partial.stat().st_size > 0
     announced = _download(url, partial, final.name, remote, **transfer)
     try:

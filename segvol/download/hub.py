@@ -109,7 +109,7 @@ def resolve_commit(url: str, ref: HubFile, endpoint: str | None, token, timeout_
             hf_hub_url(ref.repo_id, ref.path, repo_type=ref.repo_type, revision=ref.revision, endpoint=endpoint),
             token=token, timeout=timeout_s, endpoint=endpoint, retry_on_errors=True,
         )
-    except Exception as error:  # noqa: BLE001 (every Hub failure becomes one line)
+    except Exception as error:  # every Hub failure becomes one line
         raise _hub_error(url, error) from error
     if not metadata.commit_hash:
         raise ValueError(f"{url}: {endpoint or 'the Hub'} gave no commit for revision {ref.revision!r} (not a Hub endpoint?)")
@@ -129,7 +129,7 @@ def with_hub_checksum(url: str, remote, ref: HubFile, commit: str, endpoint: str
         infos = HfApi(endpoint=endpoint, token=token).get_paths_info(
             ref.repo_id, [ref.path], repo_type=ref.repo_type, revision=commit
         )
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise _hub_error(url, error) from error
     info = next((i for i in infos if isinstance(i, RepoFile) and i.path == ref.path), None)
     if info is None:
