@@ -1,9 +1,11 @@
-"""hf:// files through huggingface_hub: one resolved commit, the Hub's LFS sha256 as reference.
+"""hf:// files: one commit resolved by huggingface_hub, the Hub's LFS sha256 as the reference,
+the bytes through the resumable fetcher.
 
-The loopback server below emulates the Hub endpoints that `hf_hub_download` and
-`HfApi.get_paths_info` call (HEAD/GET `/<type>s/<repo>/resolve/<rev>/<path>`, POST
-`/api/<type>s/<repo>/paths-info/<rev>`); HF_ENDPOINT points the library at it. It speaks plain
-http, so the registry sources opt in with allow_http, and no token may reach it.
+The loopback server below emulates the Hub endpoints that huggingface_hub's
+`get_hf_file_metadata` / `hf_hub_download` and `HfApi.get_paths_info` call (HEAD/GET
+`/<type>s/<repo>/resolve/<rev>/<path>`, POST `/api/<type>s/<repo>/paths-info/<rev>`) and, for the
+https test, a storage host LFS downloads are redirected to; HF_ENDPOINT points at it. Most tests
+speak plain http, so the registry sources opt in with allow_http, and no token may reach it.
 """
 
 from __future__ import annotations
@@ -91,9 +93,8 @@ class _Hub(BaseHTTPRequestHandler):
         if head:
             return
         payload = data[start:]
-        if server.cuts_left > 0:
-            server.cuts_left -= 1
-            payload = payload[: server.cut_after]
+        if server.cuts:  # bytes to send before dropping the connection, one entry per GET
+            payload = payload[: server.cuts.pop(0)]
             self.close_connection = True
         self.wfile.write(payload)
 
@@ -135,7 +136,7 @@ def _start(tls=None):
     if tls is not None:
         httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     httpd.seen, httpd.commits, httpd.branches = [], {COMMIT: {}, OLD_COMMIT: {}}, {"main": COMMIT}
-    httpd.cuts_left, httpd.cut_after, httpd.cdn, httpd.cdn_files = 0, 0, None, {}
+    httpd.cuts, httpd.cdn, httpd.cdn_files = [], None, {}
     httpd.url = f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
 
     def publish(repo, path, data, lfs=True, commit=COMMIT, served=None):
@@ -199,7 +200,7 @@ def test_hub_bytes_that_do_not_match_the_lfs_sha256_are_refused(hub, tmp_path):
     hub.publish("owner/repo", "a.zip", data, served=data[::-1])
     with pytest.raises(ValueError, match="a.zip: sha256 mismatch: got .* the Hub's LFS sha256 expects"):
         fetch(_remote("hf://datasets/owner/repo/a.zip", "a.zip"), tmp_path, **FAST)
-    assert not (tmp_path / "a.zip").exists() and not (tmp_path / ".hub" / "a.zip").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_registry_checksum_wins_over_the_hub(hub, tmp_path):
@@ -228,18 +229,27 @@ def test_small_non_lfs_file_is_verified_by_its_git_blob_id(hub, tmp_path):
     assert fetch(_remote("hf://datasets/owner/repo/notes.txt", "notes.txt"), tmp_path, **FAST).read_bytes() == b"hello\n"
 
 
-def test_cut_hub_download_is_resumed(hub, tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    # The library only counts (and resumes after) whole chunks of this size: keep the test small.
-    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 50_000)
+def test_cut_hub_download_is_resumed(hub, tmp_path):
     data = os.urandom(400_000)
     hub.publish("owner/repo", "big.zip", data)
-    hub.cuts_left, hub.cut_after = 1, 150_000
+    hub.cuts = [150_000]
     path = fetch(_remote("hf://datasets/owner/repo/big.zip", "big.zip"), tmp_path, **FAST)
     assert path.read_bytes() == data
     ranges = [rng for method, _, _, rng in hub.seen if method == "GET"]
     assert ranges[0] is None and "bytes=150000-" in ranges[1:]
+
+
+def test_failed_hub_download_resumes_on_the_next_run(hub, tmp_path):
+    data = os.urandom(400_000)
+    hub.publish("owner/repo", "big.zip", data)
+    hub.cuts = [100_000] + [0] * 100  # then the link is dead: every retry of this run fails
+    with pytest.raises(RuntimeError, match=r"^hf://datasets/owner/repo/big.zip: giving up .*100000 bytes kept .*rerun to resume"):
+        fetch(_remote("hf://datasets/owner/repo/big.zip", "big.zip"), tmp_path, **FAST)
+    assert not (tmp_path / "big.zip").exists() and (tmp_path / "big.zip.partial").stat().st_size == 100_000
+    hub.cuts = []
+    hub.seen.clear()
+    assert fetch(_remote("hf://datasets/owner/repo/big.zip", "big.zip"), tmp_path, **FAST).read_bytes() == data
+    assert [rng for method, _, _, rng in hub.seen if method == "GET"] == ["bytes=100000-"]
 
 
 def test_missing_hub_file_or_revision_is_one_line(hub, tmp_path):

@@ -13,10 +13,10 @@ verification: a file is only used once it is complete and verified: its size mus
   a file with no checksum, no announced size and no internal checksum is refused. The observed
   sha256 is written to `<file>.sha256` and logged, so that you can pin it in the registry. A file
   that fails is resumed, or fetched again from byte 0, never kept.
-hf:// files: fetched with huggingface_hub (resumable, into `<downloads>/<dataset>/.hub/`) at the
-  commit their revision resolves to (pin one with hf://datasets/<owner>/<repo>@<commit>/<path>;
-  the log prints the pinned URL), and checked against the Hub's LFS sha256 and size (or git blob
-  id) at that commit when the registry gives no checksum. HF_ENDPOINT mirrors are honoured.
+hf:// files: huggingface_hub resolves the revision to one commit (pin it with
+  hf://datasets/<owner>/<repo>@<commit>/<path>; the log prints the pinned URL) and, when the
+  registry gives no checksum, reads the Hub's LFS sha256 and size (or git blob id) at that commit;
+  the bytes come from that commit with the same resumable fetcher. HF_ENDPOINT mirrors are honoured.
 transport: only https, unless the registry source sets `allow_http: true`; a redirect from https
   to http is always refused. The Hugging Face token (HF_TOKEN or `huggingface-cli login`) is sent
   only over https to huggingface.co or the host of an https HF_ENDPOINT, never across a redirect

@@ -1,7 +1,7 @@
-"""Resumable, verified downloads: our HTTPS fetcher (stdlib urllib) for plain URLs, and
-huggingface_hub for hf:// files (`segvol.download.hub`).
+"""Resumable, verified HTTPS downloads (stdlib urllib); for hf:// files huggingface_hub resolves
+the commit, the checksum and the token (`segvol.download.hub`) and the bytes come through here.
 
-A plain URL is fetched into `<dest>.partial`; an interrupted transfer continues from the bytes
+A file is fetched into `<dest>.partial`; an interrupted transfer continues from the bytes
 already on disk with an HTTP `Range` request. A file is never "done" until it is verified:
 - its size must equal what the server announced (Content-Length / Content-Range) and the
   registry's `size`; its `sha256` and/or `md5` must match the registry when given (for hf://
@@ -281,53 +281,61 @@ def fetch(
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / remote.filename
     partial = dest_dir / (remote.filename + ".partial")
-    from_hub = remote.url.startswith("hf://")
     if final.exists():
         if _already_verified(final, remote, progress):
             log.info("%s: already downloaded and verified", final)
             return final
-        # Not proven complete (e.g. kept by an older version without a checksum): resume it, or
-        # for the Hub let huggingface_hub fetch it again (it keeps its own resumable copy).
-        log.warning("%s: not verified (no matching checksum or record); downloading it again", final)
+        # Not proven complete (e.g. kept by an older version without a checksum): resume it.
+        log.warning("%s: not verified (no matching checksum or record); resuming it as a partial download", final)
         record_path(final).unlink(missing_ok=True)
-        if from_hub:
-            final.unlink()
-        else:
-            os.replace(final, partial)
-    if from_hub:
+        os.replace(final, partial)
+
+    url, checked, source, blob_id, pinned = remote.url, remote, "the registry", None, None
+    if remote.url.startswith("hf://"):
         if _offline_hub():
             raise ValueError(
                 f"{remote.url}: HF_HUB_OFFLINE is set and {final} is not downloaded yet; unset it or "
                 f"run the download where the Hub is reachable"
             )
-        return _fetch_from_hub(remote, final, retries=retries, timeout_s=timeout_s, progress=progress)
+        from segvol.download import hub
 
-    url = remote.url
-    if partial.exists() and remote.size is not None and partial.stat().st_size > remote.size:
+        url, checked, source, blob_id, pinned = hub.locate(remote, timeout_s)
+    if partial.exists() and checked.size is not None and partial.stat().st_size > checked.size:
         partial.unlink()
     transfer = {"retries": retries, "backoff_s": backoff_s, "max_backoff_s": max_backoff_s,
                 "timeout_s": timeout_s, "progress": progress, "sleep": sleep}
+
+    def attempt() -> tuple[str, str]:
+        announced = _download(url, partial, final.name, checked, **transfer)
+        try:
+            if blob_id is not None:
+                from segvol.download.hub import git_blob_id
+
+                observed = git_blob_id(partial)
+                if observed != blob_id:
+                    raise ValueError(f"{remote.url}: git blob id mismatch: got {observed}, the Hub lists "
+                                     f"{blob_id} (removed; rerun to fetch it again)")
+            return _verify(partial, final.name, checked, announced, progress, source, blob_id is not None)
+        except ValueError:
+            partial.unlink(missing_ok=True)
+            raise
+
     resumed = partial.exists() and partial.stat().st_size > 0
-    announced = _download(url, partial, final.name, remote, **transfer)
     try:
-        sha256, how = _verify(partial, final.name, remote, announced, progress)
+        sha256, how = attempt()
     except ValueError as error:
-        partial.unlink(missing_ok=True)
         if not resumed:
             raise
         # The kept bytes were not a prefix of this file (changed upstream, or damaged on disk).
         log.warning("%s: the resumed file fails verification (%s); fetching it again from byte 0", remote.url, error)
-        announced = _download(url, partial, final.name, remote, **transfer)
-        try:
-            sha256, how = _verify(partial, final.name, remote, announced, progress)
-        except ValueError:
-            partial.unlink(missing_ok=True)
-            raise
+        sha256, how = attempt()
     _finish(partial, final, sha256)
-    if not _has_checksum(remote):
-        log.warning("%s: no checksum in the registry; verified by %s. To pin it, add to its registry "
-                    "entry: sha256: %s, size: %d (recorded in %s)", remote.url, how, sha256,
-                    final.stat().st_size, record_path(final))
+    if not _has_checksum(remote) or pinned:
+        advice = [f"url: {pinned}"] if pinned else []
+        if not _has_checksum(remote):
+            advice += [f"sha256: {sha256}", f"size: {final.stat().st_size}"]
+        log.warning("%s: verified by %s. To pin it, use in its registry entry: %s (recorded in %s)",
+                    remote.url, how, ", ".join(advice), record_path(final))
     return final
 
 
@@ -338,34 +346,6 @@ def _finish(path: Path, final: Path, sha256: str) -> None:
     record.with_name(record.name + ".partial").write_text(f"{sha256}  {final.name}\n", encoding="utf-8")
     os.replace(record.with_name(record.name + ".partial"), record)
     os.replace(path, final)
-
-
-def _fetch_from_hub(remote: RemoteFile, final: Path, *, retries: int, timeout_s: float, progress: bool) -> Path:
-    """hf:// through huggingface_hub at one resolved commit, verified like any other file."""
-    from segvol.download import hub
-
-    ref = hub.parse(remote.url)
-    endpoint, token = hub.endpoint_and_token(remote)
-    commit = hub.resolve_commit(remote.url, ref, endpoint, token, timeout_s)
-    checked, blob_id, source = hub.with_hub_checksum(remote.url, remote, ref, commit, endpoint, token)
-    path = hub.download(remote.url, ref, commit, final.parent / ".hub", endpoint, token, timeout_s, retries, progress)
-    try:
-        if blob_id is not None:
-            observed = hub.git_blob_id(path)
-            if observed != blob_id:
-                raise ValueError(f"{remote.url}: git blob id mismatch: got {observed}, the Hub lists {blob_id} "
-                                 f"at commit {commit} (removed; rerun to fetch it again)")
-        sha256, how = _verify(path, final.name, checked, None, progress, source=source,
-                              listed_size=blob_id is not None)
-    except ValueError:
-        path.unlink(missing_ok=True)
-        raise
-    _finish(path, final, sha256)
-    if not _has_checksum(remote) or not ref.pinned:
-        log.warning("%s: verified by %s at commit %s. To pin it, use in its registry entry: url: %s, "
-                    "sha256: %s, size: %d (recorded in %s)", remote.url, how, commit, ref.reference(commit),
-                    sha256, final.stat().st_size, record_path(final))
-    return final
 
 
 def _download(url: str, partial: Path, name: str, remote: RemoteFile, *, retries: int, backoff_s: float,

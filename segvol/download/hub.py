@@ -1,18 +1,20 @@
-"""hf:// dataset files through huggingface_hub, pinned to one commit and verified.
+"""Where an hf:// file lives and what it must hash to, from the Hub itself (huggingface_hub).
 
 `hf://datasets/<owner>/<repo>[@<revision>]/<path>` (also `models/`, `spaces/`):
-1. the revision (default `main`) is resolved to its commit with one metadata request, and
-   everything below uses that commit, so the checksum and the bytes cannot come from two
-   different versions of the file;
+1. the revision (default `main`) is resolved to its commit with one metadata request
+   (`get_hf_file_metadata`), and everything below uses that commit, so the checksum and the
+   bytes cannot come from two different versions of the file;
 2. without a registry checksum, the Hub's own record of the file is the reference:
    `HfApi.get_paths_info` gives the LFS sha256 and size (or, for a small non-LFS file, its git
-   blob id and size, checked as git does);
-3. `huggingface_hub.hf_hub_download` fetches the file into `<downloads>/<dataset>/.hub/` (the
-   library resumes its `.incomplete` file across runs and retries cut connections), with its own
-   token lookup (HF_TOKEN or `huggingface-cli login`) and `HF_ENDPOINT` read when called.
-The caller (`segvol.download.fetch.fetch`) then verifies, records `<file>.sha256` and moves the
-file to its final name. Our transport rules still hold: an `http://` HF_ENDPOINT needs the
-source's `allow_http: true`, and no token is sent to it (huggingface_hub would send one).
+   blob id and size, checked as git computes it);
+3. the bytes are fetched from the commit's `resolve` URL (`hf_hub_url`) by our resumable fetcher.
+Why not `hf_hub_download` for the bytes: in the huggingface_hub we run (2.x) it downloads into a
+process-unique temporary file that is deleted when the call fails, so a cut 40 GB archive starts
+again from byte 0 on the next run; our fetcher keeps `<file>.partial` and continues it with a
+Range request, and applies the stricter token rule (only over https, only to the exact Hub or
+HF_ENDPOINT origin, never across a redirect: the Hub hands LFS files to a signed storage URL).
+Tokens come from huggingface_hub's own lookup (HF_TOKEN or `huggingface-cli login`) and
+`HF_ENDPOINT` is read when called (huggingface_hub reads it once, at import).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -150,37 +151,15 @@ def git_blob_id(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, ref: HubFile, commit: str, folder: Path, endpoint: str | None, token,
-             timeout_s: float, retries: int, progress: bool) -> Path:
-    """The file at `commit` under `folder` (huggingface_hub's local-dir layout, resumable)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+def locate(remote, timeout_s: float):
+    """(resolve URL at the commit, `remote` with the Hub's checksum filled in where the registry
+    has none, where that checksum comes from, git blob id to check or None, the pinned hf://
+    reference to suggest or None when it is pinned already)."""
+    from huggingface_hub import hf_hub_url
 
-    last: Exception | None = None
-    if not progress:
-        disable_progress_bars()
-    try:
-        for attempt in range(retries + 1):
-            try:
-                return Path(hf_hub_download(
-                    ref.repo_id, ref.path, repo_type=ref.repo_type, revision=commit, local_dir=folder,
-                    endpoint=endpoint, token=token, etag_timeout=timeout_s,
-                ))
-            except HfHubHTTPError as error:
-                status = getattr(error.response, "status_code", None)
-                if status is not None and status < 500 and status != 429:
-                    raise _hub_error(url, error) from error
-                last = error
-            except Exception as error:  # noqa: BLE001 (network down, cut stream: the library resumes)
-                last = error
-            log.warning("%s: %s; retrying (%d/%d)", url, _one_line(last), attempt + 1, retries)
-    finally:
-        if not progress:
-            enable_progress_bars()
-    raise _hub_error(url, last) from last
-
-
-def discard(folder: Path) -> None:
-    """Forget a failed or moved download: the library's layout under `folder`."""
-    shutil.rmtree(folder, ignore_errors=True)
+    ref = parse(remote.url)
+    endpoint, token = endpoint_and_token(remote)
+    commit = resolve_commit(remote.url, ref, endpoint, token, timeout_s)
+    checked, blob_id, source = with_hub_checksum(remote.url, remote, ref, commit, endpoint, token)
+    url = hf_hub_url(ref.repo_id, ref.path, repo_type=ref.repo_type, revision=commit, endpoint=endpoint)
+    return url, checked, source, blob_id, None if ref.pinned else ref.reference(commit)
