@@ -292,3 +292,15 @@ def test_https_hub_gets_the_login_token_and_its_storage_host_does_not(monkeypatc
         _stop(storage, storage_thread)
     assert hub.seen and all(auth == f"Bearer {TOKEN}" for _, _, auth, _ in hub.seen)
     assert [(method, auth) for method, _, auth, _ in storage.seen] == [("GET", None)]
+
+
+def test_unreachable_hub_is_one_line(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _hub_environment(monkeypatch, tmp_path, f"http://127.0.0.1:{port}")
+    with pytest.raises(RuntimeError, match=r"^hf://datasets/owner/repo/a.zip: cannot reach the Hub \(.*\); rerun when it is reachable$") as error:
+        fetch(_remote("hf://datasets/owner/repo/a.zip", "a.zip"), tmp_path / "dl", **FAST)
+    assert "\n" not in str(error.value)

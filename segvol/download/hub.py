@@ -97,7 +97,7 @@ def _hub_error(url: str, error: BaseException) -> Exception:
     if isinstance(error, HfHubHTTPError):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return RuntimeError(f"{url}: the Hub answered {' '.join(first.split())}")
-    return RuntimeError(f"{url}: cannot reach the Hub ({_one_line(error)}); rerun to resume")
+    return RuntimeError(f"{url}: cannot reach the Hub ({_one_line(error)}); rerun when it is reachable")
 
 
 def resolve_commit(url: str, ref: HubFile, endpoint: str | None, token, timeout_s: float) -> str:
@@ -105,10 +105,12 @@ def resolve_commit(url: str, ref: HubFile, endpoint: str | None, token, timeout_
 
     if ref.pinned:
         return ref.revision
+    # No library retries (their backoff takes ~25 s to give up on a dead endpoint): nothing is
+    # lost by failing here, the byte transfer that follows has its own retries and resume.
     try:
         metadata = get_hf_file_metadata(
             hf_hub_url(ref.repo_id, ref.path, repo_type=ref.repo_type, revision=ref.revision, endpoint=endpoint),
-            token=token, timeout=timeout_s, endpoint=endpoint, retry_on_errors=True,
+            token=token, timeout=timeout_s, endpoint=endpoint, retry_on_errors=False,
         )
     except Exception as error:  # every Hub failure becomes one line
         raise _hub_error(url, error) from error
