@@ -304,3 +304,20 @@ def test_unreachable_hub_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"^hf://datasets/owner/repo/a.zip: cannot reach the Hub \(.*\); rerun when it is reachable$") as error:
         fetch(_remote("hf://datasets/owner/repo/a.zip", "a.zip"), tmp_path / "dl", **FAST)
     assert "\n" not in str(error.value)
+
+
+def test_cli_downloads_a_hub_dataset_verified_by_the_hub(hub, tmp_path, caplog):
+    from tests.test_download import _cli, _entry, _msd_zip, _registry
+
+    data = _msd_zip()
+    hub.publish("owner/msd", "Task09_Spleen.zip", data)
+    entry = _entry("hf://datasets/owner/msd/Task09_Spleen.zip")
+    entry["source"]["kind"] = "hf"
+    registry = _registry(tmp_path, {"Spleen": entry})
+    out = tmp_path / "raw" / "Spleen"
+    with caplog.at_level(logging.WARNING, logger="segvol"):
+        assert _cli("--dataset", "Spleen", "--registry", registry, "--out", out, "--downloads", tmp_path / "dl") == 0
+    document = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    assert [case["id"] for case in document["cases"]] == ["spleen_0", "spleen_1"]
+    assert recorded_sha256(tmp_path / "dl" / "Spleen" / "Task09_Spleen.zip") == hashlib.sha256(data).hexdigest()
+    assert f"url: hf://datasets/owner/msd@{COMMIT}/Task09_Spleen.zip" in caplog.text
