@@ -134,3 +134,28 @@ def test_registry_md5_field(server, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"invalid dataset registry: datasets/Spleen/source/files/0/md5: .410D4A30. is not valid") as error:
         load_registry(_registry(bad, {"Spleen": entry}))
     assert "\n" not in str(error.value)
+
+
+def test_two_processes_fetching_the_same_file_take_turns(server, tmp_path):
+    """The shard jobs of one manifest all fetch the manifest: one transfer, no interleaved bytes."""
+    import threading
+
+    data = _random_zip(400_000)
+    server.files["/shared.zip"] = data
+    results, errors = [], []
+
+    def job():
+        try:
+            results.append(fetch(_loopback_file(f"{server.url}/shared.zip", "shared.zip"), tmp_path, **FAST))
+        except Exception as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=job) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and len(results) == 4
+    assert (tmp_path / "shared.zip").read_bytes() == data
+    assert len(server.requests) == 1 and server.bytes_sent == len(data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.zip", "shared.zip.sha256"]

@@ -23,6 +23,8 @@ redirect to another origin (the Hub sends LFS files through signed CDN URLs that
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import logging
@@ -273,12 +275,40 @@ def fetch(
     `retries` counts consecutive failed requests that brought no new bytes; a request that made
     progress resets the count, so a flaky link still finishes a 40 GB archive. A size, checksum
     or integrity failure of a complete transfer removes the partial file and raises ValueError
-    (the next run fetches it again from byte 0).
+    (the next run fetches it again from byte 0). Processes fetching the same file take turns (a
+    lock file next to it): the shard jobs of one manifest all need the manifest.
     """
     if remote.filename in ("", ".", "..") or "/" in remote.filename or "\\" in remote.filename or "\0" in remote.filename:
         raise ValueError(f"{remote.url}: {remote.filename!r} is not a plain file name to save it as")
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest_dir / f".{remote.filename}.lock"):
+        return _fetch(remote, dest_dir, retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                      timeout_s=timeout_s, progress=progress, sleep=sleep)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an flock on `lock_path`, and remove the file when done: a waiter that locked a file
+    already removed by the previous holder notices (another inode at the path) and tries again."""
+    while True:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(descriptor).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(descriptor)
+
+
+def _fetch(remote: RemoteFile, dest_dir: Path, *, retries: int, backoff_s: float, max_backoff_s: float,
+           timeout_s: float, progress: bool, sleep: Callable[[float], None]) -> Path:
     final = dest_dir / remote.filename
     partial = dest_dir / (remote.filename + ".partial")
     if final.exists():
