@@ -12,7 +12,8 @@ verification: a file is only used once it is complete and verified: its size mus
   a registry checksum an archive must also pass its own CRCs (zip) or a full read (tar, gzip), and
   a file with no checksum, no announced size and no internal checksum is refused. The observed
   sha256 is written to `<file>.sha256` and logged, so that you can pin it in the registry. A file
-  that fails is resumed, or fetched again from byte 0, never kept.
+  that fails is resumed, or fetched again from byte 0, never kept. Jobs that need the same file
+  (the shards of one manifest) take turns on it.
 hf:// files: huggingface_hub resolves the revision to one commit (pin it with
   hf://datasets/<owner>/<repo>@<commit>/<path>; the log prints the pinned URL) and, when the
   registry gives no checksum, reads the Hub's LFS sha256 and size (or git blob id) at that commit;
