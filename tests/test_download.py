@@ -30,7 +30,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
-    def do_GET(self):  # noqa: N802 (http.server API)
+    def do_GET(self):
         server = self.server
         server.requests.append((self.path, self.headers.get("Range")))
         body = server.files.get(self.path)
@@ -51,7 +51,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         payload = body[start:]
-        self.send_header("Content-Length", str(len(payload)))
+        if server.send_length:
+            self.send_header("Content-Length", str(len(payload)))
+        else:
+            self.close_connection = True  # the body ends where the connection does (HTTP/1.0 style)
         self.end_headers()
         if server.cuts_left > 0:
             # Announce the full length but send only part of it, then drop the connection.
@@ -62,11 +65,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-@pytest.fixture
-def server():
+def loopback_server():
+    """The loopback server, as a generator for the `server` fixtures of the test_download_* files."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.files, httpd.requests = {}, []
     httpd.cuts_left, httpd.cut_after, httpd.bytes_sent, httpd.honour_range = 0, 0, 0, True
+    httpd.send_length = True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -78,8 +82,18 @@ def server():
         thread.join(timeout=5)
 
 
+@pytest.fixture
+def server():
+    yield from loopback_server()
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _loopback_file(url, filename, sha256=None, size=None) -> RemoteFile:
+    """The loopback server speaks plain http: these sources opt in, as a registry entry would."""
+    return RemoteFile(url, filename, sha256, size, allow_http=True)
 
 
 FAST = {"retries": 3, "backoff_s": 0.0, "timeout_s": 5.0, "progress": False}
@@ -91,7 +105,7 @@ def test_resume_after_cut_connection(server, tmp_path):
     data = os.urandom(300_000)
     server.files["/a.bin"] = data
     server.cuts_left, server.cut_after = 1, 100_000
-    path = fetch(RemoteFile(f"{server.url}/a.bin", "a.bin", _sha(data), len(data)), tmp_path, **FAST)
+    path = fetch(_loopback_file(f"{server.url}/a.bin", "a.bin", _sha(data), len(data)), tmp_path, **FAST)
     assert path.read_bytes() == data
     assert len(server.requests) == 2
     assert server.requests[1][1] == "bytes=100000-"  # the second request resumed
@@ -103,7 +117,7 @@ def test_resume_existing_partial_file(server, tmp_path):
     data = os.urandom(50_000)
     server.files["/b.bin"] = data
     (tmp_path / "b.bin.partial").write_bytes(data[:20_000])
-    fetch(RemoteFile(f"{server.url}/b.bin", "b.bin", _sha(data), len(data)), tmp_path, **FAST)
+    fetch(_loopback_file(f"{server.url}/b.bin", "b.bin", _sha(data), len(data)), tmp_path, **FAST)
     assert (tmp_path / "b.bin").read_bytes() == data
     assert server.bytes_sent == 30_000
 
@@ -113,7 +127,7 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
     server.files["/c.bin"] = data
     server.honour_range = False
     (tmp_path / "c.bin.partial").write_bytes(b"x" * 10_000)
-    fetch(RemoteFile(f"{server.url}/c.bin", "c.bin", _sha(data), len(data)), tmp_path, **FAST)
+    fetch(_loopback_file(f"{server.url}/c.bin", "c.bin", _sha(data), len(data)), tmp_path, **FAST)
     assert (tmp_path / "c.bin").read_bytes() == data
 
 
@@ -121,7 +135,7 @@ def test_wrong_checksum_leaves_no_output(server, tmp_path):
     data = b"abc" * 1000
     server.files["/d.bin"] = data
     with pytest.raises(ValueError, match="sha256 mismatch"):
-        fetch(RemoteFile(f"{server.url}/d.bin", "d.bin", _sha(b"other"), len(data)), tmp_path, **FAST)
+        fetch(_loopback_file(f"{server.url}/d.bin", "d.bin", _sha(b"other"), len(data)), tmp_path, **FAST)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -129,7 +143,7 @@ def test_truncated_upstream_file_is_refused(server, tmp_path):
     data = os.urandom(10_000)
     server.files["/e.bin"] = data[:6_000]
     with pytest.raises(ValueError, match="registry expects 10000"):
-        fetch(RemoteFile(f"{server.url}/e.bin", "e.bin", _sha(data), len(data)), tmp_path, **FAST)
+        fetch(_loopback_file(f"{server.url}/e.bin", "e.bin", _sha(data), len(data)), tmp_path, **FAST)
     assert not (tmp_path / "e.bin").exists()
 
 
@@ -138,7 +152,7 @@ def test_retries_are_bounded(server, tmp_path):
     server.files["/f.bin"] = os.urandom(5_000)
     server.cuts_left, server.cut_after = 100, 0  # every response is cut before any byte
     with pytest.raises(RuntimeError, match="giving up after 3 retries"):
-        fetch(RemoteFile(f"{server.url}/f.bin", "f.bin", None, 5_000), tmp_path,
+        fetch(_loopback_file(f"{server.url}/f.bin", "f.bin", None, 5_000), tmp_path,
               **{**FAST, "backoff_s": 1.0}, sleep=slept.append)
     assert len(server.requests) == 4
     assert slept == [1.0, 2.0, 4.0]  # exponential backoff
@@ -147,7 +161,7 @@ def test_retries_are_bounded(server, tmp_path):
 
 def test_http_404_names_the_url(server, tmp_path):
     with pytest.raises(ValueError, match="missing.bin: HTTP 404"):
-        fetch(RemoteFile(f"{server.url}/missing.bin", "missing.bin"), tmp_path, **FAST)
+        fetch(_loopback_file(f"{server.url}/missing.bin", "missing.bin"), tmp_path, **FAST)
     assert len(server.requests) == 1
 
 
@@ -257,7 +271,8 @@ def _entry(url, sha=None, size=None, accept=False, **layout):
         "role": "train",
         "modality": "CT",
         "license": {"name": "test", "url": "https://example.org/terms", "acceptance_required": accept},
-        "source": {"kind": "url", "verified": sha is not None, "files": [{"url": url, "sha256": sha, "size": size}]},
+        "source": {"kind": "url", "verified": sha is not None, "allow_http": True,
+                   "files": [{"url": url, "sha256": sha, "size": size}]},
         "layout": layout or {
             "kind": "paired",
             "image": "Task09_Spleen/imagesTr/{case}.nii.gz",
@@ -375,7 +390,7 @@ def test_unlabelled_manifest_shards(tmp_path, server):
     entry = {
         "role": "unlabelled", "modality": "CT",
         "license": {"name": "test", "acceptance_required": False},
-        "source": {"kind": "manifest", "verified": False, "manifest": "manifest.txt"},
+        "source": {"kind": "manifest", "verified": False, "manifest": "manifest.txt", "allow_http": True},
         "layout": {"kind": "volumes"}, "labels": None, "n_cases": 5,
     }
     registry = _registry(tmp_path, {"Cap": entry})

@@ -54,7 +54,8 @@ def _serve(server, entry: dict, archives: dict[str, bytes]) -> dict:
         server.files[f"/{filename}"] = data
         files.append({"url": f"{server.url}/{filename}", "sha256": _sha(data),
                       "md5": hashlib.md5(data).hexdigest(), "size": len(data)})
-    entry["source"] = {"kind": "url", "verified": True, "evidence": "test fixture", "files": files}
+    entry["source"] = {"kind": "url", "verified": True, "evidence": "test fixture", "files": files,
+                       "allow_http": True}  # the loopback server speaks plain http
     return entry
 
 
@@ -63,6 +64,8 @@ def _serve_hub(server, monkeypatch, entry: dict, archives: dict[str, bytes]) -> 
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    entry["source"]["allow_http"] = True  # the loopback Hub speaks plain http
     for item in entry["source"]["files"]:
         data = archives[item["url"].rsplit("/", 1)[-1]]
         repo_rev, path = item["url"].removeprefix("hf://datasets/").split("/M3D_Seg/")

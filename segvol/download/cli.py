@@ -1,11 +1,32 @@
 """Fetch one registered dataset into the raw dataset contract (`<out>/dataset.json` + files).
 
-Sources come from the registry (config/datasets.yaml): public URLs and Hugging Face files are
+Sources come from the registry (config/datasets.yaml). Public URLs and Hugging Face files are
 downloaded resumably (HTTP Range into `<downloads>/<dataset>/<file>.partial`, continued after a
-cut connection), checked against the registry's size and sha256, retried with backoff, then
-unpacked safely and atomically. Datasets whose license needs acceptance fail before any byte is
-fetched unless listed in `download.accept_license`; registration-only datasets are taken from
+cut connection or on the next run), retried with backoff, verified, then unpacked safely and
+atomically. Datasets whose license needs acceptance fail before any byte is fetched unless
+listed in `download.accept_license`; registration-only datasets are taken from
 `download.manual_dir/<dataset>/`. Unlabelled manifests are ingested as shards `<name>.shardNNNN`.
+
+verification: a file is only used once it is complete and verified: its size must match the
+  server's announced size and the registry's `size`, its `sha256` / `md5` the registry's. Without
+  a registry checksum an archive must also pass its own CRCs (zip) or a full read (tar, gzip), and
+  a file with no checksum, no announced size and no internal checksum is refused. The observed
+  sha256 is written to `<file>.sha256` and logged, so that you can pin it in the registry. A file
+  that fails is resumed, or fetched again from byte 0, never kept. Jobs that need the same file
+  (the shards of one manifest) take turns on it.
+hf:// files: huggingface_hub resolves the revision to one commit (pin it with
+  hf://datasets/<owner>/<repo>@<commit>/<path>; the log prints the pinned URL) and, when the
+  registry gives no checksum, reads the Hub's LFS sha256 and size (or git blob id) at that commit;
+  the bytes come from that commit with the same resumable fetcher. HF_ENDPOINT mirrors are honoured.
+transport: only https, unless the registry source sets `allow_http: true`; a redirect from https
+  to http is always refused. The Hugging Face token (HF_TOKEN or `huggingface-cli login`) is sent
+  only over https to huggingface.co or the host of an https HF_ENDPOINT, never across a redirect
+  to another host. With HF_HUB_OFFLINE set, hf:// files must already be downloaded.
+unpacking: links in archives are never created (a link to a file of the archive becomes a copy;
+  others are refused), nothing is written outside the output folder or through an existing link,
+  and archive bombs are refused by member count, total size (download.max_extract_bytes) and
+  compression ratio (download.max_extract_ratio, per zip member and per archive).
+  Stale `.<out>.tmp-<pid>` folders of killed runs are removed first.
 
 examples:
   segvol download --dataset MSD-spleen --registry config/datasets.yaml --out data/raw/MSD-spleen
@@ -55,9 +76,11 @@ def _gate(name: str, entry: dict, settings: dict) -> None:
 def _remote_files(name: str, entry: dict):
     from segvol.download.fetch import RemoteFile
 
+    allow_http = entry["source"].get("allow_http", False)
     for item in entry["source"]["files"]:
         filename = item.get("filename") or item["url"].rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-        yield RemoteFile(item["url"], filename, item.get("sha256"), item.get("size")), item.get("extract", True)
+        remote = RemoteFile(item["url"], filename, item.get("sha256"), item.get("size"), item.get("md5"), allow_http)
+        yield remote, item.get("extract", True)
 
 
 def _place(path: Path, dest: Path, extract: bool, limits) -> None:
@@ -84,32 +107,31 @@ def _manual(name: str, entry: dict, settings: dict) -> list[Path]:
     expected = source["expected_files"]
     missing = [f for f in expected if not (folder / f).exists()]
     if missing:
-        lines = [
-            f"{name} can only be downloaded by hand after registration.",
-            f"  1. register / accept the terms at {source['register_url']}",
-            f"  2. download exactly these files: {', '.join(expected)}",
-            f"  3. put them (unchanged, archives not unpacked) into {folder.resolve()}/",
-            f"  missing now: {', '.join(missing)}",
-        ]
-        if source.get("instructions"):
-            lines.append(f"  note: {source['instructions']}")
-        raise FileNotFoundError("\n".join(lines))
+        note = f"; note: {' '.join(source['instructions'].split())}" if source.get("instructions") else ""
+        raise FileNotFoundError(
+            f"{folder.resolve()}/: missing {', '.join(missing)}. {name} can only be downloaded by hand: "
+            f"register / accept the terms at {source['register_url']}, download exactly "
+            f"{', '.join(expected)} and put them there unchanged (archives not unpacked){note}"
+        )
     return [folder / f for f in expected]
 
 
-def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fetch_kwargs: dict) -> tuple[list[str], Path]:
+def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fetch_kwargs: dict) -> tuple[list[str], Path | None]:
+    """The manifest's volume lines, and the folder its local paths are relative to (None for a
+    downloaded manifest: it may not point into this machine's files)."""
     from segvol.download.fetch import RemoteFile, fetch
 
     manifest = entry["source"]["manifest"]
     if manifest.startswith(("http://", "https://", "hf://")):
-        remote = RemoteFile(manifest, manifest.rstrip("/").rsplit("/", 1)[-1])
+        remote = RemoteFile(manifest, manifest.rstrip("/").rsplit("/", 1)[-1],
+                            allow_http=entry["source"].get("allow_http", False))
         path = fetch(remote, downloads / name, **fetch_kwargs)
     else:
         path = Path(settings["manual_dir"]) / name / manifest
         if not path.is_file():
             raise FileNotFoundError(
                 f"{name}: manifest {path} not found. Write one volume path or URL per line "
-                f"(optionally followed by its sha256) into {path}; instructions: "
+                f"(optionally followed by its sha256 or md5) into {path}; instructions: "
                 f"{entry['source'].get('instructions', entry.get('homepage'))}"
             )
     lines = [
@@ -121,7 +143,7 @@ def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fet
             f"{path}: lists {len(lines)} volumes but the registry says n_cases: {entry['n_cases']} "
             f"for {name}; fix n_cases (the shard plan is computed from it)"
         )
-    return lines, path.parent
+    return lines, (None if manifest.startswith(("http://", "https://", "hf://")) else path.parent)
 
 
 def _ingest_shard(name: str, index: int, entry: dict, settings: dict, downloads: Path, dest: Path, fetch_kwargs: dict) -> None:
@@ -144,8 +166,18 @@ def _ingest_shard(name: str, index: int, entry: dict, settings: dict, downloads:
         stem = location.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
         filename = f"{number:06d}_{stem}"
         if location.startswith(("http://", "https://", "hf://")):
-            fetch(RemoteFile(location, filename, checksum), images, **fetch_kwargs)
+            kind = "md5" if checksum is not None and len(checksum) == 32 else "sha256"
+            remote = RemoteFile(location, filename, allow_http=entry["source"].get("allow_http", False),
+                                **{kind: checksum})
+            # Fetched next to the other downloads (resumable across runs, with its .sha256
+            # record), then linked into the shard.
+            _place(fetch(remote, downloads / name / "volumes", **fetch_kwargs), images, False, None)
         else:
+            if base_dir is None:
+                raise ValueError(
+                    f"{entry['source']['manifest']}: volume {number} is a local path ({location}); a downloaded "
+                    f"manifest may only list URLs"
+                )
             path = Path(location) if Path(location).is_absolute() else base_dir / location
             if not path.exists():
                 raise FileNotFoundError(f"{path}: volume {number} of the {name} manifest not found")
@@ -162,7 +194,9 @@ def _list(registry: dict) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segvol.download.cleanup import remove_stale_temporaries
     from segvol.download.extract import Limits
+    from segvol.download.fetch import record_path
     from segvol.download.layouts import describe
     from segvol.download.registry import load_registry, lookup
     from segvol.io.atomic import atomic_path
@@ -184,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s: source not verified in the registry (no confirmed checksum)", base)
 
     downloads = Path(args.downloads)
-    limits = Limits(settings["max_members"], settings["max_extract_bytes"])
+    limits = Limits(settings["max_members"], settings["max_extract_bytes"], settings["max_extract_ratio"])
     fetch_kwargs = {
         "retries": settings["retries"],
         "timeout_s": settings["timeout_s"],
@@ -192,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
     }
     # Manual files are checked before the output folder is touched.
     manual_paths = _manual(base, entry, settings) if kind == "manual" else []
+    remove_stale_temporaries(args.out)
 
     with atomic_path(args.out) as temporary:
         temporary.mkdir(parents=True)
@@ -215,4 +250,5 @@ def run(args: argparse.Namespace) -> int:
             archive = downloads / base / remote.filename
             if extract and archive.exists():
                 archive.unlink()
+                record_path(archive).unlink(missing_ok=True)
     return 0

@@ -78,8 +78,8 @@ def validate(document: dict, source: str = "registry") -> None:
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(document), key=lambda e: list(e.path))
     if errors:
-        lines = [f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors[:10]]
-        raise ValueError(f"{source}: invalid dataset registry:\n  " + "\n  ".join(lines))
+        problems = [f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors[:10]]
+        raise ValueError(f"{source}: invalid dataset registry: " + "; ".join(" ".join(p.split()) for p in problems))
     for name, entry in document["datasets"].items():
         source_kind = entry["source"]["kind"]
         if source_kind == "manifest" and entry.get("n_cases") is None:
