@@ -53,7 +53,7 @@ def add_subcommands(commands, common) -> None:
     p.add_argument("--png", required=True)
     common(p, model=False)
 
-    p = command("statistics", "Table 2 statistics: bootstrap 95 % CIs of the medians, paired Wilcoxon vs SegVol",
+    p = command("statistics", "Table 2 statistics: bootstrap confidence intervals of the medians, paired Wilcoxon vs SegVol",
                 "segvol evaluate statistics --per-case results/table2_per_case.parquet"
                 " --out results/table2_statistics.csv")
     p.add_argument("--per-case", required=True, help="Table 2's per-case rows")
