@@ -89,3 +89,20 @@ def test_table2_statistics_pairs_methods_on_the_same_cases():
     assert table.loc["SAM(box)", "wilcoxon_p"] < 1e-4
     assert table.loc["SegVol", "n"] == 21 and np.isnan(table.loc["SegVol", "wilcoxon_p"])
     assert table.loc["SegVol", "ci_low"] <= table.loc["SegVol", "median"] <= table.loc["SegVol", "ci_high"]
+
+
+def test_paper_claims_are_stated_with_numbers():
+    import pandas as pd
+
+    from segvol.evaluate.tables import scaling_claim, table3
+
+    rows = []
+    for mode, score, seconds in (("resize", 0.5, 0.1), ("window", 0.64, 1.0), ("zoom", 0.62, 0.3)):
+        rows.append({"dataset": "d", "case": "c", "mode": mode, "dice": score, "case_seconds": seconds})
+    table = table3(pd.DataFrame(rows)).set_index("mode")
+    assert "does not hold" in table.loc["zoom", "paper_claim"] and "0.6200 <= 0.6400" in table.loc["zoom", "paper_claim"]
+    assert "cheaper" in table.loc["zoom", "paper_claim"] and table.loc["window", "paper_claim"] == ""
+    flat = pd.DataFrame({"n_datasets": [1, 2, 3], "median_dice": [0.55, 0.55, 0.56]})
+    assert "is flat" in scaling_claim(flat) and "does not hold" in scaling_claim(flat)
+    rising = flat.assign(median_dice=[0.4, 0.5, 0.6])
+    assert "rises" in scaling_claim(rising) and "(holds)" in scaling_claim(rising)

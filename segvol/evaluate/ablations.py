@@ -169,9 +169,14 @@ def run_fig3a(args, settings) -> int:
                          "mean_dice": dice.mean(), "scores": len(dice)})
     summary = pd.DataFrame(rows, columns=["run", "n_datasets", "median_dice", "q25", "q75", "mean_dice", "scores"])
     summary = summary.sort_values("n_datasets", kind="stable").reset_index(drop=True)
+    from segvol.evaluate.tables import scaling_claim
+
+    claim = scaling_claim(summary)
+    summary["paper_claim"] = claim
+    log.info("Fig 3a: %s", claim)
     write_csv(summary, args.out)
     plots.lines(summary, "n_datasets", "median_dice", args.png,
-                "Data scaling (Fig 3a): more training datasets", "training datasets",
+                f"Data scaling (Fig 3a): more training datasets\n{claim}", "training datasets",
                 "median Dice (interquartile band)", low="q25", high="q75", label="run")
     return 0
 
