@@ -156,6 +156,8 @@ def run_number(run: str, total: int) -> int:
 def run_fig3a(args, settings) -> int:
     import pandas as pd
 
+    from segvol.evaluate.statistics import median_interval
+
     from segvol.evaluate import plots
     from segvol.evaluate.tables import write_csv
 
@@ -164,10 +166,13 @@ def run_fig3a(args, settings) -> int:
         frame = pd.read_parquet(path).dropna(subset=["dice"])
         for run, block in frame.groupby("method"):
             dice = block["dice"].to_numpy()
+            interval = median_interval(dice, seed=args.seed)
             rows.append({"run": run, "n_datasets": run_number(run, args.total), "median_dice": np.median(dice),
+                         "ci_low": interval.low, "ci_high": interval.high,
                          "q25": np.quantile(dice, 0.25), "q75": np.quantile(dice, 0.75),
                          "mean_dice": dice.mean(), "scores": len(dice)})
-    summary = pd.DataFrame(rows, columns=["run", "n_datasets", "median_dice", "q25", "q75", "mean_dice", "scores"])
+    summary = pd.DataFrame(rows, columns=["run", "n_datasets", "median_dice", "ci_low", "ci_high", "q25", "q75",
+                                          "mean_dice", "scores"])
     summary = summary.sort_values("n_datasets", kind="stable").reset_index(drop=True)
     from segvol.evaluate.tables import scaling_claim
 
@@ -194,6 +199,10 @@ def run_fig3b(args, settings) -> int:
     overall = frame.groupby("prompt", sort=False)["dice"].agg(median_dice="median", mean_dice="mean",
                                                              scores="count").reset_index()
     overall.insert(0, "category", "All")
+    from segvol.evaluate.statistics import grouped_intervals
+
+    summary = summary.merge(grouped_intervals(frame, ["category", "prompt"], seed=args.seed), how="left")
+    overall = overall.merge(grouped_intervals(frame, ["prompt"], seed=args.seed), how="left")
     summary = pd.concat([summary, overall], ignore_index=True)
     order = [k for k in PROMPT_KINDS if k in set(summary["prompt"])]
     write_csv(summary, args.out)

@@ -77,3 +77,15 @@ def paired_wilcoxon(a, b) -> PairedTest:
         return PairedTest(math.nan, math.nan, median_difference, n)
     result = wilcoxon(a[keep], b[keep], alternative="two-sided")
     return PairedTest(float(result.statistic), float(result.pvalue), median_difference, n)
+
+
+def grouped_intervals(frame, by, value: str = "dice", seed: int = 0):
+    """`ci_low`/`ci_high` of the median of `value` per group of `by` (a DataFrame, one row a group)."""
+    import pandas as pd
+
+    rows = []
+    for key, block in frame.groupby(list(by), sort=False):
+        interval = median_interval(block[value].to_numpy(), seed=seed)
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), "ci_low": interval.low, "ci_high": interval.high})
+    return pd.DataFrame(rows, columns=[*by, "ci_low", "ci_high"])

@@ -75,15 +75,20 @@ def table3(per_case: pd.DataFrame) -> pd.DataFrame:
 
     per_case needs columns case, dataset, mode, dice and `case_seconds` (all categories of a case).
     """
+    from segvol.evaluate.statistics import median_interval
+
     order = {"resize": 0, "window": 1, "zoom": 2}
     labels = {"resize": "resize", "window": "sliding window", "zoom": "zoom-out-zoom-in"}
     rows = []
     for mode, block in per_case.groupby("mode"):
         per_case_time = block.drop_duplicates(["dataset", "case"])["case_seconds"]
+        interval = median_interval(block["dice"].to_numpy())
         rows.append({
             "strategy": labels.get(mode, mode),
             "mode": mode,
             "median_dice": float(np.nanmedian(block["dice"])),
+            "ci_low": interval.low,
+            "ci_high": interval.high,
             "mean_dice": float(np.nanmean(block["dice"])),
             "median_ms_per_case": float(np.median(per_case_time) * 1000.0),
             "cases": int(block[["dataset", "case"]].drop_duplicates().shape[0]),
