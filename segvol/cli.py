@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "finetune": ("segvol.finetune.cli", "supervised fine-tuning with text, point and box prompts"),
     "evaluate": ("segvol.evaluate.cli", "paper evaluations: per-case scores, tables and figures"),
     "predict": ("segvol.infer.cli", "segment your own CT (NIfTI/NRRD/MHA/DICOM) with text, box and point prompts"),
+    "serve": ("segvol.serve.cli", "interactive segmentation in the browser: points, boxes, text, three views"),
     "categories": ("segvol.normalize.categories", "list the category names (text prompts) SegVol knows, with synonyms and datasets"),
 }
 

@@ -1,0 +1,1 @@
+"""`segvol serve`: interactive segmentation in the browser (points, boxes, text; three views)."""

@@ -1,0 +1,198 @@
+// SegVol in the browser: three views rendered by the server, prompts sent as view coordinates.
+"use strict";
+
+const VIEWS = ["axial", "coronal", "sagittal"];
+const state = { image: null, active: null, cross: [0, 0, 0], pending: 0, drag: null };
+
+const $ = (id) => document.getElementById(id);
+
+function setStatus(text, kind) {
+  $("status").textContent = text;
+  $("status").dataset.state = kind;
+  $("spinner").hidden = state.pending === 0;
+}
+
+async function call(method, url, body, headers) {
+  state.pending += 1;
+  setStatus("working…", "busy");
+  try {
+    const response = await fetch(url, { method, body, headers: headers || { "Content-Type": "application/json" } });
+    const payload = await response.json();
+    if (!response.ok) throw new Error(payload.error || response.statusText);
+    $("message").textContent = "";
+    return payload;
+  } catch (error) {
+    $("message").textContent = error.message;
+    throw error;
+  } finally {
+    state.pending -= 1;
+    $("spinner").hidden = state.pending === 0;
+  }
+}
+
+const post = (url, payload) => call("POST", url, JSON.stringify(payload || {}));
+
+function sliceIndex(view) {
+  return state.cross[VIEWS.indexOf(view)];
+}
+
+function render() {
+  if (!state.image || !state.image.open) return;
+  const [d, h, w] = state.cross;
+  const windowName = $("window").value;
+  for (const view of VIEWS) {
+    const img = $("view-" + view);
+    const index = sliceIndex(view);
+    img.src = `/api/slice?view=${view}&index=${index}&window=${windowName}&d=${d}&h=${h}&w=${w}&t=${Date.now()}`;
+    $("index-" + view).textContent = `${index + 1} / ${state.image.views[view].slices}`;
+  }
+  const list = $("objects");
+  list.innerHTML = "";
+  for (const item of state.image.objects) {
+    const li = document.createElement("li");
+    li.className = item.name === state.active ? "active" : "";
+    li.innerHTML = `<span class="swatch" style="background:${item.colour}"></span>${item.name}` +
+      ` <small>${item.text || ""} ${item.voxels} voxels</small>`;
+    li.onclick = () => { state.active = item.name; render(); };
+    list.appendChild(li);
+  }
+}
+
+function applyState(payload, message) {
+  state.image = payload;
+  if (!state.active && payload.objects && payload.objects.length) state.active = payload.objects[0].name;
+  sizeViews();
+  render();
+  setStatus(message || (payload.waiting ? payload.waiting : `done in ${payload.seconds} s`), payload.waiting ? "idle" : "done");
+}
+
+function sizeViews() {
+  for (const view of VIEWS) {
+    const info = state.image.views[view];
+    const img = $("view-" + view);
+    img.style.aspectRatio = `${info.size[0]} / ${info.size[1] * info.aspect}`;
+  }
+}
+
+async function openImage(path) {
+  const payload = await post("/api/open", { path });
+  state.cross = payload.shape.map((n) => Math.floor(n / 2));
+  state.active = null;
+  $("image-name").textContent = payload.name;
+  applyState(payload, "image open");
+}
+
+function pixel(event, view) {
+  const img = event.target;
+  const size = state.image.views[view].size;
+  return [event.offsetX * size[0] / img.clientWidth, event.offsetY * size[1] / img.clientHeight];
+}
+
+function voxelFromPixel(view, x, y) {
+  const [depth, height, width] = state.image.shape;
+  const index = sliceIndex(view);
+  const col = Math.floor(x), row = Math.floor(y);
+  if (view === "axial") return [index, height - 1 - row, width - 1 - col];
+  if (view === "coronal") return [depth - 1 - row, index, width - 1 - col];
+  return [depth - 1 - row, height - 1 - col, index];
+}
+
+function requireObject() {
+  if (!state.active) throw new Error("add an object first");
+  return state.active;
+}
+
+function tool() {
+  return document.querySelector("input[name=tool]:checked").value;
+}
+
+function attachView(view) {
+  const img = $("view-" + view);
+  img.addEventListener("wheel", (event) => {
+    event.preventDefault();
+    const axis = VIEWS.indexOf(view);
+    const count = state.image.views[view].slices;
+    state.cross[axis] = Math.max(0, Math.min(count - 1, state.cross[axis] + (event.deltaY > 0 ? 1 : -1)));
+    render();
+  });
+  img.addEventListener("mousedown", (event) => {
+    if (tool() === "box") state.drag = { view, start: pixel(event, view) };
+  });
+  img.addEventListener("mouseup", async (event) => {
+    if (!state.image) return;
+    const [x, y] = pixel(event, view);
+    try {
+      if (tool() === "box" && state.drag && state.drag.view === view) {
+        const [x0, y0] = state.drag.start;
+        state.drag = null;
+        applyState(await post("/api/box", { object: requireObject(), view, index: sliceIndex(view), x0, y0, x1: x, y1: y }));
+      } else if (tool() === "point") {
+        applyState(await post("/api/point", { object: requireObject(), view, index: sliceIndex(view), x, y,
+                                              positive: !event.shiftKey }));
+      } else if (tool() === "navigate") {
+        state.cross = voxelFromPixel(view, x, y);
+        render();
+      }
+    } catch (error) {
+      setStatus("error", "error");
+    }
+  });
+}
+
+async function start() {
+  VIEWS.forEach(attachView);
+  $("open").onclick = () => openImage($("files").value).catch(() => setStatus("error", "error"));
+  $("upload").onchange = async () => {
+    const file = $("upload").files[0];
+    if (!file) return;
+    try {
+      const payload = await call("POST", "/api/upload", file, { "X-Filename": file.name });
+      state.cross = payload.shape.map((n) => Math.floor(n / 2));
+      state.active = null;
+      $("image-name").textContent = payload.name;
+      applyState(payload, "image open");
+    } catch (error) { setStatus("error", "error"); }
+  };
+  $("window").onchange = render;
+  $("add-object").onclick = async () => {
+    const name = $("object-name").value;
+    try {
+      const payload = await post("/api/object", { name });
+      state.active = payload.objects[payload.objects.length - 1].name;
+      applyState(payload, "object added");
+    } catch (error) { setStatus("error", "error"); }
+  };
+  $("set-text").onclick = async () => {
+    try { applyState(await post("/api/text", { object: requireObject(), text: $("text").value })); }
+    catch (error) { setStatus("error", "error"); }
+  };
+  $("undo").onclick = async () => {
+    try { applyState(await post("/api/undo"), "undone"); } catch (error) { setStatus("error", "error"); }
+  };
+  $("export").onclick = async () => {
+    try {
+      const payload = await post("/api/export", { name: $("export-name").value || "segmentation.nii.gz" });
+      $("export-result").textContent = `wrote ${payload.path}`;
+      $("export-result").dataset.path = payload.path;
+      setStatus("exported", "done");
+    } catch (error) { setStatus("error", "error"); }
+  };
+  // Handlers first: a click before the lists arrive must not be lost.
+  const files = await call("GET", "/api/files");
+  for (const name of files.files) {
+    const option = document.createElement("option");
+    option.textContent = name;
+    $("files").appendChild(option);
+  }
+  const categories = await call("GET", "/api/categories");
+  for (const name of categories.categories) {
+    const option = document.createElement("option");
+    option.value = name;
+    $("categories").appendChild(option);
+  }
+  const current = await call("GET", "/api/state");
+  if (current.open) applyState(current, "image open");
+  else setStatus("open an image", "idle");
+}
+
+start();
