@@ -1,4 +1,4 @@
-"""Model checkpoints: ours (safetensors + ModelConfig) and the released SegVol formats (facts §5).
+"""Model checkpoints: ours (safetensors + ModelConfig) and the released SegVol formats (docs/model.md#checkpoints).
 
 Recognised sources (files are never unpickled beyond tensors: torch.load(weights_only=True)):
 

@@ -111,7 +111,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # The paper / released weights (facts §1-§5): 180,890,064 parameters.
+    # The paper / released weights (docs/model.md): 180,890,064 parameters.
     "base": ModelConfig(),
     # Fast CPU demo, trained from scratch: 8x8x8 tokens of width 128 (width 192 costs 2.2x the
     # MACs of a training step and missed the 0.2 s/step CPU goal; see benchmarks/bench_complexity.py).
