@@ -39,7 +39,7 @@ VARIANTS = {
 
 
 def foreground_normalise(hu: np.ndarray) -> np.ndarray:
-    """facts §6.1 followed by the min-max scaling of the dataset store."""
+    """Foreground normalization followed by min-max scaling, as in the dataset store (docs/method.md)."""
     kept = hu[hu > hu.mean()]
     lower, upper = np.percentile(kept, [0.05, 99.95])
     volume = (np.clip(hu, lower, upper) - kept.mean()) / max(kept.std(), 1e-8)

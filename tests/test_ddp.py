@@ -41,7 +41,7 @@ def test_two_gloo_ranks_match_one_process_with_the_combined_batch(stores, tmp_pa
     from safetensors.torch import load_file
 
     from segvol.finetune.train import finetune
-    from segvol.model.config import build_model, model_config_from_settings
+    from segvol.model import build_model, model_config_from_settings
 
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)

@@ -181,7 +181,7 @@ def test_bad_stores_are_rejected(tmp_path, stores):
 
 
 def _model(seed=0):
-    from segvol.model.config import build_model, model_config_from_settings
+    from segvol.model import build_model, model_config_from_settings
 
     torch.manual_seed(seed)
     return build_model(model_config_from_settings(TEST_MODEL))

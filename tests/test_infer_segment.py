@@ -8,9 +8,9 @@ import torch
 
 from segvol.infer import OUTSIDE_LOGIT, Prompt, segment
 from segvol.infer.geometry import VoxelMap
-from segvol.infer.testing import BoxModel, MixingModel
 from segvol.infer.windows import window_lattice
 from segvol.infer.zoom import _window_job, foreground_box
+from tests.stand_in_models import BoxModel, MixingModel
 
 torch.set_num_threads(1)
 SIZE = (8, 32, 32)

@@ -1,4 +1,4 @@
-"""Fidelity of the components to the released SegVol (facts §1, §2, §4), checked independently.
+"""Fidelity of the components to the released SegVol (docs/model.md), checked independently.
 
 The ViT is compared with MONAI's own ViT (the library SegVol used); the prompt encoder with the
 documented formulas written out in numpy; the decoder's text branch and output upsampling with

@@ -10,8 +10,8 @@ import torch
 from segvol.cli import main
 from segvol.infer.cli import predict_file
 from segvol.infer.geometry import VoxelMap
-from segvol.infer.testing import BoxModel
 from segvol.io import read_image, read_label
+from tests.stand_in_models import BoxModel
 
 torch.set_num_threads(1)
 

@@ -98,7 +98,7 @@ def test_pretrain_lowers_loss_resumes_exactly_and_hands_over_the_encoder(store, 
     from safetensors.torch import load_file
 
     from segvol.finetune.train import load_encoder_weights
-    from segvol.model.config import build_model, model_config_from_settings
+    from segvol.model import build_model, model_config_from_settings
     from segvol.pretrain.train import pretrain
 
     params = stage_settings("pretrain", {"steps": 12, "batch_size": 2, "lr": 3e-3, "checkpoint_every": 4})

@@ -18,7 +18,7 @@ from segvol.download.registry import (
 REPO = Path(__file__).resolve().parents[1]
 REGISTRY = REPO / "config" / "datasets.yaml"
 
-# M3D-Seg codes 0000-0024 (facts §6.5), i.e. the 25 training datasets of the paper's Table 4.
+# M3D-Seg codes 0000-0024 (docs/method.md#m3d-seg-files), i.e. the 25 training datasets of the paper's Table 4.
 M3D_CODES = {
     "CHAOS": "0000", "HaN-Seg": "0001", "AMOS22": "0002", "AbdomenCT-1k": "0003", "KiTS23": "0004",
     "KiPA22": "0005", "KiTS19": "0006", "BTCV": "0007", "Pancreas-CT": "0008", "3D-IRCADb": "0009",

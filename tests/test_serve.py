@@ -28,7 +28,7 @@ def synthetic_ct(path, oblique=False):
 
 @pytest.fixture
 def served(tmp_path):
-    from segvol.infer.testing import BoxModel
+    from tests.stand_in_models import BoxModel
 
     root = tmp_path / "scans"
     root.mkdir()

@@ -91,7 +91,7 @@ def test_end_to_end_tiny(tmp_path):
     work.mkdir()
     for name in ("config",):
         shutil.copytree(REPO / name, work / name)
-    args = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+    args = ["--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(work),
             "--configfile", str(work / "config" / "config.yaml"), str(work / "config" / "test.yaml"),
             "--cores", "2"]
     assert_ok(snakemake(*args, "results/table2.csv", "results/table3.csv", timeout=1500))

@@ -1,4 +1,4 @@
-"""The paper's ablations and figures (issue #7), one subcommand each.
+"""The paper's ablations and figures (docs/architecture.md#paper--rule--module), one subcommand each.
 
   fig2      violin plots of per-case Dice per task and method (from Table 2's per-case rows)
   fig3a     data scaling: Dice of the `first<N>` fine-tuning runs and `segvol` (all datasets)

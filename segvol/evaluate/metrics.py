@@ -35,7 +35,7 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 
 def dice_official(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """The released SegVol helper's Dice: 2|P∩G| / (|P| + |G| + 1); 0 for two empty masks (facts §11).
+    """The released SegVol helper's Dice: 2|P∩G| / (|P| + |G| + 1); 0 for two empty masks (docs/method.md#evaluation).
 
     Reported next to `dice` only for comparison: the +1 lowers the score of small structures.
     """

@@ -1,6 +1,6 @@
 """Prompts derived from ground truth, in the voxel indices of the volume they are given with.
 
-Like the released demo (facts §7-8): the box is the tight inclusive bounding box of the
+Like the released demo (docs/method.md#prompt-generation): the box is the tight inclusive bounding box of the
 category's mask; points are 1 + `n_extra` positive voxels drawn with a seeded generator
 (the Hugging Face helper's 1 + 4, no negatives). An empty mask gives no prompt: the caller
 skips that (case, category) and records why.

@@ -1,7 +1,7 @@
 """Fine-tuning samples: views of labelled cases with their prompts and pseudo-label targets.
 
 Every sample is fully prepared in the dataset (so DataLoader workers do the CPU work):
-- view (facts §10 "multi-size training"): whole case resized to the model input size with
+- view ("multi-size training", docs/method.md#training): whole case resized to the model input size with
   probability `resize_probability`, else a native-resolution crop centred on a foreground voxel
   (2 of 3 crops) or on any voxel (1 of 3);
 - flips (p 0.2 per axis) and a small intensity scale/shift (p 0.2 each, +-0.1);

@@ -1,4 +1,4 @@
-"""Dice + BCE on mask logits, per item, so that absent categories can be masked out (facts §10)."""
+"""Dice + BCE on mask logits, per item, so that absent categories can be masked out (docs/method.md#training)."""
 
 from __future__ import annotations
 

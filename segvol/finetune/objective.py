@@ -1,4 +1,4 @@
-"""The fine-tuning loss of one batch (facts §8-§10), in two schedules.
+"""The fine-tuning loss of one batch (docs/method.md#training), in two schedules.
 
 Shared embedding (`finetune.shared_embedding: true`, ours): the image embedding is computed
 ONCE per batch; every (sample, category) pair present in the batch is decoded from it with each

@@ -1,4 +1,4 @@
-"""Training prompts drawn from (soft) label masks (facts §8).
+"""Training prompts drawn from (soft) label masks (docs/method.md#prompt-generation).
 
 Coordinates are voxel indices (d, h, w) in the model-input frame; boxes are
 (d0, h0, w0, d1, h1, w1) inclusive; point labels 1 = positive, 0 = negative, -1 = padding with

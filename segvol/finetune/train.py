@@ -39,7 +39,7 @@ def move_batch(batch: dict, device: torch.device) -> dict:
 
 
 def build_finetune_model(model_settings: dict, encoder: str | None):
-    from segvol.model.config import build_model, model_config_from_settings
+    from segvol.model import build_model, model_config_from_settings
 
     cfg = model_config_from_settings(model_settings)
     model = build_model(cfg)

@@ -1,4 +1,4 @@
-"""Segment your own CT with text, box and point prompts (zoom-out-zoom-in, facts §7).
+"""Segment your own CT with text, box and point prompts (zoom-out-zoom-in, docs/method.md#zoom-out-zoom-in-inference).
 
 Input: a NIfTI (.nii/.nii.gz), NRRD, MHA/MHD file or a DICOM series folder. Output: one NIfTI
 label map on exactly the input's grid (shape and affine), category i -> value i+1 (where

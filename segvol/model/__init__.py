@@ -7,7 +7,16 @@
 Checkpoints: `segvol.model.checkpoint` (ours and the official formats).
 """
 
-from segvol.model.config import PRESETS, ModelConfig, build_model, model_config, model_config_from_settings
+from segvol.model.build import build_image_encoder, build_model
+from segvol.model.config import PRESETS, ModelConfig, model_config, model_config_from_settings
 from segvol.model.segvol import SegVol
 
-__all__ = ["PRESETS", "ModelConfig", "SegVol", "build_model", "model_config", "model_config_from_settings"]
+__all__ = [
+    "PRESETS",
+    "ModelConfig",
+    "SegVol",
+    "build_image_encoder",
+    "build_model",
+    "model_config",
+    "model_config_from_settings",
+]

@@ -1,4 +1,4 @@
-"""Model checkpoints: ours (safetensors + ModelConfig) and the released SegVol formats (facts §5).
+"""Model checkpoints: ours (safetensors + ModelConfig) and the released SegVol formats (docs/model.md#checkpoints).
 
 Recognised sources (files are never unpickled beyond tensors: torch.load(weights_only=True)):
 
@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from segvol.io.atomic import atomic_path
-from segvol.model.config import ModelConfig, build_model, model_config
+from segvol.model.build import build_model
+from segvol.model.config import ModelConfig, model_config
 
 FORMAT = "segvol-workflow"
 FORMAT_VERSION = "1"

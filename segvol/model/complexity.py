@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from segvol.model.config import ModelConfig, build_vision_parts
+from segvol.model.build import build_vision_parts
+from segvol.model.config import ModelConfig
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -1,7 +1,7 @@
-"""Model configuration: one frozen dataclass, named presets, and the builder.
+"""Model configuration: one frozen dataclass and named presets; a leaf module (the builders are in build.py).
 
 Sizes are configuration, not code forks: `base` reproduces the released SegVol network
-(facts §1-§5) and loads its weights; `tiny` is the same architecture shrunk for CPU demos.
+(docs/model.md) and loads its weights; `tiny` is the same architecture shrunk for CPU demos.
 """
 
 from __future__ import annotations
@@ -9,10 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from segvol.model.segvol import SegVol
+from typing import Any
 
 COORDINATE_CONVENTIONS = ("released", "dhw")
 TEXT_TEMPLATE = "A computerized tomography of a {}."
@@ -114,7 +111,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # The paper / released weights (facts §1-§5): 180,890,064 parameters.
+    # The paper / released weights (docs/model.md): 180,890,064 parameters.
     "base": ModelConfig(),
     # Fast CPU demo, trained from scratch: 8x8x8 tokens of width 128 (width 192 costs 2.2x the
     # MACs of a training step and missed the 0.2 s/step CPU goal; see benchmarks/bench_complexity.py).
@@ -154,59 +151,3 @@ def model_config_from_settings(settings: dict[str, Any]) -> ModelConfig:
     if settings.get("text_encoder"):
         overrides["text_encoder"] = settings["text_encoder"]
     return model_config(settings.get("preset", "base"), **overrides)
-
-
-def build_model(config: ModelConfig) -> "SegVol":
-    """A freshly initialised SegVol for `config` (text backbone weights: see text_encoder.py)."""
-    from segvol.model.segvol import SegVol
-    from segvol.model.text_encoder import build_text_encoder
-
-    image_encoder, prompt_encoder, mask_decoder = build_vision_parts(config)
-    text_encoder = build_text_encoder(config.text_encoder, out_dim=config.hidden_size, template=config.text_template)
-    return SegVol(config, image_encoder, prompt_encoder, mask_decoder, text_encoder)
-
-
-def build_image_encoder(config: ModelConfig):
-    """The 3D ViT image encoder of `config` alone (what SimMIM pretraining trains)."""
-    from segvol.model.image_encoder import ImageEncoderViT3D
-
-    return ImageEncoderViT3D(
-        spatial_size=config.spatial_size,
-        patch_size=config.patch_size,
-        in_channels=config.in_channels,
-        hidden_size=config.hidden_size,
-        mlp_dim=config.mlp_dim,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-    )
-
-
-def build_vision_parts(config: ModelConfig):
-    """(image_encoder, prompt_encoder, mask_decoder) for `config`, without the text encoder."""
-    from segvol.model.mask_decoder import MaskDecoder3D
-    from segvol.model.prompt_encoder import PromptEncoder3D
-    from segvol.model.transformer import TwoWayTransformer
-
-    image_encoder = build_image_encoder(config)
-    prompt_encoder = PromptEncoder3D(
-        embed_dim=config.hidden_size,
-        image_embedding_size=config.grid_size,
-        input_image_size=config.spatial_size,
-        mask_in_chans=config.mask_in_chans,
-        coordinate_convention=config.coordinate_convention,
-        patch_size=config.patch_size if config.dense_box_prompt else None,
-    )
-    mask_decoder = MaskDecoder3D(
-        transformer_dim=config.hidden_size,
-        transformer=TwoWayTransformer(
-            depth=config.decoder_depth,
-            embedding_dim=config.hidden_size,
-            num_heads=config.decoder_heads,
-            mlp_dim=config.decoder_mlp_dim,
-            attention_downsample_rate=config.attention_downsample_rate,
-        ),
-        image_embedding_size=config.grid_size,
-        num_mask_tokens=config.num_mask_tokens,
-        iou_head_hidden_dim=config.iou_head_hidden_dim,
-    )
-    return image_encoder, prompt_encoder, mask_decoder

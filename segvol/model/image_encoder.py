@@ -1,4 +1,4 @@
-"""3D ViT image encoder (facts §1): the MONAI 0.9 ViT used by SegVol, parameter-name compatible.
+"""3D ViT image encoder (docs/model.md#image-encoder): the MONAI 0.9 ViT used by SegVol, parameter-name compatible.
 
 Shapes for `base`: image (B, 1, 32, 256, 256) -> 2048 tokens of width 768 -> grid (B, 768, 8, 16, 16).
 """

@@ -1,4 +1,4 @@
-"""Mask decoder (facts §4): two-way transformer, x4 upscaling, hypernetwork masks, text similarity.
+"""Mask decoder (docs/model.md#mask-decoder): two-way transformer, x4 upscaling, hypernetwork masks, text similarity.
 
 For `base`: image embedding (B, 768, 8, 16, 16) -> low-res mask logits (B, 1, 32, 64, 64).
 """

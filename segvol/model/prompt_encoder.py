@@ -1,4 +1,4 @@
-"""3D prompt encoder (facts §2): points, one box and text become sparse tokens; dense = no-mask.
+"""3D prompt encoder (docs/model.md#prompt-encoder): points, one box and text become sparse tokens; dense = no-mask.
 
 Coordinates are voxel indices (d, h, w) in the model-input frame `input_image_size`.
 """

@@ -1,4 +1,4 @@
-"""SegVol: image encoder + prompt encoder + mask decoder + text encoder (facts §1-§4).
+"""SegVol: image encoder + prompt encoder + mask decoder + text encoder (docs/model.md).
 
     emb = model.encode_image(image)               # (B, 1, D, H, W) in [0, 1] -> (B, C, d, h, w)
     txt = model.encode_text(["liver", "spleen"])  # (K, C)

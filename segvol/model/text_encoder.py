@@ -1,4 +1,4 @@
-"""Text encoder (facts §3): a frozen language backbone, pooled, then a trainable `dim_align` Linear.
+"""Text encoder (docs/model.md#text-encoder): a frozen language backbone, pooled, then a trainable `dim_align` Linear.
 
 Backbones:
 - "clip": transformers `CLIPTextModel(CLIPTextConfig())` (weights come from the SegVol

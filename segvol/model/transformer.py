@@ -1,4 +1,4 @@
-"""Two-way transformer of the mask decoder (facts §4.1): prompt tokens <-> image tokens."""
+"""Two-way transformer of the mask decoder (docs/model.md#mask-decoder): prompt tokens <-> image tokens."""
 
 from __future__ import annotations
 

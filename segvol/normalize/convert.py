@@ -247,7 +247,7 @@ def build_store(raw: str | Path, out: str | Path, seed: int, settings: dict, pro
             "cases": case_ids,
             "split": split,
             "format_version": FORMAT_VERSION,
-            "intensity": "foreground normalization (SegVol facts §6.1) then min-max to [0, 1]",
+            "intensity": "foreground normalization (docs/method.md#intensity-normalization) then min-max to [0, 1]",
             "orientation": "canonical (D, H, W) = (S, A, R): RAS+ closest axes, reversed",
         })
         for case in tqdm(dataset["cases"], desc=f"normalize {dataset['name']}", unit="case",

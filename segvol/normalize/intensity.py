@@ -1,4 +1,4 @@
-"""Foreground intensity normalization of CT volumes (facts §6.1), fast and memory-lean.
+"""Foreground intensity normalization of CT volumes (docs/method.md#intensity-normalization), fast and memory-lean.
 
     t      = mean of all voxels
     kept   = voxels > t                                   ("foreground")
@@ -142,7 +142,7 @@ def apply_normalization(hu: np.ndarray, stats: dict, out: np.ndarray | None = No
 
 
 def foreground_normalize(hu: np.ndarray, stats: dict | None = None) -> np.ndarray:
-    """Raw CT (any shape, HU as stored) -> float32 in [0, 1], per facts §6.1 then min-max.
+    """Raw CT (any shape, HU as stored) -> float32 in [0, 1], per docs/method.md#intensity-normalization.
 
     Raises ValueError for NaN/inf voxels and for constant volumes (nothing above the mean).
     """

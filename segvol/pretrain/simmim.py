@@ -1,4 +1,4 @@
-"""SimMIM masked image modelling for the 3D ViT image encoder (facts §1: mask ratio 0.6).
+"""SimMIM masked image modelling for the 3D ViT image encoder (docs/model.md#image-encoder: mask ratio 0.6).
 
 A random 60 % of mask patches (each a whole number of ViT patches) has its patch embedding
 replaced by one learned mask token before the position embedding and the transformer blocks;

@@ -75,7 +75,7 @@ class RankBatches(torch.utils.data.Sampler):
 
 def build_encoder(model_settings: dict):
     """(image encoder, model config) for the `model:` settings; the text encoder is not built."""
-    from segvol.model.config import build_image_encoder, model_config_from_settings
+    from segvol.model import build_image_encoder, model_config_from_settings
 
     cfg = model_config_from_settings(model_settings)
     return build_image_encoder(cfg), cfg

@@ -1,4 +1,4 @@
-"""Felzenszwalb-Huttenlocher pseudo labels (facts §9) and the helpers fine-tuning needs.
+"""Felzenszwalb-Huttenlocher pseudo labels (docs/method.md#pseudo-labels) and the helpers fine-tuning needs.
 
     felzenszwalb_3d(volume, "segvol" | "classic", ...)  -> (D, H, W) int32 ids 1..K
     case_pseudo_labels(image, labels, categories, settings) -> (pseudo, attrs)

@@ -1,4 +1,4 @@
-"""Cleaning of FH segments and the ground-truth overlay (facts §9, "use in training").
+"""Cleaning of FH segments and the ground-truth overlay (docs/method.md#pseudo-labels, "use in training").
 
 Per segment: drop it if it has fewer than `min_voxels`; otherwise binary opening then closing
 (scipy defaults: 3-D cross, one iteration), connected components, drop components below

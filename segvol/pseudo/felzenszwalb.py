@@ -1,6 +1,6 @@
 """Felzenszwalb-Huttenlocher graph segmentation of 3D volumes, two merge criteria.
 
-`segvol` is the released SegVol variant (facts §9): smooth, weight edges by |delta intensity|,
+`segvol` is the released SegVol variant (docs/method.md#pseudo-labels): smooth, weight edges by |delta intensity|,
 join every edge below a percentile of the non-zero weights, then walk all edges in ascending
 order joining any pair where one side is smaller than `min_size`. The first pass ignores edge
 order (it is connected components of the thresholded graph) and the second only needs edges that

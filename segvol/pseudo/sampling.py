@@ -1,4 +1,4 @@
-"""Training-side helpers for the pseudo-label branch (facts §9, "use in training").
+"""Training-side helpers for the pseudo-label branch (docs/method.md#pseudo-labels, "use in training").
 
 Pure functions on one sample's pseudo-label map, numpy or torch alike (the result has the type
 of the input; ids are non-negative, 0 = no segment): choose a target segment, its tight box, and the box prompt's target, which also

@@ -1,4 +1,4 @@
-# Evaluation: Table 2/3 (issue #2) and every paper evaluation/ablation (issue #7). Each rule calls
+# Evaluation: Table 2/3 and every paper evaluation/ablation (docs/architecture.md). Each rule calls
 # one `segvol evaluate <name>` subcommand; outputs tagged report(...) go into `--report`.
 
 EVALUATE = config["evaluate"]

@@ -1,4 +1,4 @@
-"""Deterministic stand-ins for SegVol with the same API, for geometry tests and benchmarks of segvol.infer."""
+"""Deterministic stand-ins for SegVol with the same API, for the geometry tests of segvol.infer."""
 
 from __future__ import annotations
 

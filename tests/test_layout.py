@@ -1,0 +1,302 @@
+"""Project layout: the import graph of `segvol` (no cycles, stages import only earlier stages or shared
+libraries), test helpers outside the package, no dangling references, docs links, catalog files,
+licence and version, workflow formatting. Static analysis (ast) only: nothing here imports a stage."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Data-flow order of the stage packages (docs/architecture.md); equal ranks are siblings.
+STAGE_RANK = {"synth": 0, "download": 0, "normalize": 1, "pseudo": 2, "pretrain": 3, "finetune": 4, "evaluate": 5}
+
+
+def module_files(package_dir: Path) -> dict[str, Path]:
+    """Dotted module name -> file, for every .py file of the package (a package is its __init__)."""
+    modules = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(package_dir.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def import_graph(package_dir: Path) -> dict[str, set[str]]:
+    """Module -> the package's own modules it imports anywhere in the file (function bodies included).
+
+    `from a.b import c` counts as an import of `a.b.c` when that is a module, else of `a.b`.
+    """
+    modules = module_files(package_dir)
+    root = package_dir.name
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = name.split(".") if is_package else name.split(".")[:-1]
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:  # `import a.b.c` where c is a function
+                    target = target.rpartition(".")[0]
+                if target.split(".")[0] == root and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [m0, m1, ..., m0], or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def stage_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in STAGE_RANK else None
+
+
+def stage_violations(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) pairs where a stage imports a later or sibling stage."""
+    bad = []
+    for importer, targets in graph.items():
+        source = stage_of(importer)
+        for target in targets:
+            destination = stage_of(target)
+            if source and destination and destination != source and STAGE_RANK[destination] >= STAGE_RANK[source]:
+                bad.append((importer, target))
+    return sorted(bad)
+
+
+def write_package(root: Path, files: dict[str, str]) -> Path:
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root / "segvol"
+
+
+# ---- the checks themselves can fail ------------------------------------------------------------
+
+
+def test_graph_helpers_find_a_cycle_through_lazy_and_relative_imports(tmp_path):
+    package = write_package(tmp_path, {
+        "segvol/__init__.py": "",
+        "segvol/model/__init__.py": "from .config import Config\n",
+        "segvol/model/config.py": "def build():\n    from segvol.model.net import Net\n    return Net\n",
+        "segvol/model/net.py": "from segvol.model import config\n",
+    })
+    graph = import_graph(package)
+    assert graph["segvol.model"] == {"segvol.model.config"}
+    assert graph["segvol.model.net"] == {"segvol.model.config"}
+    assert find_cycle(graph) == ["segvol.model.config", "segvol.model.net", "segvol.model.config"]
+    (package / "model" / "net.py").write_text("import torch\n")
+    assert find_cycle(import_graph(package)) is None
+
+
+def test_graph_helpers_flag_later_and_sibling_stages_only(tmp_path):
+    package = write_package(tmp_path, {
+        "segvol/__init__.py": "",
+        "segvol/infer/__init__.py": "",
+        "segvol/synth/__init__.py": "from segvol.download import fetch\n",  # sibling
+        "segvol/download/__init__.py": "",
+        "segvol/download/fetch.py": "",
+        "segvol/pseudo/__init__.py": "",
+        "segvol/pseudo/sampling.py": "",
+        "segvol/finetune/__init__.py": "from segvol.pseudo.sampling import pick\nfrom segvol import infer\n",
+        "segvol/pretrain/__init__.py": "import segvol.finetune\n",  # later
+    })
+    assert stage_violations(import_graph(package)) == [
+        ("segvol.pretrain", "segvol.finetune"),
+        ("segvol.synth", "segvol.download.fetch"),
+    ]
+
+
+# ---- the real package -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return import_graph(REPO / "segvol")
+
+
+def test_segvol_has_no_import_cycle(graph):
+    assert len(graph) > 50  # the walk really saw the package
+    assert find_cycle(graph) is None
+
+
+def test_model_components_do_not_import_their_builders(graph):
+    assert graph["segvol.model.config"] == set()
+    assert "segvol.model.build" not in graph["segvol.model.segvol"] | graph["segvol.model.text_encoder"]
+
+
+def test_stages_import_only_earlier_stages_or_shared_libraries(graph):
+    assert {stage_of(module) for module in graph} >= set(STAGE_RANK)
+    assert stage_violations(graph) == []
+
+
+# Shared libraries sit below every stage. The one known exception: `segvol predict` normalizes
+# intensities exactly like the normalize stage; moving normalize/intensity.py into a shared module
+# touches files other branches edit, so it waits for the merge.
+SHARED_TO_STAGE_PENDING = {("segvol.infer.cli", "segvol.normalize.intensity")}
+
+
+def test_shared_libraries_import_no_stage(graph):
+    edges = {(m, t) for m, targets in graph.items() if not stage_of(m) for t in targets if stage_of(t)}
+    assert edges <= SHARED_TO_STAGE_PENDING, sorted(edges - SHARED_TO_STAGE_PENDING)
+
+
+def test_test_helpers_live_under_tests():
+    for name, path in module_files(REPO / "segvol").items():
+        leaf = name.rpartition(".")[2]
+        assert leaf not in {"testing", "conftest"} and not leaf.startswith("test_"), f"{path}: test helper in the package"
+        tree = ast.parse(path.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not imported & {"pytest", "tests"}, f"{path} imports test code"
+
+
+# ---- references and docs ----------------------------------------------------------------------
+
+# A private fact sheet and internal issue numbers mean nothing to a reader of the repository.
+DANGLING = re.compile(r"facts\s*§|\bissues?\s*#\d", re.IGNORECASE)
+TEXT_SUFFIXES = {".py", ".smk", ".yaml", ".yml", ".md", ".rst", ".sh", ".toml", ""}
+
+
+def project_text_files():
+    folders = ["segvol", "workflow", "benchmarks", "tests", "config", "docs", "profiles", "envs"]
+    files = [REPO / name for name in ("README.md", "CONTRIBUTING.md", "pyproject.toml", "setup.sh")]
+    for folder in folders:
+        files += [p for p in (REPO / folder).rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
+    return [p for p in files if p.is_file() and "__pycache__" not in p.parts]
+
+
+def test_no_reference_to_the_private_fact_sheet_or_issue_numbers():
+    hits = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in project_text_files()
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if DANGLING.search(line)
+    ]
+    assert not hits, "\n".join(hits)
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def anchors(markdown: Path) -> set[str]:
+    headings = re.findall(r"^#+\s+(.+?)\s*$", markdown.read_text(), flags=re.M)
+    return {github_anchor(heading) for heading in headings}
+
+
+DOC_REFERENCE = re.compile(r"(?<![\w/.])(docs/[\w\-]+\.md)(?:#([\w\-]+))?")
+MARKDOWN_LINK = re.compile(r"\]\((?!https?://|mailto:)([^)#\s]+)?(?:#([\w\-]+))?\)")
+
+
+def test_every_docs_reference_and_markdown_link_resolves():
+    checked, broken = 0, []
+    for path in project_text_files():
+        text = path.read_text(errors="replace")
+        references = [(REPO / target, anchor) for target, anchor in DOC_REFERENCE.findall(text)]
+        if path.suffix == ".md":
+            references += [
+                ((path.parent / target) if target else path, anchor) for target, anchor in MARKDOWN_LINK.findall(text)
+            ]
+        for target, anchor in references:
+            checked += 1
+            target = target.resolve()
+            if not target.exists():
+                broken.append(f"{path.relative_to(REPO)} -> {target}")
+            elif anchor and target.suffix == ".md" and anchor not in anchors(target):
+                broken.append(f"{path.relative_to(REPO)} -> {target.name}#{anchor}")
+    assert checked > 30
+    assert not broken, "\n".join(broken)
+
+
+def test_docs_pages_exist_and_contributing_links_them():
+    contributing = (REPO / "CONTRIBUTING.md").read_text()
+    for page in ("architecture", "model", "extending"):
+        assert (REPO / "docs" / f"{page}.md").is_file()
+        assert f"docs/{page}.md" in contributing
+
+
+def test_github_anchor_matches_githubs_rule():
+    assert github_anchor("Zarr store contract: `data/zarr/<dataset>.zarr`") == "zarr-store-contract-datazarrdatasetzarr"
+    assert github_anchor("Paper → rule → module") == "paper--rule--module"
+
+
+# ---- packaging and workflow catalog -----------------------------------------------------------
+
+
+def test_version_has_a_single_source():
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    import segvol
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert read_configuration(REPO / "pyproject.toml", expand=True)["project"]["version"] == segvol.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+([ab]|rc|\.dev|\.post)?\d*", segvol.__version__)
+
+
+def test_license_is_the_mit_text_pyproject_declares():
+    text = (REPO / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "segvol-workflow contributors" in text
+    assert "Permission is hereby granted, free of charge" in text
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+
+
+def test_catalog_layout():
+    import yaml
+
+    assert (REPO / "workflow" / "Snakefile").is_file() and (REPO / "config" / "README.md").is_file()
+    # A root Snakefile would be found first and, as a mere include, lose `rule all` as the default target.
+    assert not (REPO / "Snakefile").exists()
+    usage = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert set(usage["software-stack-deployment"]) == {"conda", "apptainer", "apptainer+conda"}
+    assert isinstance(usage["report"], bool) and usage["mandatory-flags"]["desc"]
+
+
+def test_workflow_is_snakefmt_formatted():
+    """`snakefmt --check workflow/` (the catalog's formatting gate)."""
+    snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent)) or shutil.which("snakefmt")
+    assert snakefmt, "snakefmt is missing: pip install -e '.[test]'"
+    result = subprocess.run([snakefmt, "--check", "workflow/"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
