@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from segvol.download.transport import check_scheme
+
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
@@ -95,22 +97,6 @@ def _token_for(url: str) -> str | None:
     return get_token()
 
 
-def _check_scheme(url: str, remote: RemoteFile, via: str | None = None) -> None:
-    scheme = urlsplit(url).scheme
-    where = f"{remote.url}: redirected from {via} to {url}" if via else f"{remote.url}"
-    if scheme == "https":
-        return
-    if scheme == "http" and via and urlsplit(via).scheme == "https":
-        raise ValueError(f"{where}: a redirect from https to plain http is refused")
-    if scheme == "http" and not remote.allow_http:
-        raise ValueError(
-            f"{where}: plain http refused (the file could be altered in transit); use an https URL "
-            f"or set allow_http: true on this source in the registry"
-        )
-    if scheme not in ("http", "https"):
-        raise ValueError(f"{where}: only https (or opted-in http) URLs are fetched")
-
-
 class _Redirects(urllib.request.HTTPRedirectHandler):
     """Re-checks the scheme of every hop and re-attaches the token only within one origin."""
 
@@ -121,7 +107,7 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is None:
             return None
-        _check_scheme(new.full_url, self.remote, via=req.full_url)
+        check_scheme(new.full_url, self.remote, via=req.full_url)
         token = _token_for(new.full_url)
         if token and _origin(new.full_url) == _origin(req.full_url):
             new.add_unredirected_header("Authorization", f"Bearer {token}")
@@ -129,7 +115,7 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
 
 
 def _open(url: str, remote: RemoteFile, offset: int, timeout: float):
-    _check_scheme(url, remote)
+    check_scheme(url, remote)
     request = urllib.request.Request(url, headers={"User-Agent": "segvol-download/1", "Accept-Encoding": "identity"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")

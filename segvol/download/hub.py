@@ -62,12 +62,12 @@ def parse(url: str) -> HubFile:
 def endpoint_and_token(remote) -> tuple[str | None, bool | None]:
     """The endpoint to use (HF_ENDPOINT now, None: huggingface.co) and the `token` argument for
     huggingface_hub (None: its own lookup; False: send none)."""
-    from segvol.download.fetch import _check_scheme
+    from segvol.download.transport import check_scheme
 
     endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
     if endpoint is None or endpoint.startswith("https://"):
         return endpoint, None
-    _check_scheme(endpoint + "/", remote)  # plain http needs the source's allow_http
+    check_scheme(endpoint + "/", remote)  # plain http needs the source's allow_http
     return endpoint, False
 
 
