@@ -1,10 +1,16 @@
 import json
 import re
 
-from snakemake.utils import validate
+from snakemake.utils import update_config
 
+from segvol.settings import typed_command_line, validated_config
 
-validate(config, schema="../schemas/config.schema.yaml")
+# `--config 'finetune={steps: 50}'` reaches us as {"steps": "50"} (Snakemake parses --config values
+# with YAML's BaseLoader): give the values their YAML types back before validating.
+update_config(config, typed_command_line(workflow.config_settings.config))
+# segvol/config.schema.yaml also checks every `segvol <stage> --params`; a bad key or value stops
+# here with one line naming its key path, before any job runs. Fills in the defaults.
+config.update(validated_config(config))
 
 RAW = config["paths"]["raw"]
 DOWNLOADS = config["paths"]["downloads"]
