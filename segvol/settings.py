@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 
 SCHEMA_FILE = "config.schema.yaml"
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def schema_path():
@@ -111,6 +113,8 @@ def typed_command_line(overrides: Mapping) -> dict:
         if isinstance(value, (list, tuple)):
             return [retype(item) for item in value]
         if isinstance(value, str):
+            if _EXPONENT.match(value):
+                return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; nobody means that
             try:
                 return yaml.safe_load(value) if value.strip() else value
             except yaml.YAMLError:
