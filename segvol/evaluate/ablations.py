@@ -157,7 +157,7 @@ def run_fig3b(args, settings) -> int:
 def _model(args):
     from segvol.evaluate.methods import load_segvol
 
-    return load_segvol(args.checkpoint)
+    return load_segvol(args.checkpoint, device=args.device)
 
 
 def _limit(settings):

@@ -86,6 +86,13 @@ def run_datasets(run):
 
 
 
+def job_device(wildcards, resources):
+    """`--device` of a model-running job: `cuda` when the job was given GPUs (`resources: gpu=` of the
+    rule, the config's `<stage>.gpu`, or a profile's set-resources), else `cpu`. Not `auto`: a job
+    that did not ask for a GPU must not take one that the scheduler counts as free."""
+    return "cuda" if int(resources.get("gpu", 0) or 0) > 0 else "cpu"
+
+
 def launcher(wildcards, resources):
     """`segvol`, or one process per GPU through torchrun when a training job asks for several."""
     gpus = int(resources.gpu)

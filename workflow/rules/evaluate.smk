@@ -37,6 +37,7 @@ rule evaluate_cases:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/evaluate/{dataset}.log",
     threads: 1
@@ -44,7 +45,7 @@ rule evaluate_cases:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output}"
-        " --threads {threads} --seed {params.seed} --params {params.settings:q} --model {params.model:q}"
+        " --threads {threads} --device {params.device} --seed {params.seed} --params {params.settings:q} --model {params.model:q}"
         " > {log} 2>&1"
 
 
@@ -79,6 +80,7 @@ rule table3:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/table3.log",
     threads: 2
@@ -86,7 +88,7 @@ rule table3:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate table3 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
-        " --per-case {output.per_case} --threads {threads} --seed {params.seed}"
+        " --per-case {output.per_case} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -119,6 +121,7 @@ rule scaling_cases:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/scaling/{run}.log",
     threads: 1
@@ -126,7 +129,7 @@ rule scaling_cases:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
-        " --label {wildcards.run} --segvol-only --threads {threads} --seed {params.seed}"
+        " --label {wildcards.run} --segvol-only --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -160,6 +163,7 @@ rule prompt_cases:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/prompts/{dataset}.log",
     threads: 1
@@ -167,7 +171,7 @@ rule prompt_cases:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
-        " --prompts text,point,box,point+text,box+text --segvol-only --threads {threads} --seed {params.seed}"
+        " --prompts text,point,box,point+text,box+text --segvol-only --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -202,6 +206,7 @@ rule figure5:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/figure5.log",
     threads: 2
@@ -209,7 +214,7 @@ rule figure5:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate fig5 --checkpoint {input.model} --zarr {input.zarr} --split test --out {output.table}"
-        " --per-case {output.per_case} --png {output.png} --threads {threads} --seed {params.seed}"
+        " --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -226,6 +231,7 @@ rule table6:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/table6.log",
     threads: 2
@@ -233,7 +239,7 @@ rule table6:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate table6 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
-        " --per-case {output.per_case} --threads {threads} --seed {params.seed}"
+        " --per-case {output.per_case} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -250,6 +256,7 @@ rule rotation:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/rotation.log",
     threads: 2
@@ -257,7 +264,7 @@ rule rotation:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate rotation --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
-        " --per-case {output.per_case} --png {output.png} --threads {threads} --seed {params.seed}"
+        " --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -274,6 +281,7 @@ rule mri:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
         stand_in="--stand-in" if MRI_STAND_IN else "",
     log:
         "logs/mri.log",
@@ -282,5 +290,5 @@ rule mri:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate mri --checkpoint {input.model} --zarr {input.zarr} {params.stand_in}"
-        " --out {output.table} --per-case {output.per_case} --png {output.png} --threads {threads}"
+        " --out {output.table} --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device}"
         " --seed {params.seed} --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
