@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
 from tests.test_workflow import REPO, assert_ok, snakemake
@@ -54,3 +55,29 @@ def test_slurm_gpu_jobs_get_cuda_and_the_threads_of_their_cpus():
         assert commands.get(rule), f"{rule} missing from the dry run"
         for command in commands[rule]:
             assert "--device cuda" in command and "--threads 8" in command, command
+
+
+@pytest.mark.parametrize("options", [[], ["--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
+                                            "--cores", "64"]], ids=["demo", "paper-slurm"])
+def test_every_rule_command_line_parses_with_segvol(options):
+    """Each shell command of the whole DAG is accepted by `segvol`'s own parser, so a renamed flag
+    (e.g. pseudo's --threads -> --jobs) cannot leave a rule behind."""
+    import shlex
+
+    from segvol.cli import build_parser
+
+    commands = shell_commands(assert_ok(snakemake("-n", "-p", *options)))
+    assert set(MODEL_RULES) <= set(commands)
+    checked = 0
+    for rule, lines in commands.items():
+        for line in lines[:2]:
+            if line == "None":  # `rule all` runs nothing
+                continue
+            words = shlex.split(line.split(" > ", 1)[0])
+            if words[0] == "torchrun":
+                words = ["segvol", *words[words.index("segvol") + 1:]]
+            assert words[0] == "segvol", f"{rule}: {line}"
+            args = build_parser(words[1]).parse_args(words[1:])
+            assert args.command == words[1]
+            checked += 1
+    assert checked >= len(MODEL_RULES)
