@@ -32,6 +32,18 @@ def test_readme_override_line_works_as_printed(line):
         assert f'"{key}": {value}' in output, f"{stage}.{key} = {value} did not reach segvol {stage}"
 
 
+def readme_override_fragments() -> list[str]:
+    """`--config '<value>'` examples of the README that are not part of a full command line."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    full = " ".join(readme_snakemake_lines_with_config())
+    return [value for value in re.findall(r"--config '([^']*)'", readme) if value not in full]
+
+
+@pytest.mark.parametrize("value", readme_override_fragments())
+def test_readme_override_fragments_are_valid(value):
+    assert_ok(snakemake("-n", "--config", value))
+
+
 @pytest.mark.parametrize("override, message", [
     ("model={preset: huge}", "model.preset: 'huge' is not one of ['base', 'tiny']"),
     ("finetune={lr: fast}", "finetune.lr: 'fast' is not of type 'number'"),

@@ -81,3 +81,16 @@ def test_every_rule_command_line_parses_with_segvol(options):
             assert args.command == words[1]
             checked += 1
     assert checked >= len(MODEL_RULES)
+
+
+def test_readme_local_gpu_line_gives_evaluation_the_gpu():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = [line for line in re.findall(r"`(snakemake [^`]*)`", readme) if "--set-resources" in line]
+    assert lines, "README.md lost its local-GPU example"
+    import shlex
+
+    for line in lines:
+        commands = shell_commands(assert_ok(snakemake(*shlex.split(line)[1:], "-n", "-p")))
+        for rule in ("evaluate_cases", "table3"):
+            assert commands[rule] and all("--device cuda" in command for command in commands[rule]), rule
+        assert all("--device cpu" in command for command in commands["table6"])
