@@ -204,3 +204,31 @@ def test_evaluate_refuses_a_missing_device_before_reading_anything(tmp_path, mon
     err = capsys.readouterr().err.strip()
     assert err == "segvol evaluate: error: --device cuda: CUDA is not available on this machine (use --device cpu or auto)"
     assert not out.exists()
+
+
+def test_baselines_are_built_on_the_chosen_device(tmp_path, monkeypatch):
+    """`build_baselines(..., device)` puts each baseline's network there (meta: a device this machine
+    cannot compute on, so only a real move passes), and `evaluate cases --device` hands its device over."""
+    import torch
+
+    import segvol.evaluate.baselines as baselines
+    from segvol.evaluate.baselines import sam
+    from tests.test_sam_baselines import TINY_3D, randomized
+
+    monkeypatch.setitem(sam.ARCHITECTURES, "sam-med3d", {**sam.ARCHITECTURES["sam-med3d"], **TINY_3D})
+    torch.save({"model_state_dict": randomized(sam.build("sam-med3d")).state_dict()}, tmp_path / "sam_med3d_turbo.pth")
+    runs, _ = baselines.build_baselines(["SAM-Med3D"], {"SAM-Med3D": str(tmp_path / "sam_med3d_turbo.pth")},
+                                        device=torch.device("meta"))
+    assert len(runs) == 1 and {p.device.type for p in runs[0].model.parameters()} == {"meta"}
+
+    given = []
+    monkeypatch.setattr(baselines, "build_baselines", lambda methods, checkpoints, device=None: given.append(device) or ([], {}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    from tests.test_evaluate import write_store
+
+    store = write_store(tmp_path / "ext.zarr", n_cases=1)
+    params = '{"methods": ["SAM-Med3D"], "baseline_checkpoints": {"SAM-Med3D": "x.pth"}}'
+    assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(tmp_path / "c.parquet"),
+                 "--params", params, "--device", "cuda:0", "--quiet"]) == 0
+    assert given == [torch.device("cuda:0")]

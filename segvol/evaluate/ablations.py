@@ -234,7 +234,7 @@ def run_table6(args, settings) -> int:
     from segvol.evaluate.tables import write_csv
 
     methods = [SegVolMethod(_model(args), prompt="box+text", mode="zoom", overlap=settings["overlap"])]
-    baselines, reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"])
+    baselines, reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"], device=args.device)
     for column, reason in reasons.items():
         log.info("%s: %s", column, reason)
     rows, frames = [], []

@@ -125,7 +125,8 @@ def run_cases(args, settings) -> int:
                                         overlap=settings["overlap"]))
         reasons[args.label] = f"ran: {args.checkpoint} ({', '.join(kinds)}, zoom-out-zoom-in, {args.device})"
     if not args.segvol_only:
-        baselines, baseline_reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"])
+        baselines, baseline_reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"],
+                                                       device=args.device)
         methods += baselines
         reasons.update(baseline_reasons)
     for column, reason in reasons.items():
