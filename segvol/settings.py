@@ -24,18 +24,13 @@ from typing import Any
 
 import yaml
 
-SCHEMA_FILE = "config.schema.yaml"
 _EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def schema_path():
-    """The schema file inside the installed package (a `Traversable`; `str()` of it is a path)."""
-    return resources.files("segvol").joinpath(SCHEMA_FILE)
 
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
-    return yaml.safe_load(schema_path().read_text(encoding="utf-8"))
+    text = resources.files("segvol").joinpath("config.schema.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
 
 
 def _fill_defaults(value: Any, node: dict) -> Any:
