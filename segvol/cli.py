@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from segvol.cli_options import COMMON_FLAGS, apply_common_arguments
+
 SUBCOMMANDS = {
     "synth": ("segvol.synth.cli", "write procedural abdominal CT phantoms as NIfTI (the demo's data)"),
     "download": ("segvol.download.cli", "fetch a registered dataset: resumable, checksummed, license-gated"),
@@ -30,6 +32,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segvol",
         description="SegVol: universal, promptable 3D CT segmentation (NeurIPS 2024), reproducible.",
+        epilog="flags with one meaning in every command that takes them:\n" + COMMON_FLAGS
+        + "\n\n`segvol COMMAND --help` lists a command's flags.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -58,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        apply_common_arguments(args)
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         # Bad input gets one clear line naming the file and the problem, not a traceback.

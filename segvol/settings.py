@@ -1,18 +1,30 @@
-"""Stage settings: the `<stage>:` block of the workflow config, with the schema's defaults.
+"""Settings: the workflow config and each stage's `--params`, checked by one schema.
 
-The schema (`segvol/config.schema.yaml`, linked from `workflow/schemas/`) is the one place where
-defaults live, so a stage called from the command line behaves like the same stage in the workflow.
+`segvol/config.schema.yaml` is the one place where keys, defaults and limits live. The workflow
+validates its whole config with it (`validated_config`, called by `workflow/rules/common.smk`) and
+every `segvol <stage> --params` validates its block with the same schema node
+(`stage_settings`), so a stage called from the command line behaves like the same stage in the
+workflow and a bad value fails before any job runs.
+
+Why not `snakemake.utils.validate` alone: its error is a multi-line dump of the schema node, it
+cannot serve the `segvol` commands (which must not import Snakemake), and it does not fill defaults
+of `additionalProperties` entries. Validation itself is `jsonschema`'s; this module only fills
+defaults and turns the most relevant error into one line that names the key path.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
 import yaml
+
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 @lru_cache(maxsize=1)
@@ -22,6 +34,8 @@ def schema() -> dict:
 
 
 def _fill_defaults(value: Any, node: dict) -> Any:
+    if not isinstance(value, Mapping) and value is not None:
+        return value
     if node.get("type") == "object" or "properties" in node:
         value = {} if value is None else dict(value)
         for key, child in node.get("properties", {}).items():
@@ -29,18 +43,97 @@ def _fill_defaults(value: Any, node: dict) -> Any:
                 value[key] = copy.deepcopy(child["default"])
             if key in value:
                 value[key] = _fill_defaults(value[key], child)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in set(value) - set(node.get("properties", {})):
+                value[key] = _fill_defaults(value[key], extra)
     return value
 
 
-def stage_settings(stage: str, given: dict | str | None = None) -> dict:
+def _key_path(path) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def _describe(error, root: tuple = ()) -> str:
+    """One line for a jsonschema error: `<key path>: <problem>` (the path starts with `root`)."""
+    where = _key_path([*root, *error.absolute_path])
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        problem = f"unknown key(s) {', '.join(map(repr, unknown))}"
+        if known:
+            problem += f" (known: {', '.join(known)})"
+    elif "propertyNames" in error.schema_path and error.validator == "enum":
+        problem = f"unknown key {error.instance!r} (known: {', '.join(map(str, error.validator_value))})"
+    elif error.validator == "anyOf":
+        expected = " or ".join(branch.get("description", str(branch)) for branch in error.validator_value)
+        problem = f"{error.instance!r} is not valid: expected {expected}"
+    else:
+        problem = error.message
+    return f"{where}: {problem}" if where else problem
+
+
+def _raise_first_error(value: Any, node: dict, root: tuple = (), flag: str = "") -> None:
+    """Raise a one-line ValueError for the most relevant way `value` breaks `node`, if any."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(node).iter_errors(value))
+    while error is not None and error.parent is not None and error.parent.validator == "anyOf":
+        error = error.parent  # "none of the alternatives", not the complaint of one of them
+    if error is not None:
+        message = _describe(error, root)
+        raise ValueError(f"{flag}: {message}" if flag else message)
+
+
+def validated_config(config: Mapping) -> dict:
+    """The whole workflow config, checked against the schema, with defaults filled in.
+
+    Raises ValueError naming the key path, e.g. `finetune.lr: 'fast' is not of type 'number'`.
+    """
+    _raise_first_error(dict(config), schema())
+    return _fill_defaults(dict(config), schema())
+
+
+def typed_command_line(overrides: Mapping) -> dict:
+    """`snakemake --config` values with their YAML types back.
+
+    Snakemake reads `--config 'finetune={steps: 50}'` with YAML's BaseLoader, so nested scalars
+    arrive as strings (`{'steps': '50'}`); re-reading each such string with `yaml.safe_load` gives
+    `{'steps': 50}` as the README's override promises.
+    """
+
+    def retype(value):
+        if isinstance(value, Mapping):
+            return {key: retype(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [retype(item) for item in value]
+        if isinstance(value, str):
+            if _EXPONENT.match(value):
+                return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; nobody means that
+            try:
+                return yaml.safe_load(value) if value.strip() else value
+            except yaml.YAMLError:
+                return value
+        return value
+
+    return {key: retype(value) for key, value in overrides.items()}
+
+
+def stage_settings(stage: str, given: Mapping | str | None = None, flag: str = "--params") -> dict:
     """The settings of `stage`: `given` (a dict or a JSON object string) over the schema defaults.
 
-    Unknown keys are an error, so that a typo in a config never passes silently.
+    `given` is checked against the schema node the workflow validates `<stage>:` with, so an
+    unknown key or a bad value is a ValueError naming `flag` and the key path, e.g.
+    `--params: finetune.lr: 'fast' is not of type 'number'`.
     """
     if isinstance(given, str):
-        given = json.loads(given) if given.strip() else {}
+        try:
+            given = json.loads(given) if given.strip() else {}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{flag}: not valid JSON ({error})") from None
+    given = {} if given is None else given
+    if not isinstance(given, Mapping):
+        raise ValueError(f"{flag}: expected a JSON object (the `{stage}:` config block), got {type(given).__name__}")
     node = schema()["properties"][stage]
-    unknown = sorted(set(given or {}) - set(node.get("properties", {})))
-    if unknown:
-        raise ValueError(f"unknown key(s) in the '{stage}' settings: {', '.join(unknown)}")
-    return _fill_defaults(given or {}, node)
+    _raise_first_error(dict(given), node, root=(stage,), flag=flag)
+    return _fill_defaults(dict(given), node)

@@ -150,7 +150,7 @@ def box_segment(model, volume, prompts, mode="zoom", **kwargs):
 def stub_segvol(monkeypatch):
     monkeypatch.setattr(segvol.infer, "segment", box_segment, raising=False)
     monkeypatch.setattr(segvol.infer, "Prompt", Prompt, raising=False)
-    monkeypatch.setattr(methods_module, "load_segvol", lambda checkpoint, settings=None: object())
+    monkeypatch.setattr(methods_module, "load_segvol", lambda checkpoint, settings=None, device=None: object())
 
 
 def test_cli_cases_table2_table3(tmp_path, stub_segvol):

@@ -22,7 +22,7 @@ def stub(monkeypatch):
     monkeypatch.setattr(segvol.infer, "segment", box_segment, raising=False)
     monkeypatch.setattr(segvol.infer, "Prompt", Prompt, raising=False)
     model = torch.nn.Linear(4, 3)  # a model with a known parameter count: 15
-    monkeypatch.setattr(methods_module, "load_segvol", lambda checkpoint, settings=None: model)
+    monkeypatch.setattr(methods_module, "load_segvol", lambda checkpoint, settings=None, device=None: model)
     return model
 
 

@@ -173,7 +173,7 @@ def _normalize(tmp_path, params=None):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     args = parser.parse_args(["--raw", str(tmp_path / "raw"), "--out", str(out), "--seed", "7",
-                              "--params", json.dumps(params), "--no-progress"])
+                              "--params", json.dumps(params), "--quiet"])
     return cli.run(args), out
 
 

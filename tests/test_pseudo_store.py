@@ -61,8 +61,8 @@ def test_cli_writes_the_contract(toy_store, tmp_path):
 def test_process_pool_gives_the_same_store(toy_store, tmp_path):
     store, images, _ = toy_store
     outs = [tmp_path / "one.zarr", tmp_path / "two.zarr"]
-    for out, threads in zip(outs, ("1", "2")):
-        assert main(["pseudo", "--zarr", str(store), "--out", str(out), "--threads", threads,
+    for out, jobs in zip(outs, ("1", "2")):
+        assert main(["pseudo", "--zarr", str(store), "--out", str(out), "--jobs", jobs,
                      "--params", json.dumps(PARAMS)]) == 0
     one, two = (zarr.open_group(str(out), mode="r") for out in outs)
     for case in images:

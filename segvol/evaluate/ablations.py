@@ -218,7 +218,7 @@ def run_fig3b(args, settings) -> int:
 def _model(args):
     from segvol.evaluate.methods import load_segvol
 
-    return load_segvol(args.checkpoint)
+    return load_segvol(args.checkpoint, device=args.device)
 
 
 def _limit(settings):
@@ -295,7 +295,7 @@ def run_table6(args, settings) -> int:
     from segvol.evaluate.tables import write_csv
 
     methods = [SegVolMethod(_model(args), prompt="box+text", mode="zoom", overlap=settings["overlap"])]
-    baselines, reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"])
+    baselines, reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"], device=args.device)
     for column, reason in reasons.items():
         log.info("%s: %s", column, reason)
     rows, frames = [], []

@@ -19,15 +19,15 @@ from __future__ import annotations
 import argparse
 import logging
 
+from segvol.cli_options import add_common_arguments
+
 log = logging.getLogger("segvol.evaluate")
 
 
 def _common(parser, model: bool = True):
-    parser.add_argument("--params", default="{}", help="the `evaluate:` config block as JSON")
-    parser.add_argument("--seed", type=int, default=2023, help="seed of the ground-truth point prompts")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    if model:
-        parser.add_argument("--model", default="{}", help="the `model:` config block as JSON")
+    """The shared flags of an evaluation; one that runs a model also gets --device/--threads/--seed/--quiet."""
+    add_common_arguments(parser, params="evaluate", model=model, device=model, threads=model, quiet=model,
+                         seed="seed of the ground-truth point prompts" if model else None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,11 +89,11 @@ def run(args) -> int:
 
     settings = stage_settings("evaluate", args.params)
     if getattr(args, "model", None) is not None:
-        stage_settings("model", args.model)  # validates; the checkpoint carries the architecture
-    if getattr(args, "threads", None):
-        import torch
+        stage_settings("model", args.model, flag="--model")  # validates; the checkpoint carries the architecture
+    if getattr(args, "device", None) is not None:
+        from segvol.device import resolve_device
 
-        torch.set_num_threads(max(1, int(args.threads)))
+        args.device = resolve_device(args.device)  # a missing device fails here, before any store is read
     handler = {"cases": run_cases, "table2": run_table2, "table3": run_table3}.get(args.evaluation)
     if handler is None:
         from segvol.evaluate import ablations
@@ -119,19 +119,20 @@ def run_cases(args, settings) -> int:
     if unknown:
         raise ValueError(f"unknown prompt kind(s) {unknown}; choose from {', '.join(PROMPT_KINDS)}")
     if "SegVol" in settings["methods"] or args.segvol_only:
-        model = load_segvol(args.checkpoint)
+        model = load_segvol(args.checkpoint, device=args.device)
         for kind in kinds:
             methods.append(SegVolMethod(model, prompt=kind.strip(), mode="zoom", name=args.label,
                                         overlap=settings["overlap"]))
-        reasons[args.label] = f"ran: {args.checkpoint} ({', '.join(kinds)}, zoom-out-zoom-in)"
+        reasons[args.label] = f"ran: {args.checkpoint} ({', '.join(kinds)}, zoom-out-zoom-in, {args.device})"
     if not args.segvol_only:
-        baselines, baseline_reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"])
+        baselines, baseline_reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"],
+                                                       device=args.device)
         methods += baselines
         reasons.update(baseline_reasons)
     for column, reason in reasons.items():
         log.info("%s: %s", column, reason)
     rows, skipped = score_store(args.zarr, methods, seed=args.seed, split=args.split,
-                                tolerance_mm=settings["nsd_tolerance_mm"], progress=True)
+                                tolerance_mm=settings["nsd_tolerance_mm"], progress=not args.quiet)
     metadata = {"store": str(Path(args.zarr)), "methods": reasons, "skipped": skipped.to_dict("records"),
                 "settings": settings}
     write_parquet(rows, args.out, metadata)
@@ -179,13 +180,13 @@ def run_table3(args, settings) -> int:
     from segvol.evaluate.methods import SegVolMethod, load_segvol
     from segvol.evaluate.tables import table3, write_csv
 
-    model = load_segvol(args.checkpoint)
+    model = load_segvol(args.checkpoint, device=args.device)
     methods = [SegVolMethod(model, prompt="box+text", mode=mode, name=f"SegVol {mode}", overlap=settings["overlap"])
                for mode in ("resize", "window", "zoom")]
     frames = []
     for store in args.zarr:
         rows, _ = score_store(store, methods, seed=args.seed, tolerance_mm=settings["nsd_tolerance_mm"],
-                              limit=args.limit or settings["max_cases"], progress=True)
+                              limit=args.limit or settings["max_cases"], progress=not args.quiet)
         frames.append(rows)
     per_case = pd.concat(frames, ignore_index=True)
     table = table3(per_case)

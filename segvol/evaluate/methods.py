@@ -71,8 +71,9 @@ class SegVolMethod(Method):
         return [channel > 0 for channel in logits]
 
 
-def load_segvol(checkpoint: str, model_settings: dict | None = None):
-    """A SegVol model from our safetensors checkpoint (or an official one), in eval mode."""
+def load_segvol(checkpoint: str, model_settings: dict | None = None, device=None):
+    """A SegVol model from our safetensors checkpoint (or an official one), in eval mode, on `device`
+    (a `torch.device` or name; None: where the checkpoint loader puts it, the CPU)."""
     from pathlib import Path
 
     from segvol.model import checkpoint as checkpoints
@@ -80,4 +81,6 @@ def load_segvol(checkpoint: str, model_settings: dict | None = None):
     if "://" not in str(checkpoint) and not Path(checkpoint).exists():
         raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
     model = checkpoints.load(checkpoint)
+    if device is not None:
+        model = model.to(device)
     return model.eval()

@@ -18,7 +18,7 @@ example:
 
 from __future__ import annotations
 
-from segvol.training.options import add_runtime_arguments
+from segvol.cli_options import add_common_arguments
 
 
 def add_arguments(parser) -> None:
@@ -27,7 +27,8 @@ def add_arguments(parser) -> None:
                         help="pseudo-label stores (data/pseudo/<ds>.zarr), matched to --zarr by name")
     parser.add_argument("--encoder", default=None, help="SimMIM encoder .safetensors (image_encoder.* tensors)")
     parser.add_argument("--out", required=True, metavar="MODEL", help="output model .safetensors")
-    add_runtime_arguments(parser, "finetune")
+    add_common_arguments(parser, params="finetune", model=True, device=True, threads=True,
+                         seed="seed of batches, views, prompts and initialisation")
 
 
 def run(args) -> int:
@@ -35,7 +36,7 @@ def run(args) -> int:
     from segvol.settings import stage_settings
 
     settings = stage_settings("finetune", args.params)
-    model_settings = stage_settings("model", args.model)
+    model_settings = stage_settings("model", args.model, flag="--model")
     finetune(args.zarr, args.pseudo, args.out, settings, model_settings, encoder=args.encoder, seed=args.seed,
              threads=args.threads, device=args.device)
     return 0

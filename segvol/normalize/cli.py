@@ -13,14 +13,13 @@ example:
 
 from __future__ import annotations
 
+from segvol.cli_options import add_common_arguments
+
 
 def add_arguments(parser):
     parser.add_argument("--raw", required=True, help="dataset folder holding dataset.json")
     parser.add_argument("--out", required=True, help="output store, e.g. data/zarr/<dataset>.zarr")
-    parser.add_argument("--seed", type=int, default=2023, help="seed of the train/test split (default 2023)")
-    parser.add_argument("--params", default="{}",
-                        help="JSON of the config's normalize: block (defaults from the schema)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_arguments(parser, params="normalize", seed="seed of the train/test split")
 
 
 def run(args) -> int:
@@ -28,6 +27,6 @@ def run(args) -> int:
     from segvol.settings import stage_settings
 
     settings = stage_settings("normalize", args.params)
-    out = build_store(args.raw, args.out, args.seed, settings, progress=not args.no_progress)
+    out = build_store(args.raw, args.out, args.seed, settings, progress=not args.quiet)
     print(out)
     return 0

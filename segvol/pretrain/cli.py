@@ -14,13 +14,14 @@ example:
 
 from __future__ import annotations
 
-from segvol.training.options import add_runtime_arguments
+from segvol.cli_options import add_common_arguments
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--zarr", nargs="+", required=True, metavar="STORE", help="normalized Zarr stores (data/zarr/<ds>.zarr)")
     parser.add_argument("--out", required=True, metavar="ENCODER", help="output encoder .safetensors")
-    add_runtime_arguments(parser, "pretrain")
+    add_common_arguments(parser, params="pretrain", model=True, device=True, threads=True,
+                         seed="seed of batches, masks, views and initialisation")
 
 
 def run(args) -> int:
@@ -28,7 +29,7 @@ def run(args) -> int:
     from segvol.settings import stage_settings
 
     settings = stage_settings("pretrain", args.params)
-    model_settings = stage_settings("model", args.model)
+    model_settings = stage_settings("model", args.model, flag="--model")
     pretrain(args.zarr, args.out, settings, model_settings, seed=args.seed, threads=args.threads,
              device=args.device, workers=settings["workers"])
     return 0

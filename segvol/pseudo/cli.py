@@ -8,7 +8,7 @@ int32 (D, H, W) and attrs n_segments, segment_sizes, gt_ids.
 
 example:
   segvol pseudo --zarr data/zarr/abdomen_a.zarr --out data/pseudo/abdomen_a.zarr \\
-      --threads 2 --params '{"criterion": "segvol", "grid": [32, 256, 256]}'
+      --jobs 2 --params '{"criterion": "segvol", "grid": [32, 256, 256]}'
 """
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from segvol.cli_options import add_common_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zarr", required=True, metavar="STORE", help="dataset store (data/zarr/<dataset>.zarr)")
     parser.add_argument("--out", required=True, metavar="PSEUDO_STORE", help="output store (data/pseudo/<dataset>.zarr)")
-    parser.add_argument("--threads", type=int, default=1, help="cases processed in parallel, one core each (default 1)")
-    parser.add_argument(
-        "--params",
-        default="{}",
-        metavar="JSON",
-        help="the `pseudo:` config block as JSON; missing keys get the schema defaults",
-    )
+    add_common_arguments(parser, params="pseudo", jobs=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,14 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from segvol.settings import stage_settings
 
     settings = stage_settings("pseudo", args.params)
-    if args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     n_cases = len(open_dataset(args.zarr).attrs["cases"])
 
     def progress(results):
-        return tqdm(results, total=n_cases, desc="pseudo labels", unit="case")
+        return tqdm(results, total=n_cases, desc="pseudo labels", unit="case", disable=args.quiet)
 
-    summary = write_pseudo_store(args.zarr, args.out, settings, threads=args.threads, progress=progress)
+    summary = write_pseudo_store(args.zarr, args.out, settings, threads=args.jobs, progress=progress)
     counts = list(summary.values())
     logging.getLogger("segvol.pseudo").info(
         "%d cases -> %s (FH segments per case: %s..%s)",

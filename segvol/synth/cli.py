@@ -16,29 +16,17 @@ from __future__ import annotations
 
 import argparse
 
+from segvol.cli_options import add_common_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="name of an entry of synth.datasets")
     parser.add_argument("--out", required=True, help="dataset folder to write (replaced atomically)")
-    parser.add_argument("--seed", type=int, default=2023, help="global seed (default: 2023)")
-    parser.add_argument(
-        "--params",
-        default="{}",
-        help="the `synth:` config block as JSON (shape_max, orientations, datasets)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common_arguments(parser, params="synth", seed="global seed")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from segvol.synth.dataset import synthesize_dataset
 
-    try:
-        params = json.loads(args.params) if args.params.strip() else {}
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--params is not valid JSON: {error}") from None
-    if not isinstance(params, dict):
-        raise ValueError("--params must be a JSON object (the synth: config block)")
-    synthesize_dataset(args.dataset, args.out, args.seed, params, progress=not args.quiet)
+    synthesize_dataset(args.dataset, args.out, args.seed, args.params, progress=not args.quiet)
     return 0

@@ -2,7 +2,6 @@
 
 - `runtime`: device, threads, DDP, the warmup + cosine schedule, exact resume, metrics, progress.
 - `volumes`: reading training views out of the normalized Zarr stores.
-- `options`: the command-line options every training command shares.
 
 Both training stages import from here; neither imports from the other.
 """

@@ -1,10 +1,16 @@
 import json
 import re
 
-from snakemake.utils import validate
+from snakemake.utils import update_config
 
+from segvol.settings import typed_command_line, validated_config
 
-validate(config, schema="../schemas/config.schema.yaml")
+# `--config 'finetune={steps: 50}'` reaches us as {"steps": "50"} (Snakemake parses --config values
+# with YAML's BaseLoader): give the values their YAML types back before validating.
+update_config(config, typed_command_line(workflow.config_settings.config))
+# segvol/config.schema.yaml also checks every `segvol <stage> --params`; a bad key or value stops
+# here with one line naming its key path, before any job runs. Fills in the defaults.
+config.update(validated_config(config))
 
 RAW = config["paths"]["raw"]
 DOWNLOADS = config["paths"]["downloads"]
@@ -78,6 +84,13 @@ def run_datasets(run):
         return TRAIN
     return TRAIN[: int(run.removeprefix("first"))]
 
+
+
+def job_device(wildcards, resources):
+    """`--device` of a model-running job: `cuda` when the job was given GPUs (`resources: gpu=` of the
+    rule, the config's `<stage>.gpu`, or a profile's set-resources), else `cpu`. Not `auto`: a job
+    that did not ask for a GPU must not take one that the scheduler counts as free."""
+    return "cuda" if int(resources.get("gpu", 0) or 0) > 0 else "cpu"
 
 
 def launcher(wildcards, resources):

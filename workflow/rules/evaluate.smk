@@ -41,6 +41,7 @@ rule evaluate_cases:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/evaluate/{dataset}.log",
     threads: 1
@@ -48,7 +49,7 @@ rule evaluate_cases:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output}"
-        " --threads {threads} --seed {params.seed} --params {params.settings:q} --model {params.model:q}"
+        " --threads {threads} --device {params.device} --seed {params.seed} --params {params.settings:q} --model {params.model:q}"
         " > {log} 2>&1"
 
 
@@ -84,6 +85,7 @@ rule table3:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/table3.log",
     threads: 2
@@ -91,7 +93,7 @@ rule table3:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate table3 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
-        " --per-case {output.per_case} --threads {threads} --seed {params.seed}"
+        " --per-case {output.per_case} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -124,6 +126,7 @@ rule scaling_cases:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/scaling/{run}.log",
     threads: 1
@@ -131,7 +134,7 @@ rule scaling_cases:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
-        " --label {wildcards.run} --segvol-only --threads {threads} --seed {params.seed}"
+        " --label {wildcards.run} --segvol-only --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -165,6 +168,7 @@ rule prompt_cases:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/prompts/{dataset}.log",
     threads: 1
@@ -172,7 +176,7 @@ rule prompt_cases:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
-        " --prompts text,point,box,point+text,box+text --segvol-only --threads {threads} --seed {params.seed}"
+        " --prompts text,point,box,point+text,box+text --segvol-only --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -207,6 +211,7 @@ rule figure5:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/figure5.log",
     threads: 2
@@ -214,7 +219,7 @@ rule figure5:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate fig5 --checkpoint {input.model} --zarr {input.zarr} --split test --out {output.table}"
-        " --per-case {output.per_case} --png {output.png} --threads {threads} --seed {params.seed}"
+        " --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -231,6 +236,7 @@ rule table6:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/table6.log",
     threads: 2
@@ -238,7 +244,7 @@ rule table6:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate table6 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
-        " --per-case {output.per_case} --threads {threads} --seed {params.seed}"
+        " --per-case {output.per_case} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -255,6 +261,7 @@ rule rotation:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/rotation.log",
     threads: 2
@@ -262,7 +269,7 @@ rule rotation:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate rotation --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
-        " --per-case {output.per_case} --png {output.png} --threads {threads} --seed {params.seed}"
+        " --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -279,6 +286,7 @@ rule mri:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
         stand_in="--stand-in" if MRI_STAND_IN else "",
     log:
         "logs/mri.log",
@@ -287,7 +295,7 @@ rule mri:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate mri --checkpoint {input.model} --zarr {input.zarr} {params.stand_in}"
-        " --out {output.table} --per-case {output.per_case} --png {output.png} --threads {threads}"
+        " --out {output.table} --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device}"
         " --seed {params.seed} --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 

@@ -11,6 +11,7 @@ rule finetune:
     params:
         launcher=launcher,
         seed=config["seed"],
+        device=job_device,
         settings=lambda wc: stage_json("finetune"),
         model=lambda wc: stage_json("model"),
     log:
@@ -24,5 +25,5 @@ rule finetune:
         "../../envs/segvol.yaml"
     shell:
         "{params.launcher} finetune --zarr {input.zarr} --pseudo {input.pseudo} --encoder {input.encoder}"
-        " --out {output} --threads {threads} --seed {params.seed}"
+        " --out {output} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"

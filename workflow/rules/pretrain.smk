@@ -7,6 +7,7 @@ rule pretrain:
     params:
         launcher=launcher,
         seed=config["seed"],
+        device=job_device,
         settings=lambda wc: stage_json("pretrain"),
         model=lambda wc: stage_json("model"),
     log:
@@ -19,5 +20,5 @@ rule pretrain:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "{params.launcher} pretrain --zarr {input} --out {output} --threads {threads} --seed {params.seed}"
+        "{params.launcher} pretrain --zarr {input} --out {output} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"

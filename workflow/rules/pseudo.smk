@@ -12,5 +12,5 @@ rule pseudo:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol pseudo --zarr {input} --out {output} --threads {threads}"
+        "segvol pseudo --zarr {input} --out {output} --jobs {threads}"
         " --params {params.settings:q} > {log} 2>&1"

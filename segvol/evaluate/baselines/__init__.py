@@ -34,26 +34,27 @@ def column_name(method: str, prompt: str) -> str:
     return f"{method} ({prompt})" if len(BASELINE_PROMPTS.get(method, ())) > 1 else method
 
 
-def _runs(method: str, checkpoint: str) -> list[Method]:
-    """The evaluated runs of one baseline, its checkpoint loaded."""
+def _runs(method: str, checkpoint: str, device=None) -> list[Method]:
+    """The evaluated runs of one baseline, its checkpoint loaded onto `device` (None: the CPU)."""
     from segvol.evaluate.baselines.slicewise import SliceWiseMethod
 
+    device = device or "cpu"
     if method in ("SAM", "MedSAM"):
         from segvol.evaluate.baselines.transformers_sam import TransformersSam, load_sam
 
-        segmenter = TransformersSam(load_sam(checkpoint), style="medsam" if method == "MedSAM" else "sam")
+        segmenter = TransformersSam(load_sam(checkpoint).to(device), style="medsam" if method == "MedSAM" else "sam")
         return [SliceWiseMethod(column_name(method, prompt), segmenter, prompt) for prompt in BASELINE_PROMPTS[method]]
     if method == "SAM-Med2D":
         from segvol.evaluate.baselines.sam_med2d import SamMed2DSegmenter, load_sam_med2d
 
-        return [SliceWiseMethod(method, SamMed2DSegmenter(load_sam_med2d(checkpoint)), "point")]
+        return [SliceWiseMethod(method, SamMed2DSegmenter(load_sam_med2d(checkpoint).to(device)), "point")]
     from segvol.evaluate.baselines.sam_med3d import SamMed3DMethod, load_sam_med3d
 
-    return [SamMed3DMethod(load_sam_med3d(checkpoint))]
+    return [SamMed3DMethod(load_sam_med3d(checkpoint).to(device))]
 
 
-def build_baselines(methods: Sequence[str], checkpoints: dict) -> tuple[list[Method], dict[str, str]]:
-    """The runnable baseline runs of `methods` and, per table column, why it ran or did not."""
+def build_baselines(methods: Sequence[str], checkpoints: dict, device=None) -> tuple[list[Method], dict[str, str]]:
+    """The runnable baseline runs of `methods` (models on `device`) and, per table column, why it ran or did not."""
     runs: list[Method] = []
     reasons: dict[str, str] = {}
     for method in methods:
@@ -65,5 +66,5 @@ def build_baselines(methods: Sequence[str], checkpoints: dict) -> tuple[list[Met
         for prompt in BASELINE_PROMPTS[method]:
             reasons[column_name(method, prompt)] = f"ran: {checkpoint}" if checkpoint else "not run: no checkpoint"
         if checkpoint:
-            runs += _runs(method, checkpoint)
+            runs += _runs(method, checkpoint, device)
     return runs, reasons

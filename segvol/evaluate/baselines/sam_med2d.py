@@ -31,6 +31,7 @@ def load_sam_med2d(source: str | os.PathLike) -> PromptableSam:
 class SamMed2DSegmenter(SliceSegmenter):
     def __init__(self, model: PromptableSam) -> None:
         self.model = model.eval()
+        self.device = next(model.parameters()).device  # inputs go where the model is; results come back to the CPU
         self.size = model.img_size
         self.embedding = None
 
@@ -42,7 +43,7 @@ class SamMed2DSegmenter(SliceSegmenter):
         normalised = (pixels.expand(1, 3, *image.shape) - mean) / std
         resized = F.interpolate(normalised, size=(self.size, self.size), mode="nearest")
         with torch.inference_mode():
-            self.embedding = self.model.encode(resized)
+            self.embedding = self.model.encode(resized.to(self.device))
 
     def _xy(self, hw: np.ndarray) -> torch.Tensor:
         """(..., 2) (h, w) pixel indices of the slice -> (..., 2) (x, y) in the 256-px input."""
@@ -60,9 +61,10 @@ class SamMed2DSegmenter(SliceSegmenter):
         if box is not None:
             h0, w0, h1, w1 = box
             kwargs["box"] = self._xy(np.array([[h0, w0], [h1, w1]])).reshape(1, 4)
+        kwargs = {name: value.to(self.device) for name, value in kwargs.items()}
         with torch.inference_mode():
             masks, iou = self.model.decode(self.embedding, mask=previous, multimask=True, **kwargs)
             best = masks[:, int(iou[0].argmax())][:, None]  # (1, 1, 64, 64)
             logits = F.interpolate(best, size=(self.size, self.size), mode="bilinear", align_corners=False)
             logits = F.interpolate(logits, size=self.shape, mode="bilinear", align_corners=False)
-        return logits[0, 0].numpy(), best
+        return logits[0, 0].cpu().numpy(), best

@@ -111,21 +111,22 @@ class SamMed3DMethod(Method):
             raise ValueError(f"{self.name}: simulated clicks need the ground truth (prompt.truth)")
         size = self.model.img_size
         cube, cube_truth, crop = prepare(volume, spacing, prompt.truth, size)
+        device = next(self.model.parameters()).device  # inputs go where the model is; masks come back to the CPU
         with torch.inference_mode():
-            embedding = self.model.encode(torch.from_numpy(cube)[None, None])
-        state = {"low": torch.zeros(1, 1, *(size // 4,) * 3)}
+            embedding = self.model.encode(torch.from_numpy(cube)[None, None].to(device))
+        state = {"low": torch.zeros(1, 1, *(size // 4,) * 3, device=device)}
 
         def predict(points, labels, previous):
             with torch.inference_mode():
                 low, _ = self.model.decode(
                     embedding,
-                    points=torch.as_tensor(points, dtype=torch.float32)[None],
-                    labels=torch.as_tensor(labels, dtype=torch.long)[None],
+                    points=torch.as_tensor(points, dtype=torch.float32, device=device)[None],
+                    labels=torch.as_tensor(labels, dtype=torch.long, device=device)[None],
                     mask=state["low"],
                 )
                 state["low"] = low
                 logits = F.interpolate(low, size=(size,) * 3, mode="trilinear", align_corners=False)
-            return logits[0, 0].numpy()
+            return logits[0, 0].cpu().numpy()
 
         cube_mask, _ = click_correction(predict, cube_truth, central_point(cube_truth), self.clicks)
         return paste(cube_mask, crop)

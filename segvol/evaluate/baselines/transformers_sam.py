@@ -29,6 +29,7 @@ class TransformersSam(SliceSegmenter):
         import torch
 
         self.model = model.eval()
+        self.device = next(model.parameters()).device  # inputs go where the model is; results come back to the CPU
         self.style = style
         self.size = int(model.config.vision_config.image_size)
         self.torch = torch
@@ -55,7 +56,7 @@ class TransformersSam(SliceSegmenter):
         padded = torch.zeros(1, 3, self.size, self.size)
         padded[:, :, : resized[0], : resized[1]] = tensor
         with torch.inference_mode():
-            self.embedding = self.model.get_image_embeddings(padded)
+            self.embedding = self.model.get_image_embeddings(padded.to(self.device))
         self.resized = resized
 
     def predict(self, points, labels, box, previous):
@@ -73,6 +74,7 @@ class TransformersSam(SliceSegmenter):
             kwargs["input_boxes"] = torch.tensor(corners, dtype=torch.float32)[None, None]
         if previous is not None:
             kwargs["input_masks"] = previous
+        kwargs = {name: value.to(self.device) for name, value in kwargs.items()}
         with torch.inference_mode():
             output = self.model(image_embeddings=self.embedding, multimask_output=False, **kwargs)
         low = output.pred_masks[:, 0]  # (1, 1, h, w) low-resolution logits, fed back as input_masks
@@ -80,7 +82,7 @@ class TransformersSam(SliceSegmenter):
                                                    align_corners=False)
         upscaled = upscaled[..., : self.resized[0], : self.resized[1]]
         logits = torch.nn.functional.interpolate(upscaled, size=self.shape, mode="bilinear", align_corners=False)
-        return logits[0, 0].numpy(), low
+        return logits[0, 0].cpu().numpy(), low
 
 
 def _rename_original_sam(state: dict) -> dict:

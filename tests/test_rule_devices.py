@@ -1,0 +1,96 @@
+"""Rules hand each model-running job the device and the CPU threads it was given."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from tests.test_workflow import REPO, assert_ok, snakemake
+
+MODEL_RULES = ["pretrain", "finetune", "evaluate_cases", "table3", "scaling_cases", "prompt_cases", "figure5",
+               "table6", "rotation", "mri"]
+
+
+def shell_commands(output: str) -> dict[str, list[str]]:
+    """rule -> the shell commands a `-n -p` dry run printed for it."""
+    commands: dict[str, list[str]] = {}
+    for block in re.split(r"\n(?=\[[^\n]*\]\n(?:local)?rule )", output):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, flags=re.M)
+        command = re.search(r"^Shell command: (.*)$", block, flags=re.M)
+        if rule and command:
+            commands.setdefault(rule.group(1), []).append(command.group(1))
+    return commands
+
+
+def test_every_model_rule_passes_device_and_threads():
+    text = "\n".join((REPO / "workflow" / "rules" / f"{name}.smk").read_text(encoding="utf-8")
+                     for name in ("pretrain", "finetune", "evaluate"))
+    for rule in MODEL_RULES:
+        body = text.split(f"rule {rule}:", 1)[1].split("\nrule ", 1)[0]
+        assert "--device {params.device}" in body and "device=job_device" in body, rule
+        assert "--threads {threads}" in body, rule
+
+
+def test_demo_jobs_run_on_the_cpu_unless_given_a_gpu():
+    output = assert_ok(snakemake("-n", "-p", "results/table3.csv", "--set-resources", "table3:gpu=1"))
+    commands = shell_commands(output)
+    for rule in ("pretrain", "finetune"):
+        assert all("--device cpu" in command for command in commands[rule]), commands[rule]
+    assert all("--device cuda" in command for command in commands["table3"]), commands["table3"]
+
+
+def test_slurm_gpu_jobs_get_cuda_and_the_threads_of_their_cpus():
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text(encoding="utf-8"))
+    gpu_rules = {rule for rule, values in profile["set-resources"].items() if "cpus_per_gpu" in values}
+    assert gpu_rules >= {"pretrain", "finetune", "evaluate_cases", "table3"}
+    for rule in gpu_rules:
+        assert profile["set-threads"][rule] == profile["set-resources"][rule]["cpus_per_gpu"], rule
+    # --cores: a dry run caps threads at the local cores; a Slurm job is capped by its allocation only
+    output = assert_ok(snakemake("-n", "-p", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
+                                 "--cores", "64", "results/table2.csv", "results/table3.csv"))
+    commands = shell_commands(output)
+    for rule in ("pretrain", "finetune", "evaluate_cases", "table3"):
+        assert commands.get(rule), f"{rule} missing from the dry run"
+        for command in commands[rule]:
+            assert "--device cuda" in command and "--threads 8" in command, command
+
+
+@pytest.mark.parametrize("options", [[], ["--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
+                                            "--cores", "64"]], ids=["demo", "paper-slurm"])
+def test_every_rule_command_line_parses_with_segvol(options):
+    """Each shell command of the whole DAG is accepted by `segvol`'s own parser, so a renamed flag
+    (e.g. pseudo's --threads -> --jobs) cannot leave a rule behind."""
+    import shlex
+
+    from segvol.cli import build_parser
+
+    commands = shell_commands(assert_ok(snakemake("-n", "-p", *options)))
+    assert set(MODEL_RULES) <= set(commands)
+    checked = 0
+    for rule, lines in commands.items():
+        for line in lines[:2]:
+            if line == "None":  # `rule all` runs nothing
+                continue
+            words = shlex.split(line.split(" > ", 1)[0])
+            if words[0] == "torchrun":
+                words = ["segvol", *words[words.index("segvol") + 1:]]
+            assert words[0] == "segvol", f"{rule}: {line}"
+            args = build_parser(words[1]).parse_args(words[1:])
+            assert args.command == words[1]
+            checked += 1
+    assert checked >= len(MODEL_RULES)
+
+
+def test_readme_local_gpu_line_gives_evaluation_the_gpu():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = [line for line in re.findall(r"`(snakemake [^`]*)`", readme) if "--set-resources" in line]
+    assert lines, "README.md lost its local-GPU example"
+    import shlex
+
+    for line in lines:
+        commands = shell_commands(assert_ok(snakemake(*shlex.split(line)[1:], "-n", "-p")))
+        for rule in ("evaluate_cases", "table3"):
+            assert commands[rule] and all("--device cuda" in command for command in commands[rule]), rule
+        assert all("--device cpu" in command for command in commands["table6"])
