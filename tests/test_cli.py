@@ -76,10 +76,7 @@ def _flag_helps(command):
     return helps
 
 
-@pytest.mark.parametrize("command", [
-    *sorted(set(SUBCOMMANDS) - {"download"}),
-    pytest.param("download", marks=pytest.mark.xfail(strict=True, reason="segvol/download/cli.py still has --no-progress")),
-])
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
 def test_shared_flags_have_one_meaning(command):
     import argparse
 

@@ -292,7 +292,7 @@ def _cli(*argv) -> int:
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args(["--no-progress", *map(str, argv)])
+    args = parser.parse_args(["--quiet", *map(str, argv)])
     try:
         return cli.run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

@@ -157,7 +157,7 @@ def test_cli_refuses_plain_http_in_one_line(servers, tmp_path):
     registry.write_text(yaml.safe_dump({"datasets": {"Plain": entry}}))
     result = subprocess.run(
         [sys.executable, "-m", "segvol.cli", "download", "--dataset", "Plain", "--registry", str(registry),
-         "--out", str(tmp_path / "raw" / "Plain"), "--downloads", str(tmp_path / "dl"), "--no-progress"],
+         "--out", str(tmp_path / "raw" / "Plain"), "--downloads", str(tmp_path / "dl"), "--quiet"],
         capture_output=True, text=True, timeout=120, check=False, cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 2

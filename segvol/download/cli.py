@@ -48,6 +48,8 @@ import os
 import shutil
 from pathlib import Path
 
+from segvol.cli_options import add_common_arguments
+
 log = logging.getLogger("segvol.download")
 
 
@@ -56,8 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", help="registry YAML (default: download.registry = config/datasets.yaml)")
     parser.add_argument("--out", help="raw dataset folder to create (e.g. data/raw/<dataset>)")
     parser.add_argument("--downloads", default="data/downloads", help="where verified archives are kept (default: %(default)s)")
-    parser.add_argument("--params", default="{}", help="the download: config block as JSON")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_common_arguments(parser, params="download", quiet=True)
     parser.add_argument("--list", action="store_true", help="list the registry and exit")
 
 
@@ -222,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     fetch_kwargs = {
         "retries": settings["retries"],
         "timeout_s": settings["timeout_s"],
-        "progress": not args.no_progress,
+        "progress": not args.quiet,
     }
     # Manual files are checked before the output folder is touched.
     manual_paths = _manual(base, entry, settings) if kind == "manual" else []

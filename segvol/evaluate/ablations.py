@@ -166,7 +166,7 @@ def run_fig3a(args, settings) -> int:
         frame = pd.read_parquet(path).dropna(subset=["dice"])
         for run, block in frame.groupby("method"):
             dice = block["dice"].to_numpy()
-            interval = median_interval(dice, seed=args.seed)
+            interval = median_interval(dice)
             rows.append({"run": run, "n_datasets": run_number(run, args.total), "median_dice": np.median(dice),
                          "ci_low": interval.low, "ci_high": interval.high,
                          "q25": np.quantile(dice, 0.25), "q75": np.quantile(dice, 0.75),
@@ -201,8 +201,8 @@ def run_fig3b(args, settings) -> int:
     overall.insert(0, "category", "All")
     from segvol.evaluate.statistics import grouped_intervals
 
-    summary = summary.merge(grouped_intervals(frame, ["category", "prompt"], seed=args.seed), how="left")
-    overall = overall.merge(grouped_intervals(frame, ["prompt"], seed=args.seed), how="left")
+    summary = summary.merge(grouped_intervals(frame, ["category", "prompt"]), how="left")
+    overall = overall.merge(grouped_intervals(frame, ["prompt"]), how="left")
     summary = pd.concat([summary, overall], ignore_index=True)
     order = [k for k in PROMPT_KINDS if k in set(summary["prompt"])]
     write_csv(summary, args.out)
@@ -440,7 +440,7 @@ def run_statistics(args, settings) -> int:
     from segvol.evaluate.tables import table2_statistics, write_csv
 
     per_case = pd.read_parquet(args.per_case)
-    write_csv(table2_statistics(per_case, seed=args.seed), args.out)
+    write_csv(table2_statistics(per_case), args.out)
     return 0
 
 
@@ -464,7 +464,7 @@ def run_gallery(args, settings) -> int:
     picks = pictures.pick_cases(pd.read_parquet(args.per_case))
     stores = {dataset_name(open_store(path), path): path for path in args.zarr}
     methods = [SegVolMethod(_model(args), prompt=settings["prompt"], mode="zoom", overlap=settings["overlap"])]
-    methods += build_baselines(settings["methods"], settings["baseline_checkpoints"])[0]
+    methods += build_baselines(settings["methods"], settings["baseline_checkpoints"], device=args.device)[0]
     rows = []
     for pick in picks.itertuples():
         if pick.dataset not in stores:
@@ -540,7 +540,7 @@ def run_interactive(args, settings) -> int:
     from segvol.evaluate.tables import write_csv
 
     methods = [SegVolMethod(_model(args), prompt="box+point", mode="zoom", overlap=settings["overlap"])]
-    baselines, reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"])
+    baselines, reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"], device=args.device)
     methods += [m for m in baselines if hasattr(m, "step_predictor")]
     for name, reason in reasons.items():
         log.info("%s: %s", name, reason)

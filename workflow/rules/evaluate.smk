@@ -326,13 +326,12 @@ rule table2_statistics:
         ),
     params:
         settings=lambda wc: stage_json("evaluate"),
-        seed=config["seed"],
     log:
         "logs/table2_statistics.log",
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol evaluate statistics --per-case {input} --out {output} --seed {params.seed}"
+        "segvol evaluate statistics --per-case {input} --out {output}"
         " --params {params.settings:q} > {log} 2>&1"
 
 
@@ -354,6 +353,7 @@ rule interactive:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/interactive.log",
     threads: 2
@@ -361,7 +361,7 @@ rule interactive:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate interactive --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
-        " --per-step {output.per_step} --png {output.png} --threads {threads} --seed {params.seed}"
+        " --per-step {output.per_step} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
@@ -378,6 +378,7 @@ rule gallery:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/gallery.log",
     threads: 2
@@ -385,7 +386,7 @@ rule gallery:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate gallery --checkpoint {input.model} --zarr {input.zarr} --per-case {input.per_case}"
-        " --png {output} --threads {threads} --seed {params.seed} --params {params.settings:q}"
+        " --png {output} --threads {threads} --device {params.device} --seed {params.seed} --params {params.settings:q}"
         " --model {params.model:q} > {log} 2>&1"
 
 
@@ -401,6 +402,7 @@ rule figure4:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
+        device=job_device,
     log:
         "logs/figure4.log",
     threads: 2
@@ -408,5 +410,5 @@ rule figure4:
         "../../envs/segvol.yaml"
     shell:
         "segvol evaluate fig4 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
-        " --png {output.png} --threads {threads} --seed {params.seed} --params {params.settings:q}"
+        " --png {output.png} --threads {threads} --device {params.device} --seed {params.seed} --params {params.settings:q}"
         " --model {params.model:q} > {log} 2>&1"

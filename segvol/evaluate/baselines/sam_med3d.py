@@ -137,9 +137,10 @@ class SamMed3DMethod(Method):
         previous low-resolution logits are its mask prompt, as in its validation loop."""
         size = self.model.img_size
         cube, _, crop = prepare(volume, spacing, truth, size)
+        device = next(self.model.parameters()).device
         with torch.inference_mode():
-            embedding = self.model.encode(torch.from_numpy(cube)[None, None])
-        state = {"low": torch.zeros(1, 1, *(size // 4,) * 3)}
+            embedding = self.model.encode(torch.from_numpy(cube)[None, None].to(device))
+        state = {"low": torch.zeros(1, 1, *(size // 4,) * 3, device=device)}
         scale = np.asarray(crop.resampled_shape, dtype=float) / np.asarray(crop.original_shape, dtype=float)
 
         def predict(box, points, labels, previous):
@@ -148,13 +149,13 @@ class SamMed3DMethod(Method):
             with torch.inference_mode():
                 low, _ = self.model.decode(
                     embedding,
-                    points=torch.as_tensor(np.round(in_cube), dtype=torch.float32)[None],
-                    labels=torch.as_tensor(labels, dtype=torch.long)[None],
+                    points=torch.as_tensor(np.round(in_cube), dtype=torch.float32, device=device)[None],
+                    labels=torch.as_tensor(labels, dtype=torch.long, device=device)[None],
                     mask=state["low"],
                 )
                 state["low"] = low
                 logits = F.interpolate(low, size=(size,) * 3, mode="trilinear", align_corners=False)
-            return paste(logits[0, 0].numpy() > 0, crop)
+            return paste(logits[0, 0].cpu().numpy() > 0, crop)
 
         predict.takes_box = False
         return predict
