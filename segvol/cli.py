@@ -23,6 +23,12 @@ SUBCOMMANDS = {
 }
 
 
+def _version() -> str:
+    from segvol import __version__
+
+    return __version__
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s module is imported (none for `segvol --help`)."""
     parser = argparse.ArgumentParser(
@@ -30,6 +36,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="SegVol: universal, promptable 3D CT segmentation (NeurIPS 2024), reproducible.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"segvol {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, summary) in SUBCOMMANDS.items():
         if name != command:

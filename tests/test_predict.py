@@ -95,12 +95,12 @@ def test_overlapping_categories_most_probable_wins(tmp_path):
     path = tmp_path / "ct.nii.gz"
     hu = write_phantom(path)
     records = [{"name": "a", "box": [10, 5, 20, 30, 15, 50]}, {"name": "b", "box": [20, 8, 30, 40, 20, 60]}]
-    predict_file(BoxModel((8, 32, 32)), path, tmp_path / "s.nii.gz", records, probabilities=tmp_path / "p")
+    predict_file(BoxModel((8, 32, 32)), path, tmp_path / "s.nii.gz", records, probabilities=True)
     labels = np.asarray(nib.load(str(tmp_path / "s.nii.gz")).dataobj)
     a, b = box_mask(hu.shape, records[0]["box"]), box_mask(hu.shape, records[1]["box"])
     assert np.all(labels[a & ~b] == 1) and np.all(labels[b & ~a] == 2) and np.all(labels[~a & ~b] == 0)
     assert set(np.unique(labels[a & b])) <= {1, 2}  # equal logits there: either is right
-    probabilities = nib.load(str(tmp_path / "p" / "01_a.nii.gz"))
+    probabilities = nib.load(str(tmp_path / "s_probabilities" / "01_a.nii.gz"))
     assert probabilities.get_data_dtype() == np.float32 and probabilities.shape == hu.shape
     np.testing.assert_array_equal(np.asarray(probabilities.dataobj) > 0.5, a)
 
@@ -139,14 +139,14 @@ def test_cli_with_tiny_random_weights(shared_data, tmp_path):
     out = tmp_path / "seg.nii.gz"
     code = main(["predict", str(path), "-o", str(out), "--random-weights", "--preset", "tiny",
                  "--text", "liver", "--box", "20", "20", "5", "80", "70", "25", "--point", "50", "45", "15",
-                 "--negative-point", "10", "10", "10", "--probabilities", str(tmp_path / "prob"), "--device", "cpu"])
+                 "--negative-point", "10", "10", "10", "--probabilities", "--device", "cpu"])
     assert code == 0
     source = nib.load(str(path))
     written = nib.load(str(out))
     assert written.shape == source.shape
     np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
-    probability = np.asarray(nib.load(str(tmp_path / "prob" / "01_liver.nii.gz")).dataobj)
+    probability = np.asarray(nib.load(str(tmp_path / "seg_probabilities" / "01_liver.nii.gz")).dataobj)
     assert probability.min() >= 0 and probability.max() <= 1
     np.testing.assert_array_equal(probability > 0.5, np.asarray(written.dataobj) == 1)
     sidecar = json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))
@@ -210,4 +210,4 @@ def test_cli_loads_our_checkpoint(tmp_path):
     np.testing.assert_allclose(written.affine, NON_RAS_AFFINE)
     mask = np.asarray(written.dataobj) == 1
     assert not np.any(mask & ~box_mask(hu.shape, [10, 5, 10, 30, 20, 40]))  # the box limit
-    assert json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))["weights"].endswith("tiny.safetensors")
+    assert json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))["weights"]["checkpoint"].endswith("tiny.safetensors")

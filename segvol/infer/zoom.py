@@ -229,7 +229,7 @@ def _embed_texts(model, prompts: Sequence[Prompt], device: torch.device) -> dict
 def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
             overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
             device: str | torch.device | None = None, progress: bool = False,
-            box_limits: bool = True) -> torch.Tensor:
+            box_limits: bool = True, embeddings: dict | None = None) -> torch.Tensor:
     """Segment a canonical volume for K prompts.
 
     Args:
@@ -244,6 +244,8 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
         device: where the model runs (default: where its parameters are). Stitching stays on CPU.
         progress: show a tqdm bar over windows.
         box_limits: nothing outside a prompt's box is foreground (False: the box is only a hint).
+        embeddings: a dict kept between calls on the same volume (`segvol.infer.session`): image
+            embeddings of the zoom-out view and of each window are stored there and reused.
 
     Returns:
         ``(K, D, H, W)`` float32 logits on the CPU (sigmoid > 0.5 = inside), ``OUTSIDE_LOGIT``
@@ -271,7 +273,8 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
     try:
         with torch.no_grad():
             logits = _segment(model, volume, list(prompts), mode, overlap, sw_batch_size, decode_batch_size,
-                              device, window_size, progress, box_limits)
+                              device, window_size, progress, box_limits,
+                              _Embeddings(model, device, {} if embeddings is None else embeddings))
     finally:
         model.train(was_training)
     if box_limits:
@@ -301,8 +304,25 @@ def _coarse_roi(coarse: torch.Tensor, box: np.ndarray | None) -> np.ndarray | No
     return None if inside is None else inside + np.tile(box[:3], 2)
 
 
+class _Embeddings:
+    """Image embeddings by view: ``("zoom-out",)`` or ``("window", start, size)``; computed on
+    first use, kept in ``store`` (one ``(C, d, h, w)`` tensor each) so later calls reuse them."""
+
+    def __init__(self, model, device, store: dict) -> None:
+        self.model, self.device, self.store = model, device, store
+
+    def get(self, keys: list[tuple], patches) -> torch.Tensor:
+        """``(len(keys), C, d, h, w)``; ``patches()`` gives the ``(N, 1, D, H, W)`` inputs of the missing keys."""
+        missing = [key for key in keys if key not in self.store]
+        if missing:
+            encoded = self.model.encode_image(patches(missing).to(self.device))
+            for key, embedding in zip(missing, encoded):
+                self.store[key] = embedding
+        return torch.stack([self.store[key] for key in keys])
+
+
 def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_size, device, window_size,
-             progress, box_limits) -> torch.Tensor:
+             progress, box_limits, cache: _Embeddings) -> torch.Tensor:
     decoder = _Decoder(model, _embed_texts(model, prompts, device), device, decode_batch_size)
     crop_box = foreground_box(volume)
     crop_start = crop_box[:3]
@@ -316,7 +336,7 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
 
     coarse = None
     if mode in ("zoom", "resize"):
-        coarse = _zoom_out(model, decoder, crop, local, window_size, device)
+        coarse = _zoom_out(cache, decoder, crop, local, window_size)
         for k in range(len(prompts)):
             resize_nearest_exact(coarse[k], crop_shape, out=crop_logits[k])
         if mode == "resize":
@@ -365,13 +385,14 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
             for job in window_jobs:
                 job.view_index = view_index
                 jobs.append(job)
-        patches = torch.stack([extract_window(crop, window) for window, _ in batch])[:, None].to(device)
-        embeddings = model.encode_image(patches)
+        by_key = {("window", window.start, window.size): window for window, _ in batch}
+        embeddings = cache.get(list(by_key), lambda keys: torch.stack(
+            [extract_window(crop, by_key[key]) for key in keys])[:, None])
         for job, window_logits in decoder.run(embeddings, jobs):
             if job.prompt_index not in stitchers:
                 stitchers[job.prompt_index] = LogitStitcher(crop_logits[job.prompt_index])
             stitchers[job.prompt_index].add(batch[job.view_index][0], window_logits)
-        del embeddings, patches
+        del embeddings
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
@@ -381,15 +402,14 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
     return logits
 
 
-def _zoom_out(model, decoder: _Decoder, crop: torch.Tensor, prompts: list[Prompt], window_size, device):
+def _zoom_out(cache: _Embeddings, decoder: _Decoder, crop: torch.Tensor, prompts: list[Prompt], window_size):
     """Zoom-out pass: ``(K, *window_size)`` coarse logits (CPU) of the crop resized to the model size."""
     to_zoom = VoxelMap.resize(crop.shape, window_size)
-    zoomed = resize_nearest_exact(crop, window_size)
     jobs = []
     for k, prompt in enumerate(prompts):
         mapped = prompt.mapped(to_zoom, window_size)
         jobs.append(DecodeJob(0, k, mapped.text, mapped.box, mapped.points, mapped.point_labels))
-    embedding = model.encode_image(zoomed[None, None].to(device))
+    embedding = cache.get([("zoom-out",)], lambda keys: resize_nearest_exact(crop, window_size)[None, None])
     coarse = torch.empty((len(prompts), *window_size), dtype=torch.float32)
     for job, value in decoder.run(embedding, jobs):
         coarse[job.prompt_index] = value
