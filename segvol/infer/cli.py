@@ -397,11 +397,9 @@ def run(args) -> int:
 
     checked = prompts_from_records(records if not args.world else _strip_coordinates(records), source="prompts")
     names = [p.label for p in checked]
-    device = resolve_device(args.device)
     threads = getattr(args, "threads", None)
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads {threads}: need at least 1")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads {threads}: need at least 1")
     inputs = expand_inputs(args.inputs)
     protected = [*inputs, *(Path(p) for p in (args.prompts, args.checkpoint) if p and "://" not in str(p))]
     plans = [plan_outputs(path, label, names, args.masks, args.probabilities, args.dicom_seg)
@@ -416,6 +414,9 @@ def run(args) -> int:
     if not todo:
         log.info("nothing to do: every input is finished")
         return 0
+    log.info("%d input(s) to segment (%d finished before); %d categor%s", len(todo), len(plans) - len(todo),
+             len(names), "y" if len(names) == 1 else "ies")
+    device = resolve_device(args.device)  # imports torch: after the first line the user sees
     if threads is not None:
         import torch
 
