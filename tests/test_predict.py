@@ -211,3 +211,45 @@ def test_cli_loads_our_checkpoint(tmp_path):
     mask = np.asarray(written.dataobj) == 1
     assert not np.any(mask & ~box_mask(hu.shape, [10, 5, 10, 30, 20, 40]))  # the box limit
     assert json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))["weights"]["checkpoint"].endswith("tiny.safetensors")
+
+
+def oblique_phantom(path, degrees=20.0):
+    """A CT whose grid is rotated by ``degrees`` about the z axis, with a bright ellipsoid."""
+    angle = np.deg2rad(degrees)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([1.5, 1.5, 2.5])
+    affine[:3, 3] = [-30.0, 10.0, -50.0]
+    shape = (60, 60, 30)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    hu = np.full(shape, 0, np.int16)
+    hu[2:-2, 2:-2, 1:-1] = 40
+    organ = (((grid - [30, 28, 15]) / [14, 6, 7]) ** 2).sum(axis=-1) <= 1
+    hu[organ] = 200
+    nib.save(nib.Nifti1Image(hu, affine), str(path))
+    return affine, organ
+
+
+def test_world_box_on_an_oblique_image_covers_the_object(tmp_path):
+    from segvol.infer.cli import world_to_voxel_records
+
+    path = tmp_path / "oblique.nii.gz"
+    affine, organ = oblique_phantom(path)
+    world = nib.affines.apply_affine(affine, np.argwhere(organ))
+    world_box = [*world.min(axis=0), *world.max(axis=0)]  # what a viewer's RAS+ box around it gives
+    image = read_image(path)
+    voxel_box = np.array(world_to_voxel_records([{"box": world_box}], image)[0]["box"])
+    assert np.all(box_mask(organ.shape, voxel_box)[organ])
+    # the test can tell: the two mapped corners alone leave part of the object outside
+    two = np.floor(nib.affines.apply_affine(np.linalg.inv(affine), np.reshape(world_box, (2, 3))) + 0.5)
+    two_box = np.concatenate([two.min(axis=0), two.max(axis=0)]).astype(int)
+    assert not np.all(box_mask(organ.shape, two_box)[organ])
+
+    predict_file(BoxModel((8, 32, 32)), path, tmp_path / "seg.nii.gz", [{"name": "organ", "box": world_box}],
+                 world=True, mode="window")
+    mask = np.asarray(nib.load(str(tmp_path / "seg.nii.gz")).dataobj) == 1
+    assert np.all(mask[organ])
+    manifest = json.loads((tmp_path / "seg.json").read_text())
+    assert manifest["prompts"][0]["box"] == voxel_box.tolist()
+    np.testing.assert_allclose(manifest["prompts"][0]["box_world"],
+                               nib.affines.apply_affine(affine, voxel_box.reshape(2, 3)).reshape(-1), atol=1e-3)
