@@ -110,7 +110,9 @@ def read_itk(path: Path) -> SourceVolume:
     return _itk_to_source(image, path, "itk")
 
 
-def read_dicom_series(folder: Path) -> SourceVolume:
+def dicom_series_files(folder: Path) -> tuple[str, list[str]]:
+    """(series id, its files in slice order) of the series `read_dicom_series` reads: the largest
+    one in the folder; GDCM orders the files by position along the slice normal."""
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
@@ -122,7 +124,14 @@ def read_dicom_series(folder: Path) -> SourceVolume:
     if len(series_ids) > 1:
         log.warning("%s holds %d DICOM series; reading the largest (%s, %d files)",
                     folder, len(series_ids), series_id, len(files_by_series[series_id]))
-    files = files_by_series[series_id]
+    return series_id, list(files_by_series[series_id])
+
+
+def read_dicom_series(folder: Path) -> SourceVolume:
+    import SimpleITK as sitk
+
+    series_id, files = dicom_series_files(folder)
+    reader = sitk.ImageSeriesReader()
     if len(files) < 2:
         raise ValueError(f"{folder}: DICOM series {series_id} has a single slice; expected a 3-D volume")
     reader.SetFileNames(files)
