@@ -56,8 +56,9 @@ def test_image_embeddings_are_computed_once_per_view():
     encoded = model.images_encoded
     assert encoded >= 2  # zoom-out view + at least one window
     session.add_point("a", (9, 30, 20))
+    session.add_text("a", "liver")
     session.mask("a")
-    session.set_box("a", (5, 12, 10, 13, 48, 38))  # same windows
+    session.remove_point("a", 0)
     mask = session.mask("a")
-    assert model.images_encoded == encoded
-    assert mask[5:14, 12:49, 10:39].all() and mask.sum() == 9 * 37 * 29
+    assert model.images_encoded == encoded  # edits cost decoder passes only
+    assert mask[4:15, 10:51, 8:41].all() and mask.sum() == 11 * 41 * 33

@@ -6,13 +6,15 @@
 2. zoom-out: nearest-exact resize of the crop to the model size, prompts mapped with the same
    `VoxelMap`, one image embedding, every prompt decoded from it;
 3. coarse logits back onto the crop (nearest-exact);
-4. zoom-in: per prompt, windows of a fixed 0.5-overlap lattice over the bounding box of its
-   coarse mask (inside the prompt's box when boxes are limits; `roi_windows`: one window per axis
-   where it fits in one, else all that meet it); each window is encoded once for all prompts that need it, each prompt gets its own
-   per-window box/points, window logits are averaged and replace the coarse logits;
+4. zoom-in: per prompt, the fewest windows over the bounding box of its coarse mask (inside
+   the prompt's box when boxes are limits; `roi_windows`: never more per axis than the
+   release, positions of a shared 0.5-overlap lattice where that costs nothing extra); each
+   window is encoded once for all prompts that need it, each prompt gets its own per-window
+   box/points, window logits are averaged and replace the coarse logits;
 5. everything pasted back into the uncropped volume.
 
-Per-window prompts (differences from the release are marked *):
+Every deviation from the released loop is listed with its reason and measured effect in
+docs/differences-from-release.md. Per-window prompts (differences from the release are marked *):
 - text: the prompt's text in every window;
 - box: the part of the user's box inside the window* (the release used the coarse-mask box
   whenever there was more than one window); windows the box does not reach are skipped for that
@@ -39,7 +41,7 @@ import torch
 
 from segvol.infer.geometry import VoxelMap, box_is_empty, box_slices, nearest_exact_indices
 from segvol.infer.prompts import Prompt
-from segvol.infer.windows import LogitStitcher, Window, extract_window, window_lattice
+from segvol.infer.windows import LogitStitcher, Window, extract_window, window_lattice, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -137,25 +139,39 @@ def _mask_box(mask: torch.Tensor) -> np.ndarray | None:
     return np.array(lower + upper, dtype=np.int64)
 
 
-def roi_windows(lattice: list[Window], roi: np.ndarray) -> list[int]:
-    """Indices of the lattice windows that zoom in on an inclusive ROI box.
+def roi_windows(crop_shape: Sequence[int], window: Sequence[int], overlap: float, roi: np.ndarray) -> list[Window]:
+    """The fewest windows that zoom in on an inclusive ROI box (crop voxels); see
+    docs/differences-from-release.md, "Zoom-in windows".
 
-    Per axis, like the release's ROI grown to the window size: if one window position holds
-    the ROI's whole extent, only the one centred best on it; otherwise every position meeting the
-    ROI (0.5-overlapping windows, averaged). Small organs thus cost one window, not 2-3 per axis.
+    Per axis, never more positions than the release's sliding window over its ROI (one where
+    the ROI fits in a window, else MONAI's positions over the ROI extent):
+    1. a position of the shared 0.5-overlap lattice (`window_lattice`) when enough of them
+       cover the ROI: windows then coincide between prompts and are encoded once for all;
+    2. else windows placed on the ROI itself: one centred on it (moved inside the crop), or
+       the release's positions from the ROI's start with the last one flush with its end.
     """
-    chosen = []
+    lattice = window_lattice(crop_shape, window, overlap)
+    per_axis = []
     for axis in range(3):
-        size = lattice[0].size[axis]
-        starts = sorted({w.start[axis] for w in lattice})
+        size, extent_of_crop = int(window[axis]), int(crop_shape[axis])
         lo, hi = int(roi[axis]), int(roi[axis + 3])
-        holding = [s for s in starts if s <= lo and hi < s + size]
+        extent = hi - lo + 1
+        release = [lo + s for s in window_starts(max(extent, size), size, overlap)] if extent > size else None
+        shared = sorted({w.start[axis] for w in lattice})
+        holding = [s for s in shared if s <= lo and hi < s + size]
+        meeting = [s for s in shared if s <= hi and lo < s + size]
         if holding:
             centre = (lo + hi) / 2
-            chosen.append({min(holding, key=lambda s: abs(s + (size - 1) / 2 - centre))})
-        else:
-            chosen.append({s for s in starts if s <= hi and lo < s + size})
-    return [i for i, w in enumerate(lattice) if all(w.start[a] in chosen[a] for a in range(3))]
+            per_axis.append([min(holding, key=lambda s: abs(s + (size - 1) / 2 - centre))])
+        elif release is not None and len(meeting) <= len(release):
+            per_axis.append(meeting)
+        elif release is not None:
+            per_axis.append(release)
+        else:  # the ROI fits in one window but no lattice position holds it: centre one on it
+            start = lo - (size - extent) // 2
+            per_axis.append([min(max(start, 0), extent_of_crop - size)])
+    size = tuple(int(n) for n in window)
+    return [Window((d, h, w), size) for d in per_axis[0] for h in per_axis[1] for w in per_axis[2]]
 
 
 def _window_job(prompt: Prompt, to_window: VoxelMap, window_size: Sequence[int], view_index: int,
@@ -338,31 +354,31 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
     if mode in ("zoom", "resize"):
         coarse = _zoom_out(cache, decoder, crop, local, window_size)
         for k in range(len(prompts)):
+            # nearest-exact, not the release's nearest: docs/differences-from-release.md
             resize_nearest_exact(coarse[k], crop_shape, out=crop_logits[k])
         if mode == "resize":
             return logits
 
     lattice = window_lattice(crop_shape, window_size, overlap)
-    needed: dict[int, list[int]] = defaultdict(list)  # window -> prompts
+    needed: dict[Window, list[int]] = defaultdict(list)  # window -> prompts
     for k in range(len(prompts)):
         if mode == "window":
-            needed_windows = range(len(lattice))
+            needed_windows = lattice
         else:
             roi = _coarse_roi(crop_logits[k], local[k].box if box_limits else None)
             if roi is None:
                 log.info("zoom-out found nothing for '%s'; keeping the coarse result", prompts[k].label)
                 continue
-            needed_windows = roi_windows(lattice, roi)
-        for i in needed_windows:
-            needed[i].append(k)
+            needed_windows = roi_windows(crop_shape, window_size, overlap, roi)
+        for window in needed_windows:
+            needed[window].append(k)
 
     # Prompts per window first, so that windows no prompt needs are never encoded.
     work: list[tuple[Window, list[DecodeJob]]] = []
-    for window_id in sorted(needed):
-        window = lattice[window_id]
+    for window in sorted(needed, key=lambda w: w.start):
         to_window = VoxelMap.crop(window.start)
         jobs = []
-        for k in needed[window_id]:
+        for k in needed[window]:
             coarse_box = None
             if coarse is not None and local[k].box is None:
                 coarse_box = _coarse_box_in_window(coarse[k], crop_shape, window)
