@@ -253,3 +253,17 @@ def test_world_box_on_an_oblique_image_covers_the_object(tmp_path):
     assert manifest["prompts"][0]["box"] == voxel_box.tolist()
     np.testing.assert_allclose(manifest["prompts"][0]["box_world"],
                                nib.affines.apply_affine(affine, voxel_box.reshape(2, 3)).reshape(-1), atol=1e-3)
+
+
+def test_label_map_built_category_by_category_is_the_most_probable_above_half():
+    from segvol.infer.cli import LabelMapBuilder
+
+    rng = np.random.default_rng(3)
+    logits = torch.from_numpy(rng.normal(0, 2, (4, 20, 9, 7)).astype(np.float32))
+    builder = LabelMapBuilder(logits.shape[1:], 4)
+    for k in range(4):
+        builder.add(k, logits[k])
+    best, index = logits.max(dim=0)
+    expected = np.where(best.numpy() > 0, index.numpy() + 1, 0)
+    np.testing.assert_array_equal(builder.labels, expected)
+    assert len(np.unique(expected)) == 5  # every category wins somewhere, and background too

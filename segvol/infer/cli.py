@@ -8,7 +8,7 @@ Outputs per input, next to each other: the label map <stem>.nii.gz on exactly th
 (category i -> value i+1; where categories overlap the most probable wins) and the run manifest
 <stem>.json (labels, prompts in voxel and world coordinates, segvol version, checkpoint sha256,
 device, timings, the files written). On request: --masks (<stem>_masks/NN_<name>.nii.gz, one
-binary mask per category), --probabilities (<stem>_probabilities/NN_<name>.nii.gz, float32),
+binary mask per category, probability > 0.5, overlaps kept), --probabilities (<stem>_probabilities/NN_<name>.nii.gz, float32),
 --dicom-seg (<stem>.seg.dcm, a DICOM Segmentation referencing the series; DICOM input only).
 With one input, -o names the label map; with several, -o is a folder.
 
@@ -370,20 +370,35 @@ def load_model(args, device):
     return model.to(device).eval(), weights
 
 
-def label_map(logits):
-    """(K, D, H, W) logits -> (D, H, W) int: 0 background, k+1 where category k is the most probable
-    of those with probability > 0.5. Slab by slab, so no (K, D, H, W) temporary."""
-    import numpy as np
-    import torch
+class LabelMapBuilder:
+    """Builds the label map one category at a time (0 background, k+1 where category k is the
+    most probable of those with probability > 0.5; on exact ties the earlier category wins).
 
-    K = logits.shape[0]
-    dtype = np.uint8 if K < 255 else np.int16
-    labels = np.zeros(logits.shape[1:], dtype=dtype)
-    for first in range(0, logits.shape[1], 16):
-        best, index = logits[:, first:first + 16].max(dim=0)
-        slab = torch.where(best > 0, index + 1, torch.zeros_like(index))
-        labels[first:first + 16] = slab.numpy().astype(dtype)
-    return labels
+    Memory: the label map and one float32 best-logit volume, whatever the number of categories,
+    instead of a (K, D, H, W) stack of logits.
+    """
+
+    def __init__(self, shape, categories: int) -> None:
+        import numpy as np
+        import torch
+
+        self.labels = np.zeros(shape, dtype=np.uint8 if categories < 255 else np.int16)
+        self.best = torch.zeros(shape, dtype=torch.float32)
+
+    def add(self, k: int, logits) -> None:
+        for first in range(0, logits.shape[0], 16):  # slab by slab: no full-volume temporaries
+            part, best = logits[first:first + 16], self.best[first:first + 16]
+            wins = part > best
+            best[wins] = part[wins]
+            self.labels[first:first + 16][wins.numpy()] = k + 1
+
+
+def label_map(logits):
+    """(K, D, H, W) logits -> (D, H, W) label map, see `LabelMapBuilder`."""
+    builder = LabelMapBuilder(logits.shape[1:], logits.shape[0])
+    for k in range(logits.shape[0]):
+        builder.add(k, logits[k])
+    return builder.labels
 
 
 def run(args) -> int:
@@ -504,7 +519,7 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
     from segvol.infer.session import Session
     from segvol.io import write_like
 
-    timings = {}
+    timings = {"inference": 0.0, "write": 0.0}
     started = time.perf_counter()
     session = Session(model, image, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size,
                       box_limits=box_limits, progress=progress)
@@ -512,22 +527,29 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
     device = next(model.parameters()).device
     log.info("segmenting %d categor%s of %s (%s) on %s, mode %s", len(prompts), "y" if len(prompts) == 1 else "ies",
              plan.input, "x".join(map(str, session.volume.shape)), device, mode)
-    step = time.perf_counter()
-    logits = session.segment(canonical)
-    timings["inference"] = round(time.perf_counter() - step, 3)
-    del session
-
-    step = time.perf_counter()
+    builder = LabelMapBuilder(session.volume.shape, len(prompts))
     written: list[Path] = []
+    folders = {path.parent for path in [*plan.masks, *plan.probabilities] if not path.parent.exists()}
     try:
-        labels = label_map(logits)
-        for k, path in enumerate(plan.masks):
-            write_like((labels == k + 1).astype(np.uint8), image, path)
-            written.append(path)
-        for k, path in enumerate(plan.probabilities):
-            write_like(torch.sigmoid(logits[k]).numpy(), image, path, dtype=np.float32)
-            written.append(path)
-        del logits
+        # One category at a time (image embeddings cached by the session): peak memory holds one
+        # category's logits, not K of them; per-category files are written as they come.
+        for k, prompt in enumerate(canonical):
+            step = time.perf_counter()
+            logits = session.segment([prompt])[0]
+            timings["inference"] += time.perf_counter() - step
+            step = time.perf_counter()
+            builder.add(k, logits)
+            if plan.masks:
+                write_like((logits > 0).numpy().astype(np.uint8), image, plan.masks[k])
+                written.append(plan.masks[k])
+            if plan.probabilities:
+                write_like(torch.sigmoid(logits).numpy(), image, plan.probabilities[k], dtype=np.float32)
+                written.append(plan.probabilities[k])
+            del logits
+            timings["write"] += time.perf_counter() - step
+        del session, builder.best
+        labels = builder.labels
+        step = time.perf_counter()
         if plan.dicom_seg is not None:
             from segvol.io.dicom_seg import write_dicom_seg
 
@@ -535,7 +557,8 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
             written.append(plan.dicom_seg)
         write_like(labels, image, plan.label_map)
         written.append(plan.label_map)
-        timings["write"] = round(time.perf_counter() - step, 3)
+        timings = {key: round(value, 3) for key, value in timings.items()}
+        timings["write"] = round(timings["write"] + time.perf_counter() - step, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -562,6 +585,9 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
     except BaseException:
         for path in written:  # all or nothing
             path.unlink(missing_ok=True)
+        for folder in folders:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise
     for prompt in prompts:
         log.info("%s: %d voxels", prompt.label, manifest["voxels"][prompt.label])
