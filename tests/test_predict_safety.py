@@ -146,3 +146,8 @@ def test_atomic_files_get_umask_permissions_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == 0o644
+
+
+def test_threads_and_quiet_are_accepted_and_checked(tmp_path, ct, capsys, no_model):
+    assert predict(tmp_path, ct, "-o", tmp_path / "s.nii.gz", *BOX, "--threads", "0", "--quiet") == 2
+    assert "--threads 0" in capsys.readouterr().err
