@@ -385,12 +385,17 @@ class LabelMapBuilder:
         self.labels = np.zeros(shape, dtype=np.uint8 if categories < 255 else np.int16)
         self.best = torch.zeros(shape, dtype=torch.float32)
 
-    def add(self, k: int, logits) -> None:
+    def add(self, k: int, logits, region=None) -> None:
+        """Category ``k``'s logits, over the whole volume or the inclusive box ``region``."""
+        from segvol.infer.geometry import box_slices
+
+        where = box_slices(region) if region is not None else (slice(None),) * 3
+        labels, best_all = self.labels[where], self.best[where]
         for first in range(0, logits.shape[0], 16):  # slab by slab: no full-volume temporaries
-            part, best = logits[first:first + 16], self.best[first:first + 16]
+            part, best = logits[first:first + 16], best_all[first:first + 16]
             wins = part > best
             best[wins] = part[wins]
-            self.labels[first:first + 16][wins.numpy()] = k + 1
+            labels[first:first + 16][wins.numpy()] = k + 1
 
 
 def label_map(logits):
@@ -516,6 +521,7 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
     import numpy as np
     import torch
 
+    from segvol.infer.geometry import box_slices
     from segvol.infer.session import Session
     from segvol.io import write_like
 
@@ -535,16 +541,24 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
         # category's logits, not K of them; per-category files are written as they come.
         for k, prompt in enumerate(canonical):
             step = time.perf_counter()
-            logits = session.segment([prompt])[0]
+            region, logits = session.segment_region([prompt])
+            logits = logits[0]
             timings["inference"] += time.perf_counter() - step
             step = time.perf_counter()
-            builder.add(k, logits)
+            builder.add(k, logits, region)
+            where = box_slices(region)  # outside it the logits are OUTSIDE_LOGIT: probability 0
             if plan.masks:
-                write_like((logits > 0).numpy().astype(np.uint8), image, plan.masks[k])
+                mask = np.zeros(builder.labels.shape, np.uint8)
+                mask[where] = (logits > 0).numpy()
+                write_like(mask, image, plan.masks[k])
                 written.append(plan.masks[k])
+                del mask
             if plan.probabilities:
-                write_like(torch.sigmoid(logits).numpy(), image, plan.probabilities[k], dtype=np.float32)
+                probability = np.zeros(builder.labels.shape, np.float32)
+                probability[where] = torch.sigmoid(logits).numpy()
+                write_like(probability, image, plan.probabilities[k], dtype=np.float32)
                 written.append(plan.probabilities[k])
+                del probability
             del logits
             timings["write"] += time.perf_counter() - step
         del session, builder.best

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from segvol.infer.prompts import Prompt
-from segvol.infer.zoom import segment
+from segvol.infer.zoom import segment, segment_region
 
 
 class Session:
@@ -94,6 +94,10 @@ class Session:
     def segment(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """``(K, D, H, W)`` float32 logits for canonical prompts, reusing cached embeddings."""
         return segment(self.model, self.volume, list(prompts), embeddings=self.embeddings, **self.options)
+
+    def segment_region(self, prompts: Sequence[Prompt]) -> tuple[np.ndarray, torch.Tensor]:
+        """`segvol.infer.zoom.segment_region` with cached embeddings: ``(region box, logits there)``."""
+        return segment_region(self.model, self.volume, list(prompts), embeddings=self.embeddings, **self.options)
 
     def logits(self, name: str) -> torch.Tensor:
         """``(D, H, W)`` float32 logits of one category under its current prompts."""

@@ -81,10 +81,16 @@ def model_input_size(model) -> tuple[int, int, int]:
 
 
 def resize_nearest_exact(volume: torch.Tensor, size: Sequence[int], out: torch.Tensor | None = None,
-                         slab: int = 16) -> torch.Tensor:
-    """Nearest-exact resize of a ``(D, H, W)`` tensor, slab by slab so that large outputs need no temporaries."""
+                         slab: int = 16, region: np.ndarray | None = None) -> torch.Tensor:
+    """Nearest-exact resize of a ``(D, H, W)`` tensor, slab by slab so that large outputs need no temporaries.
+
+    With ``region`` (an inclusive box of the output grid) only that part of the output is made.
+    """
     indices = [torch.from_numpy(nearest_exact_indices(n_in, n_out)).to(volume.device)
                for n_in, n_out in zip(volume.shape, size)]
+    if region is not None:
+        indices = [index[int(region[a]):int(region[a + 3]) + 1] for a, index in enumerate(indices)]
+        size = [len(index) for index in indices]
     if out is None:
         out = volume.new_empty(tuple(size))
     for first in range(0, size[0], slab):
@@ -242,11 +248,14 @@ def _embed_texts(model, prompts: Sequence[Prompt], device: torch.device) -> dict
     return {name: embedded[i].to(device) for i, name in enumerate(names)}
 
 
-def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
-            overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
-            device: str | torch.device | None = None, progress: bool = False,
-            box_limits: bool = True, embeddings: dict | None = None) -> torch.Tensor:
-    """Segment a canonical volume for K prompts.
+def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
+                   overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
+                   device: str | torch.device | None = None, progress: bool = False,
+                   box_limits: bool = True, embeddings: dict | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Segment a canonical volume for K prompts, returning ``(region, logits)``: the inclusive
+    box ``region`` (voxel indices of ``volume``) outside which every logit is ``OUTSIDE_LOGIT``
+    and the ``(K, *region size)`` logits inside it. The region is the foreground crop, or with
+    ``box_limits`` and a single boxed prompt, that prompt's box within the crop.
 
     Args:
         model: a SegVol (``encode_image``, ``encode_text``, ``decode``, input size ``spatial_size``).
@@ -264,8 +273,7 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
             embeddings of the zoom-out view and of each window are stored there and reused.
 
     Returns:
-        ``(K, D, H, W)`` float32 logits on the CPU (sigmoid > 0.5 = inside), ``OUTSIDE_LOGIT``
-        outside the foreground crop.
+        ``(region, logits)``, logits float32 on the CPU (sigmoid > 0.5 = inside).
     """
     if mode not in MODES:
         raise ValueError(f"unknown inference mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -288,15 +296,32 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
     model.eval()
     try:
         with torch.no_grad():
-            logits = _segment(model, volume, list(prompts), mode, overlap, sw_batch_size, decode_batch_size,
-                              device, window_size, progress, box_limits,
-                              _Embeddings(model, device, {} if embeddings is None else embeddings))
+            region, logits = _segment(model, volume, list(prompts), mode, overlap, sw_batch_size, decode_batch_size,
+                                      device, window_size, progress, box_limits,
+                                      _Embeddings(model, device, {} if embeddings is None else embeddings))
     finally:
         model.train(was_training)
     if box_limits:
         for k, prompt in enumerate(prompts):
             if prompt.box is not None:
-                _limit_to_box(logits[k], prompt.box)
+                _limit_to_box(logits[k], np.asarray(prompt.box) - np.tile(region[:3], 2))
+    return region, logits
+
+
+def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
+            overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
+            device: str | torch.device | None = None, progress: bool = False,
+            box_limits: bool = True, embeddings: dict | None = None) -> torch.Tensor:
+    """Segment a canonical volume for K prompts: ``(K, D, H, W)`` float32 logits on the CPU
+    (sigmoid > 0.5 = inside), ``OUTSIDE_LOGIT`` outside the foreground crop (and, with
+    ``box_limits``, outside a prompt's box). Arguments as `segment_region`, which returns only the
+    part that can differ from ``OUTSIDE_LOGIT`` and needs far less memory.
+    """
+    region, part = segment_region(model, volume, prompts, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size,
+                                  decode_batch_size=decode_batch_size, device=device, progress=progress,
+                                  box_limits=box_limits, embeddings=embeddings)
+    logits = torch.full((len(prompts), *torch.as_tensor(volume).shape), OUTSIDE_LOGIT, dtype=torch.float32)
+    logits[(slice(None), *box_slices(region))] = part
     return logits
 
 
@@ -304,7 +329,7 @@ def _limit_to_box(target: torch.Tensor, box: np.ndarray) -> None:
     """Set ``target`` (D, H, W) to OUTSIDE_LOGIT outside the inclusive box, in place."""
     for axis in range(3):
         before = [slice(None)] * 3
-        before[axis] = slice(0, int(box[axis]))
+        before[axis] = slice(0, max(int(box[axis]), 0))
         target[tuple(before)] = OUTSIDE_LOGIT
         after = [slice(None)] * 3
         after[axis] = slice(int(box[axis + 3]) + 1, None)
@@ -338,7 +363,7 @@ class _Embeddings:
 
 
 def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_size, device, window_size,
-             progress, box_limits, cache: _Embeddings) -> torch.Tensor:
+             progress, box_limits, cache: _Embeddings) -> tuple[np.ndarray, torch.Tensor]:
     decoder = _Decoder(model, _embed_texts(model, prompts, device), device, decode_batch_size)
     crop_box = foreground_box(volume)
     crop_start = crop_box[:3]
@@ -347,17 +372,23 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
     to_crop = VoxelMap.crop(crop_start)
     local = [_into_crop(p, to_crop, crop_shape) for p in prompts]
 
-    logits = torch.full((len(prompts), *volume.shape), OUTSIDE_LOGIT, dtype=torch.float32)
-    crop_logits = logits[(slice(None), *(slice(int(a), int(b) + 1) for a, b in zip(crop_box[:3], crop_box[3:])))]
+    # Logits are kept only where they can differ from OUTSIDE_LOGIT: the crop, or a single
+    # prompt's limiting box (memory: `segvol predict` segments one category at a time).
+    region = np.array([0, 0, 0, *(n - 1 for n in crop_shape)], dtype=np.int64)
+    if len(prompts) == 1 and box_limits and local[0].box is not None:
+        region = np.asarray(local[0].box, dtype=np.int64)
+    region_start = region[:3]
+    region_logits = torch.full((len(prompts), *(region[3:] - region[:3] + 1)), OUTSIDE_LOGIT, dtype=torch.float32)
+    in_volume = region + np.tile(crop_start, 2)
 
     coarse = None
     if mode in ("zoom", "resize"):
         coarse = _zoom_out(cache, decoder, crop, local, window_size)
         for k in range(len(prompts)):
             # nearest-exact, not the release's nearest: docs/differences-from-release.md
-            resize_nearest_exact(coarse[k], crop_shape, out=crop_logits[k])
+            resize_nearest_exact(coarse[k], crop_shape, out=region_logits[k], region=region)
         if mode == "resize":
-            return logits
+            return in_volume, region_logits
 
     lattice = window_lattice(crop_shape, window_size, overlap)
     needed: dict[Window, list[int]] = defaultdict(list)  # window -> prompts
@@ -365,10 +396,13 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
         if mode == "window":
             needed_windows = lattice
         else:
-            roi = _coarse_roi(crop_logits[k], local[k].box if box_limits else None)
+            limit = np.asarray(local[k].box) - np.tile(region_start, 2) if box_limits and local[k].box is not None \
+                else None
+            roi = _coarse_roi(region_logits[k], limit)
             if roi is None:
                 log.info("zoom-out found nothing for '%s'; keeping the coarse result", prompts[k].label)
                 continue
+            roi = roi + np.tile(region_start, 2)
             needed_windows = roi_windows(crop_shape, window_size, overlap, roi)
         for window in needed_windows:
             needed[window].append(k)
@@ -406,8 +440,10 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
             [extract_window(crop, by_key[key]) for key in keys])[:, None])
         for job, window_logits in decoder.run(embeddings, jobs):
             if job.prompt_index not in stitchers:
-                stitchers[job.prompt_index] = LogitStitcher(crop_logits[job.prompt_index])
-            stitchers[job.prompt_index].add(batch[job.view_index][0], window_logits)
+                stitchers[job.prompt_index] = LogitStitcher(region_logits[job.prompt_index])
+            window = batch[job.view_index][0]
+            stitchers[job.prompt_index].add(Window(tuple(int(a - b) for a, b in zip(window.start, region_start)),
+                                                   window.size), window_logits)
         del embeddings
         if bar is not None:
             bar.update(len(batch))
@@ -415,7 +451,7 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
         bar.close()
     for stitcher in stitchers.values():
         stitcher.finish()
-    return logits
+    return in_volume, region_logits
 
 
 def _zoom_out(cache: _Embeddings, decoder: _Decoder, crop: torch.Tensor, prompts: list[Prompt], window_size):
