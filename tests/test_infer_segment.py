@@ -263,3 +263,20 @@ def test_small_organ_between_lattice_positions_gets_one_window():
     windows = roi_windows((112, 101, 122), (32, 64, 64), 0.5, np.array([40, 10, 10, 51, 40, 40]))
     assert len({w.start[0] for w in windows}) == 1
     assert windows[0].start[0] <= 40 and 51 < windows[0].start[0] + 32
+
+
+@pytest.mark.parametrize("mode", ["zoom", "window", "resize"])
+def test_segment_region_is_the_full_result_where_it_can_differ(mode):
+    from segvol.infer.geometry import box_slices
+    from segvol.infer.zoom import segment_region
+
+    volume = phantom()
+    prompt = Prompt(text="liver", box=(6, 20, 30, 17, 41, 62), points=[(10, 30, 40)], point_labels=[1])
+    # two prompts: logits over the whole crop (not the one-box region path under test)
+    full = segment(MixingModel(SIZE), volume, [prompt, Prompt(text="spleen")], mode=mode)[0]
+    region, part = segment_region(MixingModel(SIZE), volume, [prompt], mode=mode)
+    np.testing.assert_array_equal(region, prompt.box)  # a limiting box: only the box is kept
+    np.testing.assert_array_equal(part[0], full[box_slices(region)])
+    outside = torch.ones(volume.shape, dtype=torch.bool)
+    outside[box_slices(region)] = False
+    assert torch.all(full[outside] == OUTSIDE_LOGIT)
