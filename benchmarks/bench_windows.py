@@ -4,7 +4,7 @@ For each organ of a real CT (`../shared/data/totalsegmentator/abdomen_ct_3mm`, s
 without it, of a synthetic volume, the ROI is the organ's bounding box in the foreground crop
 (what a perfect zoom-out pass gives). Counts, with the base model's window (32, 256, 256):
 - release: its ROI grown to the window where smaller, then MONAI's 0.5-overlap sliding window
-  over the ROI (paper §3.3 / the released inference code);
+  over the ROI (the released inference code);
 - lattice: the fixed 0.5-overlap lattice of the crop (one position per axis where one holds
   the ROI, else all meeting it) -- our former rule;
 - ours: `segvol.infer.zoom.roi_windows`.

@@ -1,4 +1,4 @@
-"""Segment your own CT with text, box and point prompts (zoom-out-zoom-in, paper §3.3).
+"""Segment your own CT with text, box and point prompts (the paper's zoom-out-zoom-in inference).
 
 Inputs: NIfTI (.nii/.nii.gz), NRRD, MHA/MHD files or DICOM series folders; several at once as a
 list, a shell glob ("scans/*.nii.gz", quoted or not) or a folder of image files. The model is

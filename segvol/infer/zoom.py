@@ -1,4 +1,4 @@
-"""Zoom-out-zoom-in inference (facts §7) for many prompts at once.
+"""Zoom-out-zoom-in inference (the paper's inference scheme) for many prompts at once.
 
 `segment` runs on a canonical ``(D, H, W)`` volume in [0, 1]:
 
@@ -259,7 +259,7 @@ def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[P
 
     Args:
         model: a SegVol (``encode_image``, ``encode_text``, ``decode``, input size ``spatial_size``).
-        volume: ``(D, H, W)`` intensities in [0, 1] (facts §6 normalization), canonical axes.
+        volume: ``(D, H, W)`` intensities in [0, 1] (the foreground normalization of `segvol.normalize.intensity`), canonical axes.
         prompts: K `Prompt`s, coordinates in voxel indices of ``volume``.
         mode: ``zoom`` (zoom-out-zoom-in), ``resize`` (zoom-out only) or ``window`` (plain
             sliding window over the foreground, no global view).
