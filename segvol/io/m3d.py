@@ -10,7 +10,7 @@ Missing geometry: the release stores bare arrays. There is no affine, no spacing
 orientation, so the readers return an identity affine (1 mm voxels, array axes taken as RAS).
 Downstream, canonical reorientation is then a no-op and the (X, Y, Z) -> (Z, Y, X) axis reversal
 matches SegVol's own `DimTranspose`. Physical measures (NSD in mm, volumes) on these cases are
-in voxel units. The intensities are already foreground-normalized (`segvol.normalize.intensity`), not HU.
+in voxel units. The intensities are already foreground-normalized (facts §6.1), not HU.
 
 Masks are loaded without pickle (`allow_pickle=False`): the `.npz` holds plain CSR arrays.
 """

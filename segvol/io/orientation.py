@@ -4,7 +4,7 @@ A source volume is an array indexed (i, j, k) with a 4x4 affine that maps that i
 world millimetres (NIfTI convention; SimpleITK's LPS images are converted before they get here).
 The canonical array is the closest RAS+ orientation of the source (nibabel's `io_orientation`)
 with its axes reversed, so that its axes are (D, H, W) = (S, A, R): slices first, as the model
-expects (CONTRIBUTING.md, "Canonical orientation").
+expects (facts §6.2).
 
 The mapping between the two is stored as a small JSON-able dict, the "reorientation":
 
