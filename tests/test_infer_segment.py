@@ -280,3 +280,11 @@ def test_segment_region_is_the_full_result_where_it_can_differ(mode):
     outside = torch.ones(volume.shape, dtype=torch.bool)
     outside[box_slices(region)] = False
     assert torch.all(full[outside] == OUTSIDE_LOGIT)
+
+
+def test_foreground_box_slab_by_slab_equals_the_mask_bounding_box():
+    volume = torch.zeros(37, 20, 25)
+    volume[5, 3, 7] = 0.2
+    volume[33, 18, 2] = 0.9
+    volume[20, 0, 24] = 0.5
+    np.testing.assert_array_equal(foreground_box(volume, slab=4), [5, 0, 2, 33, 18, 24])
