@@ -27,6 +27,12 @@ SUBCOMMANDS = {
 }
 
 
+def _version() -> str:
+    from segvol import __version__
+
+    return __version__
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s module is imported (none for `segvol --help`)."""
     parser = argparse.ArgumentParser(
@@ -37,6 +43,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"segvol {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, summary) in SUBCOMMANDS.items():
         if name != command:

@@ -212,3 +212,26 @@ def test_extract_window_pads_with_zeros():
     assert w.start[0] == -1  # (8 - 5) // 2 voxels of padding in front
     assert torch.all(patch[0] == 0) and torch.all(patch[6:] == 0)
     assert torch.equal(patch[1:6], volume[:, w.start[1]:w.start[1] + 4, w.start[2]:w.start[2] + 4])
+
+
+@pytest.mark.slow
+def test_window_lattice_matches_monai_sliding_window_positions():
+    """Our lattice arithmetic (no MONAI import at run time) reproduces MONAI's window positions.
+
+    Slow only because importing MONAI takes 10-30 s on the CI machine; the comparison is instant.
+    """
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    from segvol.infer.windows import window_starts
+
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        window = tuple(int(v) for v in rng.integers(6, 40, 3))
+        shape = tuple(int(w + rng.integers(0, 60)) for w in window)
+        overlap = float(rng.choice([0.0, 0.25, 0.5, 0.6, 0.75, 0.9]))
+        interval = _get_scan_interval(shape, window, 3, (overlap,) * 3)
+        expected = sorted({tuple(int(s.start) for s in slices) for slices in dense_patch_slices(shape, window, interval)})
+        per_axis = [window_starts(n, w, overlap) for n, w in zip(shape, window)]
+        ours = sorted((d, h, w) for d in per_axis[0] for h in per_axis[1] for w in per_axis[2])
+        assert ours == expected, (shape, window, overlap)

@@ -9,7 +9,7 @@ import torch
 from segvol.infer import OUTSIDE_LOGIT, Prompt, segment
 from segvol.infer.geometry import VoxelMap
 from segvol.infer.windows import window_lattice
-from segvol.infer.zoom import _window_job, foreground_box
+from segvol.infer.zoom import _window_job, foreground_box, roi_windows
 from tests.stand_in_models import BoxModel, MixingModel
 
 torch.set_num_threads(1)
@@ -60,16 +60,7 @@ def test_windows_visited_per_mode():
     to_zoom = VoxelMap.crop(crop[:3]).then(VoxelMap.resize(crop[3:] - crop[:3] + 1, SIZE))
 
     def expected_zoom_windows(roi, user_box=None):
-        chosen = []
-        for axis in range(3):
-            starts = sorted({w.start[axis] for w in lattice})
-            fits = [s for s in starts if s <= roi[axis] and roi[axis + 3] <= s + SIZE[axis] - 1]
-            centre = (roi[axis] + roi[axis + 3]) / 2
-            if fits:
-                chosen.append([min(fits, key=lambda s: abs(s + (SIZE[axis] - 1) / 2 - centre))])
-            else:
-                chosen.append([s for s in starts if s <= roi[axis + 3] and roi[axis] <= s + SIZE[axis] - 1])
-        windows = [w for w in lattice if all(w.start[a] in chosen[a] for a in range(3))]
+        windows = roi_windows(crop[3:] - crop[:3] + 1, SIZE, 0.5, roi)
         if user_box is not None:
             windows = [w for w in windows if w.intersects(user_box)]
         return 1 + len(windows)
@@ -233,3 +224,67 @@ def test_tiny_segvol_batched_equals_per_category():
     for k, prompt in enumerate(prompts):
         alone = segment(model, volume, [prompt], mode="zoom", sw_batch_size=1)
         np.testing.assert_allclose(together[k].numpy(), alone[0].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def release_windows_per_axis(extent, size, overlap=0.5):
+    """The release's zoom-in windows along one axis: its ROI is grown to the window when smaller
+    (one window), else MONAI's sliding window over the ROI (stride int(size * (1 - overlap)))."""
+    if extent <= size:
+        return 1
+    stride = max(int(size * (1 - overlap)), 1)
+    return -(-(extent - size) // stride) + 1
+
+
+def test_roi_windows_cover_the_roi_with_no_more_windows_than_the_release():
+    rng = np.random.default_rng(0)
+    window = (8, 32, 32)
+    for _ in range(400):
+        crop_shape = tuple(int(v) for v in rng.integers(5, 120, 3))
+        lo = np.array([rng.integers(0, n) for n in crop_shape])
+        hi = np.array([rng.integers(l, n) for l, n in zip(lo, crop_shape)])
+        roi = np.concatenate([lo, hi])
+        windows = roi_windows(crop_shape, window, 0.5, roi)
+        covered = np.zeros(crop_shape, bool)
+        for w in windows:
+            covered[w.overlap(crop_shape)[0]] = True
+        assert covered[box_mask(crop_shape, roi)].all()
+        for axis in range(3):
+            positions = {w.start[axis] for w in windows}
+            limit = release_windows_per_axis(hi[axis] - lo[axis] + 1, window[axis])
+            assert len(positions) <= limit, (crop_shape, roi.tolist(), axis)
+        lattice = window_lattice(crop_shape, window, 0.5)
+        if any(all(w.start[a] <= lo[a] and hi[a] < w.start[a] + window[a] for a in range(3)) for w in lattice):
+            assert len(windows) == 1 and windows[0] in lattice  # shared with every other prompt
+
+
+def test_small_organ_between_lattice_positions_gets_one_window():
+    # 12 slices straddling the lattice positions 0 and 16 of a 32-slice window (a left kidney
+    # case: the fixed lattice needed 2 positions on this axis, the release 1)
+    windows = roi_windows((112, 101, 122), (32, 64, 64), 0.5, np.array([40, 10, 10, 51, 40, 40]))
+    assert len({w.start[0] for w in windows}) == 1
+    assert windows[0].start[0] <= 40 and 51 < windows[0].start[0] + 32
+
+
+@pytest.mark.parametrize("mode", ["zoom", "window", "resize"])
+def test_segment_region_is_the_full_result_where_it_can_differ(mode):
+    from segvol.infer.geometry import box_slices
+    from segvol.infer.zoom import segment_region
+
+    volume = phantom()
+    prompt = Prompt(text="liver", box=(6, 20, 30, 17, 41, 62), points=[(10, 30, 40)], point_labels=[1])
+    # two prompts: logits over the whole crop (not the one-box region path under test)
+    full = segment(MixingModel(SIZE), volume, [prompt, Prompt(text="spleen")], mode=mode)[0]
+    region, part = segment_region(MixingModel(SIZE), volume, [prompt], mode=mode)
+    np.testing.assert_array_equal(region, prompt.box)  # a limiting box: only the box is kept
+    np.testing.assert_array_equal(part[0], full[box_slices(region)])
+    outside = torch.ones(volume.shape, dtype=torch.bool)
+    outside[box_slices(region)] = False
+    assert torch.all(full[outside] == OUTSIDE_LOGIT)
+
+
+def test_foreground_box_slab_by_slab_equals_the_mask_bounding_box():
+    volume = torch.zeros(37, 20, 25)
+    volume[5, 3, 7] = 0.2
+    volume[33, 18, 2] = 0.9
+    volume[20, 0, 24] = 0.5
+    np.testing.assert_array_equal(foreground_box(volume, slab=4), [5, 0, 2, 33, 18, 24])

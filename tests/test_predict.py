@@ -95,12 +95,12 @@ def test_overlapping_categories_most_probable_wins(tmp_path):
     path = tmp_path / "ct.nii.gz"
     hu = write_phantom(path)
     records = [{"name": "a", "box": [10, 5, 20, 30, 15, 50]}, {"name": "b", "box": [20, 8, 30, 40, 20, 60]}]
-    predict_file(BoxModel((8, 32, 32)), path, tmp_path / "s.nii.gz", records, probabilities=tmp_path / "p")
+    predict_file(BoxModel((8, 32, 32)), path, tmp_path / "s.nii.gz", records, probabilities=True)
     labels = np.asarray(nib.load(str(tmp_path / "s.nii.gz")).dataobj)
     a, b = box_mask(hu.shape, records[0]["box"]), box_mask(hu.shape, records[1]["box"])
     assert np.all(labels[a & ~b] == 1) and np.all(labels[b & ~a] == 2) and np.all(labels[~a & ~b] == 0)
     assert set(np.unique(labels[a & b])) <= {1, 2}  # equal logits there: either is right
-    probabilities = nib.load(str(tmp_path / "p" / "01_a.nii.gz"))
+    probabilities = nib.load(str(tmp_path / "s_probabilities" / "01_a.nii.gz"))
     assert probabilities.get_data_dtype() == np.float32 and probabilities.shape == hu.shape
     np.testing.assert_array_equal(np.asarray(probabilities.dataobj) > 0.5, a)
 
@@ -139,14 +139,14 @@ def test_cli_with_tiny_random_weights(shared_data, tmp_path):
     out = tmp_path / "seg.nii.gz"
     code = main(["predict", str(path), "-o", str(out), "--random-weights", "--preset", "tiny",
                  "--text", "liver", "--box", "20", "20", "5", "80", "70", "25", "--point", "50", "45", "15",
-                 "--negative-point", "10", "10", "10", "--probabilities", str(tmp_path / "prob"), "--device", "cpu"])
+                 "--negative-point", "10", "10", "10", "--probabilities", "--device", "cpu"])
     assert code == 0
     source = nib.load(str(path))
     written = nib.load(str(out))
     assert written.shape == source.shape
     np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
-    probability = np.asarray(nib.load(str(tmp_path / "prob" / "01_liver.nii.gz")).dataobj)
+    probability = np.asarray(nib.load(str(tmp_path / "seg_probabilities" / "01_liver.nii.gz")).dataobj)
     assert probability.min() >= 0 and probability.max() <= 1
     np.testing.assert_array_equal(probability > 0.5, np.asarray(written.dataobj) == 1)
     sidecar = json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))
@@ -210,4 +210,60 @@ def test_cli_loads_our_checkpoint(tmp_path):
     np.testing.assert_allclose(written.affine, NON_RAS_AFFINE)
     mask = np.asarray(written.dataobj) == 1
     assert not np.any(mask & ~box_mask(hu.shape, [10, 5, 10, 30, 20, 40]))  # the box limit
-    assert json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))["weights"].endswith("tiny.safetensors")
+    assert json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))["weights"]["checkpoint"].endswith("tiny.safetensors")
+
+
+def oblique_phantom(path, degrees=20.0):
+    """A CT whose grid is rotated by ``degrees`` about the z axis, with a bright ellipsoid."""
+    angle = np.deg2rad(degrees)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([1.5, 1.5, 2.5])
+    affine[:3, 3] = [-30.0, 10.0, -50.0]
+    shape = (60, 60, 30)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    hu = np.full(shape, 0, np.int16)
+    hu[2:-2, 2:-2, 1:-1] = 40
+    organ = (((grid - [30, 28, 15]) / [14, 6, 7]) ** 2).sum(axis=-1) <= 1
+    hu[organ] = 200
+    nib.save(nib.Nifti1Image(hu, affine), str(path))
+    return affine, organ
+
+
+def test_world_box_on_an_oblique_image_covers_the_object(tmp_path):
+    from segvol.infer.cli import world_to_voxel_records
+
+    path = tmp_path / "oblique.nii.gz"
+    affine, organ = oblique_phantom(path)
+    world = nib.affines.apply_affine(affine, np.argwhere(organ))
+    world_box = [*world.min(axis=0), *world.max(axis=0)]  # what a viewer's RAS+ box around it gives
+    image = read_image(path)
+    voxel_box = np.array(world_to_voxel_records([{"box": world_box}], image)[0]["box"])
+    assert np.all(box_mask(organ.shape, voxel_box)[organ])
+    # the test can tell: the two mapped corners alone leave part of the object outside
+    two = np.floor(nib.affines.apply_affine(np.linalg.inv(affine), np.reshape(world_box, (2, 3))) + 0.5)
+    two_box = np.concatenate([two.min(axis=0), two.max(axis=0)]).astype(int)
+    assert not np.all(box_mask(organ.shape, two_box)[organ])
+
+    predict_file(BoxModel((8, 32, 32)), path, tmp_path / "seg.nii.gz", [{"name": "organ", "box": world_box}],
+                 world=True, mode="window")
+    mask = np.asarray(nib.load(str(tmp_path / "seg.nii.gz")).dataobj) == 1
+    assert np.all(mask[organ])
+    manifest = json.loads((tmp_path / "seg.json").read_text())
+    assert manifest["prompts"][0]["box"] == voxel_box.tolist()
+    np.testing.assert_allclose(manifest["prompts"][0]["box_world"],
+                               nib.affines.apply_affine(affine, voxel_box.reshape(2, 3)).reshape(-1), atol=1e-3)
+
+
+def test_label_map_built_category_by_category_is_the_most_probable_above_half():
+    from segvol.infer.cli import LabelMapBuilder
+
+    rng = np.random.default_rng(3)
+    logits = torch.from_numpy(rng.normal(0, 2, (4, 20, 9, 7)).astype(np.float32))
+    builder = LabelMapBuilder(logits.shape[1:], 4)
+    for k in range(4):
+        builder.add(k, logits[k])
+    best, index = logits.max(dim=0)
+    expected = np.where(best.numpy() > 0, index.numpy() + 1, 0)
+    np.testing.assert_array_equal(builder.labels, expected)
+    assert len(np.unique(expected)) == 5  # every category wins somewhere, and background too

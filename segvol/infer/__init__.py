@@ -4,10 +4,28 @@
 from segvol.infer import Prompt, segment
 logits = segment(model, volume, [Prompt(text="liver", box=(10, 40, 40, 60, 200, 180))])
 ```
+
+Names are imported on first use, so that `segvol predict --help` (which imports
+`segvol.infer.cli`) does not import torch.
 """
 
-from segvol.infer.geometry import VoxelMap
-from segvol.infer.prompts import Prompt, load_prompt_file, prompts_from_records
-from segvol.infer.zoom import MODES, OUTSIDE_LOGIT, segment
+import importlib
 
-__all__ = ["MODES", "OUTSIDE_LOGIT", "Prompt", "VoxelMap", "load_prompt_file", "prompts_from_records", "segment"]
+_WHERE = {
+    "VoxelMap": "segvol.infer.geometry",
+    "Prompt": "segvol.infer.prompts",
+    "load_prompt_file": "segvol.infer.prompts",
+    "prompts_from_records": "segvol.infer.prompts",
+    "MODES": "segvol.infer.zoom",
+    "OUTSIDE_LOGIT": "segvol.infer.zoom",
+    "segment": "segvol.infer.zoom",
+    "Session": "segvol.infer.session",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'segvol.infer' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -44,9 +44,10 @@ class Prompt:
                 raise ValueError(f"box must be integer voxel indices, got {self.box!r}")
             box = box.astype(np.int64)
             if box_is_empty(box):
-                raise ValueError(
-                    f"box {box.tolist()} is inverted or empty: need d0<=d1, h0<=h1, w0<=w1 (inclusive)"
-                )
+                axes = [a for a in range(3) if box[a] > box[a + 3]]
+                detail = ", ".join(f"axis {a}: {box[a]} > {box[a + 3]}" for a in axes)
+                raise ValueError(f"box {box.tolist()} is inverted ({detail}); give the lower corner first, "
+                                 "i.e. (first0, first1, first2, last0, last1, last2), inclusive")
             self.box = box
         if self.points is not None:
             points = np.asarray(self.points, dtype=np.float64)
@@ -101,7 +102,8 @@ class Prompt:
 def prompts_from_records(records: Any, source: str = "prompt file") -> list[Prompt]:
     """Prompts from a list of dicts ``{"name", "text", "box", "points", "point_labels"}``.
 
-    A dict keyed by name (``{"liver": {...}}``) is accepted too. Unknown keys are an error.
+    A dict keyed by name (``{"liver": {...}}``) is accepted too. Unknown keys are an error;
+    ``_origin`` (where the record came from, e.g. "--box/--point") only names it in errors.
     """
     if isinstance(records, dict):
         records = [{"name": name, **(value or {})} for name, value in records.items()]
@@ -112,18 +114,32 @@ def prompts_from_records(records: Any, source: str = "prompt file") -> list[Prom
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise ValueError(f"{source}: entry {index} is not a mapping")
+        described = describe_record(record, index)
+        record = {key: value for key, value in record.items() if key != "_origin"}
         unknown = sorted(set(record) - allowed)
         if unknown:
-            raise ValueError(f"{source}: entry {index} has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+            raise ValueError(f"{source}: {described} has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
         try:
             prompts.append(Prompt(**record))
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{source}: entry {index} ({record.get('name', '?')}): {error}") from None
+            raise ValueError(f"{source}: {described}: {error}") from None
     names = [p.label for p in prompts]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"{source}: duplicate prompt names {duplicates}; give each entry a unique 'name'")
     return prompts
+
+
+def describe_record(record: dict, index: int) -> str:
+    """How an error names a prompt: its position, name or text, and the flags that gave it."""
+    label = record.get("name") or record.get("text")
+    where = record.get("_origin")
+    parts = [f"prompt {index}"]
+    if label:
+        parts.append(f"'{label}'")
+    if where:
+        parts.append(f"(from {where})")
+    return " ".join(parts)
 
 
 def read_prompt_records(path: str | Path) -> list[dict]:

@@ -6,13 +6,15 @@
 2. zoom-out: nearest-exact resize of the crop to the model size, prompts mapped with the same
    `VoxelMap`, one image embedding, every prompt decoded from it;
 3. coarse logits back onto the crop (nearest-exact);
-4. zoom-in: per prompt, windows of a fixed 0.5-overlap lattice over the bounding box of its
-   coarse mask (inside the prompt's box when boxes are limits; `roi_windows`: one window per axis
-   where it fits in one, else all that meet it); each window is encoded once for all prompts that need it, each prompt gets its own
-   per-window box/points, window logits are averaged and replace the coarse logits;
+4. zoom-in: per prompt, the fewest windows over the bounding box of its coarse mask (inside
+   the prompt's box when boxes are limits; `roi_windows`: never more per axis than the
+   release, positions of a shared 0.5-overlap lattice where that costs nothing extra); each
+   window is encoded once for all prompts that need it, each prompt gets its own per-window
+   box/points, window logits are averaged and replace the coarse logits;
 5. everything pasted back into the uncropped volume.
 
-Per-window prompts (differences from the release are marked *):
+Every deviation from the released loop is listed with its reason and measured effect in
+docs/differences-from-release.md. Per-window prompts (differences from the release are marked *):
 - text: the prompt's text in every window;
 - box: the part of the user's box inside the window* (the release used the coarse-mask box
   whenever there was more than one window); windows the box does not reach are skipped for that
@@ -39,7 +41,7 @@ import torch
 
 from segvol.infer.geometry import VoxelMap, box_is_empty, box_slices, nearest_exact_indices
 from segvol.infer.prompts import Prompt
-from segvol.infer.windows import LogitStitcher, Window, extract_window, window_lattice
+from segvol.infer.windows import LogitStitcher, Window, extract_window, window_lattice, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,16 @@ def model_input_size(model) -> tuple[int, int, int]:
 
 
 def resize_nearest_exact(volume: torch.Tensor, size: Sequence[int], out: torch.Tensor | None = None,
-                         slab: int = 16) -> torch.Tensor:
-    """Nearest-exact resize of a ``(D, H, W)`` tensor, slab by slab so that large outputs need no temporaries."""
+                         slab: int = 16, region: np.ndarray | None = None) -> torch.Tensor:
+    """Nearest-exact resize of a ``(D, H, W)`` tensor, slab by slab so that large outputs need no temporaries.
+
+    With ``region`` (an inclusive box of the output grid) only that part of the output is made.
+    """
     indices = [torch.from_numpy(nearest_exact_indices(n_in, n_out)).to(volume.device)
                for n_in, n_out in zip(volume.shape, size)]
+    if region is not None:
+        indices = [index[int(region[a]):int(region[a + 3]) + 1] for a, index in enumerate(indices)]
+        size = [len(index) for index in indices]
     if out is None:
         out = volume.new_empty(tuple(size))
     for first in range(0, size[0], slab):
@@ -91,9 +99,21 @@ def resize_nearest_exact(volume: torch.Tensor, size: Sequence[int], out: torch.T
     return out
 
 
-def foreground_box(volume: torch.Tensor) -> np.ndarray:
-    """Inclusive bounding box of voxels > 0 (the whole volume when there are none)."""
-    box = _mask_box(volume > 0)
+def foreground_box(volume: torch.Tensor, slab: int = 16) -> np.ndarray:
+    """Inclusive bounding box of voxels > 0 (the whole volume when there are none).
+
+    Slab by slab: a full boolean mask of a 512x512x600 CT would cost 157 MB per call.
+    """
+    hits = [torch.zeros(n, dtype=torch.bool) for n in volume.shape]
+    for first in range(0, volume.shape[0], slab):
+        part = volume[first:first + slab] > 0
+        hits[0][first:first + slab] = part.flatten(1).any(dim=1)
+        hits[1] |= part.any(dim=0).any(dim=1)
+        hits[2] |= part.any(dim=0).any(dim=0)
+    box = None
+    if hits[0].any():
+        found = [torch.nonzero(h).flatten() for h in hits]
+        box = np.array([int(f[0]) for f in found] + [int(f[-1]) for f in found], dtype=np.int64)
     if box is None:
         log.warning("the volume has no voxel above 0; using it whole")
         box = np.array([0, 0, 0, *(n - 1 for n in volume.shape)], dtype=np.int64)
@@ -137,25 +157,39 @@ def _mask_box(mask: torch.Tensor) -> np.ndarray | None:
     return np.array(lower + upper, dtype=np.int64)
 
 
-def roi_windows(lattice: list[Window], roi: np.ndarray) -> list[int]:
-    """Indices of the lattice windows that zoom in on an inclusive ROI box.
+def roi_windows(crop_shape: Sequence[int], window: Sequence[int], overlap: float, roi: np.ndarray) -> list[Window]:
+    """The fewest windows that zoom in on an inclusive ROI box (crop voxels); see
+    docs/differences-from-release.md, "Zoom-in windows".
 
-    Per axis, like the release's ROI grown to the window size: if one window position holds
-    the ROI's whole extent, only the one centred best on it; otherwise every position meeting the
-    ROI (0.5-overlapping windows, averaged). Small organs thus cost one window, not 2-3 per axis.
+    Per axis, never more positions than the release's sliding window over its ROI (one where
+    the ROI fits in a window, else MONAI's positions over the ROI extent):
+    1. a position of the shared 0.5-overlap lattice (`window_lattice`) when enough of them
+       cover the ROI: windows then coincide between prompts and are encoded once for all;
+    2. else windows placed on the ROI itself: one centred on it (moved inside the crop), or
+       the release's positions from the ROI's start with the last one flush with its end.
     """
-    chosen = []
+    lattice = window_lattice(crop_shape, window, overlap)
+    per_axis = []
     for axis in range(3):
-        size = lattice[0].size[axis]
-        starts = sorted({w.start[axis] for w in lattice})
+        size, extent_of_crop = int(window[axis]), int(crop_shape[axis])
         lo, hi = int(roi[axis]), int(roi[axis + 3])
-        holding = [s for s in starts if s <= lo and hi < s + size]
+        extent = hi - lo + 1
+        release = [lo + s for s in window_starts(max(extent, size), size, overlap)] if extent > size else None
+        shared = sorted({w.start[axis] for w in lattice})
+        holding = [s for s in shared if s <= lo and hi < s + size]
+        meeting = [s for s in shared if s <= hi and lo < s + size]
         if holding:
             centre = (lo + hi) / 2
-            chosen.append({min(holding, key=lambda s: abs(s + (size - 1) / 2 - centre))})
-        else:
-            chosen.append({s for s in starts if s <= hi and lo < s + size})
-    return [i for i, w in enumerate(lattice) if all(w.start[a] in chosen[a] for a in range(3))]
+            per_axis.append([min(holding, key=lambda s: abs(s + (size - 1) / 2 - centre))])
+        elif release is not None and len(meeting) <= len(release):
+            per_axis.append(meeting)
+        elif release is not None:
+            per_axis.append(release)
+        else:  # the ROI fits in one window but no lattice position holds it: centre one on it
+            start = lo - (size - extent) // 2
+            per_axis.append([min(max(start, 0), extent_of_crop - size)])
+    size = tuple(int(n) for n in window)
+    return [Window((d, h, w), size) for d in per_axis[0] for h in per_axis[1] for w in per_axis[2]]
 
 
 def _window_job(prompt: Prompt, to_window: VoxelMap, window_size: Sequence[int], view_index: int,
@@ -226,11 +260,14 @@ def _embed_texts(model, prompts: Sequence[Prompt], device: torch.device) -> dict
     return {name: embedded[i].to(device) for i, name in enumerate(names)}
 
 
-def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
-            overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
-            device: str | torch.device | None = None, progress: bool = False,
-            box_limits: bool = True) -> torch.Tensor:
-    """Segment a canonical volume for K prompts.
+def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
+                   overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
+                   device: str | torch.device | None = None, progress: bool = False,
+                   box_limits: bool = True, embeddings: dict | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Segment a canonical volume for K prompts, returning ``(region, logits)``: the inclusive
+    box ``region`` (voxel indices of ``volume``) outside which every logit is ``OUTSIDE_LOGIT``
+    and the ``(K, *region size)`` logits inside it. The region is the foreground crop, or with
+    ``box_limits`` and a single boxed prompt, that prompt's box within the crop.
 
     Args:
         model: a SegVol (``encode_image``, ``encode_text``, ``decode``, input size ``spatial_size``).
@@ -244,10 +281,11 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
         device: where the model runs (default: where its parameters are). Stitching stays on CPU.
         progress: show a tqdm bar over windows.
         box_limits: nothing outside a prompt's box is foreground (False: the box is only a hint).
+        embeddings: a dict kept between calls on the same volume (`segvol.infer.session`): image
+            embeddings of the zoom-out view and of each window are stored there and reused.
 
     Returns:
-        ``(K, D, H, W)`` float32 logits on the CPU (sigmoid > 0.5 = inside), ``OUTSIDE_LOGIT``
-        outside the foreground crop.
+        ``(region, logits)``, logits float32 on the CPU (sigmoid > 0.5 = inside).
     """
     if mode not in MODES:
         raise ValueError(f"unknown inference mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -257,8 +295,8 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
     if volume.ndim != 3:
         raise ValueError(f"segment needs a (D, H, W) volume, got shape {tuple(volume.shape)}")
     volume = volume.to(device="cpu", dtype=torch.float32)
-    if not torch.isfinite(volume).all():
-        raise ValueError("the volume contains NaN or infinite values")
+    if not all(torch.isfinite(volume[first:first + 16]).all() for first in range(0, volume.shape[0], 16)):
+        raise ValueError("the volume contains NaN or infinite values")  # checked slab by slab: no 157 MB mask
     for prompt in prompts:
         prompt.check_inside(volume.shape)
 
@@ -270,14 +308,32 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
     model.eval()
     try:
         with torch.no_grad():
-            logits = _segment(model, volume, list(prompts), mode, overlap, sw_batch_size, decode_batch_size,
-                              device, window_size, progress, box_limits)
+            region, logits = _segment(model, volume, list(prompts), mode, overlap, sw_batch_size, decode_batch_size,
+                                      device, window_size, progress, box_limits,
+                                      _Embeddings(model, device, {} if embeddings is None else embeddings))
     finally:
         model.train(was_training)
     if box_limits:
         for k, prompt in enumerate(prompts):
             if prompt.box is not None:
-                _limit_to_box(logits[k], prompt.box)
+                _limit_to_box(logits[k], np.asarray(prompt.box) - np.tile(region[:3], 2))
+    return region, logits
+
+
+def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
+            overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
+            device: str | torch.device | None = None, progress: bool = False,
+            box_limits: bool = True, embeddings: dict | None = None) -> torch.Tensor:
+    """Segment a canonical volume for K prompts: ``(K, D, H, W)`` float32 logits on the CPU
+    (sigmoid > 0.5 = inside), ``OUTSIDE_LOGIT`` outside the foreground crop (and, with
+    ``box_limits``, outside a prompt's box). Arguments as `segment_region`, which returns only the
+    part that can differ from ``OUTSIDE_LOGIT`` and needs far less memory.
+    """
+    region, part = segment_region(model, volume, prompts, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size,
+                                  decode_batch_size=decode_batch_size, device=device, progress=progress,
+                                  box_limits=box_limits, embeddings=embeddings)
+    logits = torch.full((len(prompts), *torch.as_tensor(volume).shape), OUTSIDE_LOGIT, dtype=torch.float32)
+    logits[(slice(None), *box_slices(region))] = part
     return logits
 
 
@@ -285,7 +341,7 @@ def _limit_to_box(target: torch.Tensor, box: np.ndarray) -> None:
     """Set ``target`` (D, H, W) to OUTSIDE_LOGIT outside the inclusive box, in place."""
     for axis in range(3):
         before = [slice(None)] * 3
-        before[axis] = slice(0, int(box[axis]))
+        before[axis] = slice(0, max(int(box[axis]), 0))
         target[tuple(before)] = OUTSIDE_LOGIT
         after = [slice(None)] * 3
         after[axis] = slice(int(box[axis + 3]) + 1, None)
@@ -301,8 +357,25 @@ def _coarse_roi(coarse: torch.Tensor, box: np.ndarray | None) -> np.ndarray | No
     return None if inside is None else inside + np.tile(box[:3], 2)
 
 
+class _Embeddings:
+    """Image embeddings by view: ``("zoom-out",)`` or ``("window", start, size)``; computed on
+    first use, kept in ``store`` (one ``(C, d, h, w)`` tensor each) so later calls reuse them."""
+
+    def __init__(self, model, device, store: dict) -> None:
+        self.model, self.device, self.store = model, device, store
+
+    def get(self, keys: list[tuple], patches) -> torch.Tensor:
+        """``(len(keys), C, d, h, w)``; ``patches()`` gives the ``(N, 1, D, H, W)`` inputs of the missing keys."""
+        missing = [key for key in keys if key not in self.store]
+        if missing:
+            encoded = self.model.encode_image(patches(missing).to(self.device))
+            for key, embedding in zip(missing, encoded):
+                self.store[key] = embedding
+        return torch.stack([self.store[key] for key in keys])
+
+
 def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_size, device, window_size,
-             progress, box_limits) -> torch.Tensor:
+             progress, box_limits, cache: _Embeddings) -> tuple[np.ndarray, torch.Tensor]:
     decoder = _Decoder(model, _embed_texts(model, prompts, device), device, decode_batch_size)
     crop_box = foreground_box(volume)
     crop_start = crop_box[:3]
@@ -311,38 +384,47 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
     to_crop = VoxelMap.crop(crop_start)
     local = [_into_crop(p, to_crop, crop_shape) for p in prompts]
 
-    logits = torch.full((len(prompts), *volume.shape), OUTSIDE_LOGIT, dtype=torch.float32)
-    crop_logits = logits[(slice(None), *(slice(int(a), int(b) + 1) for a, b in zip(crop_box[:3], crop_box[3:])))]
+    # Logits are kept only where they can differ from OUTSIDE_LOGIT: the crop, or a single
+    # prompt's limiting box (memory: `segvol predict` segments one category at a time).
+    region = np.array([0, 0, 0, *(n - 1 for n in crop_shape)], dtype=np.int64)
+    if len(prompts) == 1 and box_limits and local[0].box is not None:
+        region = np.asarray(local[0].box, dtype=np.int64)
+    region_start = region[:3]
+    region_logits = torch.full((len(prompts), *(region[3:] - region[:3] + 1)), OUTSIDE_LOGIT, dtype=torch.float32)
+    in_volume = region + np.tile(crop_start, 2)
 
     coarse = None
     if mode in ("zoom", "resize"):
-        coarse = _zoom_out(model, decoder, crop, local, window_size, device)
+        coarse = _zoom_out(cache, decoder, crop, local, window_size)
         for k in range(len(prompts)):
-            resize_nearest_exact(coarse[k], crop_shape, out=crop_logits[k])
+            # nearest-exact, not the release's nearest: docs/differences-from-release.md
+            resize_nearest_exact(coarse[k], crop_shape, out=region_logits[k], region=region)
         if mode == "resize":
-            return logits
+            return in_volume, region_logits
 
     lattice = window_lattice(crop_shape, window_size, overlap)
-    needed: dict[int, list[int]] = defaultdict(list)  # window -> prompts
+    needed: dict[Window, list[int]] = defaultdict(list)  # window -> prompts
     for k in range(len(prompts)):
         if mode == "window":
-            needed_windows = range(len(lattice))
+            needed_windows = lattice
         else:
-            roi = _coarse_roi(crop_logits[k], local[k].box if box_limits else None)
+            limit = np.asarray(local[k].box) - np.tile(region_start, 2) if box_limits and local[k].box is not None \
+                else None
+            roi = _coarse_roi(region_logits[k], limit)
             if roi is None:
                 log.info("zoom-out found nothing for '%s'; keeping the coarse result", prompts[k].label)
                 continue
-            needed_windows = roi_windows(lattice, roi)
-        for i in needed_windows:
-            needed[i].append(k)
+            roi = roi + np.tile(region_start, 2)
+            needed_windows = roi_windows(crop_shape, window_size, overlap, roi)
+        for window in needed_windows:
+            needed[window].append(k)
 
     # Prompts per window first, so that windows no prompt needs are never encoded.
     work: list[tuple[Window, list[DecodeJob]]] = []
-    for window_id in sorted(needed):
-        window = lattice[window_id]
+    for window in sorted(needed, key=lambda w: w.start):
         to_window = VoxelMap.crop(window.start)
         jobs = []
-        for k in needed[window_id]:
+        for k in needed[window]:
             coarse_box = None
             if coarse is not None and local[k].box is None:
                 coarse_box = _coarse_box_in_window(coarse[k], crop_shape, window)
@@ -365,31 +447,33 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
             for job in window_jobs:
                 job.view_index = view_index
                 jobs.append(job)
-        patches = torch.stack([extract_window(crop, window) for window, _ in batch])[:, None].to(device)
-        embeddings = model.encode_image(patches)
+        by_key = {("window", window.start, window.size): window for window, _ in batch}
+        embeddings = cache.get(list(by_key), lambda keys: torch.stack(
+            [extract_window(crop, by_key[key]) for key in keys])[:, None])
         for job, window_logits in decoder.run(embeddings, jobs):
             if job.prompt_index not in stitchers:
-                stitchers[job.prompt_index] = LogitStitcher(crop_logits[job.prompt_index])
-            stitchers[job.prompt_index].add(batch[job.view_index][0], window_logits)
-        del embeddings, patches
+                stitchers[job.prompt_index] = LogitStitcher(region_logits[job.prompt_index])
+            window = batch[job.view_index][0]
+            stitchers[job.prompt_index].add(Window(tuple(int(a - b) for a, b in zip(window.start, region_start)),
+                                                   window.size), window_logits)
+        del embeddings
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
         bar.close()
     for stitcher in stitchers.values():
         stitcher.finish()
-    return logits
+    return in_volume, region_logits
 
 
-def _zoom_out(model, decoder: _Decoder, crop: torch.Tensor, prompts: list[Prompt], window_size, device):
+def _zoom_out(cache: _Embeddings, decoder: _Decoder, crop: torch.Tensor, prompts: list[Prompt], window_size):
     """Zoom-out pass: ``(K, *window_size)`` coarse logits (CPU) of the crop resized to the model size."""
     to_zoom = VoxelMap.resize(crop.shape, window_size)
-    zoomed = resize_nearest_exact(crop, window_size)
     jobs = []
     for k, prompt in enumerate(prompts):
         mapped = prompt.mapped(to_zoom, window_size)
         jobs.append(DecodeJob(0, k, mapped.text, mapped.box, mapped.points, mapped.point_labels))
-    embedding = model.encode_image(zoomed[None, None].to(device))
+    embedding = cache.get([("zoom-out",)], lambda keys: resize_nearest_exact(crop, window_size)[None, None])
     coarse = torch.empty((len(prompts), *window_size), dtype=torch.float32)
     for job, value in decoder.run(embedding, jobs):
         coarse[job.prompt_index] = value

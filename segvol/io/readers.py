@@ -9,6 +9,7 @@ the first two world axes are negated.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,25 @@ def read_nifti(path: Path) -> SourceVolume:
                         nifti_header=image.header.copy())
 
 
+def itk_message(error: Exception) -> str:
+    """One line from a SimpleITK exception, which spans many lines (source location, class
+    address, a stack of reader messages): the first real message and, if different, the last
+    (most specific) one."""
+    lines = []
+    for line in str(error).splitlines():
+        line = line.strip()
+        if not line or line.startswith("Exception thrown in SimpleITK") or re.search(r"\.(cxx|hxx|h):\d+:?$", line):
+            continue
+        line = re.sub(r"^(itk|sitk)::ERROR:\s*", "", line)
+        line = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line)
+        line = re.sub(r"^\[\w+\]\s*", "", line)
+        if line:
+            lines.append(line)
+    if not lines:
+        return type(error).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+
+
 def _itk_to_source(image, path: Path, kind: str) -> SourceVolume:
     import SimpleITK as sitk
 
@@ -86,11 +106,13 @@ def read_itk(path: Path) -> SourceVolume:
     try:
         image = sitk.ReadImage(str(path))
     except Exception as error:
-        raise ValueError(f"{path}: cannot read image file ({error})") from error
+        raise ValueError(f"{path}: cannot read image file ({itk_message(error)})") from None
     return _itk_to_source(image, path, "itk")
 
 
-def read_dicom_series(folder: Path) -> SourceVolume:
+def dicom_series_files(folder: Path) -> tuple[str, list[str]]:
+    """(series id, its files in slice order) of the series `read_dicom_series` reads: the largest
+    one in the folder; GDCM orders the files by position along the slice normal."""
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
@@ -102,7 +124,14 @@ def read_dicom_series(folder: Path) -> SourceVolume:
     if len(series_ids) > 1:
         log.warning("%s holds %d DICOM series; reading the largest (%s, %d files)",
                     folder, len(series_ids), series_id, len(files_by_series[series_id]))
-    files = files_by_series[series_id]
+    return series_id, list(files_by_series[series_id])
+
+
+def read_dicom_series(folder: Path) -> SourceVolume:
+    import SimpleITK as sitk
+
+    series_id, files = dicom_series_files(folder)
+    reader = sitk.ImageSeriesReader()
     if len(files) < 2:
         raise ValueError(f"{folder}: DICOM series {series_id} has a single slice; expected a 3-D volume")
     reader.SetFileNames(files)
@@ -110,7 +139,7 @@ def read_dicom_series(folder: Path) -> SourceVolume:
     try:
         image = reader.Execute()
     except Exception as error:
-        raise ValueError(f"{folder}: cannot read DICOM series {series_id} ({error})") from error
+        raise ValueError(f"{folder}: cannot read DICOM series {series_id} ({itk_message(error)})") from None
     _check_slice_positions(reader, image, folder)
     return _itk_to_source(image, folder, "dicom")
 

@@ -154,6 +154,8 @@ def _read_raw(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         except Exception as error:
             unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
             reason = f"it refers to {unsafe.group(1)}" if unsafe else str(error).splitlines()[0]
+            # torch's own advice (retry with weights_only=False) is exactly what must not happen here.
+            reason = re.split(r"\s*(In PyTorch 2\.6|Re-running `torch\.load`)", reason)[0] or "not a tensor-only file"
             raise ValueError(
                 f"{path}: cannot read it as a weights-only torch checkpoint (arbitrary objects are never "
                 f"unpickled): {reason}"
