@@ -5,7 +5,7 @@ import pydicom
 import pytest
 
 from segvol.infer.cli import predict_file
-from segvol.infer.testing import BoxModel
+from tests.stand_in_models import BoxModel
 from segvol.io import read_image, read_label
 from segvol.io.readers import dicom_series_files
 from tests.test_predict import liver_box_in_file_indices

@@ -6,7 +6,7 @@ import torch
 
 from segvol.infer import Prompt, segment
 from segvol.infer.session import Session
-from segvol.infer.testing import BoxModel, MixingModel
+from tests.stand_in_models import BoxModel, MixingModel
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,8 @@
 """What `segvol serve` holds for one browser: the open image, its objects and their prompts.
 
-Everything is kept in the image's canonical (D, H, W) voxels (the frame `segvol.infer` works in);
+Segmentation runs through `segvol.infer.session.Session`, so the image embeddings are computed once
+per image and reused by every edit. Everything is kept in the image's canonical (D, H, W) voxels (the
+frame `segvol.infer` works in);
 the browser only ever sends view coordinates (`view`, column, row of the rendered slice), mapped
 here by `ViewGeometry`, and receives rendered PNG slices. Exports go through
 `segvol.infer.cli.predict_file`, the function behind `segvol predict`, with the prompts mapped back
@@ -118,7 +120,7 @@ class Workspace:
         self.image = None
         self.source: Path | None = None
         self.hu: np.ndarray | None = None
-        self.volume = None
+        self.session = None
         self.geometry: ViewGeometry | None = None
         self.objects: list[SegmentedObject] = []
         self.history: list[list[SegmentedObject]] = []
@@ -150,20 +152,16 @@ class Workspace:
 
     def open(self, path: str | Path) -> dict:
         """Read an image (already checked to be allowed) and start afresh on it."""
-        import torch
-
+        from segvol.infer.session import Session
         from segvol.io import read_image
-        from segvol.normalize.intensity import foreground_normalize
 
         image = read_image(path)
-        try:
-            volume = torch.from_numpy(foreground_normalize(image.array))
-        except ValueError as error:
-            raise ValueError(f"{Path(path).name}: {error}") from None
+        hu = np.array(image.array, dtype=np.float32)  # the session releases the image's own array
+        session = Session(self.model, image, mode=self.mode)
         with self.lock:
             self.image, self.source = image, Path(path)
-            self.hu = np.asarray(image.array, dtype=np.float32)
-            self.volume = volume
+            self.hu = hu
+            self.session = session
             self.geometry = ViewGeometry(self.hu.shape)
             self.objects, self.history = [], []
         return self.describe()
@@ -255,15 +253,13 @@ class Workspace:
     def _segment(self, item: SegmentedObject) -> dict:
         import torch
 
-        from segvol.infer.zoom import segment
-
         if not item.has_prompt():
             item.mask = None
             return self.describe()
         prompt = item.prompt()
         started = time.perf_counter()
-        with torch.inference_mode():
-            logits = segment(self.model, self.volume, [prompt], mode=self.mode)
+        with torch.inference_mode():  # the session keeps every view's image embedding between edits
+            logits = self.session.segment([prompt])
         item.mask = (logits[0] > 0).numpy()
         self.last_seconds = time.perf_counter() - started
         log.info("%s: %d voxels in %.2f s", item.name, int(item.mask.sum()), self.last_seconds)
