@@ -14,7 +14,7 @@ from segvol.normalize import cli, intensity
 from segvol.normalize.convert import fit_chunks, split_cases
 from segvol.normalize.intensity import foreground_normalize
 from segvol.normalize.store import open_store
-from segvol.normalize.vocabulary import canonical_name
+from segvol.vocabulary import canonical_name
 
 # --------------------------------------------------------------------------- intensity
 

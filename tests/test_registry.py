@@ -192,7 +192,7 @@ def test_missing_registry_file(tmp_path):
 def test_vocabulary_merges_registry_synth_and_store_names(tmp_path):
     import zarr
 
-    from segvol.normalize.vocabulary import known_categories
+    from segvol.vocabulary import known_categories
 
     store = tmp_path / "mine.zarr"
     zarr.open_group(str(store), mode="w").attrs.update({
@@ -230,7 +230,7 @@ def test_predict_warns_about_unknown_text_and_refuses_it_with_strict(tmp_path, c
 
     from segvol.cli import main
     from segvol.infer import cli as predict_cli
-    from segvol.normalize.vocabulary import check_text_prompt
+    from segvol.vocabulary import check_text_prompt
 
     assert check_text_prompt("Kidney_Left", strict=True) == "left kidney"
     parser = argparse.ArgumentParser()

@@ -135,7 +135,7 @@ def prompt_records(args) -> list[dict]:
         records.extend({"text": text, "_origin": "--text"} for text in args.text)
     if not records:
         raise ValueError("no prompt given: use --text, --box, --point or --prompts FILE")
-    from segvol.normalize.vocabulary import check_text_prompt
+    from segvol.vocabulary import check_text_prompt
 
     for record in records:
         if record.get("text"):

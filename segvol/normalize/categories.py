@@ -1,6 +1,6 @@
 """List every category name SegVol knows: canonical name, synonyms, and the datasets carrying it.
 
-The vocabulary comes from the synonym table (segvol.normalize.vocabulary), the label maps of the
+The vocabulary comes from the synonym table (segvol.vocabulary), the label maps of the
 dataset registry, the demo's synthetic datasets, and any normalized stores you name. Use these
 names as `segvol predict --text NAME`; predict warns about a name outside this list (refuses it
 with --strict). Registry datasets whose labels come from the release itself (labels: null, e.g.
@@ -26,7 +26,7 @@ def add_arguments(parser):
 def run(args) -> int:
     import json
 
-    from segvol.normalize.vocabulary import DEFAULT_CONFIG, DEFAULT_REGISTRY, known_categories, normalize_text
+    from segvol.vocabulary import DEFAULT_CONFIG, DEFAULT_REGISTRY, known_categories, normalize_text
 
     vocabulary = known_categories(args.registry or DEFAULT_REGISTRY, args.config or DEFAULT_CONFIG, args.zarr)
     if args.contains:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from segvol.normalize.intensity import apply_normalization, foreground_statistics
-from segvol.normalize.vocabulary import canonical_name
+from segvol.vocabulary import canonical_name
 
 log = logging.getLogger(__name__)
 

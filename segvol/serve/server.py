@@ -176,7 +176,7 @@ class SegVolServer(ThreadingHTTPServer):
     def categories(self) -> list[str]:
         if self._categories is None:
             try:
-                from segvol.normalize.vocabulary import known_categories
+                from segvol.vocabulary import known_categories
 
                 self._categories = sorted(known_categories())
             except Exception as error:  # completion is a help, not a requirement

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REGISTRY = REPO_ROOT / "config" / "datasets.yaml"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
 
@@ -110,9 +110,11 @@ def _known(registry: str | None, config: str | None, stores: tuple[str, ...]) ->
     for canonical in SYNONYMS:
         _add(vocabulary, canonical, None)
     if registry:
-        from segvol.download.registry import load_registry
-
-        for dataset, entry in load_registry(registry).items():
+        # Only names are read here (the download stage validates the registry), so this shared
+        # module needs no stage's code.
+        datasets = (yaml.safe_load(Path(registry).read_text(encoding="utf-8")) or {}).get("datasets") or {}
+        for dataset, entry in datasets.items():
+            entry = entry or {}
             for name in (entry.get("labels") or {}).values():
                 _add(vocabulary, name, dataset)
             for name in entry.get("regions") or {}:
@@ -123,11 +125,15 @@ def _known(registry: str | None, config: str | None, stores: tuple[str, ...]) ->
             for name in (spec or {}).get("labels") or []:
                 _add(vocabulary, name, dataset)
     for store in stores:
-        from segvol.normalize.store import open_store
+        import zarr
 
-        opened = open_store(store)
-        for name in opened.categories:
-            _add(vocabulary, name, opened.attrs.get("dataset") or Path(store).stem)
+        if not Path(store).is_dir():
+            raise FileNotFoundError(f"{store}: Zarr store not found")
+        attrs = zarr.open_group(str(store), mode="r").attrs
+        if "categories" not in attrs:
+            raise ValueError(f"{store}: root attribute 'categories' is missing; not a dataset store")
+        for name in attrs["categories"]:
+            _add(vocabulary, name, attrs.get("dataset") or Path(store).stem)
     return {name: {"synonyms": sorted(entry["synonyms"]), "datasets": sorted(entry["datasets"])}
             for name, entry in sorted(vocabulary.items())}
 
