@@ -1,4 +1,4 @@
-"""Foreground intensity normalization of CT volumes (facts §6.1), fast and memory-lean.
+"""Foreground intensity normalization of CT volumes (the released SegVol preprocessing), fast and memory-lean.
 
     t      = mean of all voxels
     kept   = voxels > t                                   ("foreground")
@@ -94,7 +94,7 @@ def _generic_statistics(hu: np.ndarray) -> dict:
 
 
 def foreground_statistics(hu: np.ndarray) -> dict:
-    """The §6.1 statistics of a raw CT volume: threshold, lower, upper, mean, std, kept (count).
+    """The foreground statistics of a raw CT volume: threshold, lower, upper, mean, std, kept (count).
 
     Raises ValueError for empty, non-numeric, NaN/inf or constant volumes.
     """
@@ -142,7 +142,7 @@ def apply_normalization(hu: np.ndarray, stats: dict, out: np.ndarray | None = No
 
 
 def foreground_normalize(hu: np.ndarray, stats: dict | None = None) -> np.ndarray:
-    """Raw CT (any shape, HU as stored) -> float32 in [0, 1], per facts §6.1 then min-max.
+    """Raw CT (any shape, HU as stored) -> float32 in [0, 1], per the released SegVol preprocessing, then min-max.
 
     Raises ValueError for NaN/inf voxels and for constant volumes (nothing above the mean).
     """
