@@ -346,7 +346,7 @@ class CheckedCase:
 class CheckedStore:
     """Root attributes plus lazily opened, checked case groups of one store (dataset or pseudo)."""
 
-    required = ("cases",)
+    required = ()
     case_class = CheckedCase
 
     def __init__(self, path: str | os.PathLike):
@@ -355,15 +355,19 @@ class CheckedStore:
             raise FileNotFoundError(f"{self.path}: Zarr store not found")
         root = _read_json(self.path / "zarr.json", "store")
         self.attrs: dict = root.get("attributes", {})
+        version = self.attrs.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(f"{self.path}: format_version {version!r} is newer than this segvol reads ({FORMAT_VERSION})")
+        self.format_version = version
+        if "cases" not in self.attrs and version < 2 and "cases" not in self.required:
+            # format 1 pseudo-label stores written by hand had no root attrs: their groups are the cases
+            self.attrs = {**self.attrs, "cases": sorted(
+                entry.name for entry in self.path.iterdir() if (entry / "zarr.json").is_file())}
         for key in self.required:
             if key not in self.attrs:
                 raise ValueError(f"{self.path}: missing root attribute '{key}' (not a {self.kind})")
         if not isinstance(self.attrs["cases"], list):
             raise ValueError(f"{self.path}: root attribute 'cases' must be a list of case ids")
-        version = self.attrs.get("format_version", 1)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ValueError(f"{self.path}: format_version {version!r} is newer than this segvol reads ({FORMAT_VERSION})")
-        self.format_version = version
         self._groups: dict = {}
         self._owner_pid = os.getpid()
 
