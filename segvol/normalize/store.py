@@ -60,15 +60,16 @@ class StoreCorruptError(ValueError):
 
 
 def checked_codecs(compression_level: int) -> tuple:
-    """Blosc zstd then CRC32C: the checksum covers the compressed bytes, so corruption is caught
-    before decompression.
+    """Blosc zstd with byte shuffle, then CRC32C: the checksum covers the compressed bytes, so
+    corruption is caught before decompression.
 
-    No byte shuffle: CT holds few distinct values and long runs of air that compress better
-    unshuffled (512x512x300 phantom, level 1: 58 MB unshuffled vs 77 MB shuffled as float32).
+    Byte shuffle suits int16 HU (level 1, image bytes: real 3 mm abdomen CT 1.60 MB shuffled vs
+    1.97 MB unshuffled; 512x512x200 phantom 49.5 vs 60.2 MB, same speed); for uint8 masks it is a
+    no-op.
     """
     import zarr
 
-    blosc = zarr.codecs.BloscCodec(cname="zstd", clevel=compression_level, shuffle=zarr.codecs.BloscShuffle.noshuffle)
+    blosc = zarr.codecs.BloscCodec(cname="zstd", clevel=compression_level, shuffle=zarr.codecs.BloscShuffle.shuffle)
     return (blosc, zarr.codecs.Crc32cCodec())
 
 
@@ -433,6 +434,8 @@ class NormalizedCase(CheckedCase):
         stats = self.attrs.get("intensity")
         if not isinstance(stats, dict) or any(key not in stats for key in ("lower", "upper", "mean", "std")):
             raise self.corrupt(name, "no normalization parameters ('intensity') in the case attrs")
+        # The very float32 operations the values went through before they were stored as float32
+        # (a lookup table over all int16 values measured no faster than these blockwise passes).
         return lambda values: apply_normalization(np.ascontiguousarray(values), stats)
 
 
