@@ -132,12 +132,28 @@ def test_deleted_label_chunk_is_refused(store):
     expect_refusal(store, "case_001", "labels", "chunk file(s) missing, e.g. labels/categories/0/c/1/")
 
 
+@pytest.mark.parametrize("keep", [0, 100])
+def test_emptied_or_truncated_shard_is_refused_even_for_a_crop(store, keep):
+    from segvol.training.volumes import StoreReader, View, read_image
+
+    shard = store / "case_000" / "image" / "c" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:keep])  # zarr reads an empty shard file as fill value
+    with pytest.raises(StoreCorruptError, match=rf"case 'case_000', array 'image': chunk file image/c/0/0/0 has {keep} bytes"):
+        reader = StoreReader([store], split="all")
+        read_image(reader, reader.cases[0], View("crop", (0, 0, 0)), (4, 8, 8))
+
+
 def test_chunk_swapped_for_another_valid_chunk_is_caught_by_the_statistics(store):
-    # A whole, checksummed shard of another case: every CRC passes, only the recorded
-    # min/max/sum of the volume can tell.
+    # A whole, checksummed shard of another case: every CRC passes. Its size usually differs
+    # (tested above); here the recorded size is made to match, so only the recorded min/max/sum
+    # of the volume can tell.
     source = store / "case_000" / "image" / "c" / "1" / "0" / "0"
     target = store / "case_001" / "image" / "c" / "1" / "0" / "0"
     shutil.copyfile(source, target)
+    metadata = store / "case_001" / "zarr.json"
+    document = json.loads(metadata.read_text())
+    document["attributes"]["integrity"]["image"]["chunks"]["1/0/0"] = source.stat().st_size
+    metadata.write_text(json.dumps(document))
     expect_refusal(store, "case_001", "image", "differ from the recorded")
 
 

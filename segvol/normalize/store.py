@@ -14,9 +14,10 @@ bytes of chunks that exist. So a store of format 2 carries three layers:
 
 * every chunk and every shard index ends in a CRC32C (zarr's `crc32c` codec, after compression):
   a flipped byte fails the decode of that chunk, before the decompressor sees it;
-* the case attrs' `integrity` record lists, per array, the chunk keys that were written, its
-  shape and dtype: opening a case checks that exactly those chunk files exist and that the
-  array metadata still says the same;
+* the case attrs' `integrity` record lists, per array, the chunk files that were written with
+  their sizes, its shape and dtype: opening a case checks that exactly those files exist with
+  those sizes (a lost, emptied or truncated chunk) and that the array metadata still says the
+  same;
 * the record also holds per leading index (the whole array for (D, H, W), each channel for
   (C, D, H, W)) the min, max and sum of the stored values: every read that covers a whole volume
   (or whole channels) compares them, which also catches a chunk swapped for another valid one.
@@ -118,14 +119,16 @@ class VolumeStatistics:
         return {"min": self.minimum, "max": self.maximum, "sum": self.total}
 
 
-def stored_chunk_keys(array_dir: Path) -> list[str]:
-    """Keys ("0/1/0") of the chunk (or shard) files under a Zarr v3 array folder."""
+def stored_chunks(array_dir: Path) -> dict[str, int]:
+    """Key ("0/1/0") -> size in bytes of every chunk (or shard) file under a Zarr v3 array folder."""
     root = array_dir / "c"
-    keys = []
+    chunks = {}
     for folder, _, files in os.walk(root):
         prefix = os.path.relpath(folder, root)
-        keys += [name if prefix == "." else f"{prefix}/{name}".replace(os.sep, "/") for name in files]
-    return sorted(keys)
+        for name in files:
+            key = name if prefix == "." else f"{prefix}/{name}".replace(os.sep, "/")
+            chunks[key] = os.path.getsize(os.path.join(folder, name))
+    return dict(sorted(chunks.items()))
 
 
 def integrity_record(group_dir: Path, path: str, array, statistics: VolumeStatistics) -> dict:
@@ -134,7 +137,7 @@ def integrity_record(group_dir: Path, path: str, array, statistics: VolumeStatis
         "path": path,
         "shape": [int(n) for n in array.shape],
         "dtype": str(np.dtype(array.dtype)),
-        "chunks": stored_chunk_keys(group_dir / path),
+        "chunks": stored_chunks(group_dir / path),
         **statistics.record(),
     }
 
@@ -321,13 +324,18 @@ class CheckedCase:
         if [int(n) for n in array.shape] != record["shape"] or str(np.dtype(array.dtype)) != record["dtype"]:
             raise self.corrupt(name, f"shape/dtype {list(array.shape)} {array.dtype} differ from the recorded "
                                      f"{record['shape']} {record['dtype']}")
-        found = set(stored_chunk_keys(self.path / record["path"]))
+        found = stored_chunks(self.path / record["path"])
         missing = [key for key in record["chunks"] if key not in found]
         if missing:
             raise self.corrupt(name, f"{len(missing)} chunk file(s) missing, e.g. {record['path']}/c/{missing[0]}")
-        extra = sorted(found - set(record["chunks"]))
+        extra = [key for key in found if key not in record["chunks"]]
         if extra:
             raise self.corrupt(name, f"unexpected chunk file {record['path']}/c/{extra[0]}")
+        resized = [key for key, size in record["chunks"].items() if found[key] != size]
+        if resized:
+            key = resized[0]
+            raise self.corrupt(name, f"chunk file {record['path']}/c/{key} has {found[key]} bytes, "
+                                     f"{record['chunks'][key]} were written")
 
     def _transform(self, name: str):
         return None
