@@ -228,3 +228,16 @@ def test_stores_from_a_newer_segvol_are_refused(store):
     metadata.write_text(json.dumps(document))
     with pytest.raises(ValueError, match="format_version 99 is newer"):
         open_store(store)
+
+
+def test_format_1_stores_are_read_unchecked_with_a_warning(tmp_path, caplog):
+    import zarr
+
+    root = zarr.open_group(str(tmp_path / "old.zarr"), mode="w")
+    root.attrs.update({"dataset": "old", "categories": ["liver"], "cases": ["a"], "format_version": 1})
+    image = np.linspace(0, 1, 4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    root.create_group("a").create_array("image", data=image)
+    with caplog.at_level("WARNING"):
+        case = open_store(tmp_path / "old.zarr").case("a")
+    assert "read without integrity checks" in caplog.text
+    assert "labels" not in case and np.array_equal(case["image"][...], image)  # stored values, not renormalized

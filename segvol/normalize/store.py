@@ -39,11 +39,14 @@ and pickling the store drops them.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 NGFF_VERSION = "0.5"
@@ -368,6 +371,9 @@ class CheckedStore:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ValueError(f"{self.path}: format_version {version!r} is newer than this segvol reads ({FORMAT_VERSION})")
         self.format_version = version
+        if version < 2:
+            log.warning("%s: format_version %s store, read without integrity checks; re-run the stage "
+                        "that wrote it to get them", self.path, version)
         if "cases" not in self.attrs and version < 2 and "cases" not in self.required:
             # format 1 pseudo-label stores written by hand had no root attrs: their groups are the cases
             self.attrs = {**self.attrs, "cases": sorted(
