@@ -123,14 +123,14 @@ def main() -> int:
         for name, (write, open_image) in formats.items():  # interleaved: noise hits both alike
             out = WORK / f"{name}.zarr"
             shutil.rmtree(out, ignore_errors=True)
-            seconds, _ = timed(lambda: write(out))
+            seconds, _ = timed(lambda write=write, out=out: write(out))
             times[name]["write"].append(seconds)
             sizes[name] = folder_bytes(out / "ct" / "image")
-            seconds, volume = timed(lambda: open_image(out)[...])
+            seconds, volume = timed(lambda open_image=open_image, out=out: open_image(out)[...])
             times[name]["read"].append(seconds)
             if repeat == 0:
                 values[name] = volume
-            seconds, _ = timed(lambda: [open_image(out)[window] for window in windows])
+            seconds, _ = timed(lambda open_image=open_image, out=out: [open_image(out)[w] for w in windows])
             times[name]["crop"].append(seconds / len(windows))
         if repeat == 0 and not np.array_equal(values["old"], values["new"]):
             print("new store reads differ from the old float32 values", file=sys.stderr)

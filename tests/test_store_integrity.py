@@ -61,7 +61,8 @@ def store(pristine, tmp_path) -> Path:
 
 
 def read_for_evaluation(path: Path, case: str):
-    from segvol.evaluate.stores import open_store as open_for_evaluation, read_case
+    from segvol.evaluate.stores import open_store as open_for_evaluation
+    from segvol.evaluate.stores import read_case
 
     return read_case(open_for_evaluation(path), case)
 

@@ -213,7 +213,7 @@ class CheckedArray:
     `.ndim` and basic indexing (ints, slices, Ellipsis).
     """
 
-    def __init__(self, case: "CheckedCase", name: str, array, record: dict | None, transform=None):
+    def __init__(self, case: CheckedCase, name: str, array, record: dict | None, transform=None):
         self._case, self.name, self._array = case, name, array
         self._record, self._transform = record, transform
 
@@ -292,7 +292,7 @@ class CheckedArray:
 class CheckedCase:
     """The arrays of one case group, by logical name ("image", "labels", "pseudo")."""
 
-    def __init__(self, store: "CheckedStore", case_id: str):
+    def __init__(self, store: CheckedStore, case_id: str):
         import zarr
 
         self.store, self.id = store, case_id

@@ -15,7 +15,6 @@ import concurrent.futures
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 
