@@ -12,7 +12,7 @@ import pytest
 
 from segvol.io import read_image
 from segvol.normalize.convert import build_store, fit_chunks
-from segvol.normalize.intensity import apply_normalization, foreground_statistics
+from segvol.normalize.intensity import foreground_statistics
 from segvol.normalize.store import open_store
 from segvol.settings import stage_settings
 
@@ -20,13 +20,26 @@ SETTINGS = {"chunks": [4, 8, 8], "shards": [8, 16, 16]}
 
 
 def normalize_the_old_way(image_path: Path, settings: dict) -> np.ndarray:
-    """What format 1 stored: the float32 normalized volume, written slab by slab of whole shards."""
+    """What format 1 stored: the float32 normalized volume, written slab by slab of whole shards,
+    with the numpy operations `apply_normalization` used then (frozen here, so that a change to
+    the compiled kernel is measured against them)."""
     image = read_image(image_path)
     stats = foreground_statistics(image.array)
+    extremes = np.array([stats["lower"], stats["upper"]], dtype=np.float32)
+    extremes -= np.float32(stats["mean"])
+    extremes /= np.float32(max(stats["std"], 1e-8))
+    z_low, z_high = extremes
+    span = np.float32(max(float(z_high) - float(z_low), 1e-8))
     _, shards = fit_chunks(image.shape, settings["chunks"], settings["shards"])
     out = np.empty(image.shape, np.float32)
     for start in range(0, image.shape[0], shards[0]):
-        apply_normalization(image.array[start : start + shards[0]], stats, out=out[start : start + shards[0]])
+        block = out[start : start + shards[0]]
+        block[...] = image.array[start : start + shards[0]]
+        np.clip(block, np.float32(stats["lower"]), np.float32(stats["upper"]), out=block)
+        block -= np.float32(stats["mean"])
+        block /= np.float32(max(stats["std"], 1e-8))
+        block -= z_low
+        block /= span
     return out
 
 
