@@ -138,7 +138,8 @@ def main() -> int:
 
     raw_mb = voxels * 2 / 1e6
     print(f"{args.image} {image.shape} (D, H, W) {image.array.dtype}: {raw_mb:.1f} MB as int16; "
-          f"{args.repeats} repeats, medians; read values bit-identical: yes")
+          f"{args.repeats} repeats, medians; read values bit-identical: yes; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"  store image bytes  old {sizes['old'] / 1e6:8.2f} MB   new {sizes['new'] / 1e6:8.2f} MB   "
           f"new/old {sizes['new'] / sizes['old']:.3f}")
     medians = {name: {kind: statistics.median(runs) for kind, runs in kinds.items()} for name, kinds in times.items()}
