@@ -6,10 +6,10 @@ Writes a synthetic int16 CT (default 512x512x300 voxels, ~150 MB raw) to /tmp on
 times, each in a fresh subprocess (so that peak RSS is per measurement):
   floor     plain nibabel read + plain zarr write of the same int16 array (same chunks, shards,
             Blosc zstd at the same level, byte shuffle)
-  floor_store nibabel read + zarr write of the store's float32 content (normalized off the
-            clock, the store's codec): the pure I/O floor of what `normalize` writes
+  floor_store nibabel read + zarr write of the store's content (int16 HU in canonical order,
+            the store's codecs incl. CRC32C): the pure I/O floor of what `normalize` writes
   normalize `segvol normalize`'s build_store on a one-case dataset (read, canonicalise,
-            foreground-normalize, write float32), progress bar off
+            foreground statistics, write int16 + integrity record), progress bar off
 Prints medians, MB/s of raw voxels, the ratio normalize/floor (goal <= 1.5) and peak memory
 above the interpreter's baseline relative to the raw volume size (goal <= 3).
 """
@@ -57,8 +57,8 @@ def worker(mode: str, path: Path) -> dict:
     import nibabel as nib
     import zarr
 
-    from segvol.normalize.convert import _compressor, build_store, fit_chunks
-    from segvol.normalize.intensity import foreground_normalize
+    from segvol.normalize.convert import build_store, fit_chunks
+    from segvol.normalize.store import checked_codecs
     from segvol.settings import stage_settings
 
     settings = stage_settings("normalize", {})
@@ -71,9 +71,9 @@ def worker(mode: str, path: Path) -> dict:
         if mode == "floor_store":
             # The store's exact content, computed off the clock: only reading and writing count.
             read_seconds = time.perf_counter() - start
-            array = foreground_normalize(np.ascontiguousarray(array.T))
+            array = np.ascontiguousarray(array.T)
             start = time.perf_counter() - read_seconds
-            codec = _compressor(settings["compression_level"])
+            codec = checked_codecs(settings["compression_level"])
         else:  # byte shuffle: the fast, usual codec choice for integers
             codec = zarr.codecs.BloscCodec(cname="zstd", clevel=settings["compression_level"],
                                            shuffle=zarr.codecs.BloscShuffle.shuffle)
@@ -122,7 +122,7 @@ def main() -> int:
     print(f"normalize / floor time: {ratio:.2f}x (goal <= 1.5x);"
           f" normalize / floor_store time: {median['normalize'][0] / median['floor_store'][0]:.2f}x")
     print(f"normalize peak memory: {median['normalize'][1] / raw_mb:.2f}x the raw volume (goal <= 3x),"
-          f" {median['normalize'][1] / (2 * raw_mb):.2f}x the float32 volume")
+          f" {median['normalize'][1] / (2 * raw_mb):.2f}x a float32 volume")
     return 0
 
 

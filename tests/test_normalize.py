@@ -188,7 +188,7 @@ def test_store_layout_attrs_and_labels(tmp_path):
     assert attrs["categories"] == ["liver", "liver tumor", "left kidney"]
     assert attrs["cases"] == sorted(volumes)
     assert attrs["split"] == split_cases(sorted(volumes), "train", 7, 0.2)
-    assert attrs["format_version"] == 1
+    assert attrs["format_version"] == 2
 
     for case_id, (ct, label, affine) in volumes.items():
         group = store.case(case_id)

@@ -53,7 +53,9 @@ def test_cli_writes_the_contract(toy_store, tmp_path):
         assert pseudo.dtype == np.int32 and pseudo.shape == image.shape
         expected, attrs = case_pseudo_labels(image, labels[case], ["liver"], settings)
         assert np.array_equal(pseudo, expected)
-        assert dict(root[case].attrs) == attrs
+        stored = dict(root[case].attrs)
+        assert {key: stored[key] for key in attrs} == attrs
+        assert stored["integrity"]["pseudo"]["sum"] == [int(expected.sum())]
         assert attrs["gt_ids"] == {"liver": attrs["n_segments"] + 1}
     assert not list(out.parent.glob(".*tmp*"))
 
@@ -103,7 +105,7 @@ def test_bad_case_fails_cleanly(tmp_path, capsys, problem, message):
 def test_bad_store_and_params(tmp_path, capsys):
     out = tmp_path / "out.zarr"
     assert main(["pseudo", "--zarr", str(tmp_path / "missing.zarr"), "--out", str(out)]) == 2
-    assert "no such dataset store" in capsys.readouterr().err
+    assert "missing.zarr: Zarr store not found" in capsys.readouterr().err
     store = tmp_path / "nocases.zarr"
     zarr.open_group(str(store), mode="w").attrs["dataset"] = "x"
     assert main(["pseudo", "--zarr", str(store), "--out", str(out)]) == 2

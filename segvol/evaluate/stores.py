@@ -1,4 +1,5 @@
-"""Reading evaluation cases from a dataset Zarr store (CONTRIBUTING.md, "Zarr store contract")."""
+"""Reading evaluation cases from a dataset Zarr store (CONTRIBUTING.md, "Zarr store contract"),
+through the checked read path of `segvol.normalize.store` (a corrupt chunk is an error, never a score)."""
 
 from __future__ import annotations
 
@@ -22,47 +23,34 @@ class Case:
 
 
 def open_store(path: str | Path):
-    """Open a dataset store read-only, with a clear error when it is missing or not a dataset store."""
-    import zarr
+    """A dataset store read through the integrity checks of `segvol.normalize.store`."""
+    from segvol.normalize.store import open_store as open_checked_store
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: Zarr store not found")
-    try:
-        root = zarr.open_group(str(path), mode="r")
-    except Exception as error:  # zarr raises several types for a folder that is not a group
-        raise ValueError(f"{path}: not a readable Zarr group ({error})") from error
-    for key in ("categories", "cases"):
-        if key not in root.attrs:
-            raise ValueError(f"{path}: root attribute '{key}' is missing; not a dataset store")
-    return root
+    return open_checked_store(path)
 
 
-def dataset_name(root, path: str | Path) -> str:
-    return str(root.attrs.get("dataset") or Path(path).name.removesuffix(".zarr"))
+def dataset_name(store, path: str | Path = "") -> str:
+    return store.name
 
 
-def select_cases(root, split: str) -> list[str]:
+def select_cases(store, split: str) -> list[str]:
     """Case ids of `split`: "all" (external test sets), "test" or "train" (the stored split)."""
-    cases = list(root.attrs["cases"])
     if split == "all":
-        return cases
-    stored = root.attrs.get("split") or {}
-    if split not in stored:
-        raise ValueError(f"store has no '{split}' split (root attribute 'split' lacks it)")
-    return list(stored[split])
+        return store.cases
+    if split not in store.split:
+        raise ValueError(f"{store.path}: store has no '{split}' split (root attribute 'split' lacks it)")
+    return list(store.split[split])
 
 
-def read_case(root, case: str, path: str | Path = "") -> Case:
-    """Load one case and check it against the contract (shapes, grid, finiteness)."""
-    if case not in root:
-        raise ValueError(f"{path}: case '{case}' is listed but has no group")
-    group = root[case]
+def read_case(store, case: str, path: str | Path = "") -> Case:
+    """Load one case (checked against its integrity record) and check it against the contract."""
+    path = store.path
+    group = store.case(case)
     if "labels" not in group:
         raise ValueError(f"{path}/{case}: no 'labels' array; evaluation needs a labelled store")
     image = np.asarray(group["image"][...], dtype=np.float32)
     labels = np.asarray(group["labels"][...]) > 0
-    categories = list(root.attrs["categories"])
+    categories = store.categories
     if image.ndim != 3:
         raise ValueError(f"{path}/{case}/image: expected (D, H, W), got shape {image.shape}")
     if labels.ndim != 4 or labels.shape[1:] != image.shape or labels.shape[0] != len(categories):
@@ -75,7 +63,7 @@ def read_case(root, case: str, path: str | Path = "") -> Case:
     spacing = tuple(float(s) for s in group.attrs.get("spacing", (1.0, 1.0, 1.0)))
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"{path}/{case}: invalid spacing {spacing}")
-    return Case(dataset_name(root, path), case, image, labels, categories, spacing)
+    return Case(store.name, case, image, labels, categories, spacing)
 
 
 def iter_cases(path: str | Path, split: str = "all", limit: int | None = None) -> Iterator[Case]:

@@ -1,7 +1,7 @@
 """Convert one raw dataset folder (dataset.json + NIfTI/NRRD/MHA/DICOM cases) into a normalized Zarr store.
 
 Every case is reoriented to the canonical (D, H, W) = (S, A, R) array order (no resampling),
-foreground-normalized to float32 [0, 1] (SegVol's §6.1 recipe), and its label map becomes one
+stored as int16 HU with its foreground normalization to [0, 1] applied on read, and its label map becomes one
 uint8 channel per category (category names unified, e.g. "postcava" -> "inferior vena cava").
 Train datasets get a seeded 80/20 split, external ones are all "test", unlabelled ones all
 "train". The store appears only when every case succeeded.

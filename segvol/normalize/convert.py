@@ -15,12 +15,22 @@ from pathlib import Path
 
 import numpy as np
 
-from segvol.normalize.intensity import apply_normalization, foreground_statistics
+from segvol.normalize.intensity import foreground_statistics
+from segvol.normalize.store import (
+    FORMAT_VERSION,
+    LABEL_IMAGE,
+    NGFF_VERSION,
+    VolumeStatistics,
+    checked_codecs,
+    integrity_record,
+    ngff_image,
+    spatial_dimension_names,
+    storage_dtype,
+)
 from segvol.vocabulary import canonical_name
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 ROLES = ("train", "external", "unlabelled")
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 # Past this label id, per-id bounding boxes and lookup tables get large; np.isin is used instead.
@@ -144,15 +154,6 @@ def fit_chunks(shape: tuple[int, ...], chunks: list[int], shards: list[int]) -> 
 # ----------------------------------------------------------------------------- store writing
 
 
-def _compressor(clevel: int):
-    """Blosc zstd without byte shuffle: normalized integer CT holds few distinct float32 values
-    (and long runs of exact 0 for air) that compress better unshuffled (512x512x300 phantom,
-    level 1: 58 MB unshuffled vs 77 MB shuffled; level 3: 40 MB in 1.7x the time)."""
-    import zarr
-
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=clevel, shuffle=zarr.codecs.BloscShuffle.noshuffle)
-
-
 def _label_boxes(labelmap: np.ndarray) -> list | None:
     """Bounding box (tuple of slices, or None) of every label id, from one pass; None when the
     ids are too large for that."""
@@ -185,41 +186,60 @@ def _category_mask(labelmap: np.ndarray, values: list[int], boxes: list | None):
 
 
 def write_case(group, image, labelmap, categories: dict[str, list[int]], settings: dict) -> dict:
-    """Write one case's `image` (and `labels`) into zarr `group`; returns the case attrs."""
+    """Write one case's `image` (and `labels`) into zarr `group`; returns the case attrs.
+
+    The image keeps its source intensities (int16 HU for CT, see `store.storage_dtype`); the
+    normalization parameters go into the attrs and `segvol.normalize.store` applies them on read.
+    """
     stats = foreground_statistics(image.array)
+    spacing = image.geometry()["spacing"]
+    group_dir = Path(group.store.root) / group.path
+    codecs = checked_codecs(settings["compression_level"])
     chunks, shards = fit_chunks(image.shape, settings["chunks"], settings["shards"])
+    dtype = storage_dtype(image.array)
     array = group.create_array(
-        "image", shape=image.shape, dtype="float32", chunks=chunks, shards=shards,
-        compressors=_compressor(settings["compression_level"]), fill_value=0.0,
-        dimension_names=("D", "H", "W"),
+        "image", shape=image.shape, dtype=dtype, chunks=chunks, shards=shards,
+        compressors=codecs, fill_value=0, dimension_names=spatial_dimension_names(),
     )
-    # One slab of whole shards at a time: the float32 volume never exists in full.
-    slab = np.empty((shards[0], *image.shape[1:]), dtype=np.float32)
-    for start in range(0, image.shape[0], shards[0]):
-        stop = min(start + shards[0], image.shape[0])
-        part = slab[: stop - start]
-        apply_normalization(image.array[start:stop], stats, out=part)
-        array[start:stop] = part
-    del slab
+    image_statistics = VolumeStatistics(1)
+    for start in range(0, image.shape[0], shards[0]):  # one slab of whole shards at a time
+        slab = image.array[start : start + shards[0]].astype(dtype, copy=False)
+        image_statistics.add(0, slab)
+        array[start : start + slab.shape[0]] = slab
+    integrity = {"image": integrity_record(group_dir, "image", array, image_statistics)}
 
     present = []
     if labelmap is not None:
         names = list(categories)
-        labels = group.create_array(
-            "labels", shape=(len(names), *labelmap.shape), dtype="uint8",
-            chunks=(1, *chunks), shards=(1, *shards),
-            compressors=_compressor(settings["compression_level"]), fill_value=0,
-            dimension_names=("C", "D", "H", "W"),
+        label_path = f"labels/{LABEL_IMAGE}/0"
+        holder = group.create_group("labels")
+        holder.attrs["ome"] = {"version": NGFF_VERSION, "labels": [LABEL_IMAGE]}
+        label_image = holder.create_group(LABEL_IMAGE)
+        label_image.attrs["ome"] = {
+            **ngff_image(LABEL_IMAGE, "0", spacing, channel=True),
+            "image-label": {"source": {"image": "../../"}},
+        }
+        labels = label_image.create_array(
+            "0", shape=(len(names), *labelmap.shape), dtype="uint8",
+            chunks=(1, *chunks), shards=(1, *shards), compressors=codecs, fill_value=0,
+            dimension_names=spatial_dimension_names(channel=True),
         )
+        label_statistics = VolumeStatistics(len(names))
         boxes = _label_boxes(labelmap)
         for channel, name in enumerate(names):
             region, mask = _category_mask(labelmap, categories[name], boxes)
             if mask is not None and mask.any():
                 present.append(name)
                 labels[(channel, *region)] = mask
+                label_statistics.add(channel, mask)
+                if mask.size < labelmap.size:  # the rest of the channel is fill value 0
+                    label_statistics.add(channel, np.zeros(1, np.uint8))
+        integrity["labels"] = integrity_record(group_dir, label_path, labels, label_statistics)
     attrs = image.geometry()
     attrs["categories_present"] = present
     attrs["intensity"] = stats
+    attrs["integrity"] = integrity
+    attrs["ome"] = ngff_image(group.basename, "image", spacing)
     return attrs
 
 
@@ -247,7 +267,9 @@ def build_store(raw: str | Path, out: str | Path, seed: int, settings: dict, pro
             "cases": case_ids,
             "split": split,
             "format_version": FORMAT_VERSION,
-            "intensity": "foreground normalization (docs/method.md#intensity-normalization) then min-max to [0, 1]",
+            "intensity": "stored as source intensities (HU); SegVol's foreground normalization "
+                         "(docs/method.md#intensity-normalization) then min-max to [0, 1] is applied on read "
+                         "(parameters in each case's 'intensity')",
             "orientation": "canonical (D, H, W) = (S, A, R): RAS+ closest axes, reversed",
         })
         for case in tqdm(dataset["cases"], desc=f"normalize {dataset['name']}", unit="case",

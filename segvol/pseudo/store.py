@@ -1,9 +1,10 @@
 """Pseudo labels for every case of a dataset store, written as a pseudo-label store.
 
-Reads the Zarr store contract of CONTRIBUTING.md (root attrs `cases`, `categories`; per case
-`image` (D, H, W) float32 and optional `labels` (C, D, H, W) uint8) and writes
-`data/pseudo/<dataset>.zarr`: one group per case with `pseudo` int32 (D, H, W) and attrs
-`n_segments`, `segment_sizes`, `gt_ids`. The store is written to a temporary sibling and renamed
+Reads the dataset store through `segvol.normalize.store` (checked; `image` (D, H, W) float32
+normalized on read, optional `labels` (C, D, H, W) uint8) and writes `data/pseudo/<dataset>.zarr`:
+one group per case with `pseudo` int32 (D, H, W) (CRC32C-checked chunks) and attrs `n_segments`,
+`segment_sizes`, `gt_ids`, the `integrity` record and NGFF `multiscales` (so a viewer shows it
+with the image's spacing). The store is written to a temporary sibling and renamed
 into place, so a failed run leaves nothing at the output path.
 """
 
@@ -14,45 +15,37 @@ import concurrent.futures
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from segvol.io.atomic import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # CRC32C on every chunk plus the integrity record of segvol.normalize.store
 CHUNKS = (32, 128, 128)
+COMPRESSION_LEVEL = 1
 
 
 def open_dataset(path: str | os.PathLike):
-    """The dataset store's root group, read-only; FileNotFoundError/ValueError when unusable."""
-    import zarr
+    """The dataset store, read through the integrity checks; FileNotFoundError/ValueError when unusable."""
+    from segvol.normalize.store import open_store
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such dataset store")
-    try:
-        root = zarr.open_group(str(path), mode="r")
-    except Exception as error:  # zarr raises several types for a non-store directory
-        raise ValueError(f"{path}: not a readable Zarr group ({error})") from error
-    cases = root.attrs.get("cases")
-    if not isinstance(cases, list):
-        raise ValueError(f"{path}: root attribute 'cases' (a list of case ids) is missing")
-    for case in cases:
-        if case not in root or "image" not in root[case]:
+    store = open_store(path)
+    for case in store.cases:
+        if "image" not in store.case(case):
             raise ValueError(f"{path}: case '{case}' has no 'image' array")
-    return root
+    store.close()
+    return store
 
 
 def read_case(path: str | os.PathLike, case: str) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """(image, labels or None, categories) of one case."""
-    import zarr
+    """(image, labels or None, categories) of one case, checked and normalized."""
+    from segvol.normalize.store import open_store
 
-    root = zarr.open_group(str(path), mode="r")
-    group = root[case]
+    store = open_store(path)
+    group = store.case(case)
     image = group["image"][...]
     labels = group["labels"][...] if "labels" in group else None
-    return image, labels, list(root.attrs.get("categories", []))
+    return image, labels, store.categories
 
 
 def _one_case(store: str, case: str, settings: dict) -> tuple[str, np.ndarray, dict]:
@@ -110,19 +103,27 @@ def write_pseudo_store(
     """
     import zarr
 
-    root = open_dataset(store)
-    cases = list(root.attrs["cases"])
+    from segvol.normalize.store import (
+        VolumeStatistics,
+        checked_codecs,
+        integrity_record,
+        ngff_image,
+        spatial_dimension_names,
+    )
+
+    dataset = open_dataset(store)
+    cases = dataset.cases
     results = _results(str(store), cases, settings, threads)
     if progress is not None:
         results = progress(results)
     summary = {}
     with atomic_path(out) as temporary:
-        target = zarr.open_group(str(temporary), mode="w")
+        target = zarr.open_group(str(temporary), mode="w", zarr_format=3)
         target.attrs.update(
             {
-                "dataset": root.attrs.get("dataset", Path(store).stem),
+                "dataset": dataset.name,
                 "source": str(store),
-                "categories": list(root.attrs.get("categories", [])),
+                "categories": dataset.categories,
                 "cases": cases,
                 "settings": settings,
                 "format_version": FORMAT_VERSION,
@@ -131,8 +132,17 @@ def write_pseudo_store(
         for case, pseudo, attrs in results:
             group = target.create_group(case)
             chunks = tuple(min(c, n) for c, n in zip(CHUNKS, pseudo.shape))
-            array = group.create_array("pseudo", shape=pseudo.shape, dtype="int32", chunks=chunks, fill_value=0)
+            array = group.create_array("pseudo", shape=pseudo.shape, dtype="int32", chunks=chunks, fill_value=0,
+                                       compressors=checked_codecs(COMPRESSION_LEVEL),
+                                       dimension_names=spatial_dimension_names())
             array[...] = pseudo
-            group.attrs.update(attrs)
+            statistics = VolumeStatistics(1)
+            statistics.add(0, pseudo)
+            spacing = dataset.case_attrs(case).get("spacing", [1.0, 1.0, 1.0])
+            group.attrs.update({
+                **attrs,
+                "integrity": {"pseudo": integrity_record(temporary / case, "pseudo", array, statistics)},
+                "ome": ngff_image(case, "pseudo", spacing),
+            })
             summary[case] = attrs["n_segments"]
     return summary

@@ -5,8 +5,9 @@ A *view* is what one training sample sees at the model input size `spatial_size`
 - `crop`: a native-resolution window of `spatial_size` (zero padded where the case is smaller),
   read from the store chunk by chunk so only the chunks under the window are decoded.
 
-Stores are opened lazily and per process: a `StoreReader` pickled into a DataLoader worker
-opens its own handles on first use, so nothing decoded in the parent is shared across a fork.
+Every read goes through the checked stores of `segvol.normalize.store` (checksums, recorded chunk
+keys and statistics; images normalized on read). Their case handles are per process: a
+`StoreReader` pickled or forked into a DataLoader worker opens its own on first use.
 """
 
 from __future__ import annotations
@@ -40,41 +41,28 @@ class StoreReader:
     def __init__(self, paths: Sequence[str | os.PathLike], split: str = "train"):
         self.paths = [Path(p) for p in paths]
         self.split = split
-        self._pid: int | None = None
-        self._groups: list = []
-        self.attrs: list[dict] = []
+        self._stores = [self._open(path) for path in self.paths]
+        self.attrs: list[dict] = [store.attrs for store in self._stores]
         self.cases: list[CaseRef] = []
-        for index, path in enumerate(self.paths):
-            group = self._open(path)
-            attrs = dict(group.attrs)
-            self.attrs.append(attrs)
-            for case in self._case_ids(path, attrs, group):
-                if case not in group:
-                    raise ValueError(f"{path}: case '{case}' is listed in the attrs but has no group")
-                shape = tuple(int(s) for s in group[case]["image"].shape)
+        for index, store in enumerate(self._stores):
+            for case in self._case_ids(store.attrs):
+                shape = tuple(int(s) for s in store.case(case)["image"].shape)
                 if len(shape) != 3:
-                    raise ValueError(f"{path}/{case}/image: expected a (D, H, W) array, got shape {shape}")
+                    raise ValueError(f"{store.path}/{case}/image: expected a (D, H, W) array, got shape {shape}")
                 self.cases.append(CaseRef(index, case, shape))
-        self._pid = None  # handles opened above belong to the constructing process only
-        self._groups = []
+            store.close()  # handles opened above belong to the constructing process only
 
     # -- opening ------------------------------------------------------------------------------
 
     @staticmethod
     def _open(path: Path):
-        import zarr
+        """The dataset store, read through the integrity checks of `segvol.normalize.store`."""
+        from segvol.normalize.store import open_store
 
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: Zarr store not found")
-        try:
-            return zarr.open_group(str(path), mode="r")
-        except Exception as error:
-            raise ValueError(f"{path}: not a readable Zarr group ({error})") from error
+        return open_store(path)
 
-    def _case_ids(self, path: Path, attrs: dict, group) -> list[str]:
-        cases = attrs.get("cases")
-        if cases is None:
-            cases = sorted(name for name, _ in group.groups())
+    def _case_ids(self, attrs: dict) -> list[str]:
+        cases = attrs["cases"]
         split = attrs.get("split") or {}
         if self.split == "train" and split.get("train") is not None:
             cases = [c for c in cases if c in set(split["train"])]
@@ -83,41 +71,48 @@ class StoreReader:
         return list(cases)
 
     def group(self, ref: CaseRef):
-        """The Zarr group of `ref`, opened once per process."""
-        if self._pid != os.getpid():
-            self._groups = [None] * len(self.paths)
-            self._pid = os.getpid()
-        if self._groups[ref.store] is None:
-            self._groups[ref.store] = self._open(self.paths[ref.store])
-        return self._groups[ref.store][ref.case]
+        """The checked case of `ref` (`["image"]` normalized float32, `["labels"]`), opened once per process."""
+        return self._stores[ref.store].case(ref.case)
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_groups"] = []
-        state["_pid"] = None
-        return state
+    @property
+    def _groups(self) -> list:
+        """The stores holding open case handles in this process (empty after pickling)."""
+        return [store for store in self._stores if store._groups]
+
+    @_groups.setter
+    def _groups(self, _value) -> None:  # callers drop the handles their checks opened
+        for store in self._stores:
+            store.close()
+
+    _pid = None
 
     def __len__(self) -> int:
         return len(self.cases)
 
 
 class LazyGroup:
-    """A read-only Zarr group opened on first use in each process (safe to pickle to workers)."""
+    """A store of case groups (e.g. pseudo labels) read through the integrity checks; cases open
+    lazily per process (safe to pickle to workers). `get()[case]["pseudo"]` is a checked array."""
 
     def __init__(self, path: str | os.PathLike):
+        from segvol.normalize.store import open_checked
+
         self.path = Path(path)
-        self._pid: int | None = None
-        self._group = None
-        StoreReader._open(self.path)  # fail early on a missing or unreadable store
+        self._store = open_checked(self.path)  # fails early on a missing or unreadable store
 
     def get(self):
-        if self._pid != os.getpid():
-            self._group = StoreReader._open(self.path)
-            self._pid = os.getpid()
-        return self._group
+        return self._store
 
-    def __getstate__(self):
-        return {"path": self.path, "_pid": None, "_group": None}
+    @property
+    def _group(self):
+        """The store while it holds open case handles in this process, else None."""
+        return self._store if self._store._groups else None
+
+    @_group.setter
+    def _group(self, _value) -> None:  # callers drop the handles their checks opened
+        self._store.close()
+
+    _pid = None
 
 
 # ----------------------------------------------------------------------------------------------
