@@ -58,7 +58,7 @@ def worker(mode: str, path: Path) -> dict:
     import zarr
 
     from segvol.normalize.convert import build_store, fit_chunks
-    from segvol.normalize.store import checked_codecs
+    from segvol.io.store import checked_codecs
     from segvol.settings import stage_settings
 
     settings = stage_settings("normalize", {})

@@ -71,7 +71,7 @@ def main() -> None:
         raise SystemExit(f"needs {root} (the shared real CT)")
     from segvol.infer.zoom import foreground_box
     from segvol.io import read_image, read_label
-    from segvol.normalize.intensity import foreground_normalize
+    from segvol.io.intensity import foreground_normalize
 
     image = read_image(root / "example_ct.nii.gz")
     label = read_label(root / "example_seg_fast_force_split.nii.gz", image)

@@ -41,7 +41,7 @@ def write_format_1(path: Path, out: Path, settings: dict) -> None:
 
     from segvol.io import read_image
     from segvol.normalize.convert import fit_chunks
-    from segvol.normalize.intensity import apply_normalization, foreground_statistics
+    from segvol.io.intensity import apply_normalization, foreground_statistics
 
     image = read_image(path)
     stats = foreground_statistics(image.array)
@@ -71,7 +71,7 @@ def open_format_1(out: Path):
 
 
 def open_format_2(out: Path):
-    from segvol.normalize.store import open_store
+    from segvol.io.store import open_store
 
     return open_store(out).case("ct")["image"]  # a fresh store: includes the open-time checks
 

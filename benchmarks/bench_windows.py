@@ -53,7 +53,7 @@ def cases():
     root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalsegmentator" / "abdomen_ct_3mm"
     if (root / "example_ct.nii.gz").exists():
         from segvol.io import read_image, read_label
-        from segvol.normalize.intensity import foreground_normalize
+        from segvol.io.intensity import foreground_normalize
 
         image = read_image(root / "example_ct.nii.gz")
         label = read_label(root / "example_seg_fast_force_split.nii.gz", image)

@@ -168,15 +168,10 @@ def test_stages_import_only_earlier_stages_or_shared_libraries(graph):
     assert stage_violations(graph) == []
 
 
-# Shared libraries sit below every stage. The one known exception: `segvol predict` normalizes
-# intensities exactly like the normalize stage; moving normalize/intensity.py into a shared module
-# touches files other branches edit, so it waits for the merge.
-SHARED_TO_STAGE_PENDING = {("segvol.infer.cli", "segvol.normalize.intensity")}
-
-
 def test_shared_libraries_import_no_stage(graph):
+    """Shared libraries (model, io, infer, training, ...) sit below every stage."""
     edges = {(m, t) for m, targets in graph.items() if not stage_of(m) for t in targets if stage_of(t)}
-    assert edges <= SHARED_TO_STAGE_PENDING, sorted(edges - SHARED_TO_STAGE_PENDING)
+    assert edges == set(), sorted(edges)
 
 
 def test_test_helpers_live_under_tests():

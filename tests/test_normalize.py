@@ -10,10 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segvol.normalize import cli, intensity
+from segvol.io import intensity
+from segvol.normalize import cli
 from segvol.normalize.convert import fit_chunks, split_cases
-from segvol.normalize.intensity import foreground_normalize
-from segvol.normalize.store import open_store
+from segvol.io.intensity import foreground_normalize
+from segvol.io.store import open_store
 from segvol.vocabulary import canonical_name
 
 # --------------------------------------------------------------------------- intensity

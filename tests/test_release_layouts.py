@@ -90,7 +90,7 @@ def _download(tmp_path, name: str, entry: dict, manual: Path | None = None, caps
 
 def _normalize(raw: Path, out: Path):
     from segvol.normalize.convert import build_store
-    from segvol.normalize.store import open_store
+    from segvol.io.store import open_store
     from segvol.settings import stage_settings
 
     build_store(raw, out, 2023, stage_settings("normalize", "{}"), progress=False)

@@ -12,8 +12,8 @@ import pytest
 
 from segvol.io import read_image
 from segvol.normalize.convert import build_store, fit_chunks
-from segvol.normalize.intensity import foreground_statistics
-from segvol.normalize.store import open_store
+from segvol.io.intensity import foreground_statistics
+from segvol.io.store import open_store
 from segvol.settings import stage_settings
 
 SETTINGS = {"chunks": [4, 8, 8], "shards": [8, 16, 16]}

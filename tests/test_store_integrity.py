@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from segvol.normalize.convert import build_store
-from segvol.normalize.store import StoreCorruptError, open_store
+from segvol.io.store import StoreCorruptError, open_store
 from segvol.settings import stage_settings
 
 SHAPE = (18, 24, 20)  # (x, y, z) of the NIfTI files -> canonical (D, H, W) = (20, 24, 18)

@@ -1,5 +1,5 @@
 """Reading evaluation cases from a dataset Zarr store (CONTRIBUTING.md, "Zarr store contract"),
-through the checked read path of `segvol.normalize.store` (a corrupt chunk is an error, never a score)."""
+through the checked read path of `segvol.io.store` (a corrupt chunk is an error, never a score)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ class Case:
 
 
 def open_store(path: str | Path):
-    """A dataset store read through the integrity checks of `segvol.normalize.store`."""
-    from segvol.normalize.store import open_store as open_checked_store
+    """A dataset store read through the integrity checks of `segvol.io.store`."""
+    from segvol.io.store import open_store as open_checked_store
 
     return open_checked_store(path)
 

@@ -114,7 +114,7 @@ def _normalized_volume(image) -> torch.Tensor:
         if volume.ndim != 3:
             raise ValueError(f"a session needs a (D, H, W) volume, got shape {tuple(volume.shape)}")
         return volume
-    from segvol.normalize.intensity import foreground_normalize
+    from segvol.io.intensity import foreground_normalize
 
     try:
         volume = torch.from_numpy(foreground_normalize(image.array))

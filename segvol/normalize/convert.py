@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segvol.normalize.intensity import foreground_statistics
-from segvol.normalize.store import (
+from segvol.io.intensity import foreground_statistics
+from segvol.io.store import (
     FORMAT_VERSION,
     LABEL_IMAGE,
     NGFF_VERSION,
@@ -189,7 +189,7 @@ def write_case(group, image, labelmap, categories: dict[str, list[int]], setting
     """Write one case's `image` (and `labels`) into zarr `group`; returns the case attrs.
 
     The image keeps its source intensities (int16 HU for CT, see `store.storage_dtype`); the
-    normalization parameters go into the attrs and `segvol.normalize.store` applies them on read.
+    normalization parameters go into the attrs and `segvol.io.store` applies them on read.
     """
     stats = foreground_statistics(image.array)
     spacing = image.geometry()["spacing"]

@@ -1,6 +1,6 @@
 """Pseudo labels for every case of a dataset store, written as a pseudo-label store.
 
-Reads the dataset store through `segvol.normalize.store` (checked; `image` (D, H, W) float32
+Reads the dataset store through `segvol.io.store` (checked; `image` (D, H, W) float32
 normalized on read, optional `labels` (C, D, H, W) uint8) and writes `data/pseudo/<dataset>.zarr`:
 one group per case with `pseudo` int32 (D, H, W) (CRC32C-checked chunks) and attrs `n_segments`,
 `segment_sizes`, `gt_ids`, the `integrity` record and NGFF `multiscales` (so a viewer shows it
@@ -20,14 +20,14 @@ import numpy as np
 
 from segvol.io.atomic import atomic_path
 
-FORMAT_VERSION = 2  # CRC32C on every chunk plus the integrity record of segvol.normalize.store
+FORMAT_VERSION = 2  # CRC32C on every chunk plus the integrity record of segvol.io.store
 CHUNKS = (32, 128, 128)
 COMPRESSION_LEVEL = 1
 
 
 def open_dataset(path: str | os.PathLike):
     """The dataset store, read through the integrity checks; FileNotFoundError/ValueError when unusable."""
-    from segvol.normalize.store import open_store
+    from segvol.io.store import open_store
 
     store = open_store(path)
     for case in store.cases:
@@ -39,7 +39,7 @@ def open_dataset(path: str | os.PathLike):
 
 def read_case(path: str | os.PathLike, case: str) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """(image, labels or None, categories) of one case, checked and normalized."""
-    from segvol.normalize.store import open_store
+    from segvol.io.store import open_store
 
     store = open_store(path)
     group = store.case(case)
@@ -103,7 +103,7 @@ def write_pseudo_store(
     """
     import zarr
 
-    from segvol.normalize.store import (
+    from segvol.io.store import (
         VolumeStatistics,
         checked_codecs,
         integrity_record,

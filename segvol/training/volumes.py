@@ -5,7 +5,7 @@ A *view* is what one training sample sees at the model input size `spatial_size`
 - `crop`: a native-resolution window of `spatial_size` (zero padded where the case is smaller),
   read from the store chunk by chunk so only the chunks under the window are decoded.
 
-Every read goes through the checked stores of `segvol.normalize.store` (checksums, recorded chunk
+Every read goes through the checked stores of `segvol.io.store` (checksums, recorded chunk
 keys and statistics; images normalized on read). Their case handles are per process: a
 `StoreReader` pickled or forked into a DataLoader worker opens its own on first use.
 """
@@ -56,8 +56,8 @@ class StoreReader:
 
     @staticmethod
     def _open(path: Path):
-        """The dataset store, read through the integrity checks of `segvol.normalize.store`."""
-        from segvol.normalize.store import open_store
+        """The dataset store, read through the integrity checks of `segvol.io.store`."""
+        from segvol.io.store import open_store
 
         return open_store(path)
 
@@ -95,7 +95,7 @@ class LazyGroup:
     lazily per process (safe to pickle to workers). `get()[case]["pseudo"]` is a checked array."""
 
     def __init__(self, path: str | os.PathLike):
-        from segvol.normalize.store import open_checked
+        from segvol.io.store import open_checked
 
         self.path = Path(path)
         self._store = open_checked(self.path)  # fails early on a missing or unreadable store

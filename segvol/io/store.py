@@ -27,7 +27,7 @@ the store, the case and the array. Stores of format 1 (float32 images, written b
 checks) are still read, unchecked; re-running `segvol normalize` / `segvol pseudo` upgrades them.
 
 Images are stored as the source intensities (int16 HU for CT) and the foreground normalization
-(`segvol.normalize.intensity`, parameters in the case attrs' `intensity`) is applied on read;
+(`segvol.io.intensity`, parameters in the case attrs' `intensity`) is applied on read;
 the result is bit-identical to normalizing before writing.
 
 Metadata is read from the `zarr.json` files with plain `json`, so opening a store starts no zarr
@@ -443,7 +443,7 @@ class NormalizedCase(CheckedCase):
     def _transform(self, name: str):
         if name != "image" or self.store.format_version < 2:
             return None  # format 1 stored the normalized float32 values themselves
-        from segvol.normalize.intensity import apply_normalization
+        from segvol.io.intensity import apply_normalization
 
         stats = self.attrs.get("intensity")
         if not isinstance(stats, dict) or any(key not in stats for key in ("lower", "upper", "mean", "std")):
