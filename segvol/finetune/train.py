@@ -89,7 +89,7 @@ def finetune(
     state is checkpointed, no output is written). `model` replaces the one built from
     `model_settings` (tests).
     """
-    runtime = rt.setup_runtime(threads, device)
+    runtime = rt.setup_runtime(threads or settings.get("threads"), device)
     torch.manual_seed(seed)
     if model is None:
         model, cfg = build_finetune_model(model_settings, encoder)
@@ -110,10 +110,11 @@ def finetune(
     steps = int(settings["steps"])
     warmup = int(round(settings["warmup_fraction"] * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rt.warmup_cosine(steps, warmup))
-    tag = rt.fingerprint("finetune", settings, model_settings, seed, list(map(str, stores)),
-                         list(map(str, pseudo_stores)), str(encoder), runtime.world_size)
+    tag = rt.fingerprint("finetune", settings, model_settings, seed, runtime.world_size, torch.get_num_threads())
+    inputs = rt.input_keys(zarr=list(stores), pseudo=list(pseudo_stores), encoder=encoder,
+                           init_checkpoint=model_settings.get("init_checkpoint"))
     start, _ = rt.load_training_state(out, model=model, optimizer=optimizer, scheduler=scheduler, tag=tag,
-                                      map_location=runtime.device)
+                                      inputs=inputs, map_location=runtime.device)
 
     shared = bool(settings["shared_embedding"])
     accum = int(settings["grad_accum"]) if shared else 1
@@ -180,7 +181,7 @@ def finetune(
                 stopping = stop_after is not None and step - start >= stop_after
                 if runtime.is_main and step < steps and (stopping or (every > 0 and step % every == 0)):
                     rt.save_training_state(out, step=step, model=model, optimizer=optimizer,
-                                           scheduler=scheduler, tag=tag)
+                                           scheduler=scheduler, tag=tag, inputs=inputs)
                 if stopping:
                     return Path(out)
         if runtime.is_main:

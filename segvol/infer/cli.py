@@ -224,10 +224,10 @@ def predict_file(model, input_path, output, records: list[dict], world: bool = F
     sidecar = output.with_name(stem + ".json")
     try:
         if probabilities:
-            from tqdm import tqdm
+            from segvol.progress import progress_bar
 
             folder = Path(probabilities)
-            for k, prompt in enumerate(tqdm(prompts, desc="probabilities", unit="category", leave=False)):
+            for k, prompt in enumerate(progress_bar(prompts, desc="probabilities", unit="category", leave=False)):
                 name = "".join(c if c.isalnum() or c in "-_." else "_" for c in prompt.label)
                 path = folder / f"{k + 1:02d}_{name}.nii.gz"
                 write_like(torch.sigmoid(logits[k]).numpy(), image, path, dtype=np.float32)

@@ -62,10 +62,33 @@ _HARMLESS_GLOBALS = [argparse.Namespace, np.dtype, _numpy_scalar()] + [
 # --------------------------------------------------------------------------------------- save
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model` as safetensors with its ModelConfig in the metadata (atomic)."""
-    from safetensors.torch import save_file
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """safetensors file whose bytes depend only on the tensors and the metadata (atomic).
 
+    The safetensors writer keeps `__metadata__` in a hash map, so its key order (and the file's
+    sha256) changes from process to process; the header is re-serialised here with sorted keys
+    (tensor offsets are relative to the data section, so they stay valid).
+    """
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata=metadata)
+    length = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + length])
+    stable = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items()))}
+    stable.update(sorted(header.items()))
+    text = json.dumps(stable, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            handle.write(struct.pack("<Q", len(text)))
+            handle.write(text)
+            handle.write(blob[8 + length:])
+    return path
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write `model` as safetensors with its ModelConfig in the metadata (atomic, stable bytes)."""
     config: ModelConfig = model.config
     skip = _external_backbone_prefix(model)
     tensors = {
@@ -79,10 +102,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "model_config": config.to_json(),
         "text_backbone_stored": "false" if skip else "true",
     }
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
-    return path
+    return write_safetensors(tensors, path, metadata)
 
 
 def save_image_encoder(target: nn.Module, path: str | os.PathLike, config: ModelConfig | None = None) -> Path:
@@ -90,18 +110,13 @@ def save_image_encoder(target: nn.Module, path: str | os.PathLike, config: Model
 
     Keys are `image_encoder.*`; `load_image_encoder` reads it (e.g. pretrain -> finetune).
     """
-    from safetensors.torch import save_file
-
     encoder = getattr(target, "image_encoder", target)
     config = config or getattr(target, "config", None)
     tensors = {"image_encoder." + k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "content": "image_encoder"}
     if config is not None:
         metadata["model_config"] = config.to_json()
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
-    return path
+    return write_safetensors(tensors, path, metadata)
 
 
 # --------------------------------------------------------------------------------------- read

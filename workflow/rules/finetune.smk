@@ -24,5 +24,5 @@ rule finetune:
         "../../envs/segvol.yaml"
     shell:
         "{params.launcher} finetune --zarr {input.zarr} --pseudo {input.pseudo} --encoder {input.encoder}"
-        " --out {output} --threads {threads} --seed {params.seed}"
+        " --out {output} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"

@@ -19,5 +19,5 @@ rule pretrain:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "{params.launcher} pretrain --zarr {input} --out {output} --threads {threads} --seed {params.seed}"
+        "{params.launcher} pretrain --zarr {input} --out {output} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
