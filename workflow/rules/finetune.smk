@@ -15,7 +15,7 @@ rule finetune:
         model=lambda wc: stage_json("model"),
     log:
         "logs/finetune/{run}.log",
-    threads: 2
+    threads: config["finetune"]["threads"]
     resources:
         gpu=config["finetune"]["gpu"],
         mem_mb=config["finetune"]["mem_mb"],

@@ -11,7 +11,7 @@ rule pretrain:
         model=lambda wc: stage_json("model"),
     log:
         "logs/pretrain.log",
-    threads: 2
+    threads: config["pretrain"]["threads"]
     resources:
         gpu=config["pretrain"]["gpu"],
         mem_mb=config["pretrain"]["mem_mb"],
