@@ -66,25 +66,34 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     """safetensors file whose bytes depend only on the tensors and the metadata (atomic).
 
     The safetensors writer keeps `__metadata__` in a hash map, so its key order (and the file's
-    sha256) changes from process to process; the header is re-serialised here with sorted keys
+    sha256) changes from process to process; the header is rewritten here with sorted keys
     (tensor offsets are relative to the data section, so they stay valid).
     """
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
-    blob = save(tensors, metadata=metadata)
-    length = struct.unpack("<Q", blob[:8])[0]
-    header = json.loads(blob[8:8 + length])
-    stable = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items()))}
-    stable.update(sorted(header.items()))
-    text = json.dumps(stable, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned
     path = Path(path)
     with atomic_path(path) as temporary:
-        with open(temporary, "wb") as handle:
-            handle.write(struct.pack("<Q", len(text)))
-            handle.write(text)
-            handle.write(blob[8 + length:])
+        save_file(tensors, str(temporary), metadata=metadata)
+        _sort_header(Path(temporary))
     return path
+
+
+def _sort_header(path: Path) -> None:
+    with open(path, "r+b") as handle:
+        length = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(length))
+        stable = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items()))}
+        stable.update(sorted(header.items()))
+        text = json.dumps(stable, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned
+        if len(text) == length:  # the usual case: same compact JSON, other order
+            handle.seek(8)
+            handle.write(text)
+            return
+        data = handle.read()
+        handle.seek(0)
+        handle.write(struct.pack("<Q", len(text)) + text + data)
+        handle.truncate()
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
