@@ -176,8 +176,8 @@ def finetune(
                 rate = samples / max(now - tick, 1e-9)
                 tick = now
                 metrics.write(step, {**totals, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
-                bar.update(1)
                 bar.set_postfix(loss=f"{totals['loss']:.3f}", samples_s=f"{rate:.2f}")
+                bar.update(1)
                 stopping = stop_after is not None and step - start >= stop_after
                 if runtime.is_main and step < steps and (stopping or (every > 0 and step % every == 0)):
                     rt.save_training_state(out, step=step, model=model, optimizer=optimizer,

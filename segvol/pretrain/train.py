@@ -172,8 +172,8 @@ def pretrain(
                 tick = time.perf_counter()
                 rate = images.shape[0] * runtime.world_size / max(elapsed, 1e-9)
                 metrics.write(step, {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
-                bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.2f}")
+                bar.update(1)
                 if runtime.is_main and every > 0 and step % every == 0 and step < steps:
                     rt.save_training_state(out, step=step, model=simmim, optimizer=optimizer,
                                            scheduler=scheduler, tag=tag, inputs=inputs)
