@@ -85,9 +85,11 @@ def finetune(
 ) -> Path:
     """Fine-tune and write the model to `out` (safetensors via segvol.model.checkpoint).
 
+    `threads` overrides `settings["threads"]` (the result depends on it bit for bit).
     `stop_after` simulates a kill after that many optimizer steps of this call (the training
     state is checkpointed, no output is written). `model` replaces the one built from
-    `model_settings` (tests).
+    `model_settings` (tests). A checkpoint of other settings or of inputs whose content
+    changed is not resumed (`segvol.training.runtime.load_training_state`).
     """
     runtime = rt.setup_runtime(threads or settings.get("threads"), device)
     torch.manual_seed(seed)

@@ -113,6 +113,7 @@ def pretrain(
 ) -> Path:
     """Run SimMIM pretraining and write the encoder to `out`; returns `out`.
 
+    `threads` overrides `settings["threads"]` (the result depends on it bit for bit).
     `stop_after` ends the process after that many steps of this call without writing the output
     (a simulated kill for resume tests; the periodic checkpoint is still written).
     """
