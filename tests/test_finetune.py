@@ -343,3 +343,99 @@ def test_dataset_reopens_stores_lazily_after_pickling(stores):
     after = clone[key]
     for name in before:
         assert torch.equal(before[name], after[name]), name
+
+
+# -- resume keyed on input contents, bitwise reproducibility, log lines ------------------------
+
+
+def _encoder_file(path: Path, seed: int) -> Path:
+    from segvol.model.checkpoint import save_image_encoder
+
+    return save_image_encoder(_model(seed=seed), path)
+
+
+def test_resume_with_a_changed_encoder_starts_afresh(stores, tmp_path, caplog):
+    """Same paths, new encoder content (pretraining reran): the old state must not be resumed."""
+    from safetensors.torch import load_file
+
+    from segvol.finetune.train import finetune
+
+    params = settings(steps=3, checkpoint_every=1)
+    encoder = _encoder_file(tmp_path / "encoder.safetensors", seed=21)
+    out = tmp_path / "run" / "model.safetensors"
+    finetune(stores["zarr"], stores["pseudo"], str(out), params, TEST_MODEL, encoder=str(encoder), seed=7,
+             threads=1, device="cpu", stop_after=2)
+    assert (out.parent / "model.safetensors.ckpt" / "state.pt").is_file()
+
+    _encoder_file(encoder, seed=22)  # overwritten in place
+    with caplog.at_level("WARNING", logger="segvol.training.runtime"):
+        finetune(stores["zarr"], stores["pseudo"], str(out), params, TEST_MODEL, encoder=str(encoder), seed=7,
+                 threads=1, device="cpu")
+    assert "encoder changed" in caplog.text and "starting afresh" in caplog.text
+
+    fresh = tmp_path / "fresh" / "model.safetensors"
+    finetune(stores["zarr"], stores["pseudo"], str(fresh), params, TEST_MODEL, encoder=str(encoder), seed=7,
+             threads=1, device="cpu")
+    assert _read_losses(out.with_name("model.metrics.csv")) == _read_losses(fresh.with_name("model.metrics.csv"))
+    a, b = load_file(str(out)), load_file(str(fresh))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_store_content_key_follows_chunks_and_attrs(tmp_path):
+    import zarr
+
+    from segvol.training.runtime import content_key
+
+    path = make_store(tmp_path / "ds.zarr", "ds", ["liver"], 2, 3)
+    before = content_key(path)
+    assert content_key(path) == before and before.startswith("store:")
+    group = zarr.open_group(str(path), mode="r+")
+    group["case_000"]["image"][:8, :16, :16] = 0.0  # one chunk rewritten: compressed size changes
+    after_chunk = content_key(path)
+    assert after_chunk != before
+    group["case_001"].attrs["intensity"] = {"mean": 0.5}  # per-case statistics
+    assert content_key(path) not in (before, after_chunk)
+
+
+def test_runs_are_bitwise_identical_and_headers_stable(stores, tmp_path):
+    """Two processes' worth of runs (fresh model, fresh optimizer) give the same file bytes."""
+    import hashlib
+    import json
+
+    from segvol.finetune.train import finetune
+
+    params = settings(steps=2, checkpoint_every=0, threads=2)
+    digests = []
+    try:
+        for name in ("a", "b"):
+            out = tmp_path / name / "model.safetensors"
+            finetune(stores["zarr"], stores["pseudo"], str(out), params, TEST_MODEL, seed=7, device="cpu")
+            assert torch.get_num_threads() == 2  # the stage's `threads` setting, not the caller's
+            data = out.read_bytes()
+            digests.append(hashlib.sha256(data).hexdigest())
+            metadata = list(json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"])
+            assert metadata == sorted(metadata)
+    finally:
+        torch.set_num_threads(1)
+    assert digests[0] == digests[1]
+
+
+def test_cli_log_has_plain_progress_lines(stores, tmp_path):
+    """stderr to a file (a Snakemake log): whole progress lines, never carriage-return frames."""
+    import json
+    import subprocess
+    import sys
+
+    log = tmp_path / "finetune.log"
+    out = tmp_path / "cli" / "model.safetensors"
+    params = {"steps": 3, "batch_size": 1, "pseudo_passes": 0, "checkpoint_every": 0, "threads": 1}
+    with open(log, "w") as handle:
+        result = subprocess.run(
+            [sys.executable, "-m", "segvol", "finetune", "--zarr", *stores["zarr"], "--out", str(out),
+             "--params", json.dumps(params), "--model", json.dumps(TEST_MODEL), "--device", "cpu"],
+            stdout=handle, stderr=subprocess.STDOUT, timeout=300)
+    text = log.read_text()
+    assert result.returncode == 0, text[-3000:]
+    assert out.is_file() and "\r" not in text
+    assert max(len(line) for line in text.splitlines()) <= 500
+    assert "finetune: 3/3 step (100%)" in text

@@ -86,7 +86,8 @@ def test_bad_config_is_rejected():
 
 @pytest.mark.slow
 def test_end_to_end_tiny(tmp_path):
-    """The whole DAG on the smallest config, in a scratch directory; a second run has nothing to do."""
+    """The whole DAG on the smallest config, in a scratch directory; a second run has nothing to do;
+    a second directory run with one core gives the same bytes."""
     work = tmp_path / "work"
     work.mkdir()
     for name in ("config",):
@@ -103,11 +104,30 @@ def test_end_to_end_tiny(tmp_path):
     averages = table2[table2["category"] == "Average"]
     assert sorted(averages["dataset"]) == ["ext_lesions", "ext_organs", "ext_vessels"]
     assert table2["SegVol"].between(0, 1).all()
+    # It learns: an easy organ with a box prompt scores far above chance (an empty mask scores 0).
+    liver = table2[(table2["dataset"] == "ext_organs") & (table2["category"] == "liver")]
+    assert float(liver["SegVol"].iloc[0]) >= 0.3, table2.to_string()
     assert (work / "results" / "table2_per_case.parquet").is_file()
     table3 = pd.read_csv(work / "results" / "table3.csv")
     assert len(table3) == 3
     again = assert_ok(snakemake(*args, "-n", "results/table2.csv", "results/table3.csv"))
     assert "Nothing to be done" in again
+
+    # Bit for bit: another directory, one core instead of two, the same models and tables.
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO / "config", clone / "config")
+    single = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(clone),
+              "--configfile", str(clone / "config" / "config.yaml"), str(clone / "config" / "test.yaml"),
+              "--cores", "1"]
+    assert_ok(snakemake(*single, "results/table2.csv", timeout=1500))
+    for name in ("models/pretrain/encoder.safetensors", "models/finetune/segvol/model.safetensors",
+                 "results/table2.csv"):
+        assert (work / name).read_bytes() == (clone / name).read_bytes(), f"{name} differs between --cores 2 and 1"
+    timings = ["seconds", "case_seconds"]
+    for store in ("ext_organs", "ext_lesions", "ext_vessels"):
+        a = pd.read_parquet(work / "results" / "cases" / f"{store}.parquet").drop(columns=timings)
+        b = pd.read_parquet(clone / "results" / "cases" / f"{store}.parquet").drop(columns=timings)
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
 
     # Every other table and figure (the default target), then one of them forced to rerun alone.
     assert_ok(snakemake(*args, timeout=1500))

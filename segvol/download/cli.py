@@ -148,7 +148,7 @@ def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fet
 
 
 def _ingest_shard(name: str, index: int, entry: dict, settings: dict, downloads: Path, dest: Path, fetch_kwargs: dict) -> None:
-    from tqdm import tqdm
+    from segvol.progress import progress_bar
 
     from segvol.download.fetch import RemoteFile, fetch
 
@@ -159,7 +159,7 @@ def _ingest_shard(name: str, index: int, entry: dict, settings: dict, downloads:
         raise ValueError(f"{name}.shard{index:04d}: beyond the {len(lines)} volumes of the manifest")
     images = dest / "images"
     images.mkdir()
-    for offset, line in enumerate(tqdm(chosen, desc=f"{name} shard {index}", unit="volume",
+    for offset, line in enumerate(progress_bar(chosen, desc=f"{name} shard {index}", unit="volume",
                                        disable=not fetch_kwargs["progress"])):
         location, _, checksum = line.partition(" ")
         checksum = checksum.strip() or None

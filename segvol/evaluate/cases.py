@@ -41,11 +41,11 @@ def score_store(
     `transform(case) -> case` may alter a case first (rotation robustness).
     """
     import pandas as pd
-    from tqdm import tqdm
+    from segvol.progress import progress_bar
 
     rows, skipped = [], []
     cases = iter_cases(store, split=split, limit=limit)
-    for case in tqdm(cases, desc=f"evaluate {Path(store).name}", disable=not progress, unit="case"):
+    for case in progress_bar(cases, desc=f"evaluate {Path(store).name}", disable=not progress, unit="case"):
         if transform is not None:
             case = transform(case)
         wanted = [c for c in case.categories if categories is None or c in categories]

@@ -85,11 +85,13 @@ def finetune(
 ) -> Path:
     """Fine-tune and write the model to `out` (safetensors via segvol.model.checkpoint).
 
+    `threads` overrides `settings["threads"]` (the result depends on it bit for bit).
     `stop_after` simulates a kill after that many optimizer steps of this call (the training
     state is checkpointed, no output is written). `model` replaces the one built from
-    `model_settings` (tests).
+    `model_settings` (tests). A checkpoint of other settings or of inputs whose content
+    changed is not resumed (`segvol.training.runtime.load_training_state`).
     """
-    runtime = rt.setup_runtime(threads, device)
+    runtime = rt.setup_runtime(threads or settings.get("threads"), device)
     torch.manual_seed(seed)
     if model is None:
         model, cfg = build_finetune_model(model_settings, encoder)
@@ -110,10 +112,11 @@ def finetune(
     steps = int(settings["steps"])
     warmup = int(round(settings["warmup_fraction"] * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rt.warmup_cosine(steps, warmup))
-    tag = rt.fingerprint("finetune", settings, model_settings, seed, list(map(str, stores)),
-                         list(map(str, pseudo_stores)), str(encoder), runtime.world_size)
+    tag = rt.fingerprint("finetune", settings, model_settings, seed, runtime.world_size, torch.get_num_threads())
+    inputs = rt.input_keys(zarr=list(stores), pseudo=list(pseudo_stores), encoder=encoder,
+                           init_checkpoint=model_settings.get("init_checkpoint"))
     start, _ = rt.load_training_state(out, model=model, optimizer=optimizer, scheduler=scheduler, tag=tag,
-                                      map_location=runtime.device)
+                                      inputs=inputs, map_location=runtime.device)
 
     shared = bool(settings["shared_embedding"])
     accum = int(settings["grad_accum"]) if shared else 1
@@ -175,12 +178,12 @@ def finetune(
                 rate = samples / max(now - tick, 1e-9)
                 tick = now
                 metrics.write(step, {**totals, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
-                bar.update(1)
                 bar.set_postfix(loss=f"{totals['loss']:.3f}", samples_s=f"{rate:.2f}")
+                bar.update(1)
                 stopping = stop_after is not None and step - start >= stop_after
                 if runtime.is_main and step < steps and (stopping or (every > 0 and step % every == 0)):
                     rt.save_training_state(out, step=step, model=model, optimizer=optimizer,
-                                           scheduler=scheduler, tag=tag)
+                                           scheduler=scheduler, tag=tag, inputs=inputs)
                 if stopping:
                     return Path(out)
         if runtime.is_main:

@@ -437,9 +437,9 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
     stitchers: dict[int, LogitStitcher] = {}
     bar = None
     if progress:
-        from tqdm import tqdm
+        from segvol.progress import progress_bar
 
-        bar = tqdm(total=len(work), desc="windows", unit="window", leave=False)
+        bar = progress_bar(total=len(work), desc="windows", unit="window", leave=False)
     for first in range(0, len(work), sw_batch_size):
         batch = work[first:first + sw_batch_size]
         jobs = []

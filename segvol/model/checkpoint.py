@@ -63,10 +63,42 @@ _HARMLESS_GLOBALS = [argparse.Namespace, np.dtype, _numpy_scalar()] + [
 # --------------------------------------------------------------------------------------- save
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model` as safetensors with its ModelConfig in the metadata (atomic)."""
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """safetensors file whose bytes depend only on the tensors and the metadata (atomic).
+
+    The safetensors writer keeps `__metadata__` in a hash map, so its key order (and the file's
+    sha256) changes from process to process; the header is rewritten here with sorted keys
+    (tensor offsets are relative to the data section, so they stay valid).
+    """
     from safetensors.torch import save_file
 
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+        _sort_header(Path(temporary))
+    return path
+
+
+def _sort_header(path: Path) -> None:
+    with open(path, "r+b") as handle:
+        length = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(length))
+        stable = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items()))}
+        stable.update(sorted(header.items()))
+        text = json.dumps(stable, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned
+        if len(text) == length:  # the usual case: same compact JSON, other order
+            handle.seek(8)
+            handle.write(text)
+            return
+        data = handle.read()
+        handle.seek(0)
+        handle.write(struct.pack("<Q", len(text)) + text + data)
+        handle.truncate()
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write `model` as safetensors with its ModelConfig in the metadata (atomic, stable bytes)."""
     config: ModelConfig = model.config
     skip = _external_backbone_prefix(model)
     tensors = {
@@ -80,10 +112,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "model_config": config.to_json(),
         "text_backbone_stored": "false" if skip else "true",
     }
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
-    return path
+    return write_safetensors(tensors, path, metadata)
 
 
 def save_image_encoder(target: nn.Module, path: str | os.PathLike, config: ModelConfig | None = None) -> Path:
@@ -91,18 +120,13 @@ def save_image_encoder(target: nn.Module, path: str | os.PathLike, config: Model
 
     Keys are `image_encoder.*`; `load_image_encoder` reads it (e.g. pretrain -> finetune).
     """
-    from safetensors.torch import save_file
-
     encoder = getattr(target, "image_encoder", target)
     config = config or getattr(target, "config", None)
     tensors = {"image_encoder." + k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "content": "image_encoder"}
     if config is not None:
         metadata["model_config"] = config.to_json()
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
-    return path
+    return write_safetensors(tensors, path, metadata)
 
 
 # --------------------------------------------------------------------------------------- read

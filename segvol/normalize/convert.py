@@ -246,7 +246,7 @@ def write_case(group, image, labelmap, categories: dict[str, list[int]], setting
 def build_store(raw: str | Path, out: str | Path, seed: int, settings: dict, progress: bool = True) -> Path:
     """Convert the dataset folder `raw` into the Zarr store `out` (written atomically)."""
     import zarr
-    from tqdm import tqdm
+    from segvol.progress import progress_bar
 
     from segvol.io import read_image, read_label
     from segvol.io.atomic import atomic_path
@@ -272,7 +272,7 @@ def build_store(raw: str | Path, out: str | Path, seed: int, settings: dict, pro
                          "(parameters in each case's 'intensity')",
             "orientation": "canonical (D, H, W) = (S, A, R): RAS+ closest axes, reversed",
         })
-        for case in tqdm(dataset["cases"], desc=f"normalize {dataset['name']}", unit="case",
+        for case in progress_bar(dataset["cases"], desc=f"normalize {dataset['name']}", unit="case",
                          disable=not progress):
             try:
                 image = read_image(case["image"])

@@ -92,15 +92,12 @@ def config_dict(cfg) -> dict:
 
 
 def save_encoder(simmim: SimMIM, cfg, path: str | Path) -> None:
-    """safetensors with `image_encoder.*` keys and the model config in the metadata (atomic)."""
-    from safetensors.torch import save_file
-
-    from segvol.io.atomic import atomic_path
+    """safetensors with `image_encoder.*` keys and the model config in the metadata (atomic, stable bytes)."""
+    from segvol.model.checkpoint import write_safetensors
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in simmim.encoder_state_dict().items()}
-    metadata = {"format": "segvol-image-encoder", "config": json.dumps(config_dict(cfg), default=list)}
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
+    metadata = {"format": "segvol-image-encoder", "config": json.dumps(config_dict(cfg), default=list, sort_keys=True)}
+    write_safetensors(tensors, path, metadata)
 
 
 def pretrain(
@@ -116,10 +113,11 @@ def pretrain(
 ) -> Path:
     """Run SimMIM pretraining and write the encoder to `out`; returns `out`.
 
+    `threads` overrides `settings["threads"]` (the result depends on it bit for bit).
     `stop_after` ends the process after that many steps of this call without writing the output
     (a simulated kill for resume tests; the periodic checkpoint is still written).
     """
-    runtime = rt.setup_runtime(threads, device)
+    runtime = rt.setup_runtime(threads or settings.get("threads"), device)
     torch.manual_seed(seed)
     encoder, cfg = build_encoder(model_settings)
     spatial_size = tuple(cfg.spatial_size)
@@ -138,9 +136,10 @@ def pretrain(
     optimizer = torch.optim.AdamW(simmim.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     steps = int(settings["steps"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rt.warmup_cosine(steps, max(steps // 20, 1)))
-    tag = rt.fingerprint("pretrain", settings, model_settings, seed, list(map(str, stores)), runtime.world_size)
+    tag = rt.fingerprint("pretrain", settings, model_settings, seed, runtime.world_size, torch.get_num_threads())
+    inputs = rt.input_keys(zarr=list(stores), init_checkpoint=model_settings.get("init_checkpoint"))
     start, _ = rt.load_training_state(out, model=simmim, optimizer=optimizer, scheduler=scheduler, tag=tag,
-                                      map_location=runtime.device)
+                                      inputs=inputs, map_location=runtime.device)
 
     reader = StoreReader(stores, split="train")
     dataset = PretrainViews(reader, spatial_size, seed)
@@ -174,15 +173,15 @@ def pretrain(
                 tick = time.perf_counter()
                 rate = images.shape[0] * runtime.world_size / max(elapsed, 1e-9)
                 metrics.write(step, {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
-                bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.2f}")
+                bar.update(1)
                 if runtime.is_main and every > 0 and step % every == 0 and step < steps:
                     rt.save_training_state(out, step=step, model=simmim, optimizer=optimizer,
-                                           scheduler=scheduler, tag=tag)
+                                           scheduler=scheduler, tag=tag, inputs=inputs)
                 if stop_after is not None and step - start >= stop_after:
                     if runtime.is_main:
                         rt.save_training_state(out, step=step, model=simmim, optimizer=optimizer,
-                                               scheduler=scheduler, tag=tag)
+                                               scheduler=scheduler, tag=tag, inputs=inputs)
                     return Path(out)
         if runtime.is_main:
             save_encoder(simmim, cfg, out)

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from segvol.progress import progress_bar
 
     from segvol.pseudo.store import open_dataset, write_pseudo_store
     from segvol.settings import stage_settings
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     n_cases = len(open_dataset(args.zarr).attrs["cases"])
 
     def progress(results):
-        return tqdm(results, total=n_cases, desc="pseudo labels", unit="case", disable=args.quiet)
+        return progress_bar(results, total=n_cases, desc="pseudo labels", unit="case", disable=args.quiet)
 
     summary = write_pseudo_store(args.zarr, args.out, settings, threads=args.jobs, progress=progress)
     counts = list(summary.values())

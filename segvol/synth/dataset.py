@@ -109,7 +109,7 @@ def _single_threaded_blas():
 def synthesize_dataset(name: str, out, seed: int, params=None, progress: bool = True) -> Path:
     """Write dataset `name` of the `synth` settings `params` (dict or JSON) to folder `out`."""
     import nibabel as nib
-    from tqdm import tqdm
+    from segvol.progress import progress_bar
 
     settings = stage_settings("synth", params)
     spec = dataset_spec(settings, name)
@@ -128,7 +128,7 @@ def synthesize_dataset(name: str, out, seed: int, params=None, progress: bool = 
         (folder / "images").mkdir(parents=True)
         if labelled:
             (folder / "labels").mkdir()
-        for index in tqdm(range(spec["n_cases"]), desc=f"synth {name}", unit="case", disable=not progress):
+        for index in progress_bar(range(spec["n_cases"]), desc=f"synth {name}", unit="case", disable=not progress):
             case_id = f"case_{index:03d}"
             phantom = make_phantom(case_rng(seed, name, index), domain, shape_max, require_lesion=required)
             entry = {"id": case_id, "image": f"images/{case_id}.nii.gz", "label": None}

@@ -16,7 +16,7 @@ rule finetune:
         model=lambda wc: stage_json("model"),
     log:
         "logs/finetune/{run}.log",
-    threads: 2
+    threads: config["finetune"]["threads"]
     resources:
         gpu=config["finetune"]["gpu"],
         mem_mb=config["finetune"]["mem_mb"],
@@ -25,5 +25,5 @@ rule finetune:
         "../../envs/segvol.yaml"
     shell:
         "{params.launcher} finetune --zarr {input.zarr} --pseudo {input.pseudo} --encoder {input.encoder}"
-        " --out {output} --threads {threads} --device {params.device} --seed {params.seed}"
+        " --out {output} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"

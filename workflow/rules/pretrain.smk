@@ -12,7 +12,7 @@ rule pretrain:
         model=lambda wc: stage_json("model"),
     log:
         "logs/pretrain.log",
-    threads: 2
+    threads: config["pretrain"]["threads"]
     resources:
         gpu=config["pretrain"]["gpu"],
         mem_mb=config["pretrain"]["mem_mb"],
@@ -20,5 +20,5 @@ rule pretrain:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "{params.launcher} pretrain --zarr {input} --out {output} --threads {threads} --device {params.device} --seed {params.seed}"
+        "{params.launcher} pretrain --zarr {input} --out {output} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
