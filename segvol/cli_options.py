@@ -1,6 +1,6 @@
 """The flags `segvol` commands share, defined once so that each has one meaning everywhere.
 
-  --quiet          no progress bars
+  --quiet          only warnings and errors, no progress bars
   --threads N      torch CPU threads of this process (default: torch's choice)
   --jobs N         cases processed in parallel, one worker process each (commands that fan out over cases)
   --device DEVICE  where the model runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps
@@ -32,6 +32,10 @@ def _positive(text: str) -> int:
     return value
 
 
+QUIET_HELP = "only warnings and errors, no progress bars"
+THREADS_HELP = "torch CPU threads (default: torch's choice)"
+
+
 def add_common_arguments(
     parser: argparse.ArgumentParser,
     *,
@@ -57,14 +61,14 @@ def add_common_arguments(
         add_device_argument(parser)
     if threads:
         parser.add_argument("--threads", type=_positive, default=None, metavar="N",
-                            help="torch CPU threads (default: torch's choice)")
+                            help=THREADS_HELP)
     if jobs:
         parser.add_argument("--jobs", type=_positive, default=1, metavar="N",
                             help="cases processed in parallel, one worker process each (default 1)")
     if seed is not None:
         parser.add_argument("--seed", type=int, default=2023, metavar="N", help=f"{seed} (default 2023)")
     if quiet:
-        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
 def apply_common_arguments(args: argparse.Namespace) -> None:
@@ -72,6 +76,9 @@ def apply_common_arguments(args: argparse.Namespace) -> None:
     if getattr(args, "quiet", False):
         # tqdm reads this for every bar, including those of library code that takes no switch
         os.environ["TQDM_DISABLE"] = "1"
+        import logging
+
+        logging.getLogger("segvol").setLevel(logging.WARNING)
     if getattr(args, "threads", None):
         import torch
 

@@ -33,8 +33,8 @@ def test_the_package_schema_is_the_only_config_schema():
 BAD_SETTINGS = [
     ("finetune", {"steps": -5}, "finetune.steps: -5 is less than the minimum of 0"),
     ("finetune", {"lr": "fast"}, "finetune.lr: 'fast' is not of type 'number'"),
-    ("finetune", {"lr": -1e-4}, "finetune.lr: -0.0001 is less than or equal to the minimum of 0"),
-    ("pretrain", {"checkpoint_every": -1}, "pretrain.checkpoint_every: -1 is less than the minimum of 1"),
+    ("finetune", {"lr": -1e-4}, "finetune.lr: -0.0001 is less than the minimum of 0"),
+    ("pretrain", {"checkpoint_every": -1}, "pretrain.checkpoint_every: -1 is less than the minimum of 0"),
     ("finetune", {"gpu": -1}, "finetune.gpu: -1 is less than the minimum of 0"),
     ("pseudo", {"grid": [32, 64]}, "pseudo.grid: [32, 64] is too short"),
     ("model", {"preset": "huge"}, "model.preset: 'huge' is not one of ['base', 'tiny']"),

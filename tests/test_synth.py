@@ -69,12 +69,12 @@ def test_unknown_and_duplicate_label_names_are_rejected(tmp_path):
     "mutate, message",
     [
         (lambda p: p, "'missing' is not in synth.datasets"),
-        (lambda p: p["datasets"]["ds"].update(role="test"), "role must be one of"),
-        (lambda p: p["datasets"]["ds"].update(n_cases=0), "n_cases must be a positive integer"),
+        (lambda p: p["datasets"]["ds"].update(role="test"), "synth.datasets.ds.role: 'test' is not one of"),
+        (lambda p: p["datasets"]["ds"].update(n_cases=0), "synth.datasets.ds.n_cases: 0 is less than the minimum of 1"),
         (lambda p: p["datasets"]["ds"].update(labels=[]), "needs at least one label"),
         (lambda p: p["datasets"]["ds"].update(role="unlabelled"), "unlabelled dataset cannot list labels"),
-        (lambda p: p.update(shape_max=[8, 64, 64]), "shape_max must be three integers"),
-        (lambda p: p.update(orientations=["XYZ"]), "unsupported axis codes"),
+        (lambda p: p.update(shape_max=[8, 64, 64]), "synth.shape_max.0: 8 is less than the minimum of 16"),
+        (lambda p: p.update(orientations=["XYZ"]), "synth.orientations.0: 'XYZ' is not one of"),
         (lambda p: p.update(colour="red"), "unknown key"),
     ],
 )

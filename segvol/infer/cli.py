@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segvol.cli_options import QUIET_HELP, THREADS_HELP
 from segvol.device import add_device_argument, resolve_device
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--soft-box", action="store_true",
                      help="treat the box as a hint: allow foreground outside it (default: nothing outside the box)")
     add_device_argument(run)
-    _add_common(run, "--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    _add_common(run, "--threads", type=int, metavar="N", help=THREADS_HELP)
     out = parser.add_argument_group("outputs")
     out.add_argument("--masks", action="store_true", help="also write one binary mask per category")
     out.add_argument("--probabilities", action="store_true",
@@ -108,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="replace existing output files even if segvol did not write them (never an input)")
     out.add_argument("--continue", dest="resume", action="store_true",
                      help="skip inputs whose manifest says they are finished")
-    _add_common(out, "-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
+    _add_common(out, "-q", "--quiet", action="store_true", help=QUIET_HELP)
 
 
 # ------------------------------------------------------------------------------- prompts
