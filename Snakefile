@@ -19,6 +19,7 @@ include: "workflow/rules/pseudo.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/provenance.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -31,3 +32,4 @@ rule all:
         f"{RESULTS}/table2.csv",
         f"{RESULTS}/table3.csv",
         EVALUATION_TARGETS,
+        f"{RESULTS}/provenance.csv",

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "finetune": ("segvol.finetune.cli", "supervised fine-tuning with text, point and box prompts"),
     "evaluate": ("segvol.evaluate.cli", "paper evaluations: per-case scores, tables and figures"),
     "predict": ("segvol.infer.cli", "segment your own CT (NIfTI/NRRD/MHA/DICOM) with text, box and point prompts"),
+    "provenance": ("segvol.provenance", "tables of what made each result and of each job's runtime and memory"),
 }
 
 
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((word for word in argv if word in SUBCOMMANDS), None)
     args = build_parser(command).parse_args(argv)
+    from segvol import provenance
+
+    provenance.set_command(["segvol", *argv])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

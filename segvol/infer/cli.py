@@ -235,6 +235,9 @@ def predict_file(model, input_path, output, records: list[dict], world: bool = F
         labels = label_map(logits)
         write_like(labels, image, output)
         written.append(output)
+        from segvol.provenance import write_sidecar
+
+        written.append(write_sidecar(output))
         description = {
             "labels": {"0": "background", **{str(k + 1): p.label for k, p in enumerate(prompts)}},
             "prompts": [_prompt_record(p) for p in prompts],

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from segvol import provenance
 from torch import nn
 
 from segvol.io.atomic import atomic_path
@@ -82,6 +84,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
+    provenance.write_sidecar(path)
     return path
 
 
@@ -101,6 +104,7 @@ def save_image_encoder(target: nn.Module, path: str | os.PathLike, config: Model
     path = Path(path)
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
+    provenance.write_sidecar(path)
     return path
 
 

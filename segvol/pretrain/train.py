@@ -101,6 +101,9 @@ def save_encoder(simmim: SimMIM, cfg, path: str | Path) -> None:
     metadata = {"format": "segvol-image-encoder", "config": json.dumps(config_dict(cfg), default=list)}
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
+    from segvol.provenance import write_sidecar
+
+    write_sidecar(path)
 
 
 def pretrain(

@@ -39,6 +39,8 @@ rule evaluate_cases:
         seed=config["seed"],
     log:
         "logs/evaluate/{dataset}.log",
+    benchmark:
+        "benchmarks/evaluate_cases/{dataset}.tsv"
     threads: 1
     conda:
         "../../envs/segvol.yaml"
@@ -60,6 +62,8 @@ rule table2:
         settings=lambda wc: stage_json("evaluate"),
     log:
         "logs/table2.log",
+    benchmark:
+        "benchmarks/table2.tsv"
     conda:
         "../../envs/segvol.yaml"
     shell:
@@ -81,6 +85,8 @@ rule table3:
         seed=config["seed"],
     log:
         "logs/table3.log",
+    benchmark:
+        "benchmarks/table3.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"
@@ -100,6 +106,8 @@ rule figure2:
         settings=lambda wc: stage_json("evaluate"),
     log:
         "logs/figure2.log",
+    benchmark:
+        "benchmarks/figure2.tsv"
     conda:
         "../../envs/segvol.yaml"
     shell:
@@ -121,6 +129,8 @@ rule scaling_cases:
         seed=config["seed"],
     log:
         "logs/scaling/{run}.log",
+    benchmark:
+        "benchmarks/scaling_cases/{run}.tsv"
     threads: 1
     conda:
         "../../envs/segvol.yaml"
@@ -142,6 +152,8 @@ rule figure3a:
         total=len(TRAIN),
     log:
         "logs/figure3a.log",
+    benchmark:
+        "benchmarks/figure3a.tsv"
     conda:
         "../../envs/segvol.yaml"
     shell:
@@ -162,6 +174,8 @@ rule prompt_cases:
         seed=config["seed"],
     log:
         "logs/prompts/{dataset}.log",
+    benchmark:
+        "benchmarks/prompt_cases/{dataset}.tsv"
     threads: 1
     conda:
         "../../envs/segvol.yaml"
@@ -182,6 +196,8 @@ rule figure3b:
         settings=lambda wc: stage_json("evaluate"),
     log:
         "logs/figure3b.log",
+    benchmark:
+        "benchmarks/figure3b.tsv"
     conda:
         "../../envs/segvol.yaml"
     shell:
@@ -204,6 +220,8 @@ rule figure5:
         seed=config["seed"],
     log:
         "logs/figure5.log",
+    benchmark:
+        "benchmarks/figure5.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"
@@ -228,6 +246,8 @@ rule table6:
         seed=config["seed"],
     log:
         "logs/table6.log",
+    benchmark:
+        "benchmarks/table6.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"
@@ -252,6 +272,8 @@ rule rotation:
         seed=config["seed"],
     log:
         "logs/rotation.log",
+    benchmark:
+        "benchmarks/rotation.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"
@@ -277,6 +299,8 @@ rule mri:
         stand_in="--stand-in" if MRI_STAND_IN else "",
     log:
         "logs/mri.log",
+    benchmark:
+        "benchmarks/mri.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"

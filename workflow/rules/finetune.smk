@@ -15,6 +15,8 @@ rule finetune:
         model=lambda wc: stage_json("model"),
     log:
         "logs/finetune/{run}.log",
+    benchmark:
+        "benchmarks/finetune/{run}.tsv"
     threads: 2
     resources:
         gpu=config["finetune"]["gpu"],

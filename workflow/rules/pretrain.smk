@@ -11,6 +11,8 @@ rule pretrain:
         model=lambda wc: stage_json("model"),
     log:
         "logs/pretrain.log",
+    benchmark:
+        "benchmarks/pretrain.tsv"
     threads: 2
     resources:
         gpu=config["pretrain"]["gpu"],
