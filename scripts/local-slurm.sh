@@ -2,8 +2,7 @@
 # A one-node Slurm cluster on localhost, for testing profiles/slurm for real (tests/test_slurm.py, .ci/run).
 #
 #   bash scripts/local-slurm.sh start     # installs Debian's munge/slurmctld/slurmd/slurm-client if missing
-#   export SLURM_CONF=$(bash scripts/local-slurm.sh conf)
-#   snakemake --profile profiles/slurm ...
+#   snakemake --profile profiles/slurm --slurm-no-account --slurm-status-command squeue ...
 #   bash scripts/local-slurm.sh stop
 #
 # The node pretends to be a GPU node of a real cluster so that the profile's requests reach sbatch unchanged:
@@ -14,11 +13,16 @@
 # No accounting database: job completions go to a text file (jobcomp/filetxt), job status comes from
 # squeue (MinJobAge keeps finished jobs visible for 10 minutes), so use `--slurm-status-command squeue`.
 # No cgroups (containers rarely allow them): proctrack/linuxproc, task/none.
-# Runs as root (CI and this dev machine); state lives in $SEGVOL_SLURM_DIR (default /tmp/segvol-slurm).
+# Runs as root (CI and this dev machine). The configuration goes where every Slurm command and job step
+# looks for it, /etc/slurm/ (jobs do not inherit SLURM_CONF: `srun` inside a job then fails), and is
+# never written over one this script did not write; state and logs live in $SEGVOL_SLURM_DIR
+# (default /tmp/segvol-slurm).
 set -euo pipefail
 
 STATE=${SEGVOL_SLURM_DIR:-/tmp/segvol-slurm}
-CONF=$STATE/etc/slurm.conf
+CONF=/etc/slurm/slurm.conf
+GRES=/etc/slurm/gres.conf
+MARK="# Written by scripts/local-slurm.sh"
 NODE=localhost
 
 die() { echo "local-slurm: error: $*" >&2; exit 2; }
@@ -34,9 +38,14 @@ install_packages() {
 }
 
 write_config() {
-    mkdir -p "$STATE"/{etc,spool/ctld,spool/d,log,run}
+    mkdir -p "$STATE"/{spool/ctld,spool/d,log,run} /etc/slurm
+    for file in "$CONF" "$GRES"; do
+        if [ -s "$file" ] && ! grep -qF "$MARK" "$file"; then
+            die "$file exists and was not written by this script: is this a real Slurm host?"
+        fi
+    done
     cat >"$CONF" <<EOF
-# Written by scripts/local-slurm.sh: a one-node test cluster on localhost.
+$MARK: a one-node test cluster on localhost.
 ClusterName=segvol-local
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmctldPort=${SEGVOL_SLURMCTLD_PORT:-16817}
@@ -70,7 +79,7 @@ PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE MaxTime=INFINITE State=UP
 EOF
     # Slurm wants a character device per GPU; two harmless ones stand in (nothing opens them).
-    printf 'NodeName=%s Name=gpu File=%s\n' "$NODE" /dev/null "$NODE" /dev/zero >"$STATE/etc/gres.conf"
+    { echo "$MARK"; printf 'NodeName=%s Name=gpu File=%s\n' "$NODE" /dev/null "$NODE" /dev/zero; } >"$GRES"
 }
 
 start_munge() {
@@ -94,7 +103,6 @@ wait_for_node() {
 start() {
     install_packages
     write_config
-    export SLURM_CONF=$CONF
     start_munge
     if ! scontrol ping 2>/dev/null | grep -q UP; then
         # -c: a test cluster starts without the jobs and node states of an earlier run
@@ -102,7 +110,7 @@ start() {
     fi
     pgrep -F "$STATE/run/slurmd.pid" >/dev/null 2>&1 || /usr/sbin/slurmd -f "$CONF" -N "$NODE"
     wait_for_node
-    echo "local Slurm is up; export SLURM_CONF=$CONF"
+    echo "local Slurm is up (partitions cpu and gpu; configuration in $CONF)"
 }
 
 stop() {
@@ -121,6 +129,5 @@ stop() {
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
-    conf) echo "$CONF" ;;
-    *) die "usage: $0 start|stop|conf" ;;
+    *) die "usage: $0 start|stop" ;;
 esac
