@@ -11,7 +11,7 @@
 # 2 cores (SlurmdParameters=config_overrides). Memory is not a consumable resource (CR_CPU), so --mem is
 # checked against RealMemory but does not limit how many jobs run at once.
 # No accounting database: job completions go to a text file (jobcomp/filetxt), job status comes from
-# squeue (MinJobAge keeps finished jobs visible for 10 minutes), so use `--slurm-status-command squeue`.
+# squeue (MinJobAge keeps finished jobs visible for an hour), so use `--slurm-status-command squeue`.
 # No cgroups (containers rarely allow them): proctrack/linuxproc, task/none.
 # Runs as root (CI and this dev machine). The configuration goes where every Slurm command and job step
 # looks for it, /etc/slurm/ (jobs do not inherit SLURM_CONF: `srun` inside a job then fails), and is
@@ -70,7 +70,7 @@ SelectTypeParameters=CR_CPU
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$STATE/log/jobcomp.txt
-MinJobAge=600
+MinJobAge=3600
 ReturnToService=2
 SlurmdParameters=config_overrides
 GresTypes=gpu
