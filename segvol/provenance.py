@@ -20,7 +20,7 @@ import platform
 import subprocess
 import sys
 import time
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -69,7 +69,7 @@ def sha256_tree(folder: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _digest(path: str, mtime_ns: int, size: int) -> str:
     return sha256_tree(path) if Path(path).is_dir() else sha256_file(path)
 

@@ -36,10 +36,11 @@ def test_sidecar_records_code_packages_device_and_input_hashes(tmp_path):
     assert record["sha256"] == hashlib.sha256(b"a,b\n1,2\n").hexdigest()
     # the output itself is not an input, although it exists and is named on the command line
     assert record["inputs"] == [{"path": str(weights), "sha256": hashlib.sha256(b"weights v1").hexdigest()}]
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     assert record["git"]["commit"] == head and isinstance(record["git"]["dirty"], bool)
-    import segvol
     import torch
+
+    import segvol
 
     assert record["segvol"] == segvol.__version__
     assert record["packages"]["torch"] == torch.__version__

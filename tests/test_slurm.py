@@ -31,7 +31,7 @@ DDP_OVERLAY = "pretrain:\n  steps: 1\nfinetune:\n  gpu: 2\n  steps: 2\n"
 def _cluster_error() -> str | None:
     if not shutil.which("sbatch"):
         return "sbatch is not installed (scripts/local-slurm.sh start installs and starts a local cluster)"
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30, check=False)
     if "UP" not in ping.stdout:
         return f"slurmctld does not answer (scripts/local-slurm.sh start): {ping.stdout.strip()} {ping.stderr.strip()}"
     return None
@@ -58,7 +58,7 @@ def _run(work: Path, *extra: str) -> str:
 def _completed_jobs() -> dict[str, tuple[str, str]]:
     """Job id -> (partition, state) of every job the cluster finished, from its completion log."""
     listing = subprocess.run(["sacct", "--completion", "--parsable2", "--noheader",
-                              "--format=JobID,Partition,State"], capture_output=True, text=True, timeout=60)
+                              "--format=JobID,Partition,State"], capture_output=True, text=True, timeout=60, check=False)
     assert listing.returncode == 0, listing.stderr
     return {job: (partition, state) for job, partition, state in
             (line.split("|") for line in listing.stdout.splitlines() if line.count("|") == 2)}
@@ -90,7 +90,7 @@ def test_table2_through_slurm_equals_the_local_run(cluster, tmp_path):
 
     # Fine-tuning asked Slurm for 2 GPUs and ran as 2 torchrun ranks inside that one job.
     finetune_job = job_logs["finetune"].stem
-    job = subprocess.run(["scontrol", "show", "job", "-o", finetune_job], capture_output=True, text=True, timeout=60)
+    job = subprocess.run(["scontrol", "show", "job", "-o", finetune_job], capture_output=True, text=True, timeout=60, check=False)
     assert "gres:gpu:2" in job.stdout or "gres/gpu=2" in job.stdout, job.stdout
     model = read_sidecar(slurm / "models/finetune/segvol/model.safetensors")
     assert (model["slurm_job_id"], model["world_size"], model["device"]) == (finetune_job, 2, "cpu")
