@@ -133,3 +133,18 @@ def test_provenance_command_names_a_missing_folder(tmp_path, capsys):
     assert code == 2
     assert "nope: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_prediction_gets_a_sidecar_naming_its_input_image(tmp_path):
+    from segvol.infer.cli import predict_file
+    from segvol.infer.testing import BoxModel
+    from tests.test_predict import write_phantom
+
+    image = tmp_path / "ct.nii.gz"
+    write_phantom(image)
+    out = tmp_path / "seg.nii.gz"
+    provenance.set_command(["segvol", "predict", str(image), "-o", str(out)])
+    predict_file(BoxModel((8, 32, 32)), image, out, [{"name": "thing", "box": [10, 5, 20, 30, 15, 50]}])
+    record = provenance.read_sidecar(out)
+    assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert record["inputs"] == [{"path": str(image), "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}]
