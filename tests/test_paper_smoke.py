@@ -2,7 +2,7 @@
 the `base` model with the CLIP text tower trains 2 steps and scores one external case through the real rules.
 
 Measured on 2 busy cores (load ~16): 34 min, peak RSS 9.8 GB (finetune), 3.5 GB (pretrain), 1.4 GB
-(evaluate_cases); the jobs used 245 CPU seconds in all."""
+(evaluate_cases); the jobs used 235 CPU seconds in all."""
 
 from __future__ import annotations
 
