@@ -65,8 +65,6 @@ def _completed_jobs() -> dict[str, tuple[str, str]]:
 
 
 def test_table2_through_slurm_equals_the_local_run(cluster, tmp_path):
-    import pandas as pd
-
     local = tmp_path / "local"
     _run(local, "--cores", "2")
     slurm = tmp_path / "slurm"
@@ -76,26 +74,38 @@ def test_table2_through_slurm_equals_the_local_run(cluster, tmp_path):
                   "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
                   "--slurm-keep-successful-logs")
 
-    # Every job ran as a Slurm job: the plugin's per-rule logs, and the cluster's completion records.
+    check_jobs_went_through_slurm(slurm, output)
+    check_same_results(local, slurm)
+
+
+def check_jobs_went_through_slurm(slurm: Path, output: str = "") -> None:
+    """Every job ran as a Slurm job (the plugin's per-job logs, the cluster's completion records); fine-tuning
+    asked for 2 GPUs and ran as 2 torchrun ranks inside that one job."""
     logs = slurm / ".snakemake" / "slurm_logs"
-    job_logs = {path.parent.name.removeprefix("rule_"): path for path in logs.rglob("*.log")}
-    assert RULES <= set(job_logs), (sorted(job_logs), output[-3000:])
+    job_ids: dict[str, list[str]] = {}  # logs/rule_<rule>[/<wildcards>]/<job id>.log
+    for path in logs.rglob("*.log"):
+        job_ids.setdefault(path.relative_to(logs).parts[0].removeprefix("rule_"), []).append(path.stem)
+    assert RULES <= set(job_ids), (sorted(job_ids), output[-3000:])
     completed = _completed_jobs()
     for rule in RULES:
-        job_id = next(p.stem for p in logs.rglob("*.log") if p.parent.name == f"rule_{rule}")
-        assert job_id in completed, (rule, job_id, completed)
-        partition, state = completed[job_id]
-        assert state == "COMPLETED"
-        assert partition == ("gpu" if rule in {"pretrain", "finetune", "evaluate_cases"} else "cpu"), (rule, partition)
+        for job_id in job_ids[rule]:
+            assert job_id in completed, (rule, job_id, completed)
+            partition, state = completed[job_id]
+            assert state == "COMPLETED", (rule, job_id, state)
+            assert partition == ("gpu" if rule in {"pretrain", "finetune", "evaluate_cases"} else "cpu"), (rule, partition)
 
-    # Fine-tuning asked Slurm for 2 GPUs and ran as 2 torchrun ranks inside that one job.
-    finetune_job = job_logs["finetune"].stem
-    job = subprocess.run(["scontrol", "show", "job", "-o", finetune_job], capture_output=True, text=True, timeout=60, check=False)
-    assert "gres:gpu:2" in job.stdout or "gres/gpu=2" in job.stdout, job.stdout
+    [finetune_job] = job_ids["finetune"]
+    job = subprocess.run(["scontrol", "show", "job", "-o", finetune_job], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert "TresPerJob=gres:gpu:2" in job.stdout, job.stdout
     model = read_sidecar(slurm / "models/finetune/segvol/model.safetensors")
     assert (model["slurm_job_id"], model["world_size"], model["device"]) == (finetune_job, 2, "cpu")
-    assert read_sidecar(local / "models/finetune/segvol/model.safetensors")["slurm_job_id"] is None
 
+
+def check_same_results(local: Path, slurm: Path) -> None:
+    import pandas as pd
+
+    assert read_sidecar(local / "models/finetune/segvol/model.safetensors")["slurm_job_id"] is None
     # Same numbers as the local run, to the last digit (only the timings differ).
     assert (slurm / TARGET).read_bytes() == (local / TARGET).read_bytes()
     per_case = [pd.read_parquet(work / "results/table2_per_case.parquet") for work in (slurm, local)]
