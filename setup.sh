@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Creates .venv with the segvol package and everything the workflow and the tests need (CPU is enough).
+# Creates .venv with the segvol package and everything the workflow and the tests need (CPU is enough),
+# exactly the versions of requirements.lock (hash-checked; regenerate it with scripts/lock.sh).
 #   bash setup.sh            then   . .venv/bin/activate
-# TORCH_SPEC picks the PyTorch build (default: the CPU-capable 2.13.0 wheel; any torch>=2.4 works).
+# TORCH_SPEC installs another build of the locked PyTorch version instead of the CPU wheel, e.g. CUDA:
+#   TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash setup.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
@@ -9,9 +11,16 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "segvol needs Python >= 3.11"'
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
-pip install "${TORCH_SPEC:-torch==2.13.0}"
-pip install -e ".[test,slurm]"
-# The CLIP BPE vocabulary ships inside open-clip-torch (MIT); we only read that one file, so none of
-# its dependencies (torchvision, timm) are needed.
-pip install --no-deps "open-clip-torch>=2.20"
+lock=requirements.lock
+if [ -n "${TORCH_SPEC:-}" ]; then
+    # shellcheck disable=SC2086  # TORCH_SPEC may carry pip options (--index-url ...)
+    pip install $TORCH_SPEC
+    lock=$(mktemp) && trap 'rm -f "$lock"' EXIT
+    # the locked CPU torch entry (name line up to its last continuation line) is left out
+    awk '/^torch==/{skip=1} skip&&!/\\$/{skip=0; next} !skip' requirements.lock >"$lock"
+fi
+# --no-deps: the lock already lists every dependency; `pip check` below proves it is consistent.
+pip install --no-deps --require-hashes -r "$lock"
+pip install --no-deps -e .
+pip check
 echo "segvol is installed in .venv (activate with: . .venv/bin/activate)"

@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "predict": ("segvol.infer.cli", "segment your own CT (NIfTI/NRRD/MHA/DICOM) with text, box and point prompts"),
     "serve": ("segvol.serve.cli", "interactive segmentation in the browser: points, boxes, text, three views"),
     "categories": ("segvol.normalize.categories", "list the category names (text prompts) SegVol knows, with synonyms and datasets"),
+    "provenance": ("segvol.provenance", "tables of what made each result and of each job's runtime and memory"),
 }
 
 
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((word for word in argv if word in SUBCOMMANDS), None)
     args = build_parser(command).parse_args(argv)
+    from segvol import provenance
+
+    provenance.set_command(["segvol", *argv])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -17,10 +17,18 @@ def add_device_argument(parser, default: str = "auto") -> None:
 
 
 def resolve_device(spec: str | None = "auto"):
-    """The `torch.device` that `spec` names, checked against this machine.
+    """The `torch.device` that `spec` names, checked against this machine (and noted for provenance).
 
     Raises ValueError with one line when `spec` is malformed or the device is missing.
     """
+    device = _resolve(spec)
+    from segvol import provenance
+
+    provenance.set_device(device)
+    return device
+
+
+def _resolve(spec: str | None):
     import torch
 
     spec = (spec or "auto").strip().lower()

@@ -129,7 +129,7 @@ def tiny_model():
 
 def test_our_format_round_trips_with_its_config(tiny_model, tmp_path):
     path = checkpoint.save(tiny_model, tmp_path / "model.safetensors")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "model.safetensors.provenance.json"]
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:

@@ -102,6 +102,9 @@ def write_parquet(frame, path: str | Path, metadata: dict | None = None) -> None
         table = table.replace_schema_metadata(merged)
     with atomic_path(path) as temporary:
         pq.write_table(table, temporary)
+    from segvol.provenance import write_sidecar
+
+    write_sidecar(path)
 
 
 def read_parquet_metadata(path: str | Path) -> dict:

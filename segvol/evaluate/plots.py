@@ -44,6 +44,9 @@ def save(figure, path: str | Path) -> None:
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", bbox_inches="tight", dpi=110)
     pyplot().close(figure)
+    from segvol.provenance import write_sidecar
+
+    write_sidecar(path)
 
 
 def empty_figure(path, title: str, message: str) -> None:

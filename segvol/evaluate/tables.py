@@ -137,6 +137,9 @@ def write_csv(frame: pd.DataFrame, path) -> None:
 
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False, float_format="%.4f")
+    from segvol.provenance import write_sidecar
+
+    write_sidecar(path)
 
 
 def write_json(payload, path) -> None:

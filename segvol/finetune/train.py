@@ -53,11 +53,9 @@ def build_finetune_model(model_settings: dict, encoder: str | None):
 
 
 def save_model(model: torch.nn.Module, out: str | Path) -> None:
-    from segvol.io.atomic import atomic_path
     from segvol.model import checkpoint
 
-    with atomic_path(out) as temporary:
-        checkpoint.save(model, temporary)
+    checkpoint.save(model, out)  # atomic, with its provenance sidecar
 
 
 def prompt_combinations(seed: int, step: int, count: int) -> tuple[int, ...]:

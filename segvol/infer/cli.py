@@ -578,6 +578,9 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
             written.append(plan.dicom_seg)
         write_like(labels, image, plan.label_map)
         written.append(plan.label_map)
+        from segvol.provenance import write_sidecar
+
+        written.append(write_sidecar(plan.label_map))
         timings = {key: round(value, 3) for key, value in timings.items()}
         timings["write"] = round(timings["write"] + time.perf_counter() - step, 3)
         timings["total"] = round(time.perf_counter() - started, 3)

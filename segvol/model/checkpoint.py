@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from segvol import provenance
 from torch import nn
 
 from segvol.io.atomic import atomic_path
@@ -112,7 +114,9 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "model_config": config.to_json(),
         "text_backbone_stored": "false" if skip else "true",
     }
-    return write_safetensors(tensors, path, metadata)
+    path = write_safetensors(tensors, path, metadata)
+    provenance.write_sidecar(path)
+    return path
 
 
 def save_image_encoder(target: nn.Module, path: str | os.PathLike, config: ModelConfig | None = None) -> Path:
@@ -126,7 +130,9 @@ def save_image_encoder(target: nn.Module, path: str | os.PathLike, config: Model
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "content": "image_encoder"}
     if config is not None:
         metadata["model_config"] = config.to_json()
-    return write_safetensors(tensors, path, metadata)
+    path = write_safetensors(tensors, path, metadata)
+    provenance.write_sidecar(path)
+    return path
 
 
 # --------------------------------------------------------------------------------------- read

@@ -28,7 +28,9 @@ _WORD_PATTERN = regex.compile(
 
 
 def find_bpe_file(path: str | os.PathLike | None = None) -> Path:
-    """The merges file: `path`, else $SEGVOL_CLIP_BPE, else inside an installed open_clip/clip package.
+    """The merges file: `path`, else $SEGVOL_CLIP_BPE, else the copy shipped in segvol/model/data/ (MIT,
+    from open_clip: installing open_clip only for this file left its dependencies, torchvision among
+    them, unmet), else inside an installed open_clip/clip package.
 
     Packages are located with importlib without being imported (importing open_clip would pull
     in torchvision).
@@ -40,7 +42,10 @@ def find_bpe_file(path: str | os.PathLike | None = None) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"CLIP BPE merges file not found: {path}")
         return path
-    searched = []
+    shipped = Path(__file__).with_name("data") / BPE_FILE_NAME
+    if shipped.is_file():
+        return shipped
+    searched = [str(shipped)]
     for package in ("open_clip", "clip"):
         try:
             spec = importlib.util.find_spec(package)
@@ -53,7 +58,7 @@ def find_bpe_file(path: str | os.PathLike | None = None) -> Path:
                 return candidate
     raise FileNotFoundError(
         f"CLIP BPE merges file {BPE_FILE_NAME} not found (looked in: {', '.join(searched) or 'no open_clip/clip package'}); "
-        "install open_clip_torch (pip install --no-deps open_clip_torch) or set SEGVOL_CLIP_BPE to the file"
+        "reinstall segvol or set SEGVOL_CLIP_BPE to the file"
     )
 
 

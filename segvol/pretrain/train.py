@@ -98,6 +98,9 @@ def save_encoder(simmim: SimMIM, cfg, path: str | Path) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in simmim.encoder_state_dict().items()}
     metadata = {"format": "segvol-image-encoder", "config": json.dumps(config_dict(cfg), default=list, sort_keys=True)}
     write_safetensors(tensors, path, metadata)
+    from segvol.provenance import write_sidecar
+
+    write_sidecar(path)
 
 
 def pretrain(

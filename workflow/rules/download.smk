@@ -28,6 +28,8 @@ rule download:
         entry=lambda wc: json.dumps(REGISTRY[re.sub(r"\.shard\d+$", "", wc.dataset)], sort_keys=True),
     log:
         "logs/download/{dataset}.log",
+    benchmark:
+        "benchmarks/download/{dataset}.tsv"
     resources:
         downloads=1,
     conda:

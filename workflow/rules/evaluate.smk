@@ -44,6 +44,8 @@ rule evaluate_cases:
         device=job_device,
     log:
         "logs/evaluate/{dataset}.log",
+    benchmark:
+        "benchmarks/evaluate_cases/{dataset}.tsv"
     threads: 1
     conda:
         "../../envs/segvol.yaml"
@@ -66,6 +68,8 @@ rule table2:
         settings=lambda wc: stage_json("evaluate"),
     log:
         "logs/table2.log",
+    benchmark:
+        "benchmarks/table2.tsv"
     conda:
         "../../envs/segvol.yaml"
     shell:
@@ -88,6 +92,8 @@ rule table3:
         device=job_device,
     log:
         "logs/table3.log",
+    benchmark:
+        "benchmarks/table3.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"
@@ -107,6 +113,8 @@ rule figure2:
         settings=lambda wc: stage_json("evaluate"),
     log:
         "logs/figure2.log",
+    benchmark:
+        "benchmarks/figure2.tsv"
     conda:
         "../../envs/segvol.yaml"
     shell:
@@ -129,6 +137,8 @@ rule scaling_cases:
         device=job_device,
     log:
         "logs/scaling/{run}.log",
+    benchmark:
+        "benchmarks/scaling_cases/{run}.tsv"
     threads: 1
     conda:
         "../../envs/segvol.yaml"
@@ -150,6 +160,8 @@ rule figure3a:
         total=len(TRAIN),
     log:
         "logs/figure3a.log",
+    benchmark:
+        "benchmarks/figure3a.tsv"
     conda:
         "../../envs/segvol.yaml"
     shell:
@@ -171,6 +183,8 @@ rule prompt_cases:
         device=job_device,
     log:
         "logs/prompts/{dataset}.log",
+    benchmark:
+        "benchmarks/prompt_cases/{dataset}.tsv"
     threads: 1
     conda:
         "../../envs/segvol.yaml"
@@ -191,6 +205,8 @@ rule figure3b:
         settings=lambda wc: stage_json("evaluate"),
     log:
         "logs/figure3b.log",
+    benchmark:
+        "benchmarks/figure3b.tsv"
     conda:
         "../../envs/segvol.yaml"
     shell:
@@ -214,6 +230,8 @@ rule figure5:
         device=job_device,
     log:
         "logs/figure5.log",
+    benchmark:
+        "benchmarks/figure5.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"
@@ -239,6 +257,8 @@ rule table6:
         device=job_device,
     log:
         "logs/table6.log",
+    benchmark:
+        "benchmarks/table6.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"
@@ -264,6 +284,8 @@ rule rotation:
         device=job_device,
     log:
         "logs/rotation.log",
+    benchmark:
+        "benchmarks/rotation.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"
@@ -290,6 +312,8 @@ rule mri:
         stand_in="--stand-in" if MRI_STAND_IN else "",
     log:
         "logs/mri.log",
+    benchmark:
+        "benchmarks/mri.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"

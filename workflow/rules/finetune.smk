@@ -16,6 +16,8 @@ rule finetune:
         model=lambda wc: stage_json("model"),
     log:
         "logs/finetune/{run}.log",
+    benchmark:
+        "benchmarks/finetune/{run}.tsv"
     threads: config["finetune"]["threads"]
     resources:
         gpu=config["finetune"]["gpu"],

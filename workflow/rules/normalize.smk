@@ -9,6 +9,8 @@ rule normalize:
         settings=lambda wc: stage_json("normalize"),
     log:
         "logs/normalize/{dataset}.log",
+    benchmark:
+        "benchmarks/normalize/{dataset}.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"

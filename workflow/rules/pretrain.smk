@@ -12,6 +12,8 @@ rule pretrain:
         model=lambda wc: stage_json("model"),
     log:
         "logs/pretrain.log",
+    benchmark:
+        "benchmarks/pretrain.tsv"
     threads: config["pretrain"]["threads"]
     resources:
         gpu=config["pretrain"]["gpu"],

@@ -8,6 +8,8 @@ rule pseudo:
         settings=lambda wc: stage_json("pseudo"),
     log:
         "logs/pseudo/{dataset}.log",
+    benchmark:
+        "benchmarks/pseudo/{dataset}.tsv"
     threads: 2
     conda:
         "../../envs/segvol.yaml"

@@ -9,6 +9,8 @@ rule synthesize:
         seed=config["seed"],
     log:
         "logs/synthesize/{dataset}.log",
+    benchmark:
+        "benchmarks/synthesize/{dataset}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
