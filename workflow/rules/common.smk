@@ -22,7 +22,9 @@ RESULTS = config["paths"]["results"]
 TRAIN = config["datasets"]["train"]
 EXTERNAL = config["datasets"]["external"]
 UNLABELLED = config["datasets"]["unlabelled"]
-MRI = [config["evaluate"]["mri_dataset"]] if config["evaluate"].get("mri_dataset") else []
+MRI = (
+    [config["evaluate"]["mri_dataset"]] if config["evaluate"].get("mri_dataset") else []
+)
 SYNTHETIC = sorted(config["synth"]["datasets"])
 REGISTERED = sorted(set(TRAIN + EXTERNAL + UNLABELLED + MRI) - set(SYNTHETIC))
 
@@ -85,7 +87,6 @@ def run_datasets(run):
     return TRAIN[: int(run.removeprefix("first"))]
 
 
-
 def job_device(wildcards, resources):
     """`--device` of a model-running job: `cuda` when the job was given GPUs (`resources: gpu=` of the
     rule, the config's `<stage>.gpu`, or a profile's set-resources), else `cpu`. Not `auto`: a job
@@ -96,7 +97,11 @@ def job_device(wildcards, resources):
 def launcher(wildcards, resources):
     """`segvol`, or one process per GPU through torchrun when a training job asks for several."""
     gpus = int(resources.gpu)
-    return f"torchrun --standalone --nproc_per_node={gpus} -m segvol" if gpus > 1 else "segvol"
+    return (
+        f"torchrun --standalone --nproc_per_node={gpus} -m segvol"
+        if gpus > 1
+        else "segvol"
+    )
 
 
 localrules:

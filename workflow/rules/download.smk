@@ -19,21 +19,23 @@ rule download:
     """One registered dataset, or one shard of an unlabelled manifest -> raw folder + dataset.json."""
     output:
         directory(f"{RAW}/{{dataset}}"),
-    wildcard_constraints:
-        dataset=alternation(DOWNLOADED),
-    params:
-        settings=lambda wc: stage_json("download"),
-        downloads=DOWNLOADS,
-        # Unused by the command: a changed registry entry (URL, checksum, layout) reruns the job.
-        entry=lambda wc: json.dumps(REGISTRY[re.sub(r"\.shard\d+$", "", wc.dataset)], sort_keys=True),
     log:
         "logs/download/{dataset}.log",
     benchmark:
         "benchmarks/download/{dataset}.tsv"
-    resources:
-        downloads=1,
+    wildcard_constraints:
+        dataset=alternation(DOWNLOADED),
     conda:
         "../../envs/segvol.yaml"
+    resources:
+        downloads=1,
+    params:
+        settings=lambda wc: stage_json("download"),
+        downloads=DOWNLOADS,
+        # Unused by the command: a changed registry entry (URL, checksum, layout) reruns the job.
+        entry=lambda wc: json.dumps(
+            REGISTRY[re.sub(r"\.shard\d+$", "", wc.dataset)], sort_keys=True
+        ),
     shell:
         "segvol download --dataset {wildcards.dataset} --out {output} --downloads {params.downloads}"
         " --params {params.settings:q} > {log} 2>&1"

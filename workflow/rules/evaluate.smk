@@ -3,14 +3,20 @@
 
 EVALUATE = config["evaluate"]
 SCALING_DATASET = EVALUATE.get("scaling_dataset") or (TRAIN[0] if TRAIN else None)
-SCALING_RUNS = [f"first{n}" for n in EVALUATE["scaling_runs"] if n < len(TRAIN)] + ["segvol"] * bool(TRAIN)
+SCALING_RUNS = [f"first{n}" for n in EVALUATE["scaling_runs"] if n < len(TRAIN)] + [
+    "segvol"
+] * bool(TRAIN)
 PROMPT_DATASETS = EVALUATE.get("prompt_datasets") or TRAIN
 MRI_DATASET = EVALUATE.get("mri_dataset") or (EXTERNAL[0] if EXTERNAL else None)
 MRI_STAND_IN = not EVALUATE.get("mri_dataset")
 # Local checkpoints of the baselines that run: inputs, so that a new file reruns the tables that use
 # it (an hf:// reference is downloaded by the job itself).
 BASELINE_CHECKPOINTS = sorted(
-    {path for path in (EVALUATE.get("baseline_checkpoints") or {}).values() if path and "://" not in path}
+    {
+        path
+        for path in (EVALUATE.get("baseline_checkpoints") or {}).values()
+        if path and "://" not in path
+    }
 )
 
 # Everything this file produces beyond Table 2/3 (the lead lists these in `rule all`).
@@ -37,18 +43,18 @@ rule evaluate_cases:
         baselines=BASELINE_CHECKPOINTS,
     output:
         f"{RESULTS}/cases/{{dataset}}.parquet",
+    log:
+        "logs/evaluate/{dataset}.log",
+    benchmark:
+        "benchmarks/evaluate_cases/{dataset}.tsv"
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 1
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
         device=job_device,
-    log:
-        "logs/evaluate/{dataset}.log",
-    benchmark:
-        "benchmarks/evaluate_cases/{dataset}.tsv"
-    threads: 1
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output}"
         " --threads {threads} --device {params.device} --seed {params.seed} --params {params.settings:q} --model {params.model:q}"
@@ -61,17 +67,19 @@ rule table2:
         cases=expand(f"{RESULTS}/cases/{{dataset}}.parquet", dataset=EXTERNAL),
         audit=f"{RESULTS}/overlap_audit.csv",
     output:
-        table=report(f"{RESULTS}/table2.csv", caption="../report/table2.rst", category="Tables"),
+        table=report(
+            f"{RESULTS}/table2.csv", caption="../report/table2.rst", category="Tables"
+        ),
         per_case=f"{RESULTS}/table2_per_case.parquet",
         methods=f"{RESULTS}/table2_methods.json",
-    params:
-        settings=lambda wc: stage_json("evaluate"),
     log:
         "logs/table2.log",
     benchmark:
         "benchmarks/table2.tsv"
     conda:
         "../../envs/segvol.yaml"
+    params:
+        settings=lambda wc: stage_json("evaluate"),
     shell:
         "segvol evaluate table2 --cases {input.cases} --out {output.table} --per-case {output.per_case}"
         " --methods {output.methods} --params {params.settings:q} > {log} 2>&1"
@@ -83,20 +91,22 @@ rule table3:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
     output:
-        table=report(f"{RESULTS}/table3.csv", caption="../report/table3.rst", category="Tables"),
+        table=report(
+            f"{RESULTS}/table3.csv", caption="../report/table3.rst", category="Tables"
+        ),
         per_case=f"{RESULTS}/table3_per_case.parquet",
+    log:
+        "logs/table3.log",
+    benchmark:
+        "benchmarks/table3.tsv"
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 2
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
         device=job_device,
-    log:
-        "logs/table3.log",
-    benchmark:
-        "benchmarks/table3.tsv"
-    threads: 2
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "segvol evaluate table3 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
         " --per-case {output.per_case} --threads {threads} --device {params.device} --seed {params.seed}"
@@ -108,15 +118,19 @@ rule figure2:
     input:
         f"{RESULTS}/table2_per_case.parquet",
     output:
-        report(f"{RESULTS}/figures/fig2_violin.png", caption="../report/fig2.rst", category="Figures"),
-    params:
-        settings=lambda wc: stage_json("evaluate"),
+        report(
+            f"{RESULTS}/figures/fig2_violin.png",
+            caption="../report/fig2.rst",
+            category="Figures",
+        ),
     log:
         "logs/figure2.log",
     benchmark:
         "benchmarks/figure2.tsv"
     conda:
         "../../envs/segvol.yaml"
+    params:
+        settings=lambda wc: stage_json("evaluate"),
     shell:
         "segvol evaluate fig2 --per-case {input} --png {output} --params {params.settings:q} > {log} 2>&1"
 
@@ -128,20 +142,20 @@ rule scaling_cases:
         zarr=f"{ZARR}/{SCALING_DATASET}.zarr",
     output:
         f"{RESULTS}/scaling/{{run}}.parquet",
+    log:
+        "logs/scaling/{run}.log",
+    benchmark:
+        "benchmarks/scaling_cases/{run}.tsv"
     wildcard_constraints:
         run=r"segvol|first\d+",
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 1
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
         device=job_device,
-    log:
-        "logs/scaling/{run}.log",
-    benchmark:
-        "benchmarks/scaling_cases/{run}.tsv"
-    threads: 1
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
         " --label {wildcards.run} --segvol-only --threads {threads} --device {params.device} --seed {params.seed}"
@@ -153,17 +167,25 @@ rule figure3a:
     input:
         expand(f"{RESULTS}/scaling/{{run}}.parquet", run=SCALING_RUNS),
     output:
-        table=report(f"{RESULTS}/fig3a_scaling.csv", caption="../report/fig3a.rst", category="Tables"),
-        png=report(f"{RESULTS}/figures/fig3a_scaling.png", caption="../report/fig3a.rst", category="Figures"),
-    params:
-        settings=lambda wc: stage_json("evaluate"),
-        total=len(TRAIN),
+        table=report(
+            f"{RESULTS}/fig3a_scaling.csv",
+            caption="../report/fig3a.rst",
+            category="Tables",
+        ),
+        png=report(
+            f"{RESULTS}/figures/fig3a_scaling.png",
+            caption="../report/fig3a.rst",
+            category="Figures",
+        ),
     log:
         "logs/figure3a.log",
     benchmark:
         "benchmarks/figure3a.tsv"
     conda:
         "../../envs/segvol.yaml"
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        total=len(TRAIN),
     shell:
         "segvol evaluate fig3a --cases {input} --total {params.total} --out {output.table} --png {output.png}"
         " --params {params.settings:q} > {log} 2>&1"
@@ -176,18 +198,18 @@ rule prompt_cases:
         zarr=f"{ZARR}/{{dataset}}.zarr",
     output:
         f"{RESULTS}/prompts/{{dataset}}.parquet",
+    log:
+        "logs/prompts/{dataset}.log",
+    benchmark:
+        "benchmarks/prompt_cases/{dataset}.tsv"
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 1
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
         device=job_device,
-    log:
-        "logs/prompts/{dataset}.log",
-    benchmark:
-        "benchmarks/prompt_cases/{dataset}.tsv"
-    threads: 1
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
         " --prompts text,point,box,point+text,box+text --segvol-only --threads {threads} --device {params.device} --seed {params.seed}"
@@ -199,16 +221,24 @@ rule figure3b:
     input:
         expand(f"{RESULTS}/prompts/{{dataset}}.parquet", dataset=PROMPT_DATASETS),
     output:
-        table=report(f"{RESULTS}/fig3b_prompts.csv", caption="../report/fig3b.rst", category="Tables"),
-        png=report(f"{RESULTS}/figures/fig3b_prompts.png", caption="../report/fig3b.rst", category="Figures"),
-    params:
-        settings=lambda wc: stage_json("evaluate"),
+        table=report(
+            f"{RESULTS}/fig3b_prompts.csv",
+            caption="../report/fig3b.rst",
+            category="Tables",
+        ),
+        png=report(
+            f"{RESULTS}/figures/fig3b_prompts.png",
+            caption="../report/fig3b.rst",
+            category="Figures",
+        ),
     log:
         "logs/figure3b.log",
     benchmark:
         "benchmarks/figure3b.tsv"
     conda:
         "../../envs/segvol.yaml"
+    params:
+        settings=lambda wc: stage_json("evaluate"),
     shell:
         "segvol evaluate fig3b --cases {input} --out {output.table} --png {output.png}"
         " --params {params.settings:q} > {log} 2>&1"
@@ -220,21 +250,29 @@ rule figure5:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=PROMPT_DATASETS),
     output:
-        table=report(f"{RESULTS}/fig5_identification.csv", caption="../report/fig5.rst", category="Tables"),
+        table=report(
+            f"{RESULTS}/fig5_identification.csv",
+            caption="../report/fig5.rst",
+            category="Tables",
+        ),
         per_case=f"{RESULTS}/fig5_per_case.parquet",
-        png=report(f"{RESULTS}/figures/fig5_identification.png", caption="../report/fig5.rst", category="Figures"),
+        png=report(
+            f"{RESULTS}/figures/fig5_identification.png",
+            caption="../report/fig5.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/figure5.log",
+    benchmark:
+        "benchmarks/figure5.tsv"
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 2
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
         device=job_device,
-    log:
-        "logs/figure5.log",
-    benchmark:
-        "benchmarks/figure5.tsv"
-    threads: 2
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "segvol evaluate fig5 --checkpoint {input.model} --zarr {input.zarr} --split test --out {output.table}"
         " --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
@@ -248,20 +286,22 @@ rule table6:
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
         baselines=BASELINE_CHECKPOINTS,
     output:
-        table=report(f"{RESULTS}/table6.csv", caption="../report/table6.rst", category="Tables"),
+        table=report(
+            f"{RESULTS}/table6.csv", caption="../report/table6.rst", category="Tables"
+        ),
         per_case=f"{RESULTS}/table6_per_case.parquet",
+    log:
+        "logs/table6.log",
+    benchmark:
+        "benchmarks/table6.tsv"
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 2
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
         device=job_device,
-    log:
-        "logs/table6.log",
-    benchmark:
-        "benchmarks/table6.tsv"
-    threads: 2
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "segvol evaluate table6 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
         " --per-case {output.per_case} --threads {threads} --device {params.device} --seed {params.seed}"
@@ -274,21 +314,29 @@ rule rotation:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
     output:
-        table=report(f"{RESULTS}/rotation.csv", caption="../report/rotation.rst", category="Tables"),
+        table=report(
+            f"{RESULTS}/rotation.csv",
+            caption="../report/rotation.rst",
+            category="Tables",
+        ),
         per_case=f"{RESULTS}/rotation_per_case.parquet",
-        png=report(f"{RESULTS}/figures/rotation.png", caption="../report/rotation.rst", category="Figures"),
+        png=report(
+            f"{RESULTS}/figures/rotation.png",
+            caption="../report/rotation.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/rotation.log",
+    benchmark:
+        "benchmarks/rotation.tsv"
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 2
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
         device=job_device,
-    log:
-        "logs/rotation.log",
-    benchmark:
-        "benchmarks/rotation.tsv"
-    threads: 2
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "segvol evaluate rotation --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
         " --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
@@ -301,22 +349,28 @@ rule mri:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=f"{ZARR}/{MRI_DATASET}.zarr",
     output:
-        table=report(f"{RESULTS}/mri.csv", caption="../report/mri.rst", category="Tables"),
+        table=report(
+            f"{RESULTS}/mri.csv", caption="../report/mri.rst", category="Tables"
+        ),
         per_case=f"{RESULTS}/mri_per_case.parquet",
-        png=report(f"{RESULTS}/figures/mri.png", caption="../report/mri.rst", category="Figures"),
+        png=report(
+            f"{RESULTS}/figures/mri.png",
+            caption="../report/mri.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/mri.log",
+    benchmark:
+        "benchmarks/mri.tsv"
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 2
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
         device=job_device,
         stand_in="--stand-in" if MRI_STAND_IN else "",
-    log:
-        "logs/mri.log",
-    benchmark:
-        "benchmarks/mri.tsv"
-    threads: 2
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "segvol evaluate mri --checkpoint {input.model} --zarr {input.zarr} {params.stand_in}"
         " --out {output.table} --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device}"
@@ -329,7 +383,11 @@ rule overlap_audit:
         external=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
         train=expand(f"{ZARR}/{{dataset}}.zarr", dataset=TRAIN),
     output:
-        report(f"{RESULTS}/overlap_audit.csv", caption="../report/overlap_audit.rst", category="Tables"),
+        report(
+            f"{RESULTS}/overlap_audit.csv",
+            caption="../report/overlap_audit.rst",
+            category="Tables",
+        ),
     log:
         "logs/overlap_audit.log",
     conda:
@@ -348,12 +406,12 @@ rule table2_statistics:
             caption="../report/table2_statistics.rst",
             category="Tables",
         ),
-    params:
-        settings=lambda wc: stage_json("evaluate"),
     log:
         "logs/table2_statistics.log",
     conda:
         "../../envs/segvol.yaml"
+    params:
+        settings=lambda wc: stage_json("evaluate"),
     shell:
         "segvol evaluate statistics --per-case {input} --out {output}"
         " --params {params.settings:q} > {log} 2>&1"
@@ -366,23 +424,27 @@ rule interactive:
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
         baselines=BASELINE_CHECKPOINTS,
     output:
-        table=report(f"{RESULTS}/interactive.csv", caption="../report/interactive.rst", category="Tables"),
+        table=report(
+            f"{RESULTS}/interactive.csv",
+            caption="../report/interactive.rst",
+            category="Tables",
+        ),
         per_step=f"{RESULTS}/interactive_steps.parquet",
         png=report(
             f"{RESULTS}/figures/interactive.png",
             caption="../report/interactive.rst",
             category="Figures",
         ),
+    log:
+        "logs/interactive.log",
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 2
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
         device=job_device,
-    log:
-        "logs/interactive.log",
-    threads: 2
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "segvol evaluate interactive --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
         " --per-step {output.per_step} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
@@ -397,17 +459,21 @@ rule gallery:
         per_case=f"{RESULTS}/table2_per_case.parquet",
         baselines=BASELINE_CHECKPOINTS,
     output:
-        report(f"{RESULTS}/figures/gallery.png", caption="../report/gallery.rst", category="Figures"),
+        report(
+            f"{RESULTS}/figures/gallery.png",
+            caption="../report/gallery.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/gallery.log",
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 2
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
         device=job_device,
-    log:
-        "logs/gallery.log",
-    threads: 2
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "segvol evaluate gallery --checkpoint {input.model} --zarr {input.zarr} --per-case {input.per_case}"
         " --png {output} --threads {threads} --device {params.device} --seed {params.seed} --params {params.settings:q}"
@@ -420,18 +486,26 @@ rule figure4:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL + TRAIN),
     output:
-        table=report(f"{RESULTS}/fig4_semantic.csv", caption="../report/fig4.rst", category="Tables"),
-        png=report(f"{RESULTS}/figures/fig4_semantic.png", caption="../report/fig4.rst", category="Figures"),
+        table=report(
+            f"{RESULTS}/fig4_semantic.csv",
+            caption="../report/fig4.rst",
+            category="Tables",
+        ),
+        png=report(
+            f"{RESULTS}/figures/fig4_semantic.png",
+            caption="../report/fig4.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/figure4.log",
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 2
     params:
         settings=lambda wc: stage_json("evaluate"),
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
         device=job_device,
-    log:
-        "logs/figure4.log",
-    threads: 2
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "segvol evaluate fig4 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
         " --png {output.png} --threads {threads} --device {params.device} --seed {params.seed} --params {params.settings:q}"

@@ -2,29 +2,31 @@ rule finetune:
     """Prompt fine-tuning (text/point/box + pseudo-label loss) from the SimMIM encoder."""
     input:
         zarr=lambda wc: expand(f"{ZARR}/{{dataset}}.zarr", dataset=run_datasets(wc.run)),
-        pseudo=lambda wc: expand(f"{PSEUDO}/{{dataset}}.zarr", dataset=run_datasets(wc.run)),
+        pseudo=lambda wc: expand(
+            f"{PSEUDO}/{{dataset}}.zarr", dataset=run_datasets(wc.run)
+        ),
         encoder=f"{MODELS}/pretrain/encoder.safetensors",
     output:
         f"{MODELS}/finetune/{{run}}/model.safetensors",
+    log:
+        "logs/finetune/{run}.log",
+    benchmark:
+        "benchmarks/finetune/{run}.tsv"
     wildcard_constraints:
         run=r"segvol|first\d+",
+    conda:
+        "../../envs/segvol.yaml"
+    threads: config["finetune"]["threads"]
+    resources:
+        gpu=config["finetune"]["gpu"],
+        mem_mb=config["finetune"]["mem_mb"],
+        runtime=config["finetune"]["runtime"],
     params:
         launcher=launcher,
         seed=config["seed"],
         device=job_device,
         settings=lambda wc: stage_json("finetune"),
         model=lambda wc: stage_json("model"),
-    log:
-        "logs/finetune/{run}.log",
-    benchmark:
-        "benchmarks/finetune/{run}.tsv"
-    threads: config["finetune"]["threads"]
-    resources:
-        gpu=config["finetune"]["gpu"],
-        mem_mb=config["finetune"]["mem_mb"],
-        runtime=config["finetune"]["runtime"],
-    conda:
-        "../../envs/segvol.yaml"
     shell:
         "{params.launcher} finetune --zarr {input.zarr} --pseudo {input.pseudo} --encoder {input.encoder}"
         " --out {output} --device {params.device} --seed {params.seed}"

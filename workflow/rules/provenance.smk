@@ -18,15 +18,23 @@ rule provenance:
         f"{RESULTS}/table3.csv",
         EVALUATION_TARGETS,
     output:
-        provenance=report(f"{RESULTS}/provenance.csv", caption="../report/provenance.rst", category="Provenance"),
-        runtime=report(f"{RESULTS}/runtime.csv", caption="../report/runtime.rst", category="Provenance"),
-    params:
-        results=lambda wc, output: os.path.dirname(output.provenance),
-        benchmarks="benchmarks",
+        provenance=report(
+            f"{RESULTS}/provenance.csv",
+            caption="../report/provenance.rst",
+            category="Provenance",
+        ),
+        runtime=report(
+            f"{RESULTS}/runtime.csv",
+            caption="../report/runtime.rst",
+            category="Provenance",
+        ),
     log:
         "logs/provenance.log",
     conda:
         "../../envs/segvol.yaml"
+    params:
+        results=lambda wc, output: os.path.dirname(output.provenance),
+        benchmarks="benchmarks",
     shell:
         "segvol provenance --results {params.results} --benchmarks {params.benchmarks}"
         " --provenance-out {output.provenance} --runtime-out {output.runtime} > {log} 2>&1"

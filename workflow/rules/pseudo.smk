@@ -4,15 +4,15 @@ rule pseudo:
         f"{ZARR}/{{dataset}}.zarr",
     output:
         directory(f"{PSEUDO}/{{dataset}}.zarr"),
-    params:
-        settings=lambda wc: stage_json("pseudo"),
     log:
         "logs/pseudo/{dataset}.log",
     benchmark:
         "benchmarks/pseudo/{dataset}.tsv"
-    threads: 2
     conda:
         "../../envs/segvol.yaml"
+    threads: 2
+    params:
+        settings=lambda wc: stage_json("pseudo"),
     shell:
         "segvol pseudo --zarr {input} --out {output} --jobs {threads}"
         " --params {params.settings:q} > {log} 2>&1"
