@@ -233,14 +233,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--runtime-out", required=True, help="CSV: seconds and peak memory per job")
 
 
-def run(args) -> int:
-    from segvol.evaluate.tables import write_csv
+def _write_csv(frame, path) -> None:
+    from segvol.io.atomic import atomic_path
 
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False)
+
+
+def run(args) -> int:
     for folder in (args.results, args.benchmarks):
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder}: no such folder")
     provenance = provenance_table(args.results)
     runtime = runtime_table(args.benchmarks)
-    write_csv(provenance, args.provenance_out)
-    write_csv(runtime, args.runtime_out)
+    _write_csv(provenance, args.provenance_out)
+    _write_csv(runtime, args.runtime_out)
     return 0

@@ -135,9 +135,11 @@ def test_provenance_command_names_a_missing_folder(tmp_path, capsys):
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_a_prediction_gets_a_sidecar_naming_its_input_image(tmp_path):
+def test_a_prediction_records_its_provenance_in_its_manifest(tmp_path):
+    import json
+
     from segvol.infer.cli import predict_file
-    from segvol.infer.testing import BoxModel
+    from tests.stand_in_models import BoxModel
     from tests.test_predict import write_phantom
 
     image = tmp_path / "ct.nii.gz"
@@ -145,6 +147,7 @@ def test_a_prediction_gets_a_sidecar_naming_its_input_image(tmp_path):
     out = tmp_path / "seg.nii.gz"
     provenance.set_command(["segvol", "predict", str(image), "-o", str(out)])
     predict_file(BoxModel((8, 32, 32)), image, out, [{"name": "thing", "box": [10, 5, 20, 30, 15, 50]}])
-    record = provenance.read_sidecar(out)
+    record = json.loads((tmp_path / "seg.json").read_text())["provenance"]
+    assert not provenance.sidecar_path(out).exists()  # the manifest is the prediction's record
     assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert record["inputs"] == [{"path": str(image), "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}]

@@ -578,12 +578,11 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
             written.append(plan.dicom_seg)
         write_like(labels, image, plan.label_map)
         written.append(plan.label_map)
-        from segvol.provenance import write_sidecar
-
-        written.append(write_sidecar(plan.label_map))
         timings = {key: round(value, 3) for key, value in timings.items()}
         timings["write"] = round(timings["write"] + time.perf_counter() - step, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
+        from segvol import provenance
+
         manifest = {
             "format": MANIFEST_FORMAT,
             "status": "finished",
@@ -601,6 +600,8 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
             "voxels": {p.label: int((labels == k + 1).sum()) for k, p in enumerate(prompts)},
             "seconds": timings,
             "outputs": [os.path.relpath(path, plan.manifest.parent) for path in written],
+            # what made it (code commit, packages, device, inputs' sha256), as every other output records
+            "provenance": provenance.record(plan.label_map, inputs=[plan.input]),
         }
         from segvol.io.atomic import atomic_path
 
