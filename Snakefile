@@ -19,6 +19,7 @@ include: "workflow/rules/pseudo.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/taskspecific.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -24,6 +24,8 @@ EVALUATION_TARGETS = [
     f"{RESULTS}/mri.csv",
     f"{RESULTS}/table2_statistics.csv",
     f"{RESULTS}/interactive.csv",
+    f"{RESULTS}/figures/fig9_taskspecific.png",
+    f"{RESULTS}/table7.csv",
 ]
 
 
