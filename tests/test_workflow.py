@@ -39,7 +39,8 @@ def assert_ok(result: subprocess.CompletedProcess) -> str:
 
 STAGE_RULES = ["synthesize", "normalize", "pseudo", "pretrain", "finetune", "evaluate_cases", "table2"]
 EVALUATION_RULES = ["table2", "table3", "figure2", "scaling_cases", "figure3a", "prompt_cases", "figure3b",
-                    "figure5", "table6", "rotation", "mri", "interactive", "table2_statistics"]
+                    "figure5", "table6", "rotation", "mri", "interactive", "table2_statistics",
+                    "taskspecific_train", "taskspecific_cases", "figure9", "table7"]
 
 
 def test_lint_is_clean():
@@ -76,6 +77,8 @@ def test_paper_dry_run_of_the_default_target_lists_every_table_and_figure():
     # Fig 3a: models fine-tuned on the first 1, 2 and 8 datasets and on all 25, each scored on BTCV
     assert counts["finetune"] == counts["scaling_cases"] == 4
     assert counts["evaluate_cases"] == 3 and counts["pseudo"] == 25
+    # Appendix C: nnU-Net, SwinUNETR and 3D UX-Net on BTCV and four MSD tasks
+    assert counts["taskspecific_train"] == 15 and counts["taskspecific_cases"] == 5
 
 
 def test_bad_config_is_rejected():
