@@ -67,7 +67,8 @@ def test_label_map_keeps_a_lesion_inside_its_organ():
 def test_uxnet_published_configuration_has_the_papers_53_million_parameters():
     from segvol.taskspecific.uxnet import UXNet
 
-    count = sum(p.numel() for p in UXNet(1, 14).parameters())
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        count = sum(p.numel() for p in UXNet(1, 14).parameters())
     assert abs(count / 1e6 - 53.0) < 0.1, count
 
 
@@ -80,8 +81,8 @@ def test_networks_map_a_patch_to_class_logits_of_the_same_size(architecture, set
 
     network = build_network(architecture, 4, settings)
     with torch.no_grad():
-        logits = network(torch.zeros(2, 1, 32, 64, 32))
-    assert logits.shape == (2, 4, 32, 64, 32)
+        logits = network(torch.zeros(1, 1, 32, 64, 32))
+    assert logits.shape == (1, 4, 32, 64, 32)
 
 
 def test_unknown_architecture_is_refused():
@@ -97,15 +98,15 @@ def test_shared_loop_lowers_the_loss_on_a_toy_task():
     rng = np.random.default_rng(0)
     samples = []
     for _ in range(3):
-        label = np.zeros((16, 32, 32), np.int64)
-        d, h, w = rng.integers([4, 8, 8], [12, 24, 24])
-        label[d - 3:d + 3, h - 5:h + 5, w - 5:w + 5] = 1
+        label = np.zeros((32, 16, 16), np.int64)
+        d, h, w = rng.integers([8, 5, 5], [24, 11, 11])
+        label[d - 5:d + 5, h - 3:h + 3, w - 3:w + 3] = 1
         samples.append(((0.1 * rng.random(label.shape) + 0.8 * label).astype(np.float32), label))
     torch.manual_seed(0)
-    network = build_network("uxnet", 2, {"depths": [1, 1, 1, 1], "widths": [8, 16, 32, 64], "hidden_size": 32})
-    losses = train_supervised(network, samples, {"steps": 25, "batch_size": 2, "lr": 3e-3, "weight_decay": 0.0,
-                                                 "patch_size": [16, 32, 32]})
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    network = build_network("uxnet", 2, {"depths": [1, 1, 1, 1], "widths": [4, 8, 16, 32], "hidden_size": 16})
+    losses = train_supervised(network, samples, {"steps": 15, "batch_size": 1, "lr": 1e-2, "weight_decay": 0.0,
+                                                 "patch_size": [32, 16, 16]})
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
 
 
 # --- the stage command and the Method wrapper -----------------------------------------------------
@@ -219,6 +220,7 @@ def test_fig9_and_table7_commands(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     medians = pd.read_csv(summary).set_index("method")["median"]
     assert list(medians.index) == ["SegVol", "nnU-Net", "3D UX-Net"]
-    assert medians["nnU-Net"] == pytest.approx(0.6) and medians["3D UX-Net"] == pytest.approx(0.3)
+    # pooled over (case, category): nnU-Net {0.5, 0.6, 0.7} x 2 tumours + 0.95 x 3 livers
+    assert medians["nnU-Net"] == pytest.approx(0.7) and medians["3D UX-Net"] == pytest.approx(0.4)
     assert main(["evaluate", "table7", "--cases", str(cases), "--out", str(table)]) == 0
     assert pd.read_csv(table)["difference"].iloc[-1] == pytest.approx(0.05)
