@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import re
 
-import numpy as np
 import pandas as pd
 
 log = logging.getLogger("segvol.evaluate")

@@ -49,7 +49,7 @@ class LabelMap:
         return {"categories": self.categories, "values": self.values, "contains": self.contains}
 
     @classmethod
-    def from_json(cls, payload: dict) -> "LabelMap":
+    def from_json(cls, payload: dict) -> LabelMap:
         return cls(list(payload["categories"]), {k: int(v) for k, v in payload["values"].items()},
                    {k: list(v) for k, v in payload.get("contains", {}).items()})
 

@@ -103,7 +103,10 @@ def train(store_path: str | Path, out: Path, work: Path, settings: dict, device)
     with nnunet_environment(raw, preprocessed, out, processes):
         from batchgenerators.utilities.file_and_folder_operations import load_json
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-            extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
+            extract_fingerprint_dataset,
+            plan_experiment_dataset,
+            preprocess_dataset,
+        )
         from nnunetv2.run.run_training import get_trainer_from_args
 
         folder, label_map = export_raw(store_path, raw)

@@ -12,7 +12,7 @@ Shapes: volume (D, H, W) in [0, 1]; network input (B, 1, *patch_size); logits (B
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

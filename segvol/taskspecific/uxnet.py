@@ -13,7 +13,7 @@ stage i output (B, widths[i], D / 2^(i+1), H / 2^(i+1), W / 2^(i+1)).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
