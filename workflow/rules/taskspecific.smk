@@ -12,7 +12,7 @@ if set(TASKSPECIFIC_DATASETS) - set(TRAIN):
         " task-specific models train and test on a training dataset's own split"
     )
 # nnU-Net's raw and preprocessed copies of a store (nnUNet_raw / nnUNet_preprocessed) live next to it.
-TASKSPECIFIC_WORK = os.path.join(os.path.dirname(ZARR.rstrip("/")) or ".", "taskspecific")
+TASKSPECIFIC_WORK = os.path.join(os.path.dirname(os.path.normpath(ZARR)), "taskspecific")
 
 
 rule taskspecific_train:
