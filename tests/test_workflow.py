@@ -115,7 +115,7 @@ def test_end_to_end_tiny(tmp_path):
     assert_ok(snakemake(*args, timeout=1500))
     results = work / "results"
     for name in ("fig3a_scaling.csv", "fig3b_prompts.csv", "fig5_identification.csv", "table6.csv", "rotation.csv",
-                 "mri.csv", "interactive.csv", "table2_statistics.csv"):
+                 "mri.csv", "interactive.csv", "table2_statistics.csv", "fig9_taskspecific.csv", "table7.csv"):
         assert len(pd.read_csv(results / name)) > 0, name
     pngs = sorted((results / "figures").glob("*.png"))
     assert len(pngs) >= 6 and all(png.read_bytes()[:4] == b"\x89PNG" for png in pngs)
