@@ -80,6 +80,11 @@ def run_taskspecific(args, settings) -> int:
 
 
 def _read(paths) -> pd.DataFrame:
+    from pathlib import Path
+
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: per-case scores not found (an `evaluate taskspecific` output)")
     frames = [pd.read_parquet(path) for path in paths]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
