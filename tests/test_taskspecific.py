@@ -224,3 +224,11 @@ def test_fig9_and_table7_commands(tmp_path):
     assert medians["nnU-Net"] == pytest.approx(0.7) and medians["3D UX-Net"] == pytest.approx(0.4)
     assert main(["evaluate", "table7", "--cases", str(cases), "--out", str(table)]) == 0
     assert pd.read_csv(table)["difference"].iloc[-1] == pytest.approx(0.05)
+
+
+def test_fig9_names_a_missing_per_case_file(tmp_path, capsys):
+    missing = tmp_path / "absent.parquet"
+    assert main(["evaluate", "fig9", "--cases", str(missing), "--out", str(tmp_path / "f.csv"),
+                 "--png", str(tmp_path / "f.png")]) == 2
+    assert f"{missing}: per-case scores not found" in capsys.readouterr().err
+    assert not list(tmp_path.glob("f*"))
