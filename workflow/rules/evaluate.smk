@@ -32,6 +32,8 @@ EVALUATION_TARGETS = [
     f"{RESULTS}/interactive.csv",
     f"{RESULTS}/figures/gallery.png",
     f"{RESULTS}/fig4_semantic.csv",
+    f"{RESULTS}/figures/fig9_taskspecific.png",
+    f"{RESULTS}/table7.csv",
 ]
 
 
