@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "pseudo": ("segvol.pseudo.cli", "Felzenszwalb-Huttenlocher pseudo labels for every case of a store"),
     "pretrain": ("segvol.pretrain.cli", "SimMIM pretraining of the 3D ViT image encoder"),
     "finetune": ("segvol.finetune.cli", "supervised fine-tuning with text, point and box prompts"),
+    "finetune-equivariant": ("segvol.finetune.equivariant", "train an SO(3)-equivariant patch embedding beside the frozen SegVol"),
     "evaluate": ("segvol.evaluate.cli", "paper evaluations: per-case scores, tables and figures"),
     "predict": ("segvol.infer.cli", "segment your own CT (NIfTI/NRRD/MHA/DICOM) with text, box and point prompts"),
     "categories": ("segvol.normalize.categories", "list the category names (text prompts) SegVol knows, with synonyms and datasets"),
