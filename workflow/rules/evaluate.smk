@@ -222,6 +222,7 @@ rule table6:
     """Table 6: parameters, MACs per case, seconds per case and Dice of SegVol and the baselines that run."""
     input:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
+        equivariant=f"{MODELS}/finetune/equivariant/adapter.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
         baselines=BASELINE_CHECKPOINTS,
     output:
@@ -237,15 +238,17 @@ rule table6:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol evaluate table6 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
+        "segvol evaluate table6 --checkpoint {input.model} --equivariant {input.equivariant}"
+        " --zarr {input.zarr} --out {output.table}"
         " --per-case {output.per_case} --threads {threads} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
 rule rotation:
-    """Rotation robustness: Dice per organ on original and rotated external cases."""
+    """Rotation robustness: Dice per organ, unrotated and rotated, of SegVol with and without the equivariant embedding."""
     input:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
+        equivariant=f"{MODELS}/finetune/equivariant/adapter.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
     output:
         table=report(f"{RESULTS}/rotation.csv", caption="../report/rotation.rst", category="Tables"),
@@ -261,7 +264,8 @@ rule rotation:
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol evaluate rotation --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
+        "segvol evaluate rotation --checkpoint {input.model} --equivariant {input.equivariant}"
+        " --zarr {input.zarr} --out {output.table}"
         " --per-case {output.per_case} --png {output.png} --threads {threads} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
