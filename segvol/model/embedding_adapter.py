@@ -66,7 +66,8 @@ def save_adapter(adapter: EquivariantAdapter, path: str | os.PathLike) -> Path:
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> EquivariantAdapter:
-    """Attach the adapter stored at `path` to `model` (frozen, eval mode)."""
+    """Attach the adapter stored at `path` to `model` in eval mode: the original parameters frozen, the
+    adapter's trainable as during its training (so Table 6 counts them as the trainable ones)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -91,5 +92,4 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> EquivariantAdapte
         adapter.load_state_dict(weights)
     except RuntimeError as error:
         raise ValueError(f"{path}: adapter does not fit this model ({str(error).splitlines()[-1].strip()})") from None
-    adapter.requires_grad_(False)
     return adapter.eval()

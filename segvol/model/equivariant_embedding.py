@@ -8,7 +8,8 @@ it) an equivariant patch embedding beside the frozen original; this module is th
       -> steerable convolution, stride 1: field (B, irreps.dim, D, H, W), features of `irreps`
          (e.g. 8x0e + 4x1o + 2x2e) that rotate with the Wigner-D matrices of their order l
       -> per patch: mean field (equivariant), then invariants = [scalars, |mean l>0 irrep|,
-         mean |l>0 irrep| per voxel]: (B, n_tokens, n_invariants), tokens row-major like the ViT's
+         sqrt(mean |l>0 irrep|^2) (the patch's energy in that irrep)]: (B, n_tokens, n_invariants),
+         tokens row-major like the ViT's
 
 The kernel of the convolution is steerable: on the voxel offsets r of a k^3 cube it is
     K(r) = sum_paths  R_path(|r|) * Y_l(r / |r|)      (combined through an e3nn.o3 tensor product)
@@ -85,11 +86,10 @@ class SteerableVoxelConvolution(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, irreps_out.dim, D, H, W)."""
-        field = F.conv3d(image, self.kernel().to(image.dtype), padding=self.kernel_size // 2)
         scalars = _scalar_channels(self.irreps_out).to(image.device)
-        bias = torch.zeros(field.shape[1], dtype=field.dtype, device=field.device)
-        bias[scalars] = self.bias.to(field.dtype)  # only invariant channels may have a bias
-        return field + bias[None, :, None, None, None]
+        bias = torch.zeros(self.irreps_out.dim, dtype=image.dtype, device=image.device)
+        bias = bias.masked_scatter(scalars, self.bias.to(image.dtype))  # only invariant channels get a bias
+        return F.conv3d(image, self.kernel().to(image.dtype), bias, padding=self.kernel_size // 2)
 
 
 class EquivariantPatchEmbedding(nn.Module):
@@ -119,27 +119,35 @@ class EquivariantPatchEmbedding(nn.Module):
 
     def patch_field(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, irreps.dim, d, h, w): the field's mean over each patch."""
-        return F.avg_pool3d(self.field(image), self.patch_size)
+        return _patch_mean(self.field(image), self.patch_size)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, d*h*w, n_invariants), tokens row-major over (d, h, w)."""
         field = self.field(image)
-        mean = F.avg_pool3d(field, self.patch_size)
-        parts = []
-        start = 0
+        # (B, 2 * irreps.dim, d, h, w): patch means of the field and of its squares, in one pass
+        means = _patch_mean(torch.cat([field, field * field], dim=1), self.patch_size)
+        mean, mean_square = means.split(field.shape[1], dim=1)
+        parts, start = [], 0
         for mul, ir in self.irreps:
             width = mul * ir.dim
-            block = mean[:, start:start + width]
             if ir.l == 0:
-                parts.append(block)
+                parts.append(mean[:, start:start + width])
             else:
-                b, _, *grid = block.shape
-                parts.append(block.reshape(b, mul, ir.dim, *grid).norm(dim=2))
-                voxel_norm = field[:, start:start + width].reshape(b, mul, ir.dim, *field.shape[2:]).norm(dim=2)
-                parts.append(F.avg_pool3d(voxel_norm, self.patch_size))
+                b, _, *grid = mean.shape
+                parts.append(mean[:, start:start + width].reshape(b, mul, ir.dim, *grid).norm(dim=2))
+                # root of the patch-mean squared norm: the field's energy, independent of orientation
+                energy = mean_square[:, start:start + width].reshape(b, mul, ir.dim, *grid).sum(dim=2)
+                parts.append(energy.clamp_min(1e-12).sqrt())
             start += width
         invariants = torch.cat(parts, dim=1)  # (B, n_invariants, d, h, w)
         return invariants.flatten(2).transpose(1, 2)
+
+
+def _patch_mean(field: torch.Tensor, patch_size) -> torch.Tensor:
+    """(B, C, D, H, W) -> (B, C, d, h, w) mean over non-overlapping patches."""
+    b, c, depth, height, width = field.shape
+    pd, ph, pw = patch_size
+    return field.reshape(b, c, depth // pd, pd, height // ph, ph, width // pw, pw).mean(dim=(3, 5, 7))
 
 
 def _scalar_channels(irreps) -> torch.Tensor:
