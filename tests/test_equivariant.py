@@ -197,3 +197,10 @@ def test_rotation_cli_compares_both_models(tmp_path, monkeypatch):
                  "--zarr", str(store), "--out", str(tmp_path / "x.csv"), "--per-case", str(tmp_path / "x.parquet"),
                  "--png", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_demo_dag_trains_the_adapter_for_rotation_and_table6():
+    from tests.test_workflow import assert_ok, job_counts, snakemake
+
+    counts = job_counts(assert_ok(snakemake("-n", "results/rotation.csv", "results/table6.csv")))
+    assert counts["finetune_equivariant"] == 1 and counts["rotation"] == 1 and counts["table6"] == 1
