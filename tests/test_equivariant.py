@@ -193,6 +193,16 @@ def test_rotation_cli_compares_both_models(tmp_path, monkeypatch):
         assert summary.loc[category, "equivariant_original"] == pytest.approx(ours["dice"].median(), abs=1e-4)
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
+    table6 = tmp_path / "t6.csv"
+    assert main(["evaluate", "table6", "--checkpoint", "m", "--equivariant", str(path), "--zarr", str(store),
+                 "--out", str(table6), "--per-case", str(tmp_path / "t6.parquet"), "--threads", "1",
+                 "--params", json.dumps({"max_cases": 1, "methods": ["SegVol"]})]) == 0
+    table = pd.read_csv(table6).set_index("method")
+    ours, theirs = table.loc["SegVol + equivariant embedding"], table.loc["SegVol"]
+    assert ours["parameters"] - theirs["parameters"] == sum(p.numel() for p in adapter.parameters())
+    assert ours["trainable_parameters_m"] * 1e6 == pytest.approx(sum(p.numel() for p in adapter.parameters()), abs=50)  # CSV keeps 4 decimals of M
+    assert ours["gmacs_per_case"] > theirs["gmacs_per_case"]
+
     assert main(["evaluate", "rotation", "--checkpoint", "m", "--equivariant", str(tmp_path / "none.safetensors"),
                  "--zarr", str(store), "--out", str(tmp_path / "x.csv"), "--per-case", str(tmp_path / "x.parquet"),
                  "--png", str(tmp_path / "x.png")]) == 2
