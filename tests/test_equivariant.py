@@ -164,6 +164,14 @@ def test_rotate_sample_rotates_masks_and_redraws_prompts():
     assert not out["present"][1] and (out["boxes"][1] == -1).all()
 
 
+def test_effect_verdict():
+    from segvol.evaluate.ablations import effect_verdict
+
+    assert effect_verdict(0.01, 0.2) == "helped" and effect_verdict(-0.2, -0.01) == "hurt"
+    assert effect_verdict(-0.1, 0.1) == "made no measurable difference"
+    assert effect_verdict(float("nan"), float("nan")) == "made no measurable difference"
+
+
 def test_rotation_cli_compares_both_models(tmp_path, monkeypatch):
     from segvol.cli import main
     from segvol.evaluate import methods as methods_module
@@ -187,6 +195,9 @@ def test_rotation_cli_compares_both_models(tmp_path, monkeypatch):
     difference = rotated["SegVol + equivariant embedding"] - rotated["SegVol"]
     assert summary.loc["all", "rotated_difference"] == pytest.approx(float(np.median(difference)), abs=1e-4)
     assert summary.loc["all", "rotated_pairs"] == len(difference)
+    pooled = per_case[(per_case.method == "SegVol") & (per_case.variant == "rotated")]["dice"].median()
+    assert summary.loc["all", "rotated"] == pytest.approx(pooled, abs=1e-4)
+    assert list(summary.index)[-1] == "all"
     assert summary.loc["all", "rotated_ci_low"] <= summary.loc["all", "rotated_difference"] <= summary.loc["all", "rotated_ci_high"]
     for category in set(per_case["category"]):
         ours = per_case[(per_case.method != "SegVol") & (per_case.category == category) & (per_case.variant == "original")]

@@ -389,6 +389,15 @@ def rotation_effect(per_case, seed: int):
     return pd.DataFrame(rows)
 
 
+def effect_verdict(low: float, high: float) -> str:
+    """Plain words for a paired difference's confidence interval (ours - SegVol)."""
+    if low > 0:
+        return "helped"
+    if high < 0:
+        return "hurt"
+    return "made no measurable difference"
+
+
 def run_rotation(args, settings) -> int:
     """Median Dice per category, unrotated and rotated; with `--equivariant`, for both models and
     with the paired effect of the equivariant embedding (columns `equivariant_*`, `*_difference`)."""
@@ -421,10 +430,17 @@ def run_rotation(args, settings) -> int:
     if args.equivariant:
         ours = medians.loc[EQUIVARIANT].add_prefix("equivariant_").reset_index()
         summary = summary.merge(ours, on="category", how="outer")
+        pooled = per_case.groupby(["method", "variant"])["dice"].median()
+        summary = pd.concat([summary, pd.DataFrame([{
+            "category": "all", "original": pooled["SegVol", "original"], "rotated": pooled["SegVol", "rotated"],
+            "equivariant_original": pooled[EQUIVARIANT, "original"],
+            "equivariant_rotated": pooled[EQUIVARIANT, "rotated"]}])], ignore_index=True)
+        summary["dice_drop"] = summary["original"] - summary["rotated"]
         summary["equivariant_dice_drop"] = summary["equivariant_original"] - summary["equivariant_rotated"]
-        summary = summary.merge(rotation_effect(per_case, args.seed), on="category", how="outer")
+        summary = summary.merge(rotation_effect(per_case, args.seed), on="category", how="left")
         total = summary.set_index("category").loc["all"]
-        title += (f"\nequivariant - SegVol on rotated cases: median dDice {total.rotated_difference:+.3f}"
+        title += (f"\nequivariant embedding {effect_verdict(total.rotated_ci_low, total.rotated_ci_high)}"
+                  f" on rotated cases: median dDice {total.rotated_difference:+.3f}"
                   f" (95% CI {total.rotated_ci_low:+.3f} to {total.rotated_ci_high:+.3f}, p={total.rotated_p_value:.2g},"
                   f" n={int(total.rotated_pairs)}); unrotated {total.original_difference:+.3f}")
         series.update({"equivariant_original": "equivariant", "equivariant_rotated": "equivariant"})
