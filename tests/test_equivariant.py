@@ -172,7 +172,9 @@ def test_effect_verdict():
     assert effect_verdict(float("nan"), float("nan")) == "made no measurable difference"
 
 
+@pytest.mark.slow
 def test_rotation_cli_compares_both_models(tmp_path, monkeypatch):
+    """End to end through two real (tiny) models and zoom inference: rotation and Table 6 (~15 s idle)."""
     from segvol.cli import main
     from segvol.evaluate import methods as methods_module
     from tests.test_evaluate import write_store
