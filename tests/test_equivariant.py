@@ -227,3 +227,24 @@ def test_demo_dag_trains_the_adapter_for_rotation_and_table6():
 
     counts = job_counts(assert_ok(snakemake("-n", "results/rotation.csv", "results/table6.csv")))
     assert counts["finetune_equivariant"] == 1 and counts["rotation"] == 1 and counts["table6"] == 1
+
+
+def test_killed_adapter_training_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from segvol.finetune.equivariant import train_adapter
+    from segvol.settings import stage_settings
+
+    store = make_store(tmp_path / "zarr" / "ds_a.zarr", "ds_a", ["liver", "spleen"], 3, 2)
+    settings = stage_settings("finetune_equivariant", {
+        "steps": 3, "batch_size": 1, "lr": 1e-2, "prompt_combinations": 1, "pseudo_weight": 0.0,
+        "rotation_probability": 0.5, "kernel_size": 3, "checkpoint_every": 0})
+    straight, resumed = tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors"
+    train_adapter("unused", [str(store)], [], str(straight), settings, threads=1, device="cpu", model=_tiny_model())
+    train_adapter("unused", [str(store)], [], str(resumed), settings, threads=1, device="cpu", model=_tiny_model(),
+                  stop_after=2)
+    assert not resumed.exists() and (tmp_path / "resumed.safetensors.ckpt").is_dir()
+    train_adapter("unused", [str(store)], [], str(resumed), settings, threads=1, device="cpu", model=_tiny_model())
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(a[k].abs().sum() > 0 for k in a if k.endswith("proj.weight"))
