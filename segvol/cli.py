@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "pretrain": ("segvol.pretrain.cli", "SimMIM pretraining of the 3D ViT image encoder"),
     "finetune": ("segvol.finetune.cli", "supervised fine-tuning with text, point and box prompts"),
     "taskspecific": ("segvol.taskspecific.cli", "train a task-specific baseline (nnU-Net, SwinUNETR, 3D UX-Net) on one dataset"),
+    "finetune-equivariant": ("segvol.finetune.equivariant", "train an SO(3)-equivariant patch embedding beside the frozen SegVol"),
     "evaluate": ("segvol.evaluate.cli", "paper evaluations: per-case scores, tables and figures"),
     "predict": ("segvol.infer.cli", "segment your own CT (NIfTI/NRRD/MHA/DICOM) with text, box and point prompts"),
     "serve": ("segvol.serve.cli", "interactive segmentation in the browser: points, boxes, text, three views"),

@@ -121,6 +121,9 @@ def add_subcommands(commands, common) -> None:
         p.add_argument("--per-case", required=True, help="tidy per-case parquet")
         if name != "table6":
             p.add_argument("--png", required=True)
+        if name in ("table6", "rotation"):
+            p.add_argument("--equivariant", default=None, metavar="ADAPTER",
+                           help="also score SegVol with this equivariant-embedding adapter (segvol finetune-equivariant)")
         if name == "mri":
             p.add_argument("--stand-in", action="store_true",
                            help="the stores are CT: score them as CT and through the MR-like intensity map")
@@ -295,6 +298,9 @@ def run_table6(args, settings) -> int:
     from segvol.evaluate.tables import write_csv
 
     methods = [SegVolMethod(_model(args), prompt="box+text", mode="zoom", overlap=settings["overlap"])]
+    if args.equivariant:
+        methods.append(SegVolMethod(_equivariant_model(args), prompt="box+text", mode="zoom", name=EQUIVARIANT,
+                                    overlap=settings["overlap"]))
     baselines, reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"], device=args.device)
     for column, reason in reasons.items():
         log.info("%s: %s", column, reason)
@@ -361,7 +367,55 @@ def rotate_case(case, degrees_z: float, degrees_x: float, degrees_y: float):
     return replace(case, image=np.clip(image, 0, 1).astype(np.float32), labels=labels > 0)
 
 
+EQUIVARIANT = "SegVol + equivariant embedding"
+
+
+def _equivariant_model(args):
+    """A second copy of the evaluated SegVol with the adapter of `--equivariant` attached."""
+    from segvol.model.embedding_adapter import load_adapter
+
+    model = _model(args)
+    device = next(model.parameters()).device
+    load_adapter(model, args.equivariant)
+    return model.to(device).eval()  # the adapter's new parameters follow the model
+
+
+def rotation_effect(per_case, seed: int):
+    """Per category (and "all"): paired Dice difference equivariant - SegVol on the same cases,
+    unrotated and rotated, with the median's bootstrap CI and the paired Wilcoxon test."""
+    import pandas as pd
+
+    from segvol.evaluate.statistics import median_interval, paired_wilcoxon
+
+    wide = per_case.pivot_table(index=["dataset", "case", "category", "variant"], columns="method",
+                                values="dice", aggfunc="first").reset_index()
+    rows = []
+    for category, group in [*wide.groupby("category", sort=True), ("all", wide)]:
+        row = {"category": category}
+        for variant in ("original", "rotated"):
+            block = group[group["variant"] == variant]
+            ours, theirs = block[EQUIVARIANT].to_numpy(float), block["SegVol"].to_numpy(float)
+            interval = median_interval(ours - theirs, seed=seed)
+            test = paired_wilcoxon(ours, theirs)
+            row.update({f"{variant}_difference": interval.median, f"{variant}_ci_low": interval.low,
+                        f"{variant}_ci_high": interval.high, f"{variant}_p_value": test.p_value,
+                        f"{variant}_pairs": test.n})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def effect_verdict(low: float, high: float) -> str:
+    """Plain words for a paired difference's confidence interval (ours - SegVol)."""
+    if low > 0:
+        return "helped"
+    if high < 0:
+        return "hurt"
+    return "made no measurable difference"
+
+
 def run_rotation(args, settings) -> int:
+    """Median Dice per category, unrotated and rotated; with `--equivariant`, for both models and
+    with the paired effect of the equivariant embedding (columns `equivariant_*`, `*_difference`)."""
     import pandas as pd
 
     from segvol.evaluate import plots
@@ -370,26 +424,49 @@ def run_rotation(args, settings) -> int:
     from segvol.evaluate.tables import write_csv
 
     angles = settings["rotation_degrees"]
-    model = _model(args)
-    method = SegVolMethod(model, prompt=settings["prompt"], mode="zoom", overlap=settings["overlap"])
+    methods = [SegVolMethod(_model(args), prompt=settings["prompt"], mode="zoom", overlap=settings["overlap"])]
+    if args.equivariant:
+        methods.append(SegVolMethod(_equivariant_model(args), prompt=settings["prompt"], mode="zoom",
+                                    name=EQUIVARIANT, overlap=settings["overlap"]))
     frames = []
     for store in args.zarr:
         for variant, transform in (("original", None),
                                    ("rotated", lambda c: rotate_case(c, angles["z"], angles["x"], angles["y"]))):
-            rows, _ = score_store(store, [method], seed=args.seed, split=args.split, limit=_limit(settings),
+            rows, _ = score_store(store, methods, seed=args.seed, split=args.split, limit=_limit(settings),
                                   tolerance_mm=settings["nsd_tolerance_mm"], transform=transform)
             frames.append(rows.assign(variant=variant))
     per_case = pd.concat(frames, ignore_index=True)
-    medians = per_case.groupby(["category", "variant"])["dice"].median().unstack("variant")
-    summary = medians.reindex(columns=["original", "rotated"]).reset_index()
+    medians = per_case.groupby(["method", "category", "variant"])["dice"].median().unstack("variant")
+    medians = medians.reindex(columns=["original", "rotated"])
+    summary = medians.loc["SegVol"].reset_index()
     summary["dice_drop"] = summary["original"] - summary["rotated"]
+    title = f"Rotation robustness: {angles['z']} deg about z, {angles['x']}/{angles['y']} deg about x/y"
+    series = {"original": "SegVol", "rotated": "SegVol"}
+    if args.equivariant:
+        ours = medians.loc[EQUIVARIANT].add_prefix("equivariant_").reset_index()
+        summary = summary.merge(ours, on="category", how="outer")
+        pooled = per_case.groupby(["method", "variant"])["dice"].median()
+        summary = pd.concat([summary, pd.DataFrame([{
+            "category": "all", "original": pooled["SegVol", "original"], "rotated": pooled["SegVol", "rotated"],
+            "equivariant_original": pooled[EQUIVARIANT, "original"],
+            "equivariant_rotated": pooled[EQUIVARIANT, "rotated"]}])], ignore_index=True)
+        summary["dice_drop"] = summary["original"] - summary["rotated"]
+        summary["equivariant_dice_drop"] = summary["equivariant_original"] - summary["equivariant_rotated"]
+        summary = summary.merge(rotation_effect(per_case, args.seed), on="category", how="left")
+        total = summary.set_index("category").loc["all"]
+        title += (f"\nequivariant embedding {effect_verdict(total.rotated_ci_low, total.rotated_ci_high)}"
+                  f" on rotated cases: median dDice {total.rotated_difference:+.3f}"
+                  f" (95% CI {total.rotated_ci_low:+.3f} to {total.rotated_ci_high:+.3f}, p={total.rotated_p_value:.2g},"
+                  f" n={int(total.rotated_pairs)}); unrotated {total.original_difference:+.3f}")
+        series.update({"equivariant_original": "equivariant", "equivariant_rotated": "equivariant"})
     write_parquet(per_case, args.per_case, {"rotation_degrees": angles})
     write_csv(summary, args.out)
-    long = summary.melt(id_vars="category", value_vars=["original", "rotated"], var_name="variant",
-                        value_name="median_dice")
-    plots.grouped_bars(long, "category", "variant", "median_dice", args.png,
-                       f"Rotation robustness: {angles['z']} deg about z, {angles['x']}/{angles['y']} deg about x/y",
-                       "median Dice", palette={"original": "#c0392b", "rotated": "#2c3e50"})
+    bars = summary[summary["category"] != "all"]
+    long = bars.melt(id_vars="category", value_vars=list(series), var_name="variant", value_name="median_dice")
+    long["variant"] = long["variant"].map(lambda v: f"{series[v]}, {v.removeprefix('equivariant_')}")
+    plots.grouped_bars(long, "category", "variant", "median_dice", args.png, title, "median Dice",
+                       palette={"SegVol, original": "#c0392b", "SegVol, rotated": "#2c3e50",
+                                "equivariant, original": "#e67e22", "equivariant, rotated": "#2980b9"})
     return 0
 
 

@@ -119,10 +119,15 @@ class ImageEncoderViT3D(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(hidden_size, mlp_dim, num_heads) for _ in range(num_layers))
         self.norm = nn.LayerNorm(hidden_size)
         self.apply(_init_vit_weights)
+        # Optional (B, C, D, H, W) -> (B, n_tokens, hidden) token correction added to the patch
+        # tokens (segvol.model.embedding_adapter); None keeps the released parameter names only.
+        self.extra_embedding: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, D, H, W) -> (B, hidden, d, h, w)."""
         tokens = self.patch_embedding(x)
+        if self.extra_embedding is not None:
+            tokens = tokens + self.extra_embedding(x)
         for block in self.blocks:
             tokens = block(tokens)
         tokens = self.norm(tokens)

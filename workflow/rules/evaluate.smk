@@ -285,6 +285,7 @@ rule table6:
     """Table 6: parameters, MACs per case, seconds per case and Dice of SegVol and the baselines that run."""
     input:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
+        equivariant=f"{MODELS}/finetune/equivariant/adapter.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
         baselines=BASELINE_CHECKPOINTS,
     output:
@@ -305,15 +306,17 @@ rule table6:
         seed=config["seed"],
         device=job_device,
     shell:
-        "segvol evaluate table6 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
+        "segvol evaluate table6 --checkpoint {input.model} --equivariant {input.equivariant}"
+        " --zarr {input.zarr} --out {output.table}"
         " --per-case {output.per_case} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 
 
 rule rotation:
-    """Rotation robustness: Dice per organ on original and rotated external cases."""
+    """Rotation robustness: Dice per organ, unrotated and rotated, of SegVol with and without the equivariant embedding."""
     input:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
+        equivariant=f"{MODELS}/finetune/equivariant/adapter.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
     output:
         table=report(
@@ -340,7 +343,8 @@ rule rotation:
         seed=config["seed"],
         device=job_device,
     shell:
-        "segvol evaluate rotation --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
+        "segvol evaluate rotation --checkpoint {input.model} --equivariant {input.equivariant}"
+        " --zarr {input.zarr} --out {output.table}"
         " --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
 

@@ -31,3 +31,28 @@ rule finetune:
         "{params.launcher} finetune --zarr {input.zarr} --pseudo {input.pseudo} --encoder {input.encoder}"
         " --out {output} --device {params.device} --seed {params.seed}"
         " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+
+
+rule finetune_equivariant:
+    """Rotation-robust SegVol: train only an equivariant patch embedding + adapter beside the frozen model."""
+    input:
+        model=f"{MODELS}/finetune/segvol/model.safetensors",
+        zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=TRAIN),
+        pseudo=expand(f"{PSEUDO}/{{dataset}}.zarr", dataset=TRAIN),
+    output:
+        f"{MODELS}/finetune/equivariant/adapter.safetensors",
+    log:
+        "logs/finetune/equivariant.log",
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 2
+    resources:
+        gpu=config["finetune_equivariant"]["gpu"],
+        mem_mb=config["finetune_equivariant"]["mem_mb"],
+        runtime=config["finetune_equivariant"]["runtime"],
+    params:
+        seed=config["seed"],
+        settings=lambda wc: stage_json("finetune_equivariant"),
+    shell:
+        "segvol finetune-equivariant --checkpoint {input.model} --zarr {input.zarr} --pseudo {input.pseudo}"
+        " --out {output} --threads {threads} --seed {params.seed} --params {params.settings:q} > {log} 2>&1"
