@@ -132,7 +132,11 @@ def _install_and_run(tmp_path: Path, conda_dir: Path, requirements: Path, workdi
     clean = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
     clean["PATH"] = f"{env / 'bin'}{os.pathsep}{clean.get('PATH', '')}"
     python = str(env / "bin" / "python")
-    install = subprocess.run([python, "-m", "pip", "install", "--no-index", "--no-build-isolation", "-q", "-r", requirements.name], cwd=conda_dir, env=clean, capture_output=True,
+    # Offline, the dependencies come from the parent environment; --no-deps because the resolver would
+    # also want torchvision (via nnU-Net's network library and timm), which the lock leaves out
+    # (scripts/lock.sh). `pip check` below still proves that segvol's own requirements are met.
+    install = subprocess.run([python, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "-q",
+                              "-r", requirements.name], cwd=conda_dir, env=clean, capture_output=True,
                              text=True, timeout=600, check=False)
     assert install.returncode == 0, install.stdout + install.stderr
     where = subprocess.run([python, "-c", "import segvol; print(segvol.__file__)"], env=clean, cwd=tmp_path,
@@ -143,7 +147,7 @@ def _install_and_run(tmp_path: Path, conda_dir: Path, requirements: Path, workdi
     segvol_problems = [line for line in check.stdout.splitlines() if line.startswith("segvol ")]
     assert not segvol_problems, segvol_problems
 
-    run = subprocess.run([python, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+    run = subprocess.run([python, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory",
                           str(workdir), "--configfile", "config/config.yaml", "config/test.yaml", "--cores", "1",
                           "data/raw/abdomen_a"], cwd=workdir, env=clean, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]

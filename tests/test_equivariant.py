@@ -68,7 +68,8 @@ def test_invariant_tokens_just_rotate(embedding):
 
 
 def _tiny_model():
-    from segvol.model.config import build_model, model_config_from_settings
+    from segvol.model import build_model
+    from segvol.model.config import model_config_from_settings
     from segvol.settings import stage_settings
 
     torch.manual_seed(0)

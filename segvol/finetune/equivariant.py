@@ -39,16 +39,14 @@ SAMPLE_KEYS = ("pseudo_weight", "pseudo_passes", "resize_probability")
 
 
 def add_arguments(parser) -> None:
-    from segvol.device import add_device_argument
+    from segvol.cli_options import add_common_arguments
 
     parser.add_argument("--checkpoint", required=True, metavar="MODEL", help="fine-tuned SegVol (.safetensors) to start from")
     parser.add_argument("--zarr", nargs="+", required=True, metavar="STORE", help="labelled Zarr stores")
     parser.add_argument("--pseudo", nargs="*", default=[], metavar="STORE", help="pseudo-label stores, matched by name")
     parser.add_argument("--out", required=True, metavar="ADAPTER", help="output adapter .safetensors")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=2023)
-    parser.add_argument("--params", default="{}", metavar="JSON", help="the `finetune_equivariant:` block as JSON")
-    add_device_argument(parser)
+    add_common_arguments(parser, params="finetune_equivariant", device=True, threads=True,
+                         seed="seed of batches, views, rotations and prompts", quiet=True)
 
 
 def run(args) -> int:

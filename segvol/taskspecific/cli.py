@@ -19,17 +19,15 @@ log = logging.getLogger("segvol.taskspecific")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from segvol.device import add_device_argument
+    from segvol.cli_options import add_common_arguments
 
     parser.add_argument("--method", required=True, choices=["nnunet", "swinunetr", "uxnet"])
     parser.add_argument("--zarr", required=True, help="dataset store; its train split is used")
     parser.add_argument("--out", required=True, help="model folder to write")
     parser.add_argument("--work", default=None,
                         help="nnU-Net only: folder for nnUNet_raw and nnUNet_preprocessed (default: <out>.work)")
-    parser.add_argument("--params", default="{}", help="the `taskspecific:` config block as JSON")
-    parser.add_argument("--seed", type=int, default=2023)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    add_device_argument(parser)
+    add_common_arguments(parser, params="taskspecific", device=True, threads=True,
+                         seed="seed of patches, augmentation and initialisation", quiet=True)
 
 
 def run(args) -> int:
@@ -48,7 +46,8 @@ def run(args) -> int:
 
     settings = stage_settings("taskspecific", args.params)
     device = resolve_device(args.device)
-    torch.set_num_threads(max(1, int(args.threads)))
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
     store, cases = training_cases(args.zarr)  # fail early on a bad store
     manifest = {"method": args.method, "name": display_name(args.method), "dataset": store.name,
                 "store": str(args.zarr), "train_cases": cases, "seed": args.seed}

@@ -9,7 +9,7 @@ import numpy as np
 
 def training_cases(store_path: str | Path, split: str = "train"):
     """(NormalizedStore, case ids of `split`), every case checked to carry labels."""
-    from segvol.normalize.store import open_store
+    from segvol.io.store import open_store
 
     store = open_store(store_path)
     cases = list(store.split.get(split) or [])
