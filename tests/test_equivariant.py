@@ -180,7 +180,7 @@ def test_rotation_cli_compares_both_models(tmp_path, monkeypatch):
     from segvol.evaluate import methods as methods_module
     from tests.test_evaluate import write_store
 
-    monkeypatch.setattr(methods_module, "load_segvol", lambda checkpoint, settings=None: _tiny_model())
+    monkeypatch.setattr(methods_module, "load_segvol", lambda checkpoint, settings=None, device=None: _tiny_model())
     adapter = attach(_tiny_model(), {"kernel_size": 3})
     with torch.no_grad():
         adapter.proj.weight.normal_(std=0.5)  # an adapter that does change the masks
