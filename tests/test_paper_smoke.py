@@ -15,7 +15,7 @@ from tests.test_workflow import REPO, assert_ok, job_counts, snakemake
 pytestmark = pytest.mark.slow
 
 BASE_PARAMETERS = 180_890_064  # README / Table 6: the released SegVol
-RULES = ["synthesize", "normalize", "pseudo", "pretrain", "finetune", "evaluate_cases", "table2"]
+RULES = ["synthesize", "normalize", "pseudo", "pretrain", "finetune", "evaluate_cases", "overlap_audit", "table2"]
 
 
 def test_paper_smoke_runs_the_base_model_through_the_paper_rules(tmp_path):

@@ -90,7 +90,8 @@ def run_datasets(run):
 def job_device(wildcards, resources):
     """`--device` of a model-running job: `config["gpu_device"]` (`cuda`) when the job was given GPUs
     (`resources: gpu=` of the rule, the config's `<stage>.gpu`, or a profile's set-resources), else
-    `cpu`. Not `auto`: a job that did not ask for a GPU must not take one the scheduler counts as free."""
+    `cpu`. Not `auto`: a job that did not ask for a GPU must not take one the scheduler counts as free.
+    """
     return config["gpu_device"] if int(resources.get("gpu", 0) or 0) > 0 else "cpu"
 
 

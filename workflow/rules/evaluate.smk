@@ -396,6 +396,8 @@ rule overlap_audit:
         ),
     log:
         "logs/overlap_audit.log",
+    benchmark:
+        "benchmarks/overlap_audit.tsv"
     conda:
         "../../envs/segvol.yaml"
     shell:
@@ -414,6 +416,8 @@ rule table2_statistics:
         ),
     log:
         "logs/table2_statistics.log",
+    benchmark:
+        "benchmarks/table2_statistics.tsv"
     conda:
         "../../envs/segvol.yaml"
     params:
@@ -443,6 +447,8 @@ rule interactive:
         ),
     log:
         "logs/interactive.log",
+    benchmark:
+        "benchmarks/interactive.tsv"
     conda:
         "../../envs/segvol.yaml"
     threads: 2
@@ -472,6 +478,8 @@ rule gallery:
         ),
     log:
         "logs/gallery.log",
+    benchmark:
+        "benchmarks/gallery.tsv"
     conda:
         "../../envs/segvol.yaml"
     threads: 2
@@ -504,6 +512,8 @@ rule figure4:
         ),
     log:
         "logs/figure4.log",
+    benchmark:
+        "benchmarks/figure4.tsv"
     conda:
         "../../envs/segvol.yaml"
     threads: 2

@@ -43,6 +43,8 @@ rule finetune_equivariant:
         f"{MODELS}/finetune/equivariant/adapter.safetensors",
     log:
         "logs/finetune/equivariant.log",
+    benchmark:
+        "benchmarks/finetune_equivariant.tsv"
     conda:
         "../../envs/segvol.yaml"
     threads: 2

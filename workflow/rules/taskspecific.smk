@@ -25,6 +25,8 @@ rule taskspecific_train:
         directory(f"{MODELS}/taskspecific/{{method}}/{{dataset}}"),
     log:
         "logs/taskspecific/{method}/{dataset}.log",
+    benchmark:
+        "benchmarks/taskspecific_train/{method}/{dataset}.tsv"
     wildcard_constraints:
         method="nnunet|swinunetr|uxnet",
     conda:
@@ -56,6 +58,8 @@ rule taskspecific_cases:
         f"{RESULTS}/taskspecific/{{dataset}}.parquet",
     log:
         "logs/taskspecific/cases/{dataset}.log",
+    benchmark:
+        "benchmarks/taskspecific_cases/{dataset}.tsv"
     conda:
         "../../envs/segvol.yaml"
     threads: 1
@@ -89,6 +93,8 @@ rule figure9:
         ),
     log:
         "logs/figure9.log",
+    benchmark:
+        "benchmarks/figure9.tsv"
     conda:
         "../../envs/segvol.yaml"
     params:
@@ -111,6 +117,8 @@ rule table7:
         ),
     log:
         "logs/table7.log",
+    benchmark:
+        "benchmarks/table7.tsv"
     conda:
         "../../envs/segvol.yaml"
     params:
