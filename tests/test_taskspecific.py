@@ -129,6 +129,25 @@ def test_uxnet_model_folder_scores_behind_the_method_interface(tmp_path):
     assert rows["dice"].between(0, 1).all() and (rows["method"] == "3D UX-Net").all()
 
 
+def test_swinunetr_trains_on_its_own_patch_size_and_refuses_one_monai_cannot_take(tmp_path, capsys):
+    # MONAI's SwinUNETR instance-normalises a 1-voxel bottleneck at 32^3 and fails mid-training; the
+    # architecture's own patch_size overrides the shared one, and a bad one stops before any work.
+    store = write_store(tmp_path / "tiny.zarr")
+    out = tmp_path / "models" / "swinunetr" / "tiny"
+    params = {"supervised": {"steps": 1, "batch_size": 1, "patch_size": [32, 32, 32]},
+              "swinunetr": {"feature_size": 12}}
+    assert main(["taskspecific", "--method", "swinunetr", "--zarr", str(store), "--out", str(out),
+                 "--params", json.dumps(params), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "multiples of 32, at least 64" in err and "[32, 32, 32]" in err
+    assert not out.exists()
+    params["swinunetr"]["patch_size"] = [64, 64, 64]
+    assert main(["taskspecific", "--method", "swinunetr", "--zarr", str(store), "--out", str(out),
+                 "--params", json.dumps(params), "--device", "cpu"]) == 0
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["patch_size"] == [64, 64, 64] and manifest["loss_last"] is not None
+
+
 def test_training_refuses_an_unlabelled_store_and_leaves_nothing(tmp_path, capsys):
     store = write_store(tmp_path / "tiny.zarr")
     root = zarr.open_group(str(store), mode="r+")

@@ -63,20 +63,21 @@ def run(args) -> int:
             from safetensors.torch import save_file
 
             from segvol.taskspecific.labels import plan_label_map
-            from segvol.taskspecific.supervised import build_network, train_supervised
+            from segvol.taskspecific.supervised import build_network, patch_size, train_supervised
 
             store, loaded = load_cases(args.zarr)
             label_map = plan_label_map(store.categories, (labels for _, labels, _ in loaded))
             samples = [(image, label_map.to_label_map(labels)) for image, labels, _ in loaded]
             architecture = settings[args.method]
+            supervised = {**settings["supervised"], "patch_size": patch_size(args.method, settings)}
             torch.manual_seed(args.seed)
             network = build_network(args.method, len(store.categories) + 1, architecture)
-            losses = train_supervised(network, samples, settings["supervised"], seed=args.seed, device=device)
+            losses = train_supervised(network, samples, supervised, seed=args.seed, device=device)
             save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()},
                       str(folder / "model.safetensors"))
             tail = max(1, len(losses) // 5)
             manifest.update(label_map=label_map.to_json(), architecture=architecture,
-                            patch_size=settings["supervised"]["patch_size"], settings=settings["supervised"],
+                            patch_size=supervised["patch_size"], settings=supervised,
                             loss_first=float(np.mean(losses[:tail])) if losses else None,
                             loss_last=float(np.mean(losses[-tail:])) if losses else None)
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -39,6 +39,17 @@ def build_network(architecture: str, out_channels: int, settings: dict) -> torch
     raise ValueError(f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}")
 
 
+def patch_size(architecture: str, settings: dict) -> list[int]:
+    """The architecture's own `patch_size` if set, else `supervised.patch_size`; ValueError if SwinUNETR
+    cannot take it (MONAI halves it five times and instance-normalises the last level, which needs > 1
+    voxel)."""
+    size = [int(s) for s in (settings.get(architecture) or {}).get("patch_size") or settings["supervised"]["patch_size"]]
+    if architecture == "swinunetr" and any(s < 64 or s % 32 for s in size):
+        raise ValueError(f"taskspecific: SwinUNETR needs a patch_size of multiples of 32, at least 64 per side "
+                         f"(got {size}); set taskspecific.swinunetr.patch_size")
+    return size
+
+
 def random_patch(image: np.ndarray, label_map: np.ndarray, size: Sequence[int], rng: np.random.Generator,
                  foreground_probability: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """A (size) crop of image and label map, zero-padded where the volume is smaller."""
