@@ -76,6 +76,8 @@ def test_unknown_and_duplicate_label_names_are_rejected(tmp_path):
         (lambda p: p.update(shape_max=[8, 64, 64]), "synth.shape_max.0: 8 is less than the minimum of 16"),
         (lambda p: p.update(orientations=["XYZ"]), "synth.orientations.0: 'XYZ' is not one of"),
         (lambda p: p.update(colour="red"), "unknown key"),
+        (lambda p: p["datasets"]["ds"].update(domain="venous"), "synth.datasets.ds.domain: 'venous' is not one of"),
+        (lambda p: p["datasets"]["ds"].update(shape_max=[8, 64, 64]), "synth.datasets.ds.shape_max.0: 8 is less"),
     ],
 )
 def test_bad_settings_raise_clear_errors(tmp_path, mutate, message):
@@ -308,6 +310,29 @@ def test_external_population_is_shifted():
             stds.append(far_air.std())
         noise[domain.name] = stds
     assert min(noise["external"]) > max(noise["train"])
+
+
+def test_a_dataset_can_have_its_own_scanner_population_and_size(tmp_path):
+    # Datasets that differ in appearance and size are what the demo's scaling and zoom ablations need:
+    # the arterial population shows a bright aorta and an unenhanced IVC in the written images.
+    block = params("art", n_cases=1, labels=["aorta", "inferior vena cava"])
+    block["datasets"]["art"].update(domain="arterial", shape_max=[48, 96, 80])
+    block["datasets"]["ven"] = {"role": "train", "n_cases": 1, "labels": ["aorta", "inferior vena cava"]}
+    medians = {}
+    for name in ("art", "ven"):
+        out = synthesize_dataset(name, tmp_path / name, 5, block, progress=False)
+        _, image = load(out, "images/case_000.nii.gz")
+        _, label = load(out, "labels/case_000.nii.gz")
+        limit = [48, 96, 80] if name == "art" else SMALL  # (slices, rows, cols); NIfTI is (cols, rows, slices)
+        assert all(n <= m for n, m in zip(image.shape, limit[::-1])), (name, image.shape)
+        if name == "art":
+            assert image.shape[0] > SMALL[2] and image.shape[2] > SMALL[0], image.shape
+        medians[name] = [float(np.median(image[label == value])) for value in (1, 2)]
+        description = json.loads((out / "dataset.json").read_text())
+        assert (description["synth"]["shape_max"] == [48, 96, 80]) == (name == "art")
+    (aorta_art, ivc_art), (aorta_ven, ivc_ven) = medians["art"], medians["ven"]
+    assert aorta_art > 260 and aorta_art > aorta_ven + 80, medians
+    assert ivc_art < 130 and aorta_art - ivc_art > 150 > aorta_ven - ivc_ven, medians
 
 
 # ---------------------------------------------------------------------------------------------

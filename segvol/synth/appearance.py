@@ -1,9 +1,11 @@
 """From a tissue map to CT numbers: enhancement, texture, lesions, scanner blur and noise.
 
-A `Domain` is a population of patients and scanners. Training datasets draw from `TRAIN`;
-external test datasets draw from `EXTERNAL`, a deliberately shifted population (another
-contrast timing, noisier and softer reconstructions, larger fields of view, slightly larger
-organs), so no training dataset matches it exactly.
+A `Domain` is a population of patients and scanners. Training datasets draw from `TRAIN`
+(portal venous) unless their `domain` says otherwise (`ARTERIAL`: another contrast timing and
+scanner, so datasets can differ in appearance as public ones do); external test datasets draw from
+`EXTERNAL`, a deliberately shifted population (late portal timing, noisier and softer
+reconstructions, larger fields of view, slightly larger organs), so no training dataset matches it
+exactly.
 """
 
 from __future__ import annotations
@@ -131,7 +133,33 @@ EXTERNAL = Domain(
     kidney_tumor_probability=0.35,
 )
 
-DOMAINS = {"train": TRAIN, "external": EXTERNAL, "unlabelled": TRAIN}
+# Late arterial timing on a sharper, thinner-slice scanner: a bright aorta, a still unenhanced IVC,
+# strong cortico-medullary contrast, a liver barely enhanced; slightly smaller patients.
+ARTERIAL = Domain(
+    name="arterial",
+    pixel_mm=(0.65, 0.85),
+    slice_mm=(1.0, 3.0),
+    margin_below_mm=(10.0, 50.0),
+    organ_scale=(0.85, 1.05),
+    half_width_mm=(130.0, 170.0),
+    noise_hu=(10.0, 18.0),
+    noise_grain_vox=(0.4, 0.7),
+    blur_mm=(0.5, 0.9),
+    hu_shift={
+        T.LIVER: (-45.0, -30.0),
+        T.LIVER_VESSEL: (-60.0, -40.0),
+        T.SPLEEN: (-15.0, 10.0),
+        T.KIDNEY_LEFT: (10.0, 40.0),
+        T.KIDNEY_LEFT_MEDULLA: (-55.0, -35.0),
+        T.PANCREAS: (15.0, 35.0),
+        T.AORTA: (120.0, 200.0),
+        T.IVC: (-110.0, -80.0),
+    },
+)
+
+# Scanner populations by name (a synthetic dataset's `domain`); by default a dataset's role picks one.
+DOMAINS = {"train": TRAIN, "external": EXTERNAL, "arterial": ARTERIAL}
+ROLE_DOMAIN = {"train": "train", "external": "external", "unlabelled": "train"}
 
 
 def draw_tissue_hu(rng: np.random.Generator, domain: Domain) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from segvol.io.atomic import atomic_path
 from segvol.settings import stage_settings
-from segvol.synth.appearance import DOMAINS
+from segvol.synth.appearance import DOMAINS, ROLE_DOMAIN
 from segvol.synth.labels import LESION_CATEGORIES, canonical_name, label_space, validate_categories
 from segvol.synth.phantom import case_rng, make_phantom
 
@@ -30,14 +30,15 @@ ORIENTATIONS = ("RAS", "LAS", "LPS", "RPS")
 
 
 def dataset_spec(settings: dict, name: str) -> dict:
-    """The validated `synth.datasets[name]` entry: role, n_cases, labels."""
+    """The validated `synth.datasets[name]` entry: role, n_cases, labels, domain (default: by role),
+    shape_max (optional)."""
     datasets = settings.get("datasets") or {}
     if name not in datasets:
         known = ", ".join(sorted(datasets)) or "none"
         raise ValueError(f"synth: dataset {name!r} is not in synth.datasets (configured: {known})")
     spec = dict(datasets[name])
     where = f"synth.datasets.{name}"
-    unknown = sorted(set(spec) - {"role", "n_cases", "labels"})
+    unknown = sorted(set(spec) - {"role", "n_cases", "labels", "domain", "shape_max"})
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
     if spec.get("role") not in ROLES:
@@ -54,17 +55,22 @@ def dataset_spec(settings: dict, name: str) -> dict:
     if spec["role"] != "unlabelled" and not labels:
         raise ValueError(f"{where}: a {spec['role']} dataset needs at least one label name")
     spec["labels"] = labels
+    spec["domain"] = spec.get("domain") or ROLE_DOMAIN[spec["role"]]
+    if spec["domain"] not in DOMAINS:
+        raise ValueError(f"{where}: domain must be one of {', '.join(DOMAINS)}, got {spec['domain']!r}")
     return spec
 
 
-def _shape_max(settings: dict) -> tuple[int, int, int]:
-    shape = settings.get("shape_max")
+def _shape_max(settings: dict, spec: dict, name: str) -> tuple[int, int, int]:
+    """The dataset's own `shape_max` if it has one, else `synth.shape_max`."""
+    shape, key = (spec["shape_max"], f"synth.datasets.{name}.shape_max") if spec.get("shape_max") else (
+        settings.get("shape_max"), "synth.shape_max")
     if (
         not isinstance(shape, (list, tuple))
         or len(shape) != 3
         or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 16 for n in shape)
     ):
-        raise ValueError(f"synth.shape_max must be three integers >= 16 (slices, rows, cols), got {shape!r}")
+        raise ValueError(f"{key} must be three integers >= 16 (slices, rows, cols), got {shape!r}")
     return tuple(shape)
 
 
@@ -113,12 +119,12 @@ def synthesize_dataset(name: str, out, seed: int, params=None, progress: bool = 
 
     settings = stage_settings("synth", params)
     spec = dataset_spec(settings, name)
-    shape_max = _shape_max(settings)
+    shape_max = _shape_max(settings, spec, name)
     orientation = _orientation(settings, seed, name)
     labelled = spec["role"] != "unlabelled"
     categories, lookup = label_space(spec["labels"]) if labelled else ({}, None)
     required = tuple(kind for kind in LESION_CATEGORIES if kind in {canonical_name(n) for n in spec["labels"]})
-    domain = DOMAINS[spec["role"]]
+    domain = DOMAINS[spec["domain"]]
     out = Path(out)
     log.info("synth %s: %d %s cases, labels %s, orientation %s -> %s",
              name, spec["n_cases"], spec["role"], spec["labels"], orientation, out)
