@@ -23,7 +23,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from segvol.model.config import build_model, model_config
+from segvol.model import build_model, model_config
 from segvol.model.embedding_adapter import attach
 
 
