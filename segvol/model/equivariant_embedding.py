@@ -95,9 +95,15 @@ class SteerableVoxelConvolution(nn.Module):
 
         def build() -> torch.Tensor:
             kernel = self.kernel()
-            box = kernel.new_full((1, 1, *patch_size), 1.0 / math.prod(patch_size))
-            # full convolution of each channel's kernel with the box (the box is symmetric: no flip)
-            return F.conv_transpose3d(kernel, box)  # kernel as a batch of C one-channel volumes
+            # full convolution of each channel's kernel with the normalised box: a mean over every
+            # patch-sized window of the zero-padded kernel, one axis at a time (the box is separable)
+            for axis, size in enumerate(patch_size):
+                window = [1, 1, 1]
+                window[axis] = size
+                padding = [0] * 6
+                padding[4 - 2 * axis] = padding[5 - 2 * axis] = size - 1
+                kernel = F.avg_pool3d(F.pad(kernel, padding), window, stride=1)
+            return kernel
 
         return self.reused(("patch_kernel", patch_size), build)
 
@@ -139,7 +145,8 @@ class SteerableVoxelConvolution(nn.Module):
             weights = radial @ self.radial_weight / math.sqrt(self.radial_basis)  # (k^3, weight_numel)
             kernel = self.tensor_product.right(harmonics, weights)  # (k^3, 1, irreps_out.dim)
         k = self.kernel_size
-        return kernel.reshape(k, k, k, 1, -1).permute(4, 3, 0, 1, 2) / k ** 1.5
+        # contiguous: a permuted weight makes the convolution write its output channels-last
+        return (kernel.reshape(k, k, k, 1, -1).permute(4, 3, 0, 1, 2) / k ** 1.5).contiguous()
 
     def bias_vector(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(irreps_out.dim,): `bias` on the invariant (0e) channels, zero on the others."""
