@@ -21,7 +21,7 @@ How it is computed (same values as the flow above, up to float rounding):
   channels for the default irreps), squared in place and average-pooled;
 - the kernel is rebuilt from the radial weights only while a gradient has to flow into it
   (training); otherwise it is built once per value of the weights and reused (see
-  `SteerableVoxelConvolution.kernel`). The cache is keyed on the weights' values, not on their
+  `SteerableVoxelConvolution.reused`). The cache is keyed on the weights' values, not on their
   version counters, because in-place writes through `.data` (older optimizers, manual surgery)
   do not bump those; comparing the few radial weights costs microseconds.
 
@@ -115,14 +115,15 @@ class SteerableVoxelConvolution(nn.Module):
             return build()
         # normal (not inference-mode) tensors, so a later call outside inference mode may use them
         with torch.inference_mode(False), torch.no_grad():
-            built_from = self._reused_weight
+            built_from, entries = self._reused_weight, self._reused
             if (built_from is None or built_from.device != weight.device or built_from.dtype != weight.dtype
                     or not torch.equal(built_from, weight)):
-                self._reused = {}
-                self._reused_weight = weight.detach().clone()
-            if key not in self._reused:
-                self._reused[key] = build()
-        return self._reused[key]
+                entries = {}  # a fresh dict, not cleared in place: a concurrent caller keeps its own
+                self._reused, self._reused_weight = entries, weight.detach().clone()
+            value = entries.get(key)
+            if value is None:
+                value = entries[key] = build()
+        return value
 
     def _build_kernel(self) -> torch.Tensor:
         from e3nn import o3
@@ -145,7 +146,8 @@ class SteerableVoxelConvolution(nn.Module):
             weights = radial @ self.radial_weight / math.sqrt(self.radial_basis)  # (k^3, weight_numel)
             kernel = self.tensor_product.right(harmonics, weights)  # (k^3, 1, irreps_out.dim)
         k = self.kernel_size
-        # contiguous: a permuted weight makes the convolution write its output channels-last
+        # contiguous: with a permuted weight oneDNN writes the field channels-last and then copies it
+        # back (a third of the embedding's time on the tiny preset)
         return (kernel.reshape(k, k, k, 1, -1).permute(4, 3, 0, 1, 2) / k ** 1.5).contiguous()
 
     def bias_vector(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
