@@ -61,7 +61,7 @@ def rotation_error(module_field, image: torch.Tensor, degrees: float) -> float:
     with torch.inference_mode():
         first = turn(module_field(image))
         second = module_field(turn(image).float())
-    _, _, depth, height, width = image.shape
+    *_, height, width = image.shape
     radius = min(height, width) // 2 - 6
     h, w = torch.meshgrid(torch.arange(height) - (height - 1) / 2, torch.arange(width) - (width - 1) / 2, indexing="ij")
     inside = (h**2 + w**2 <= radius**2)[None, None, None].expand_as(first).clone()

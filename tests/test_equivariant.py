@@ -71,7 +71,7 @@ def _tokens_from_full_field(module, image):
     """The invariants computed the plain way: full-resolution field of every channel, patch means of it and
     of its squares (what `forward` computes with a strided patch convolution and l > 0 channels only)."""
     field = module.field(image)
-    b, c, depth, height, width = field.shape
+    b, _, depth, height, width = field.shape
     pd, ph, pw = module.patch_size
 
     def patch_mean(values):
@@ -80,14 +80,14 @@ def _tokens_from_full_field(module, image):
     mean, mean_square = patch_mean(field), patch_mean(field * field)
     parts, start = [], 0
     for mul, ir in module.irreps:
-        width_ = mul * ir.dim
+        channels = mul * ir.dim
         if ir.l == 0:
-            parts.append(mean[:, start:start + width_])
+            parts.append(mean[:, start:start + channels])
         else:
             grid = mean.shape[2:]
-            parts.append(mean[:, start:start + width_].reshape(b, mul, ir.dim, *grid).norm(dim=2))
-            parts.append(mean_square[:, start:start + width_].reshape(b, mul, ir.dim, *grid).sum(dim=2).sqrt())
-        start += width_
+            parts.append(mean[:, start:start + channels].reshape(b, mul, ir.dim, *grid).norm(dim=2))
+            parts.append(mean_square[:, start:start + channels].reshape(b, mul, ir.dim, *grid).sum(dim=2).sqrt())
+        start += channels
     return torch.cat(parts, dim=1).flatten(2).transpose(1, 2)
 
 
