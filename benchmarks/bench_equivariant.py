@@ -6,8 +6,9 @@ per round, so load from other processes spreads evenly): the original SegVol, Se
 rebuilding the steerable kernel on every call (as training does, and as inference did before the
 kernel was reused), and SegVol + adapter reusing its kernel (inference): the MACs of one
 `encode_image` (torch's FlopCounterMode, MACs = FLOPs / 2, counted after a warm-up call, so the
-rebuild's e3nn kernel construction is included and the reused kernel's is not), the median seconds
-over --repeats rounds, and the ratios to the original.
+rebuild's e3nn kernel construction is included and the reused kernel's is not), the median wall
+seconds over --repeats rounds, the median CPU seconds of this process (all threads; steadier than
+wall time on a machine shared with other jobs) and the ratios to the original.
 
 It also prints how far from equivariant the embedding is at 45 deg about z (not a lattice symmetry):
 the relative error |f(rot x) - rot f(x)| / |f(x)| of the per-voxel invariants (scalars and irrep
@@ -32,9 +33,9 @@ from segvol.model.embedding_adapter import attach
 
 
 def measure(model, variants: dict, image, repeats: int) -> dict:
-    """{name: (GMACs, median seconds)} of `encode_image` for each variant, a function that configures the
-    model before a call; the variants are interleaved round by round."""
-    gmacs, seconds = {}, {name: [] for name in variants}
+    """{name: (GMACs, median wall seconds, median CPU seconds)} of `encode_image` for each variant, a function
+    that configures the model before a call; the variants are interleaved round by round."""
+    gmacs, seconds, cpu_seconds = {}, {name: [] for name in variants}, {name: [] for name in variants}
     with torch.inference_mode():
         for name, configure in variants.items():
             configure()
@@ -45,10 +46,12 @@ def measure(model, variants: dict, image, repeats: int) -> dict:
         for _ in range(repeats):
             for name, configure in variants.items():
                 configure()
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 model.encode_image(image)
                 seconds[name].append(time.perf_counter() - start)
-    return {name: (gmacs[name], statistics.median(seconds[name])) for name in variants}
+                cpu_seconds[name].append(time.process_time() - cpu_start)
+    return {name: (gmacs[name], statistics.median(seconds[name]), statistics.median(cpu_seconds[name]))
+            for name in variants}
 
 
 def rotation_error(module_field, image: torch.Tensor, degrees: float) -> float:
@@ -105,12 +108,13 @@ def main() -> None:
     variants = {"original": use(None), "equivariant, kernel rebuilt": use(adapter, reuse_kernel=False),
                 "equivariant, kernel reused": use(adapter)}
     results = measure(model, variants, image, args.repeats)
-    base_gmacs, base_seconds = results["original"]
+    base_gmacs, base_seconds, base_cpu = results["original"]
     print(f"preset {args.preset}, input {tuple(config.spatial_size)}, {args.threads} threads, "
           f"median of {args.repeats} interleaved rounds")
     print(f"parameters: SegVol {base_parameters / 1e6:.2f} M, adapter adds {added} ({added / base_parameters:.4%})")
-    for name, (gmacs, seconds) in results.items():
-        print(f"encode_image, {name:28s} {seconds:8.3f} s (x{seconds / base_seconds:5.2f}), "
+    for name, (gmacs, seconds, cpu) in results.items():
+        print(f"encode_image, {name:28s} wall {seconds:7.3f} s (x{seconds / base_seconds:5.2f}), "
+              f"CPU {cpu:7.3f} s (x{cpu / base_cpu:5.2f}), "
               f"{gmacs:8.3f} GMACs (x{gmacs / base_gmacs:.3f}, {(gmacs - base_gmacs) * 1e3:+.2f} M MACs)")
     model.image_encoder.extra_embedding = adapter
 
