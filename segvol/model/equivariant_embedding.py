@@ -222,7 +222,7 @@ class EquivariantPatchEmbedding(nn.Module):
         """(B, 1, D, H, W) -> (B, d*h*w, n_invariants), tokens row-major over (d, h, w)."""
         mean = self.patch_field(image)  # (B, irreps.dim, d, h, w)
         # root of the patch-mean squared norm: the field's energy, independent of orientation
-        energy = self.patch_energy(image).clamp_min(1e-12).sqrt() if self.oriented_channels.any() else None
+        energy = self.patch_energy(image).clamp_min(1e-12).sqrt() if _has_oriented_irreps(self.irreps) else None
         b, _, *grid = mean.shape
         parts, start, oriented = [], 0, 0
         for mul, ir in self.irreps:
@@ -236,6 +236,10 @@ class EquivariantPatchEmbedding(nn.Module):
             start += width
         invariants = torch.cat(parts, dim=1)  # (B, n_invariants, d, h, w)
         return invariants.flatten(2).transpose(1, 2)
+
+
+def _has_oriented_irreps(irreps) -> bool:
+    return any(ir.l > 0 for _, ir in irreps)
 
 
 def _check_divisible(image: torch.Tensor, patch_size) -> None:
