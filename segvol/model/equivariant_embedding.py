@@ -88,25 +88,6 @@ class SteerableVoxelConvolution(nn.Module):
         (treat as read-only)."""
         return self.reused("kernel", self._build_kernel)
 
-    def patch_kernel(self, patch_size) -> torch.Tensor:
-        """(irreps_out.dim, 1, pd+k-1, ph+k-1, pw+k-1): the kernel summed over a patch and divided by its
-        size, so that a convolution with stride `patch_size` gives the field's per-patch mean."""
-        patch_size = tuple(int(p) for p in patch_size)
-
-        def build() -> torch.Tensor:
-            kernel = self.kernel()
-            # full convolution of each channel's kernel with the normalised box: a mean over every
-            # patch-sized window of the zero-padded kernel, one axis at a time (the box is separable)
-            for axis, size in enumerate(patch_size):
-                window = [1, 1, 1]
-                window[axis] = size
-                padding = [0] * 6
-                padding[4 - 2 * axis] = padding[5 - 2 * axis] = size - 1
-                kernel = F.avg_pool3d(F.pad(kernel, padding), window, stride=1)
-            return kernel
-
-        return self.reused(("patch_kernel", patch_size), build)
-
     def reused(self, key, build):
         """`build()`, remembered under `key` until the radial weights change, unless a gradient must flow
         through it (grad mode on and the weights trainable) or `reuse_kernel` is False."""
@@ -161,13 +142,17 @@ class SteerableVoxelConvolution(nn.Module):
         bias = self.bias_vector(image.dtype, image.device)
         return F.conv3d(image, self.kernel().to(image.dtype), bias, padding=self.kernel_size // 2)
 
-    def patch_mean(self, image: torch.Tensor, patch_size) -> torch.Tensor:
+    def patch_mean(self, image: torch.Tensor, patch_size, kernel: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, irreps_out.dim, D/pd, H/ph, W/pw): the field's mean over each patch,
-        equal to averaging `forward(image)` up to float rounding."""
+        equal to averaging `forward(image)` up to float rounding. `kernel`: this call's `kernel()`, when the
+        caller already has it (in training that saves building it twice)."""
         _check_divisible(image, patch_size)
+        patch_size = tuple(int(p) for p in patch_size)
+        kernel = self.kernel() if kernel is None else kernel
+        patch_kernel = self.reused(("patch_kernel", patch_size), lambda: _box_mean(kernel, patch_size))
         half = self.kernel_size // 2
-        return F.conv3d(F.pad(image, (half,) * 6), self.patch_kernel(patch_size).to(image.dtype),
-                        self.bias_vector(image.dtype, image.device), stride=tuple(patch_size))
+        return F.conv3d(F.pad(image, (half,) * 6), patch_kernel.to(image.dtype),
+                        self.bias_vector(image.dtype, image.device), stride=patch_size)
 
 
 class EquivariantPatchEmbedding(nn.Module):
@@ -203,11 +188,12 @@ class EquivariantPatchEmbedding(nn.Module):
         """(B, 1, D, H, W) -> (B, irreps.dim, d, h, w): the field's mean over each patch."""
         return self.convolution.patch_mean(image, self.patch_size)
 
-    def patch_energy(self, image: torch.Tensor) -> torch.Tensor:
+    def patch_energy(self, image: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, n_l>0_irreps, d, h, w): mean over each patch of |irrep|^2, per l > 0 irrep
-        (multiplicities expanded, in `irreps` order)."""
+        (multiplicities expanded, in `irreps` order). `kernel`: as in `patch_mean`."""
         _check_divisible(image, self.patch_size)
-        kernel = self.convolution.reused("oriented_kernel", lambda: self.convolution.kernel()[self.oriented_channels])
+        kernel = self.convolution.kernel() if kernel is None else kernel
+        kernel = self.convolution.reused("oriented_kernel", lambda: kernel[self.oriented_channels])
         field = F.conv3d(image, kernel.to(image.dtype), padding=self.convolution.kernel_size // 2)  # no bias: l > 0
         means = F.avg_pool3d(field.square_(), self.patch_size)  # (B, oriented channels, d, h, w)
         b, _, *grid = means.shape
@@ -220,9 +206,11 @@ class EquivariantPatchEmbedding(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, d*h*w, n_invariants), tokens row-major over (d, h, w)."""
-        mean = self.patch_field(image)  # (B, irreps.dim, d, h, w)
+        kernel = self.convolution.kernel()
+        mean = self.convolution.patch_mean(image, self.patch_size, kernel)  # (B, irreps.dim, d, h, w)
         # root of the patch-mean squared norm: the field's energy, independent of orientation
-        energy = self.patch_energy(image).clamp_min(1e-12).sqrt() if _has_oriented_irreps(self.irreps) else None
+        energy = (self.patch_energy(image, kernel).clamp_min(1e-12).sqrt() if _has_oriented_irreps(self.irreps)
+                  else None)
         b, _, *grid = mean.shape
         parts, start, oriented = [], 0, 0
         for mul, ir in self.irreps:
@@ -236,6 +224,19 @@ class EquivariantPatchEmbedding(nn.Module):
             start += width
         invariants = torch.cat(parts, dim=1)  # (B, n_invariants, d, h, w)
         return invariants.flatten(2).transpose(1, 2)
+
+
+def _box_mean(kernel: torch.Tensor, patch_size) -> torch.Tensor:
+    """(C, 1, k, k, k) -> (C, 1, pd+k-1, ph+k-1, pw+k-1): the kernel fully convolved with a patch-sized box
+    divided by its volume, so that a convolution with stride `patch_size` gives per-patch means."""
+    # a mean over every patch-sized window of the zero-padded kernel, one axis at a time (the box is separable)
+    for axis, size in enumerate(patch_size):
+        window = [1, 1, 1]
+        window[axis] = size
+        padding = [0] * 6
+        padding[4 - 2 * axis] = padding[5 - 2 * axis] = size - 1
+        kernel = F.avg_pool3d(F.pad(kernel, padding), window, stride=1)
+    return kernel
 
 
 def _has_oriented_irreps(irreps) -> bool:
