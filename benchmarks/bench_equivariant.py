@@ -3,8 +3,8 @@
 Random weights (only cost is measured), one input of the preset's size. Prints the parameters the
 adapter adds, then for three encoders, measured in the same run and interleaved (one call of each
 per round, so load from other processes spreads evenly): the original SegVol, SegVol + adapter
-rebuilding the steerable kernel on every call (as training does, and as inference did before the
-kernel was reused), and SegVol + adapter reusing its kernel (inference): the MACs of one
+rebuilding the steerable kernel on every call (as training does), and SegVol + adapter reusing
+its kernel (inference): the MACs of one
 `encode_image` (torch's FlopCounterMode, MACs = FLOPs / 2, counted after a warm-up call, so the
 rebuild's e3nn kernel construction is included and the reused kernel's is not), the median wall
 seconds over --repeats rounds, the median CPU seconds of this process (all threads; steadier than
