@@ -1,9 +1,14 @@
 """Cost of the equivariant patch embedding + adapter next to the image encoder it feeds.
 
 Random weights (only cost is measured), one input of the preset's size. Prints the parameters the
-adapter adds, the MACs of one image-encoder forward with and without it (torch's FlopCounterMode,
-MACs = FLOPs / 2; e3nn's kernel construction is counted too), the median seconds of
-`encode_image` with and without it over --repeats runs, and the ratios.
+adapter adds, then for three encoders, measured in the same run and interleaved (one call of each
+per round, so load from other processes spreads evenly): the original SegVol, SegVol + adapter
+rebuilding the steerable kernel on every call (as training does), and SegVol + adapter reusing
+its kernel (inference): the MACs of one
+`encode_image` (torch's FlopCounterMode, MACs = FLOPs / 2, counted after a warm-up call, so the
+rebuild's e3nn kernel construction is included and the reused kernel's is not), the median wall
+seconds over --repeats rounds, the median CPU seconds of this process (all threads; steadier than
+wall time on a machine shared with other jobs) and the ratios to the original.
 
 It also prints how far from equivariant the embedding is at 45 deg about z (not a lattice symmetry):
 the relative error |f(rot x) - rot f(x)| / |f(x)| of the per-voxel invariants (scalars and irrep
@@ -23,20 +28,30 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from segvol.model.config import build_model, model_config
+from segvol.model import build_model, model_config
 from segvol.model.embedding_adapter import attach
 
 
-def measure(model, image, repeats: int) -> tuple[float, float]:
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model.encode_image(image)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        with torch.inference_mode():
-            model.encode_image(image)
-        seconds.append(time.perf_counter() - start)
-    return counter.get_total_flops() / 2e9, statistics.median(seconds)
+def measure(model, variants: dict, image, repeats: int) -> dict:
+    """{name: (GMACs, median wall seconds, median CPU seconds)} of `encode_image` for each variant, a function
+    that configures the model before a call; the variants are interleaved round by round."""
+    gmacs, seconds, cpu_seconds = {}, {name: [] for name in variants}, {name: [] for name in variants}
+    with torch.inference_mode():
+        for name, configure in variants.items():
+            configure()
+            model.encode_image(image)  # warm-up: allocator, oneDNN primitives, the reused kernel
+            with FlopCounterMode(display=False) as counter:
+                model.encode_image(image)
+            gmacs[name] = counter.get_total_flops() / 2e9
+        for _ in range(repeats):
+            for name, configure in variants.items():
+                configure()
+                start, cpu_start = time.perf_counter(), time.process_time()
+                model.encode_image(image)
+                seconds[name].append(time.perf_counter() - start)
+                cpu_seconds[name].append(time.process_time() - cpu_start)
+    return {name: (gmacs[name], statistics.median(seconds[name]), statistics.median(cpu_seconds[name]))
+            for name in variants}
 
 
 def rotation_error(module_field, image: torch.Tensor, degrees: float) -> float:
@@ -49,7 +64,7 @@ def rotation_error(module_field, image: torch.Tensor, degrees: float) -> float:
     with torch.inference_mode():
         first = turn(module_field(image))
         second = module_field(turn(image).float())
-    _, _, depth, height, width = image.shape
+    *_, height, width = image.shape
     radius = min(height, width) // 2 - 6
     h, w = torch.meshgrid(torch.arange(height) - (height - 1) / 2, torch.arange(width) - (width - 1) / 2, indexing="ij")
     inside = (h**2 + w**2 <= radius**2)[None, None, None].expand_as(first).clone()
@@ -80,14 +95,28 @@ def main() -> None:
     model = build_model(config).eval()
     image = torch.rand(1, 1, *config.spatial_size)
     base_parameters = sum(p.numel() for p in model.parameters())
-    base_gmacs, base_seconds = measure(model, image, args.repeats)
     adapter = attach(model, {})
     added = sum(p.numel() for p in adapter.parameters())
-    gmacs, seconds = measure(model, image, args.repeats)
-    print(f"preset {args.preset}, input {tuple(config.spatial_size)}, {args.threads} threads, median of {args.repeats}")
+    convolution = adapter.embedding.convolution
+
+    def use(extra, reuse_kernel=True):
+        def configure():
+            model.image_encoder.extra_embedding = extra
+            convolution.reuse_kernel = reuse_kernel
+        return configure
+
+    variants = {"original": use(None), "equivariant, kernel rebuilt": use(adapter, reuse_kernel=False),
+                "equivariant, kernel reused": use(adapter)}
+    results = measure(model, variants, image, args.repeats)
+    base_gmacs, base_seconds, base_cpu = results["original"]
+    print(f"preset {args.preset}, input {tuple(config.spatial_size)}, {args.threads} threads, "
+          f"median of {args.repeats} interleaved rounds")
     print(f"parameters: SegVol {base_parameters / 1e6:.2f} M, adapter adds {added} ({added / base_parameters:.4%})")
-    print(f"image encoder GMACs: {base_gmacs:.3f} -> {gmacs:.3f} (x{gmacs / base_gmacs:.3f})")
-    print(f"encode_image seconds: {base_seconds:.3f} -> {seconds:.3f} (x{seconds / base_seconds:.3f})")
+    for name, (gmacs, seconds, cpu) in results.items():
+        print(f"encode_image, {name:28s} wall {seconds:7.3f} s (x{seconds / base_seconds:5.2f}), "
+              f"CPU {cpu:7.3f} s (x{cpu / base_cpu:5.2f}), "
+              f"{gmacs:8.3f} GMACs (x{gmacs / base_gmacs:.3f}, {(gmacs - base_gmacs) * 1e3:+.2f} M MACs)")
+    model.image_encoder.extra_embedding = adapter
 
     from scipy import ndimage
 

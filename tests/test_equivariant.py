@@ -67,6 +67,140 @@ def test_invariant_tokens_just_rotate(embedding):
     assert not torch.allclose(rotated, tokens, atol=1e-3)
 
 
+def _tokens_from_full_field(module, image):
+    """The invariants computed the plain way: full-resolution field of every channel, patch means of it and
+    of its squares (what `forward` computes with a strided patch convolution and l > 0 channels only)."""
+    field = module.field(image)
+    b, _, depth, height, width = field.shape
+    pd, ph, pw = module.patch_size
+
+    def patch_mean(values):
+        return values.reshape(b, -1, depth // pd, pd, height // ph, ph, width // pw, pw).mean(dim=(3, 5, 7))
+
+    mean, mean_square = patch_mean(field), patch_mean(field * field)
+    parts, start = [], 0
+    for mul, ir in module.irreps:
+        channels = mul * ir.dim
+        if ir.l == 0:
+            parts.append(mean[:, start:start + channels])
+        else:
+            grid = mean.shape[2:]
+            parts.append(mean[:, start:start + channels].reshape(b, mul, ir.dim, *grid).norm(dim=2))
+            parts.append(mean_square[:, start:start + channels].reshape(b, mul, ir.dim, *grid).sum(dim=2).sqrt())
+        start += channels
+    return torch.cat(parts, dim=1).flatten(2).transpose(1, 2)
+
+
+def test_patch_convolutions_equal_the_full_resolution_field():
+    torch.manual_seed(3)
+    # scalars not first, and an l = 3 irrep: the l > 0 channel selection must follow the irreps' order
+    module = EquivariantPatchEmbedding((2, 4, 4), irreps="2x1o + 3x0e + 1x2e + 1x3o", kernel_size=5).double()
+    with torch.no_grad():
+        module.convolution.bias.normal_()
+    image = torch.rand(2, 1, 6, 12, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = _tokens_from_full_field(module, image)
+        got = module(image)
+        mean = module.patch_field(image)
+    assert got.shape == expected.shape == (2, 3 * 3 * 2, module.n_invariants)
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
+    assert mean.abs().max() > 0.1 and torch.allclose(mean, module.field(image).reshape(
+        2, -1, 3, 2, 3, 4, 2, 4).mean(dim=(3, 5, 7)), atol=1e-12)
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        module(image[:, :, :5])
+
+
+def _uncached(module):
+    import copy
+
+    fresh = copy.deepcopy(module)
+    for child in fresh.modules():
+        if hasattr(child, "reuse_kernel"):
+            child.reuse_kernel = False
+    return fresh
+
+
+def test_reused_kernel_gives_identical_outputs():
+    torch.manual_seed(5)
+    module = EquivariantPatchEmbedding((4, 4, 4), irreps="3x0e + 2x1o + 1x2e", kernel_size=5).eval()
+    with torch.no_grad():
+        module.convolution.bias.normal_()
+    image = torch.rand(1, 1, 8, 16, 16, generator=torch.Generator().manual_seed(6))
+    convolution = module.convolution
+    with torch.inference_mode():
+        first = module(image)
+        assert convolution.kernel() is convolution.kernel()  # built once, then reused
+        second, field = module(image), module.field(image)
+    with torch.no_grad():
+        third = module(image)  # a kernel built in inference mode serves outside it too
+    rebuilt = _uncached(module)
+    with torch.no_grad():
+        assert rebuilt.convolution.kernel() is not rebuilt.convolution.kernel()
+        expected, expected_field = rebuilt(image), rebuilt.field(image)
+    assert torch.equal(first, expected) and torch.equal(second, expected) and torch.equal(third, expected)
+    assert torch.equal(field, expected_field)
+    # bf16 autocast at the call that builds the kernel must not leak into the reused kernel
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_kernel = convolution._build_kernel()
+    assert autocast_kernel.dtype == torch.float32 and torch.equal(autocast_kernel, convolution.kernel())
+
+
+def test_reused_kernel_follows_every_weight_change():
+    torch.manual_seed(7)
+    adapter = EquivariantAdapter((4, 4, 4), 16, irreps="2x0e + 2x1o + 1x2e", kernel_size=3)
+    with torch.no_grad():
+        adapter.proj.weight.normal_()  # zero-initialised, it would stop every gradient to the kernel
+    image = torch.rand(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(8))
+    optimizer = torch.optim.SGD(adapter.parameters(), lr=0.5)
+    radial_weight = adapter.embedding.convolution.radial_weight
+    other = EquivariantAdapter((4, 4, 4), 16, irreps="2x0e + 2x1o + 1x2e", kernel_size=3)
+
+    def optimizer_step():
+        adapter.train()
+        optimizer.zero_grad()
+        adapter(image).square().mean().backward()
+        assert radial_weight.grad.abs().sum() > 0  # training backpropagates through the kernel
+        optimizer.step()
+
+    def write_through_data():  # `.data` writes do not bump the version counter; the cache must notice anyway
+        radial_weight.data.mul_(1.5)
+
+    def load_other_weights():
+        adapter.load_state_dict(other.state_dict())
+
+    adapter.eval()
+    with torch.inference_mode():
+        previous = adapter(image)
+    for change in (optimizer_step, write_through_data, load_other_weights):
+        change()
+        adapter.eval()
+        with torch.inference_mode():
+            reused = adapter(image)
+            reused_again = adapter(image)
+        with torch.no_grad():
+            fresh = _uncached(adapter)(image)
+        assert torch.equal(reused, fresh) and torch.equal(reused_again, fresh), change.__name__
+        assert not torch.allclose(reused, previous, atol=1e-4), change.__name__
+        previous = reused
+
+
+def test_eval_mode_still_backpropagates():
+    torch.manual_seed(9)
+    module = EquivariantPatchEmbedding((4, 4, 4), irreps="2x0e + 1x1o", kernel_size=3).eval()
+    image = torch.rand(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(10))
+    with torch.inference_mode():
+        module(image)  # fills the cache
+    module(image).sum().backward()  # grad mode and trainable weights: the kernel is rebuilt with its graph
+    assert module.convolution.radial_weight.grad.abs().sum() > 0
+    # frozen weights: the reused kernel (built in inference mode) still lets gradients reach the image
+    module.requires_grad_(False)
+    with torch.inference_mode():
+        module(image)
+    image.requires_grad_(True)
+    module(image).sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
 def _tiny_model():
     from segvol.model import build_model
     from segvol.model.config import model_config_from_settings
