@@ -14,6 +14,8 @@ rule finetune:
         "benchmarks/finetune/{run}.tsv"
     wildcard_constraints:
         run=r"segvol|first\d+",
+    # The critical path: run before the task-specific baselines that compete for the same cores.
+    priority: 10
     conda:
         "../../envs/segvol.yaml"
     threads: config["finetune"]["threads"]

@@ -8,6 +8,8 @@ rule pretrain:
         "logs/pretrain.log",
     benchmark:
         "benchmarks/pretrain.tsv"
+    # The critical path: run before the task-specific baselines that compete for the same cores.
+    priority: 10
     conda:
         "../../envs/segvol.yaml"
     threads: config["pretrain"]["threads"]
