@@ -18,6 +18,7 @@ box prompt placed so that few windows are needed (base on CPU: ~5-10 s per windo
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -175,7 +176,8 @@ def bench_predict_memory(shape_ijk=(512, 512, 600), preset="base", categories=15
         command = [sys.executable, "-m", "segvol", "predict", str(path), "-o", str(folder / "seg.nii.gz"),
                    "--random-weights", "--preset", preset, "--device", "cpu", "--prompts", str(prompts)]
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
+        environment = {**os.environ, "SEGVOL_MEMORY_LOG": "1"}  # stage-by-stage resident memory in the log
+        done = subprocess.run(command, capture_output=True, text=True, env=environment)
         seconds = time.perf_counter() - start
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
         print(f"\n[3] segvol predict, {preset} preset, random weights, synthetic {'x'.join(map(str, shape_ijk))} "
@@ -184,7 +186,7 @@ def bench_predict_memory(shape_ijk=(512, 512, 600), preset="base", categories=15
             print(done.stderr[-2000:])
         print(f"  exit {done.returncode}, {seconds:.0f} s, peak resident {peak_gb:.2f} GB (goal <= 2 GB)")
         for line in done.stderr.splitlines():
-            if "segmenting" in line or "wrote" in line or "loaded" in line:
+            if any(word in line for word in ("segmenting", "wrote", "loaded", "memory after")):
                 print("   ", line.split(": ", 1)[-1])
 
 

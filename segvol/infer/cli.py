@@ -49,6 +49,7 @@ from pathlib import Path
 
 from segvol.cli_options import QUIET_HELP, THREADS_HELP
 from segvol.device import add_device_argument, resolve_device
+from segvol.infer.memory import trace
 
 log = logging.getLogger(__name__)
 
@@ -452,10 +453,12 @@ def run(args) -> int:
     for number, plan in enumerate(todo, 1):
         log.info("[%d/%d] reading %s", number, len(todo), plan.input)
         image, prompts, canonical = prepare(plan.input, records, args.world)
+        trace("reading")
         if model is None:
             loading = time.perf_counter()
             model, weights = load_model(args, device)
             log.info("model loaded in %.1f s", time.perf_counter() - loading)
+            trace("loading the model")
         predict_image(model, image, prompts, canonical, plan, mode=args.mode, overlap=args.overlap,
                       sw_batch_size=args.sw_batch_size, weights=weights, box_limits=not args.soft_box,
                       world=args.world, progress=not quiet)
@@ -537,6 +540,7 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
     session = Session(model, image, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size,
                       box_limits=box_limits, progress=progress)
     timings["normalize"] = round(time.perf_counter() - started, 3)
+    trace("normalizing")
     device = next(model.parameters()).device
     log.info("segmenting %d categor%s of %s (%s) on %s, mode %s", len(prompts), "y" if len(prompts) == 1 else "ies",
              plan.input, "x".join(map(str, session.volume.shape)), device, mode)
@@ -568,6 +572,7 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
                 del probability
             del logits
             timings["write"] += time.perf_counter() - step
+            trace(f"category {k + 1}")
         del session, builder.best
         labels = builder.labels
         step = time.perf_counter()
@@ -578,6 +583,7 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
             written.append(plan.dicom_seg)
         write_like(labels, image, plan.label_map)
         written.append(plan.label_map)
+        trace("writing the label map")
         timings = {key: round(value, 3) for key, value in timings.items()}
         timings["write"] = round(timings["write"] + time.perf_counter() - step, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
