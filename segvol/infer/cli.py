@@ -382,28 +382,75 @@ class LabelMapBuilder:
     """Builds the label map one category at a time (0 background, k+1 where category k is the
     most probable of those with probability > 0.5; on exact ties the earlier category wins).
 
-    Memory: the label map and one float32 best-logit volume, whatever the number of categories,
-    instead of a (K, D, H, W) stack of logits.
+    Memory: the label map plus the best logit so far, kept only inside the bounding box of the
+    voxels some category has claimed (logit > 0). Elsewhere the best is implicitly 0, the
+    threshold a logit must beat, so a full-volume float32 best-logit array (629 MB for
+    600x512x512) is never needed: organ-sized boxes cost megabytes.
     """
+
+    SLAB = 16  # slices per step: no full-volume temporaries
 
     def __init__(self, shape, categories: int) -> None:
         import numpy as np
-        import torch
 
         self.labels = np.zeros(shape, dtype=np.uint8 if categories < 255 else np.int16)
-        self.best = torch.zeros(shape, dtype=torch.float32)
+        self.best = None  # float32 tensor over `best_box` (inclusive, volume voxels)
+        self.best_box = None
 
     def add(self, k: int, logits, region=None) -> None:
-        """Category ``k``'s logits, over the whole volume or the inclusive box ``region``."""
+        """Category ``k``'s logits ``(D, H, W)`` float32, over the whole volume or the inclusive box ``region``."""
+        import numpy as np
+
         from segvol.infer.geometry import box_slices
 
-        where = box_slices(region) if region is not None else (slice(None),) * 3
-        labels, best_all = self.labels[where], self.best[where]
-        for first in range(0, logits.shape[0], 16):  # slab by slab: no full-volume temporaries
-            part, best = logits[first:first + 16], best_all[first:first + 16]
+        start = np.zeros(3, np.int64) if region is None else np.asarray(region[:3], np.int64)
+        claimed = self._positive_box(logits)
+        if claimed is None:
+            return
+        claimed = claimed + np.tile(start, 2)
+        self._cover(claimed)
+        inner = box_slices(claimed - np.tile(start, 2))
+        logits = logits[inner]
+        labels = self.labels[box_slices(claimed)]
+        best_all = self.best[box_slices(claimed - np.tile(self.best_box[:3], 2))]
+        for first in range(0, logits.shape[0], self.SLAB):
+            part, best = logits[first:first + self.SLAB], best_all[first:first + self.SLAB]
             wins = part > best
             best[wins] = part[wins]
-            labels[first:first + 16][wins.numpy()] = k + 1
+            labels[first:first + self.SLAB][wins.numpy()] = k + 1
+
+    def _positive_box(self, logits):
+        """Inclusive bounding box of ``logits > 0`` (None when empty), slab by slab."""
+        import numpy as np
+        import torch
+
+        hits = [torch.zeros(n, dtype=torch.bool) for n in logits.shape]
+        for first in range(0, logits.shape[0], self.SLAB):
+            part = logits[first:first + self.SLAB] > 0
+            hits[0][first:first + self.SLAB] = part.flatten(1).any(dim=1)
+            hits[1] |= part.any(dim=0).any(dim=1)
+            hits[2] |= part.any(dim=0).any(dim=0)
+        if not hits[0].any():
+            return None
+        found = [torch.nonzero(h).flatten() for h in hits]
+        return np.array([int(f[0]) for f in found] + [int(f[-1]) for f in found], dtype=np.int64)
+
+    def _cover(self, box) -> None:
+        """Grow the best-logit array to cover ``box`` (new voxels start at 0)."""
+        import numpy as np
+        import torch
+
+        from segvol.infer.geometry import box_slices
+
+        if self.best_box is not None:
+            grown = np.concatenate([np.minimum(self.best_box[:3], box[:3]), np.maximum(self.best_box[3:], box[3:])])
+            if np.array_equal(grown, self.best_box):
+                return
+            box = grown
+        best = torch.zeros(tuple(int(n) for n in box[3:] - box[:3] + 1), dtype=torch.float32)
+        if self.best is not None:
+            best[box_slices(self.best_box - np.tile(box[:3], 2))] = self.best
+        self.best, self.best_box = best, box
 
 
 def label_map(logits):
@@ -573,8 +620,8 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
             del logits
             timings["write"] += time.perf_counter() - step
             trace(f"category {k + 1}")
-        del session, builder.best
         labels = builder.labels
+        del session, builder
         step = time.perf_counter()
         if plan.dicom_seg is not None:
             from segvol.io.dicom_seg import write_dicom_seg
