@@ -505,6 +505,9 @@ def run(args) -> int:
             loading = time.perf_counter()
             model, weights = load_model(args, device)
             log.info("model loaded in %.1f s", time.perf_counter() - loading)
+            from segvol.infer.text import release_text_backbone
+
+            release_text_backbone(model, [p.text for p in checked if p.text is not None])
             trace("loading the model")
         predict_image(model, image, prompts, canonical, plan, mode=args.mode, overlap=args.overlap,
                       sw_batch_size=args.sw_batch_size, weights=weights, box_limits=not args.soft_box,
