@@ -4,7 +4,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from segvol.model import build_model, model_config
-from segvol.model.checkpoint import _drop_resident_pages, _file_mappings, _mapped_safetensors, load, save
+from segvol.model.checkpoint import (
+    _drop_resident_pages,
+    _file_mappings,
+    _mapped_safetensors,
+    load,
+    save,
+)
 
 torch.set_num_threads(1)
 

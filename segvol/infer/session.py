@@ -13,7 +13,7 @@ session.remove_point("liver", 0)
 Coordinates are voxel indices of the canonical volume (``session.volume``). The image
 embeddings of the zoom-out view and of every window are computed once and kept, so an edit
 costs only decoder passes plus the encoder passes of windows not seen before; text embeddings
-are cached by the model. `segvol predict` runs through `Session.segment` (all categories at once).
+are cached by the model. `segvol predict` runs through `Session.segment_region`, one category at a time.
 """
 
 from __future__ import annotations

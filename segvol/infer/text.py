@@ -10,7 +10,7 @@ and any other name fails with one clear line instead of a silent re-load.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -14,7 +14,7 @@ float32 CPU tensor.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ class NormalizedVolume:
         self.foreground = None  # inclusive foreground box, cached by segvol.infer.zoom (it reads every voxel)
 
     @classmethod
-    def compact(cls, hu: np.ndarray) -> "NormalizedVolume":
+    def compact(cls, hu: np.ndarray) -> NormalizedVolume:
         """From HU that may be stored wider than needed: integer HU that fit int16 are kept as int16
         (a copy; exact, since every int16 value is the same float32 either way)."""
         stats = foreground_statistics(hu)
@@ -63,7 +63,7 @@ class NormalizedVolume:
     def __getitem__(self, index) -> torch.Tensor:
         return self._normalized(self.hu[index])
 
-    def crop(self, slices: Sequence[slice]) -> "NormalizedVolume":
+    def crop(self, slices: Sequence[slice]) -> NormalizedVolume:
         """The part under ``slices``, still lazy (a view of the HU, same statistics)."""
         return NormalizedVolume(self.hu[tuple(slices)], self.stats)
 
@@ -76,7 +76,7 @@ class NormalizedVolume:
     def new_zeros(self, size) -> torch.Tensor:
         return torch.zeros(tuple(size), dtype=self.dtype)
 
-    def to(self, device=None, dtype=None) -> "NormalizedVolume":
+    def to(self, device=None, dtype=None) -> NormalizedVolume:
         if (device is not None and torch.device(device).type != "cpu") or dtype not in (None, torch.float32):
             raise ValueError("a normalized volume is read on the CPU as float32")
         return self
