@@ -15,6 +15,9 @@ Loading is strict apart from these documented differences: the CLIP `position_id
 (persistent only in old transformers), unused cross-attention parameters that recent MONAI
 ViTs create, and a pretrained text backbone that is not CLIP (`minilm`, a local model folder):
 ours are saved without it because it is rebuilt from its own files.
+
+`load` memory-maps safetensors and torch zip files and hands their pages back to the kernel as
+it copies them into the model, so loading peaks at the model plus ~64 MB, not model plus file.
 """
 
 from __future__ import annotations
@@ -204,14 +207,17 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
 def _mapped_safetensors(path: Path) -> dict[str, torch.Tensor] | None:
     """The tensors of a safetensors file as views of one private memory map of it (as
     ``torch.load(mmap=True)`` gives for torch files), so that loading never holds a second full
-    copy of the weights (see `_load_normalized`). None for dtypes this does not map."""
+    copy of the weights (see `_load_normalized`). None where it cannot map them."""
     with open(path, "rb") as handle:
         length = struct.unpack("<Q", handle.read(8))[0]
         header = json.loads(handle.read(length))
     header.pop("__metadata__", None)
     if any(entry["dtype"] not in _SAFETENSORS_DTYPES for entry in header.values()):
         return None
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
+    try:
+        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
+    except (OSError, RuntimeError):  # a file system without memory maps: read it whole instead
+        return None
     data = torch.empty(0, dtype=torch.uint8).set_(storage)[8 + length:]
     tensors = {}
     for name, entry in header.items():
