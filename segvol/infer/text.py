@@ -40,7 +40,9 @@ def release_text_backbone(model: nn.Module, texts: Sequence[str]) -> None:
     text_encoder = getattr(model, "text_encoder", None)
     if not isinstance(text_encoder, TextEncoder):
         return
-    if texts:
-        with torch.no_grad():
-            text_encoder.pooled_features(sorted(set(texts)))
+    with torch.no_grad():
+        for text in sorted(set(texts)):
+            # one name per call, as `segvol predict` asks for them: a batch of names is padded to
+            # the longest, which changes the features in their last bits
+            text_encoder.pooled_features([text])
     setattr(text_encoder, "clip_text_model" if text_encoder.kind == "clip" else "backbone", ReleasedBackbone(texts))
