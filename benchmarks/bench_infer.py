@@ -5,19 +5,23 @@
    (goal: >= 5x faster for 15 categories);
 3. peak resident memory of `segvol predict` with the `base` preset on a synthetic
    512x512x600 CT on the CPU with 15 categories (goal: <= 2 GB), measured as ru_maxrss of a
-   subprocess.
+   subprocess (--memory-checkpoint: the weights read from a checkpoint file, as real ones are).
+   SEGVOL_MEMORY_LOG=1 makes the command log its resident memory at each stage; those lines
+   are printed below the peak.
 
 Random weights are enough: only geometry and cost are measured. Timings are medians of
---repeats runs. Parts 1-2 use the `tiny` preset (CPU minutes); part 3 runs `base` with one
-box prompt placed so that few windows are needed (base on CPU: ~5-10 s per window).
+--repeats runs. Parts 1-2 use the `tiny` preset (CPU minutes); part 3 runs `base` with organ-sized
+box+point prompts placed so that few windows are needed (base on CPU: ~5-10 s per window).
 
     .venv/bin/python benchmarks/bench_infer.py                 # all three
     .venv/bin/python benchmarks/bench_infer.py --skip-memory   # parts 1-2 only
+    .venv/bin/python benchmarks/bench_infer.py --memory-only   # part 3 only (minutes on a busy CPU)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -61,6 +65,25 @@ def synthetic_volume(shape, seed=0) -> torch.Tensor:
     body = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.46 * w)) ** 2 <= 1
     volume[:] = np.where(body, 0.4 + 0.2 * rng.random(shape, dtype=np.float32), 0.0)
     return torch.from_numpy(volume)
+
+
+def synthetic_ct(shape_ijk, seed=0) -> np.ndarray:
+    """An int16 (I, J, K) CT of the `synthetic_volume` kind, made slab by slab.
+
+    Lean on purpose: a forked child starts its ru_maxrss at the parent's peak, so a parent that
+    once held float temporaries of the whole volume (2.1 GB for 512x512x600) would hide any
+    smaller peak of the command measured after it.
+    """
+    rng = np.random.default_rng(seed)
+    i, j, k = shape_ijk
+    ii, jj = np.ogrid[:i, :j]
+    body = ((jj - j / 2) / (0.42 * j)) ** 2 + ((ii - i / 2) / (0.46 * i)) ** 2 <= 1
+    hu = np.full(shape_ijk, -1000, dtype=np.int16, order="F")
+    for first in range(0, k, 16):
+        slab = hu[:, :, first:first + 16]
+        values = (0.4 + 0.2 * rng.random(slab.shape, dtype=np.float32)) * 1400 - 1000
+        slab[body] = values[body].astype(np.int16)
+    return hu
 
 
 def timed(function, repeats):
@@ -148,17 +171,13 @@ def bench_base_pass_costs(counts, repeats):
     print(f"  with the pass counts of [2]: at once {together:.0f} s vs loop {loop:.0f} s -> x{loop / together:.1f} (projected)")
 
 
-def bench_predict_memory(shape_ijk=(512, 512, 600), preset="base", categories=15):
+def bench_predict_memory(shape_ijk=(512, 512, 600), preset="base", categories=15, checkpoint=False):
     import nibabel as nib
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         path = folder / "ct.nii"
-        volume = synthetic_volume(shape_ijk[::-1]).numpy()  # (k, j, i)
-        hu = (volume.transpose(2, 1, 0) * 1400 - 1000).astype(np.int16)
-        del volume
-        nib.save(nib.Nifti1Image(hu, np.diag([0.8, 0.8, 1.0, 1.0])), str(path))
-        del hu
+        nib.save(nib.Nifti1Image(synthetic_ct(shape_ijk), np.diag([0.8, 0.8, 1.0, 1.0])), str(path))
         i, j, k = shape_ijk
         # `categories` organ-sized boxes (+ a point) around the centre: few windows of the base
         # model (32x256x256) each, so the run measures memory rather than encoder time.
@@ -172,19 +191,30 @@ def bench_predict_memory(shape_ijk=(512, 512, 600), preset="base", categories=15
                             "points": [[ci, cj, ck]]})
         prompts = folder / "prompts.json"
         prompts.write_text(json.dumps(records))
+        weights = ["--random-weights", "--preset", preset]
+        if checkpoint:  # the same random weights, read from a file as real ones are
+            from segvol.model import build_model, model_config
+            from segvol.model.checkpoint import save
+
+            torch.manual_seed(0)
+            weights = ["--checkpoint", str(save(build_model(model_config(preset)), folder / "weights.safetensors"))]
         command = [sys.executable, "-m", "segvol", "predict", str(path), "-o", str(folder / "seg.nii.gz"),
-                   "--random-weights", "--preset", preset, "--device", "cpu", "--prompts", str(prompts)]
+                   *weights, "--device", "cpu", "--prompts", str(prompts)]
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
+        environment = {**os.environ, "SEGVOL_MEMORY_LOG": "1"}  # stage-by-stage resident memory in the log
+        done = subprocess.run(command, capture_output=True, text=True, env=environment)
         seconds = time.perf_counter() - start
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
-        print(f"\n[3] segvol predict, {preset} preset, random weights, synthetic {'x'.join(map(str, shape_ijk))} "
+        own_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+        print(f"\n[3] segvol predict, {preset} preset, random weights{' from a checkpoint file' if checkpoint else ''}, synthetic {'x'.join(map(str, shape_ijk))} "
               f"int16 CT, CPU, {categories} box+point prompts")
         if done.returncode:
             print(done.stderr[-2000:])
         print(f"  exit {done.returncode}, {seconds:.0f} s, peak resident {peak_gb:.2f} GB (goal <= 2 GB)")
+        if own_gb >= peak_gb:  # see synthetic_ct
+            print(f"  NOT MEASURED: this benchmark's own peak ({own_gb:.2f} GB) bounds the child's ru_maxrss")
         for line in done.stderr.splitlines():
-            if "segmenting" in line or "wrote" in line or "loaded" in line:
+            if any(word in line for word in ("segmenting", "wrote", "loaded", "memory after")):
                 print("   ", line.split(": ", 1)[-1])
 
 
@@ -197,6 +227,8 @@ def main() -> int:
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--memory-shape", type=int, nargs=3, default=(512, 512, 600), help="i j k of the CT file")
     parser.add_argument("--memory-categories", type=int, default=15, help="box+point prompts in part 3")
+    parser.add_argument("--memory-checkpoint", action="store_true",
+                        help="part 3 reads the (random) weights from a safetensors checkpoint, as with real weights")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if not args.memory_only:
@@ -210,7 +242,8 @@ def main() -> int:
         if not args.skip_base_costs:
             bench_base_pass_costs(counts, args.repeats)
     if not args.skip_memory:
-        bench_predict_memory(tuple(args.memory_shape), categories=args.memory_categories)
+        bench_predict_memory(tuple(args.memory_shape), categories=args.memory_categories,
+                             checkpoint=args.memory_checkpoint)
     return 0
 
 

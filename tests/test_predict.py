@@ -267,3 +267,70 @@ def test_label_map_built_category_by_category_is_the_most_probable_above_half():
     expected = np.where(best.numpy() > 0, index.numpy() + 1, 0)
     np.testing.assert_array_equal(builder.labels, expected)
     assert len(np.unique(expected)) == 5  # every category wins somewhere, and background too
+
+
+def expected_label_map(logits: np.ndarray) -> np.ndarray:
+    """The all-in-memory rule: the most probable category above 0.5, the earlier one on ties."""
+    winner = np.argmax(logits, axis=0)  # numpy: the first maximum on ties
+    return np.where(np.take_along_axis(logits, winner[None], 0)[0] > 0, winner + 1, 0).astype(np.uint8)
+
+
+def test_label_map_from_category_regions_equals_the_all_in_memory_argmax():
+    from segvol.infer.cli import LabelMapBuilder
+    from segvol.infer.zoom import OUTSIDE_LOGIT
+
+    rng = np.random.default_rng(5)
+    shape = (30, 26, 22)
+    regions = [np.array(r) for r in ([2, 3, 1, 14, 20, 12], [8, 0, 6, 29, 12, 21], [0, 10, 0, 20, 25, 15],
+                                     [5, 5, 5, 25, 20, 18], [20, 20, 18, 29, 25, 21])]
+    claims = [np.array(c) for c in ([4, 5, 3, 12, 15, 10], [9, 4, 7, 16, 12, 14], [6, 11, 4, 14, 18, 12],
+                                    [7, 7, 6, 15, 16, 13], [20, 20, 18, 29, 25, 21])]
+    full = np.full((len(regions), *shape), OUTSIDE_LOGIT, np.float32)
+    builder = LabelMapBuilder(shape, len(regions))
+    for k, (region, claim) in enumerate(zip(regions, claims)):
+        values = np.full(shape, -1.0, np.float32)
+        inside = tuple(slice(a, b + 1) for a, b in zip(claim[:3], claim[3:]))
+        # half-steps: exact ties between categories are common, so the tie rule is tested too
+        values[inside] = np.round(rng.normal(1.0, 1.0, values[inside].shape) * 2) / 2
+        where = tuple(slice(a, b + 1) for a, b in zip(region[:3], region[3:]))
+        full[(k, *where)] = values[where]
+        builder.add(k, torch.from_numpy(values[where].copy()), region)
+    expected = expected_label_map(full)
+    np.testing.assert_array_equal(builder.labels, expected)
+    assert len(np.unique(expected)) == len(regions) + 1
+    ties = (full == full.max(axis=0)).sum(axis=0) > 1
+    assert np.any(ties & (expected > 0))  # a later-wins merge would differ
+    assert builder.best.numel() < np.prod(shape)  # the best logits are kept only where claimed
+
+
+def test_streamed_outputs_equal_the_all_in_memory_computation(tmp_path):
+    """predict_file (one category at a time, label map streamed, per-category files written as they
+    come) against all K full-volume logits held at once."""
+    from segvol.infer.cli import prepare
+    from segvol.infer.zoom import segment
+    from segvol.io.intensity import foreground_normalize
+    from tests.stand_in_models import MixingModel
+
+    path = tmp_path / "ct.nii.gz"
+    write_phantom(path, seed=4)
+    records = [{"name": "a", "box": [8, 4, 14, 34, 18, 56]}, {"name": "b", "text": "spleen"},
+               {"name": "c", "box": [15, 6, 25, 44, 20, 66], "points": [[30, 10, 40]]},
+               {"name": "d", "text": "liver", "box": [5, 2, 5, 40, 15, 40]}]
+    model = MixingModel((8, 32, 32))
+    predict_file(model, path, tmp_path / "s.nii.gz", records, masks=True, probabilities=True)
+
+    image, _, canonical = prepare(path, records, world=False)
+    volume = torch.from_numpy(foreground_normalize(image.array))
+    logits = np.stack([segment(model, volume, [prompt])[0].numpy() for prompt in canonical])
+    labels = np.asarray(nib.load(str(tmp_path / "s.nii.gz")).dataobj)
+    expected = image.to_original(expected_label_map(logits))
+    np.testing.assert_array_equal(labels, expected)
+    overlap = ((logits > 0).sum(axis=0) > 1)
+    assert overlap.sum() > 100 and len(np.unique(expected)) == 5  # categories compete for voxels
+    for k, name in enumerate("abcd"):
+        probability = np.asarray(nib.load(str(tmp_path / "s_probabilities" / f"0{k + 1}_{name}.nii.gz")).dataobj)
+        # sigmoid of a region vs of the whole volume: equal up to one float32 ulp (vectorised tails)
+        np.testing.assert_allclose(probability, image.to_original(torch.sigmoid(torch.from_numpy(logits[k])).numpy()),
+                                   rtol=0, atol=1e-7)
+        mask = np.asarray(nib.load(str(tmp_path / "s_masks" / f"0{k + 1}_{name}.nii.gz")).dataobj)
+        np.testing.assert_array_equal(mask, image.to_original(logits[k] > 0))

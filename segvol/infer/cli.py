@@ -49,6 +49,7 @@ from pathlib import Path
 
 from segvol.cli_options import QUIET_HELP, THREADS_HELP
 from segvol.device import add_device_argument, resolve_device
+from segvol.infer.memory import trace
 
 log = logging.getLogger(__name__)
 
@@ -381,28 +382,86 @@ class LabelMapBuilder:
     """Builds the label map one category at a time (0 background, k+1 where category k is the
     most probable of those with probability > 0.5; on exact ties the earlier category wins).
 
-    Memory: the label map and one float32 best-logit volume, whatever the number of categories,
-    instead of a (K, D, H, W) stack of logits.
+    Memory: the label map plus the best logit so far, kept only inside the bounding box of the
+    voxels some category has claimed (logit > 0). Elsewhere the best is implicitly 0, the
+    threshold a logit must beat, so a full-volume float32 best-logit array (629 MB for
+    600x512x512) is never needed: organ-sized boxes cost megabytes.
     """
+
+    SLAB = 16  # slices per step: no full-volume temporaries
 
     def __init__(self, shape, categories: int) -> None:
         import numpy as np
-        import torch
 
         self.labels = np.zeros(shape, dtype=np.uint8 if categories < 255 else np.int16)
-        self.best = torch.zeros(shape, dtype=torch.float32)
+        self.best = None  # float32 tensor over `best_box` (inclusive, volume voxels)
+        self.best_box = None
 
     def add(self, k: int, logits, region=None) -> None:
-        """Category ``k``'s logits, over the whole volume or the inclusive box ``region``."""
+        """Category ``k``'s logits ``(D, H, W)`` float32, over the whole volume or the inclusive box ``region``."""
+        import numpy as np
+
         from segvol.infer.geometry import box_slices
 
-        where = box_slices(region) if region is not None else (slice(None),) * 3
-        labels, best_all = self.labels[where], self.best[where]
-        for first in range(0, logits.shape[0], 16):  # slab by slab: no full-volume temporaries
-            part, best = logits[first:first + 16], best_all[first:first + 16]
+        start = np.zeros(3, np.int64) if region is None else np.asarray(region[:3], np.int64)
+        claimed = self._positive_box(logits)
+        if claimed is None:
+            return
+        claimed = claimed + np.tile(start, 2)
+        self._cover(claimed)
+        inner = box_slices(claimed - np.tile(start, 2))
+        logits = logits[inner]
+        labels = self.labels[box_slices(claimed)]
+        best_all = self.best[box_slices(claimed - np.tile(self.best_box[:3], 2))]
+        for first in range(0, logits.shape[0], self.SLAB):
+            part, best = logits[first:first + self.SLAB], best_all[first:first + self.SLAB]
             wins = part > best
             best[wins] = part[wins]
-            labels[first:first + 16][wins.numpy()] = k + 1
+            labels[first:first + self.SLAB][wins.numpy()] = k + 1
+
+    def _positive_box(self, logits):
+        """Inclusive bounding box of ``logits > 0`` (None when empty), slab by slab."""
+        import numpy as np
+        import torch
+
+        hits = [torch.zeros(n, dtype=torch.bool) for n in logits.shape]
+        for first in range(0, logits.shape[0], self.SLAB):
+            part = logits[first:first + self.SLAB] > 0
+            hits[0][first:first + self.SLAB] = part.flatten(1).any(dim=1)
+            hits[1] |= part.any(dim=0).any(dim=1)
+            hits[2] |= part.any(dim=0).any(dim=0)
+        if not hits[0].any():
+            return None
+        found = [torch.nonzero(h).flatten() for h in hits]
+        return np.array([int(f[0]) for f in found] + [int(f[-1]) for f in found], dtype=np.int64)
+
+    def _cover(self, box) -> None:
+        """Grow the best-logit array to cover ``box`` (new voxels start at 0)."""
+        import numpy as np
+        import torch
+
+        from segvol.infer.geometry import box_slices
+
+        if self.best_box is not None:
+            grown = np.concatenate([np.minimum(self.best_box[:3], box[:3]), np.maximum(self.best_box[3:], box[3:])])
+            if np.array_equal(grown, self.best_box):
+                return
+            box = grown
+        best = torch.zeros(tuple(int(n) for n in box[3:] - box[:3] + 1), dtype=torch.float32)
+        if self.best is not None:
+            best[box_slices(self.best_box - np.tile(box[:3], 2))] = self.best
+        self.best, self.best_box = best, box
+
+
+def label_counts(labels, categories: int, slab: int = 16) -> list[int]:
+    """Voxels per value 0..categories of a label map, slab by slab (no full-volume temporaries:
+    a comparison per category would make a 157 MB mask each for 600x512x512)."""
+    import numpy as np
+
+    counts = np.zeros(categories + 1, dtype=np.int64)
+    for first in range(0, labels.shape[0], slab):
+        counts += np.bincount(labels[first:first + slab].ravel(), minlength=categories + 1)[:categories + 1]
+    return [int(n) for n in counts]
 
 
 def label_map(logits):
@@ -452,10 +511,15 @@ def run(args) -> int:
     for number, plan in enumerate(todo, 1):
         log.info("[%d/%d] reading %s", number, len(todo), plan.input)
         image, prompts, canonical = prepare(plan.input, records, args.world)
+        trace("reading")
         if model is None:
             loading = time.perf_counter()
             model, weights = load_model(args, device)
             log.info("model loaded in %.1f s", time.perf_counter() - loading)
+            from segvol.infer.text import release_text_backbone
+
+            release_text_backbone(model, [p.text for p in checked if p.text is not None])
+            trace("loading the model")
         predict_image(model, image, prompts, canonical, plan, mode=args.mode, overlap=args.overlap,
                       sw_batch_size=args.sw_batch_size, weights=weights, box_limits=not args.soft_box,
                       world=args.world, progress=not quiet)
@@ -537,6 +601,7 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
     session = Session(model, image, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size,
                       box_limits=box_limits, progress=progress)
     timings["normalize"] = round(time.perf_counter() - started, 3)
+    trace("normalizing")
     device = next(model.parameters()).device
     log.info("segmenting %d categor%s of %s (%s) on %s, mode %s", len(prompts), "y" if len(prompts) == 1 else "ies",
              plan.input, "x".join(map(str, session.volume.shape)), device, mode)
@@ -568,8 +633,9 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
                 del probability
             del logits
             timings["write"] += time.perf_counter() - step
-        del session, builder.best
+            trace(f"category {k + 1}")
         labels = builder.labels
+        del session, builder
         step = time.perf_counter()
         if plan.dicom_seg is not None:
             from segvol.io.dicom_seg import write_dicom_seg
@@ -578,6 +644,7 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
             written.append(plan.dicom_seg)
         write_like(labels, image, plan.label_map)
         written.append(plan.label_map)
+        trace("writing the label map")
         timings = {key: round(value, 3) for key, value in timings.items()}
         timings["write"] = round(timings["write"] + time.perf_counter() - step, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
@@ -597,7 +664,7 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
             "box_limits": box_limits,
             "weights": weights if isinstance(weights, dict) else {"checkpoint": weights, "sha256": None},
             "device": str(device),
-            "voxels": {p.label: int((labels == k + 1).sum()) for k, p in enumerate(prompts)},
+            "voxels": dict(zip([p.label for p in prompts], label_counts(labels, len(prompts))[1:])),
             "seconds": timings,
             "outputs": [os.path.relpath(path, plan.manifest.parent) for path in written],
             # what made it (code commit, packages, device, inputs' sha256), as every other output records
@@ -607,6 +674,7 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
 
         with atomic_path(plan.manifest) as temporary:
             temporary.write_text(json.dumps(manifest, indent=2) + "\n")
+        trace("writing the manifest")
     except BaseException:
         for path in written:  # all or nothing
             path.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ session.remove_point("liver", 0)
 Coordinates are voxel indices of the canonical volume (``session.volume``). The image
 embeddings of the zoom-out view and of every window are computed once and kept, so an edit
 costs only decoder passes plus the encoder passes of windows not seen before; text embeddings
-are cached by the model. `segvol predict` runs through `Session.segment` (all categories at once).
+are cached by the model. `segvol predict` runs through `Session.segment_region`, one category at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from segvol.infer.prompts import Prompt
+from segvol.infer.volume import NormalizedVolume
 from segvol.infer.zoom import segment, segment_region
 
 
@@ -32,8 +33,8 @@ class Session:
 
     Args:
         model: a SegVol (``encode_image``/``encode_text``/``decode``).
-        image: a `segvol.io.CanonicalImage` (its HU are normalized here and then released), or a
-            canonical ``(D, H, W)`` volume already in [0, 1].
+        image: a `segvol.io.CanonicalImage` (its HU are kept and normalized when read, see
+            `segvol.infer.volume`), or a canonical ``(D, H, W)`` volume already in [0, 1].
         mode, overlap, sw_batch_size, box_limits, progress: as in `segvol.infer.segment`.
     """
 
@@ -108,19 +109,19 @@ class Session:
         return (self.logits(name) > 0).numpy()
 
 
-def _normalized_volume(image) -> torch.Tensor:
+def _normalized_volume(image):
     if isinstance(image, (np.ndarray, torch.Tensor)):
         volume = torch.as_tensor(image, dtype=torch.float32)
         if volume.ndim != 3:
             raise ValueError(f"a session needs a (D, H, W) volume, got shape {tuple(volume.shape)}")
         return volume
-    from segvol.io.intensity import foreground_normalize
-
+    # Normalized when read (segvol.infer.volume): memory holds the HU, not a float32 copy as well.
     try:
-        volume = torch.from_numpy(foreground_normalize(image.array))
+        volume = NormalizedVolume.compact(image.array)
     except ValueError as error:
         raise ValueError(f"{image.source}: {error}") from None
-    # The raw HU are not needed any more: free them but keep the shape that write_like checks
-    # (a zero-strided view costs no memory).
-    image.array = np.broadcast_to(np.zeros((), image.array.dtype), image.array.shape)
+    if volume.hu is not image.array:
+        # The image's own (wider) HU are not needed any more: free them but keep the shape that
+        # write_like checks (a zero-strided view costs no memory).
+        image.array = np.broadcast_to(np.zeros((), image.array.dtype), image.array.shape)
     return volume

@@ -41,6 +41,7 @@ import torch
 
 from segvol.infer.geometry import VoxelMap, box_is_empty, box_slices, nearest_exact_indices
 from segvol.infer.prompts import Prompt
+from segvol.infer.volume import NormalizedVolume
 from segvol.infer.windows import LogitStitcher, Window, extract_window, window_lattice, window_starts
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,8 @@ def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[P
 
     Args:
         model: a SegVol (``encode_image``, ``encode_text``, ``decode``, input size ``spatial_size``).
-        volume: ``(D, H, W)`` intensities in [0, 1] (docs/method.md#intensity-normalization), canonical axes.
+        volume: ``(D, H, W)`` intensities in [0, 1] (docs/method.md#intensity-normalization), canonical axes,
+            or a `segvol.infer.volume.NormalizedVolume` (raw HU normalized when read: less memory, same values).
         prompts: K `Prompt`s, coordinates in voxel indices of ``volume``.
         mode: ``zoom`` (zoom-out-zoom-in), ``resize`` (zoom-out only) or ``window`` (plain
             sliding window over the foreground, no global view).
@@ -291,12 +293,13 @@ def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[P
         raise ValueError(f"unknown inference mode {mode!r}; choose one of {', '.join(MODES)}")
     if not prompts:
         raise ValueError("segment needs at least one prompt")
-    volume = torch.as_tensor(volume)
-    if volume.ndim != 3:
-        raise ValueError(f"segment needs a (D, H, W) volume, got shape {tuple(volume.shape)}")
-    volume = volume.to(device="cpu", dtype=torch.float32)
-    if not all(torch.isfinite(volume[first:first + 16]).all() for first in range(0, volume.shape[0], 16)):
-        raise ValueError("the volume contains NaN or infinite values")  # checked slab by slab: no 157 MB mask
+    if not isinstance(volume, NormalizedVolume):  # HU normalized on read: finite once their statistics exist
+        volume = torch.as_tensor(volume)
+        if volume.ndim != 3:
+            raise ValueError(f"segment needs a (D, H, W) volume, got shape {tuple(volume.shape)}")
+        volume = volume.to(device="cpu", dtype=torch.float32)
+        if not all(torch.isfinite(volume[first:first + 16]).all() for first in range(0, volume.shape[0], 16)):
+            raise ValueError("the volume contains NaN or infinite values")  # checked slab by slab: no 157 MB mask
     for prompt in prompts:
         prompt.check_inside(volume.shape)
 
@@ -332,7 +335,7 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
     region, part = segment_region(model, volume, prompts, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size,
                                   decode_batch_size=decode_batch_size, device=device, progress=progress,
                                   box_limits=box_limits, embeddings=embeddings)
-    logits = torch.full((len(prompts), *torch.as_tensor(volume).shape), OUTSIDE_LOGIT, dtype=torch.float32)
+    logits = torch.full((len(prompts), *volume.shape), OUTSIDE_LOGIT, dtype=torch.float32)
     logits[(slice(None), *box_slices(region))] = part
     return logits
 
@@ -377,10 +380,16 @@ class _Embeddings:
 def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_size, device, window_size,
              progress, box_limits, cache: _Embeddings) -> tuple[np.ndarray, torch.Tensor]:
     decoder = _Decoder(model, _embed_texts(model, prompts, device), device, decode_batch_size)
-    crop_box = foreground_box(volume)
+    if isinstance(volume, NormalizedVolume):  # reading every voxel costs a normalization pass: once per volume
+        if volume.foreground is None:
+            volume.foreground = foreground_box(volume)
+        crop_box = volume.foreground
+    else:
+        crop_box = foreground_box(volume)
     crop_start = crop_box[:3]
     crop_shape = tuple(int(n) for n in crop_box[3:] - crop_box[:3] + 1)
-    crop = volume[tuple(slice(int(a), int(b) + 1) for a, b in zip(crop_box[:3], crop_box[3:]))]
+    crop_slices = tuple(slice(int(a), int(b) + 1) for a, b in zip(crop_box[:3], crop_box[3:]))
+    crop = volume.crop(crop_slices) if isinstance(volume, NormalizedVolume) else volume[crop_slices]
     to_crop = VoxelMap.crop(crop_start)
     local = [_into_crop(p, to_crop, crop_shape) for p in prompts]
 

@@ -15,6 +15,9 @@ Loading is strict apart from these documented differences: the CLIP `position_id
 (persistent only in old transformers), unused cross-attention parameters that recent MONAI
 ViTs create, and a pretrained text backbone that is not CLIP (`minilm`, a local model folder):
 ours are saved without it because it is rebuilt from its own files.
+
+`load` memory-maps safetensors and torch zip files and hands their pages back to the kernel as
+it copies them into the model, so loading peaks at the model plus ~64 MB, not model plus file.
 """
 
 from __future__ import annotations
@@ -172,9 +175,9 @@ def _read_raw(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         from safetensors.torch import load_file
 
         try:
-            with safe_open(str(path), framework="pt") as handle:
+            with safe_open(str(path), framework="pt") as handle:  # checks the header
                 metadata = handle.metadata() or {}
-            return load_file(str(path)), metadata
+            return _mapped_safetensors(path) or load_file(str(path)), metadata
         except Exception as error:
             raise ValueError(f"{path}: unreadable safetensors file: {error}") from error
     if head[:2] == b"PK" or head[:1] == b"\x80":
@@ -194,6 +197,66 @@ def _read_raw(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             raise ValueError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
         return obj, {}
     raise ValueError(f"{path}: not a checkpoint (neither safetensors nor a torch.save file)")
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _mapped_safetensors(path: Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of a safetensors file as views of one private memory map of it (as
+    ``torch.load(mmap=True)`` gives for torch files), so that loading never holds a second full
+    copy of the weights (see `_load_normalized`). None where it cannot map them."""
+    with open(path, "rb") as handle:
+        length = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    if any(entry["dtype"] not in _SAFETENSORS_DTYPES for entry in header.values()):
+        return None
+    try:
+        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
+    except (OSError, RuntimeError):  # a file system without memory maps: read it whole instead
+        return None
+    data = torch.empty(0, dtype=torch.uint8).set_(storage)[8 + length:]
+    tensors = {}
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        dtype, raw = _SAFETENSORS_DTYPES[entry["dtype"]], data[begin:end]
+        if (8 + length + begin) % dtype.itemsize:
+            raw = raw.clone()  # misaligned for its dtype: this one is copied
+        tensors[name] = raw.view(dtype).reshape(entry["shape"])
+    return tensors
+
+
+def _file_mappings(path: Path) -> list[tuple[int, int]]:
+    """Address ranges where this process maps ``path`` (from /proc/self/maps; none elsewhere)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    target = os.path.realpath(path)
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            low, high = (int(value, 16) for value in fields[0].split("-"))
+            ranges.append((low, high))
+    return ranges
+
+
+def _drop_resident_pages(ranges: list[tuple[int, int]]) -> None:
+    """Hand the resident pages of read-only-used file mappings back to the kernel (madvise
+    DONTNEED): a page touched again is re-read from the file, so nothing changes but memory."""
+    import ctypes
+
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for low, high in ranges:
+        madvise(low, high - low, 4)  # MADV_DONTNEED
 
 
 def read_weights(source: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -278,14 +341,15 @@ def load(source: str | os.PathLike, **overrides: Any):
     `overrides` replace ModelConfig fields (e.g. text_encoder="minilm" for a checkpoint saved
     with a CLIP path that is not wanted; shapes must still match).
     """
-    state, metadata, kind = read_state_dict(source)
+    path = resolve(source)
+    state, metadata, kind = read_state_dict(path)
     if kind in ("simmim", ENCODER_ONLY):
         raise ValueError(
             f"{source}: holds only image-encoder weights ({kind}); build a model and call load_image_encoder"
         )
     config = _config_from_metadata(metadata, source, overrides)
     model = build_model(config)
-    _load_normalized(model, state, source)
+    _load_normalized(model, state, source, mapped=path)
     return model.eval()
 
 
@@ -332,7 +396,11 @@ def load_state_dict(model: nn.Module, state: dict[str, Any], source: str = "<sta
     return model
 
 
-def _load_normalized(model: nn.Module, state: dict[str, torch.Tensor], source, optional_prefix: str = "") -> None:
+def _load_normalized(model: nn.Module, state: dict[str, torch.Tensor], source, optional_prefix: str = "",
+                     mapped: Path | None = None) -> None:
+    """Copy ``state`` into ``model`` strictly. ``mapped``: the file ``state`` was just read from
+    by this module, memory-mapped (torch zip, safetensors) and seen by no one else: its pages are
+    given back as the copy goes, so the peak is the model plus ~64 MB, not model plus file."""
     expected = model.state_dict()
     external = _external_backbone_prefix(model)
 
@@ -345,10 +413,18 @@ def _load_normalized(model: nn.Module, state: dict[str, torch.Tensor], source, o
         config = getattr(model, "config", None)
         what = f"the model ({_describe(config)})" if config is not None else f"the {type(model).__name__}"
         raise ValueError(f"{source}: checkpoint does not fit {what}: " + "; ".join(parts))
+    ranges = _file_mappings(mapped) if mapped is not None else []
+    copied = 0
     with torch.no_grad():
         for key, target in expected.items():
             if key in state:
                 target.copy_(state[key])
+                copied += target.numel() * target.element_size()
+                if ranges and copied > 64 << 20:
+                    _drop_resident_pages(ranges)
+                    copied = 0
+    if ranges:
+        _drop_resident_pages(ranges)
     # Cached text features depend on the weights just replaced.
     for module in model.modules():
         if hasattr(module, "clear_cache"):
