@@ -11,12 +11,13 @@ One run prints:
      device; base: 1 x 1 x 32 x 256 x 256 input, 4 x 16 x 16 patches, 768 wide, 12 blocks);
   3. per option: the median seconds of `model.encode_image` (random weights, inference_mode,
      one warm-up call), the ratio encoder time / floor with floor = FLOPs / fp32 matmul rate
-     (goal: within 1.5x), the speed-up over fp32 and the max abs difference of the embedding
+     (goal: within 1.5x), the speed-up over the first option (fp32) and the max abs difference of the embedding
      from the fp32 one (the embedding is layer-normed: its values have a standard deviation ~1).
 
-The machine may be shared with other jobs: every timed encoder call is paired with a matmul-rate
-measurement taken right before it, and the ratio printed is the median of the per-call ratios,
-so load from elsewhere slows numerator and denominator alike.
+The machine may be shared with other jobs: every timed encoder call lies between two matmul-rate
+measurements, its floor uses their mean, and the ratio printed is the median of the per-call
+ratios, so load from elsewhere slows numerator and denominator alike; the speed-ups ("x vs
+first", the first option timed) are ratios of these ratios.
 
 Options: fp32 (what `segvol predict` runs by default; attention through PyTorch's fused
 scaled_dot_product_attention), fp32-channels-last (the input in channels_last_3d layout),
@@ -24,8 +25,8 @@ fp32-sdpa-math (attention through SDPA's unfused math backend, to show what the 
 gives), bf16-autocast (torch.autocast bfloat16 around fp32 weights: the weights are cast on every
 call), bf16 (`--precision bf16`: linear weights converted to bfloat16 once, see
 segvol/model/image_encoder.py), and torch.compile of fp32, bf16-autocast and bf16 (compile
-seconds are printed; skipped with the reason when compiling fails or takes longer than
---compile-limit seconds).
+seconds are printed; they are lower when Inductor's on-disk cache already holds the graph;
+skipped with the reason when compiling fails or takes longer than --compile-limit seconds).
 """
 
 from __future__ import annotations
@@ -77,15 +78,17 @@ def time_limit(seconds: int):
 
 
 def time_option(encode, flops: float, size: int, repeats: int) -> dict:
-    """Warm-up, then `repeats` encoder calls, each right after a matmul-rate measurement."""
+    """Warm-up, then `repeats` encoder calls, each between two matmul-rate measurements."""
     embedding = encode()
     seconds, ratios = [], []
+    after = matmul_rate(size)
     for _ in range(repeats):
-        rate = matmul_rate(size)
+        before = after
         start = time.perf_counter()
         encode()
         seconds.append(time.perf_counter() - start)
-        ratios.append(seconds[-1] / (flops / (rate * 1e9)))
+        after = matmul_rate(size)
+        ratios.append(seconds[-1] / (flops / ((before + after) / 2 * 1e9)))
     return {"seconds": statistics.median(seconds), "ratio": statistics.median(ratios), "embedding": embedding}
 
 
@@ -129,8 +132,9 @@ def main() -> None:
             result = time_option(encode, flops, args.matmul_size, args.repeats)
         result["diff"] = (result["embedding"].float() - reference).abs().max().item()
         results[name] = result
-        speedup = next(iter(results.values()))["seconds"] / result["seconds"]
-        print(f"{name:22s} {result['seconds']:8.2f} s  {result['ratio']:5.2f}x floor  {speedup:5.2f}x faster  "
+        # From the ratios, not the seconds: other jobs' load may differ between options.
+        speedup = next(iter(results.values()))["ratio"] / result["ratio"]
+        print(f"{name:22s} {result['seconds']:8.2f} s  {result['ratio']:5.2f}x floor  {speedup:5.2f}x vs first  "
               f"max|diff| {result['diff']:.2e}  {note}", flush=True)
 
     def run_compiled(name: str, autocast: bool) -> None:
@@ -151,7 +155,7 @@ def main() -> None:
         finally:
             model.image_encoder = encoder
 
-    print(f"{'option':22s} {'median':>10s}  {'ratio':>11s}  {'vs first':>12s}  (median of {args.repeats})")
+    print(f"{'option':22s} {'median':>10s}  {'ratio':>11s}  {'speed-up':>13s}  (median of {args.repeats})")
     for name in options:
         if name == "fp32":
             run(name, lambda: model.encode_image(image))
