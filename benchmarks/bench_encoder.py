@@ -12,7 +12,9 @@ One run prints:
   3. per option: the median seconds of `model.encode_image` (random weights, inference_mode,
      one warm-up call), the ratio encoder time / floor with floor = FLOPs / fp32 matmul rate
      (goal: within 1.5x), the speed-up over the first option (fp32) and the max abs difference of the embedding
-     from the fp32 one (the embedding is layer-normed: its values have a standard deviation ~1).
+     from the fp32 one (the embedding is layer-normed: its values have a standard deviation ~1),
+     and the minor page faults per call (memory the allocator took fresh from the kernel; see
+     README "Speed" for glibc settings that keep it).
 
 The machine may be shared with other jobs: every timed encoder call lies between two matmul-rate
 measurements, its floor uses their mean, and the ratio printed is the median of the per-call
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import signal
 import statistics
 import time
@@ -80,16 +83,19 @@ def time_limit(seconds: int):
 def time_option(encode, flops: float, size: int, repeats: int) -> dict:
     """Warm-up, then `repeats` encoder calls, each between two matmul-rate measurements."""
     embedding = encode()
-    seconds, ratios = [], []
+    seconds, ratios, faults = [], [], []
     after = matmul_rate(size)
     for _ in range(repeats):
         before = after
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         encode()
         seconds.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
         after = matmul_rate(size)
         ratios.append(seconds[-1] / (flops / ((before + after) / 2 * 1e9)))
-    return {"seconds": statistics.median(seconds), "ratio": statistics.median(ratios), "embedding": embedding}
+    return {"seconds": statistics.median(seconds), "ratio": statistics.median(ratios), "embedding": embedding,
+            "page_faults": statistics.median(faults)}
 
 
 def main() -> None:
@@ -135,7 +141,7 @@ def main() -> None:
         # From the ratios, not the seconds: other jobs' load may differ between options.
         speedup = next(iter(results.values()))["ratio"] / result["ratio"]
         print(f"{name:22s} {result['seconds']:8.2f} s  {result['ratio']:5.2f}x floor  {speedup:5.2f}x vs first  "
-              f"max|diff| {result['diff']:.2e}  {note}", flush=True)
+              f"max|diff| {result['diff']:.2e}  {result['page_faults'] / 1e3:5.0f}k page faults  {note}", flush=True)
 
     def run_compiled(name: str, autocast: bool) -> None:
         compiled = torch.compile(encoder)
@@ -149,9 +155,13 @@ def main() -> None:
             return
         compile_seconds = time.perf_counter() - start
         model.image_encoder = compiled
-        try:
-            with context:
-                run(name, lambda: model.encode_image(image), f"(compiled in {compile_seconds:.0f} s)")
+
+        def encode():
+            with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+                return model.encode_image(image)
+
+        try:  # the matmul rate is measured outside autocast: fp32
+            run(name, encode, f"(compiled in {compile_seconds:.0f} s)")
         finally:
             model.image_encoder = encoder
 
