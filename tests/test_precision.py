@@ -82,3 +82,17 @@ def test_predict_rejects_an_unknown_precision(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "--precision" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, caplog, native_bf16):
+    from argparse import Namespace
+
+    from segvol.infer.cli import load_model
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16, raising=False)
+    args = Namespace(checkpoint=None, random_weights=True, preset="tiny", text_encoder=None, precision="bf16")
+    with caplog.at_level("WARNING", logger="segvol"):
+        model, _ = load_model(args, torch.device("cpu"))
+    assert model.image_encoder.precision == "bf16"
+    assert ("no bf16 instructions" in caplog.text) is not native_bf16

@@ -375,7 +375,10 @@ def load_model(args, device):
         log.warning("using RANDOM weights (--random-weights): the segmentation is meaningless")
     else:
         raise ValueError("no weights: give --checkpoint PATH|hf://BAAI/SegVol (or --random-weights for tests)")
-    model.image_encoder.set_precision(getattr(args, "precision", "fp32"))
+    precision = getattr(args, "precision", "fp32")
+    model.image_encoder.set_precision(precision)
+    if precision == "bf16" and device.type == "cpu" and not getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)():
+        log.warning("--precision bf16: this CPU has no bf16 instructions (AVX512-BF16/AMX); expect it slower than fp32")
     return model.to(device).eval(), weights
 
 
