@@ -150,7 +150,7 @@ def main() -> None:
         try:
             with time_limit(args.compile_limit), torch.inference_mode(), context:
                 compiled(image)
-        except Exception as error:  # a failed or slow compile skips the option, with the reason
+        except Exception as error:  # noqa: BLE001 - a failed or slow compile skips the option, with the reason
             print(f"{name:22s} skipped: {type(error).__name__}: {str(error).splitlines()[0][:200]}", flush=True)
             return
         compile_seconds = time.perf_counter() - start
@@ -171,7 +171,7 @@ def main() -> None:
             run(name, lambda: model.encode_image(image))
         elif name == "fp32-channels-last":
             channels_last = image.contiguous(memory_format=torch.channels_last_3d)
-            run(name, lambda: model.encode_image(channels_last),
+            run(name, lambda image=channels_last: model.encode_image(image),
                 "(1 input channel: the same memory order as NCDHW)" if config.in_channels == 1 else "")
         elif name == "fp32-sdpa-math":
             from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -134,7 +133,7 @@ class ImageEncoderViT3D(nn.Module):
         self.extra_embedding: nn.Module | None = None
         self.precision = "fp32"
 
-    def set_precision(self, precision: str) -> "ImageEncoderViT3D":
+    def set_precision(self, precision: str) -> ImageEncoderViT3D:
         """Switch to "bf16" inference (see the module docstring); "fp32" keeps the released numerics.
 
         bf16 converts the linear weights in place: to go back to exact fp32 results, reload the
