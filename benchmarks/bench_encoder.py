@@ -14,7 +14,9 @@ One run prints:
      (goal: within 1.5x), the speed-up over the first option (fp32) and the max abs difference of the embedding
      from the fp32 one (the embedding is layer-normed: its values have a standard deviation ~1),
      and the minor page faults per call (memory the allocator took fresh from the kernel; see
-     README "Speed" for glibc settings that keep it).
+     README "Speed" for glibc settings that keep it);
+  4. after fp32, where one fp32 call spends its time (torch.profiler self time grouped by part,
+     with the GFLOP/s of the linear layers and of attention).
 
 The machine may be shared with other jobs: every timed encoder call lies between two matmul-rate
 measurements, its floor uses their mean, and the ratio printed is the median of the per-call
@@ -60,6 +62,37 @@ def matmul_rate(size: int, dtype=torch.float32, repeats: int = 3) -> float:
         torch.matmul(a, b)
         seconds.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(seconds) / 1e9
+
+
+GROUPS = {  # profiler op name -> part of the encoder it measures
+    "aten::addmm": "linear layers", "aten::mm": "linear layers",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+    "aten::copy_": "copies (bias broadcast, layouts)", "aten::native_layer_norm": "layer norms",
+    "aten::gelu": "GELU", "aten::add": "residual adds",
+}
+
+
+def profile_breakdown(encode, config, flops: float) -> str:
+    """Where one fp32 encoder call spends its time, by part (torch.profiler, self time per op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as profiler:
+        encode()
+    seconds: dict[str, float] = {}
+    for event in profiler.key_averages():
+        group = GROUPS.get(event.key, "other")
+        seconds[group] = seconds.get(group, 0.0) + event.self_cpu_time_total / 1e6
+    tokens = 1
+    for size, patch in zip(config.spatial_size, config.patch_size):
+        tokens *= size // patch
+    # q @ k^T and attention @ v: 2 x (2 x tokens^2 x hidden) per block
+    attention_flops = 4 * tokens**2 * config.hidden_size * config.num_layers
+    rates = {"linear layers": flops - attention_flops, "attention": attention_flops}
+    parts = []
+    for group, value in sorted(seconds.items(), key=lambda item: -item[1]):
+        rate = f" = {rates[group] / value / 1e9:.0f} GFLOP/s" if group in rates and value > 0 else ""
+        parts.append(f"{group} {value:.2f} s{rate}")
+    return f"fp32 profile ({sum(seconds.values()):.2f} s): " + ", ".join(parts)
 
 
 class CompileTimeout(Exception):
@@ -169,6 +202,7 @@ def main() -> None:
     for name in options:
         if name == "fp32":
             run(name, lambda: model.encode_image(image))
+            print("    " + profile_breakdown(lambda: model.encode_image(image), config, flops), flush=True)
         elif name == "fp32-channels-last":
             channels_last = image.contiguous(memory_format=torch.channels_last_3d)
             run(name, lambda image=channels_last: model.encode_image(image),
