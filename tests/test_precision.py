@@ -37,6 +37,19 @@ def test_bf16_is_autocast_with_linear_weights_converted_once():
     assert 1e-4 < difference < 0.1, difference
 
 
+def test_fp32_is_the_plain_chain_of_the_released_layers():
+    torch.manual_seed(0)
+    encoder = build_image_encoder(model_config("tiny")).eval()
+    image = torch.rand(2, 1, 32, 64, 64)
+    with torch.no_grad():
+        tokens = encoder.patch_embedding(image)
+        for block in encoder.blocks:
+            tokens = block(tokens)
+        expected = encoder.norm(tokens).transpose(1, 2).reshape(2, 128, *encoder.grid_size)
+        assert encoder.precision == "fp32"
+        torch.testing.assert_close(encoder(image), expected, rtol=0, atol=0)
+
+
 def test_bad_precision_switches_raise():
     encoder = build_image_encoder(model_config("tiny"))
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
