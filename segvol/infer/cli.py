@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segvol.cli_options import QUIET_HELP, THREADS_HELP
+from segvol.cli_options import PRECISION_HELP, PRECISIONS, QUIET_HELP, THREADS_HELP
 from segvol.device import add_device_argument, resolve_device
 from segvol.infer.memory import trace
 
@@ -98,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--sw-batch-size", type=int, default=2, help="windows per image-encoder call")
     run.add_argument("--soft-box", action="store_true",
                      help="treat the box as a hint: allow foreground outside it (default: nothing outside the box)")
+    run.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     add_device_argument(run)
     _add_common(run, "--threads", type=int, metavar="N", help=THREADS_HELP)
     out = parser.add_argument_group("outputs")
@@ -375,6 +376,10 @@ def load_model(args, device):
         log.warning("using RANDOM weights (--random-weights): the segmentation is meaningless")
     else:
         raise ValueError("no weights: give --checkpoint PATH|hf://BAAI/SegVol (or --random-weights for tests)")
+    precision = getattr(args, "precision", "fp32")
+    model.image_encoder.set_precision(precision)
+    if precision == "bf16" and device.type == "cpu" and not getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)():
+        log.warning("--precision bf16: this CPU has no bf16 instructions (AVX512-BF16/AMX); expect it slower than fp32")
     return model.to(device).eval(), weights
 
 
@@ -664,6 +669,7 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
             "box_limits": box_limits,
             "weights": weights if isinstance(weights, dict) else {"checkpoint": weights, "sha256": None},
             "device": str(device),
+            "precision": getattr(getattr(model, "image_encoder", None), "precision", "fp32"),
             "voxels": dict(zip([p.label for p in prompts], label_counts(labels, len(prompts))[1:])),
             "seconds": timings,
             "outputs": [os.path.relpath(path, plan.manifest.parent) for path in written],
