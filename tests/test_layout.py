@@ -193,6 +193,33 @@ def test_one_training_loop(graph):
         assert not used & LOOP_INTERNALS, f"{path} runs its own training loop ({sorted(used & LOOP_INTERNALS)})"
 
 
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports (`from a import b` counts as `a` and `a.b`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_predict_command_line_is_only_argparse_to_the_library():
+    """`segvol predict`'s box, point and text prompts go through segvol.infer.predict/prompts/outputs and never
+    come back to the command line: segvol/infer/cli.py defines only add_arguments and run, and nothing else
+    (package, tests, benchmarks) imports it; `segvol predict` reaches it through segvol/cli.py's table."""
+    cli = REPO / "segvol" / "infer" / "cli.py"
+    tree = ast.parse(cli.read_text())
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert defined == {"add_arguments", "run"}, f"{cli}: more than the command line: {sorted(defined)}"
+    users = []
+    for folder in ("segvol", "tests", "benchmarks"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if path != cli and "segvol.infer.cli" in imported_modules(path):
+                users.append(str(path.relative_to(REPO)))
+    assert users == [], f"import the library (segvol.infer.predict) instead: {users}"
+
+
 def test_test_helpers_live_under_tests():
     for name, path in module_files(REPO / "segvol").items():
         leaf = name.rpartition(".")[2]
