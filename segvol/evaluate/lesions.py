@@ -36,8 +36,9 @@ a case with one, as lesion-wise scores do.
 
 Why scikit-image: `skimage.measure.label` is the field's standard N-d connected-component labelling,
 with connectivity named by neighbourhood order (1 = faces, 3 = faces + edges + corners in 3-D) rather
-than a structuring element to build; the overlap matching after it is a sparse count of label pairs
-(numpy) and a graph-components call (scipy), linear in the voxels of the masks' bounding box.
+than a structuring element to build; on boolean masks it runs scipy's `ndimage.label` underneath, so
+it costs nothing over calling scipy directly. The overlap matching after it is a sparse count of label
+pairs (numpy) and a graph-components call (scipy), linear in the voxels of the masks' bounding box.
 """
 
 from __future__ import annotations
