@@ -175,6 +175,24 @@ def test_shared_libraries_import_no_stage(graph):
     assert edges == set(), sorted(edges)
 
 
+TRAINING_STAGES = ("segvol.pretrain.train", "segvol.finetune.train", "segvol.finetune.equivariant")
+# what only the one training loop does: the schedule, the resume checkpoint, the metrics CSV
+LOOP_INTERNALS = {"LambdaLR", "load_training_state", "save_training_state", "remove_training_state", "MetricsLog"}
+
+
+def test_one_training_loop(graph):
+    """Pretraining, fine-tuning and the equivariant adapter train through `segvol.training.loop`; nothing else
+    writes its own schedule, resume checkpoint or metrics log."""
+    for stage in TRAINING_STAGES:
+        assert "segvol.training.loop" in graph[stage], f"{stage} does not use segvol.training.loop"
+    for name, path in module_files(REPO / "segvol").items():
+        if name.startswith("segvol.training"):
+            continue
+        nodes = list(ast.walk(ast.parse(path.read_text())))
+        used = {n.attr for n in nodes if isinstance(n, ast.Attribute)} | {n.id for n in nodes if isinstance(n, ast.Name)}
+        assert not used & LOOP_INTERNALS, f"{path} runs its own training loop ({sorted(used & LOOP_INTERNALS)})"
+
+
 def test_test_helpers_live_under_tests():
     for name, path in module_files(REPO / "segvol").items():
         leaf = name.rpartition(".")[2]
