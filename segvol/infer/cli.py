@@ -9,8 +9,16 @@ Outputs per input, next to each other: the label map <stem>.nii.gz on exactly th
 <stem>.json (labels, prompts in voxel and world coordinates, segvol version, checkpoint sha256,
 device, timings, the files written). On request: --masks (<stem>_masks/NN_<name>.nii.gz, one
 binary mask per category, probability > 0.5, overlaps kept), --probabilities (<stem>_probabilities/NN_<name>.nii.gz, float32),
+--mesh (<stem>_meshes/NN_<name>.stl, one surface per category, see below),
 --dicom-seg (<stem>.seg.dcm, a DICOM Segmentation referencing the series; DICOM input only).
 With one input, -o names the label map; with several, -o is a folder.
+
+Meshes: --mesh stl writes binary STL, --mesh obj Wavefront OBJ, --mesh stl,obj both. Each is the closed
+surface (marching cubes, scikit-image) of the category's --masks voxels, i.e. of its label-map voxels
+where categories do not overlap, in world millimetres: LPS (x and y of RAS+ negated) and tagged
+SPACE=LPS, as 3D Slicer (4.11 and later) reads model files, so dragging the CT and the meshes into
+Slicer shows them aligned; normals point outwards. A category with an empty mask gets no file. The
+manifest lists every mesh with its triangles, area (mm2) and volume (ml).
 
 Safety: an input (image, prompt file, checkpoint) is never written; an existing output is only
 replaced when the manifest next to it says segvol wrote it, or with --overwrite; a folder is
@@ -29,6 +37,8 @@ Examples:
       --text liver --box 30 40 10 90 100 60 --point 60 70 35 --negative-point 20 20 35
   segvol predict dicom_folder/ -o organs.nii.gz --checkpoint hf://BAAI/SegVol --prompts organs.yaml
   segvol predict 'scans/*.nii.gz' -o results/ --checkpoint SegVol_v1.pth --text liver --continue
+  segvol predict ct.nii.gz -o seg/ct.nii.gz --checkpoint SegVol_v1.pth --prompts organs.yaml --mesh stl
+      (then in 3D Slicer: drag ct.nii.gz and seg/ct_meshes/*.stl in)
 
 A prompt file (JSON or YAML) lists many categories:
   [{"name": "liver", "text": "liver", "box": [30, 40, 10, 90, 100, 60]},
@@ -42,6 +52,7 @@ import argparse
 from pathlib import Path
 
 from segvol.cli_options import PRECISION_HELP, PRECISIONS, add_common_arguments
+from segvol.infer.outputs import mesh_formats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--masks", action="store_true", help="also write one binary mask per category")
     out.add_argument("--probabilities", action="store_true",
                      help="also write one float32 probability map per category")
+    out.add_argument("--mesh", type=_mesh_formats, default=(), metavar="FORMATS",
+                     help="also write one surface mesh per category in world coordinates (LPS, as 3D Slicer "
+                          "reads them): stl, obj or stl,obj")
     out.add_argument("--dicom-seg", action="store_true",
                      help="also write a DICOM Segmentation <stem>.seg.dcm (DICOM series input only)")
     out.add_argument("--overwrite", action="store_true",
@@ -85,6 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--continue", dest="resume", action="store_true",
                      help="skip inputs whose manifest says they are finished")
     add_common_arguments(out, quiet=True)
+
+
+def _mesh_formats(text: str) -> tuple[str, ...]:
+    try:
+        return mesh_formats(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--mesh {text!r}: ")) from None
 
 
 def run(args) -> int:
@@ -97,6 +118,7 @@ def run(args) -> int:
     predict_files(args.inputs, args.output, records, checkpoint=args.checkpoint, device=args.device,
                   precision=args.precision, world=args.world, mode=args.mode, overlap=args.overlap,
                   sw_batch_size=args.sw_batch_size, box_limits=not args.soft_box, masks=args.masks,
-                  probabilities=args.probabilities, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
+                  probabilities=args.probabilities, dicom_seg=args.dicom_seg,
+                  meshes=args.mesh, overwrite=args.overwrite,
                   resume=args.resume, protected=never_written, progress=not getattr(args, "quiet", False))
     return 0

@@ -2,8 +2,9 @@
 
 Per input, next to each other: the label map `<stem>.nii.gz` on exactly the input's grid (category i -> value
 i+1; where categories overlap the most probable wins), the run manifest `<stem>.json` and, on request, one
-binary mask and one probability map per category and a DICOM Segmentation. An existing output is replaced
-only when the manifest next to it says segvol wrote it (or with `overwrite`); an input never is.
+binary mask, one probability map and one surface mesh per category (`<stem>_meshes/NN_<name>.stl|.obj`,
+`segvol.io.mesh`: world coordinates, LPS as 3D Slicer reads them) and a DICOM Segmentation. An existing output
+is replaced only when the manifest next to it says segvol wrote it (or with `overwrite`); an input never is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MANIFEST_FORMAT = "segvol-predict-manifest"
+MESH_FORMATS = ("stl", "obj")  # `segvol.io.mesh.FORMATS`, without importing scikit-image for --help
+
+
+def mesh_formats(text: str) -> tuple[str, ...]:
+    """`--mesh` values: "stl", "obj" or both ("stl,obj"), in the order given, once each."""
+    formats = tuple(dict.fromkeys(part.strip().lower() for part in str(text).split(",") if part.strip()))
+    unknown = [f for f in formats if f not in MESH_FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"--mesh {text!r}: choose stl, obj or stl,obj")
+    return formats
 
 
 def _safe_name(text: str) -> str:
@@ -37,25 +48,33 @@ class OutputPlan:
     manifest: Path
     masks: list[Path] = field(default_factory=list)
     probabilities: list[Path] = field(default_factory=list)
+    meshes: list[list[Path]] = field(default_factory=list)  # per category: one path per mesh format
     dicom_seg: Path | None = None
 
     @property
     def files(self) -> list[Path]:
         extra = [self.dicom_seg] if self.dicom_seg else []
-        return [*self.masks, *self.probabilities, *extra, self.label_map, self.manifest]
+        meshes = [path for paths in self.meshes for path in paths]
+        return [*self.masks, *self.probabilities, *meshes, *extra, self.label_map, self.manifest]
 
 
 def plan_outputs(input_path: Path, label_map: Path, names: list[str], masks: bool, probabilities: bool,
-                 dicom_seg: bool) -> OutputPlan:
+                 dicom_seg: bool, meshes: tuple[str, ...] = ()) -> OutputPlan:
+    """Every path to write for one input; `meshes`: mesh formats (`MESH_FORMATS`), none for no meshes."""
     if not label_map.name.endswith((".nii", ".nii.gz")):
         raise ValueError(f"{label_map}: the label map is written as NIfTI; use a .nii.gz name")
     stem = _stem(label_map)
-    per_category = [f"{k + 1:02d}_{_safe_name(name)}.nii.gz" for k, name in enumerate(names)]
+    category_stems = [f"{k + 1:02d}_{_safe_name(name)}" for k, name in enumerate(names)]
+    per_category = [name + ".nii.gz" for name in category_stems]
     plan = OutputPlan(input_path, label_map, label_map.with_name(stem + ".json"))
     if masks:
         plan.masks = [label_map.with_name(stem + "_masks") / name for name in per_category]
     if probabilities:
         plan.probabilities = [label_map.with_name(stem + "_probabilities") / name for name in per_category]
+    if meshes:
+        formats = mesh_formats(",".join(meshes))
+        folder = label_map.with_name(stem + "_meshes")
+        plan.meshes = [[folder / f"{name}.{kind}" for kind in formats] for name in category_stems]
     if dicom_seg:
         if not input_path.is_dir():
             raise ValueError(f"{input_path}: --dicom-seg needs a DICOM series folder as input")
@@ -233,11 +252,20 @@ def label_counts(labels, categories: int, slab: int = 16) -> list[int]:
 
 def build_manifest(plan: OutputPlan, image, prompts: list, labels, written: list[Path], *, mode: str,
                    overlap: float, box_limits: bool, weights, device, precision: str, world: bool,
-                   seconds: dict) -> dict:
+                   seconds: dict, meshes: dict | None = None) -> dict:
     """The run manifest of one input: labels, prompts in voxel and world coordinates, settings, weights,
-    device, voxel counts, timings, the files written and the provenance record of the label map."""
+    device, voxel counts, timings, the files written, the meshes (`meshes`: category -> its surface's
+    files, triangles, area and volume) and the provenance record of the label map."""
     from segvol import provenance
 
+    extra = {}
+    if meshes is not None:
+        extra["meshes"] = {
+            "surface": "0.5 iso-surface of each category's mask (probability > 0.5, overlaps kept), marching cubes",
+            "space": "LPS mm (x, y of RAS+ negated), tagged SPACE=LPS in each file: 3D Slicer places it on the input",
+            "categories": {name: {**entry, "files": [os.path.relpath(p, plan.manifest.parent) for p in entry["files"]]}
+                           for name, entry in meshes.items()},
+        }
     return {
         "format": MANIFEST_FORMAT,
         "status": "finished",
@@ -256,6 +284,7 @@ def build_manifest(plan: OutputPlan, image, prompts: list, labels, written: list
         "voxels": dict(zip([p.label for p in prompts], label_counts(labels, len(prompts))[1:])),
         "seconds": seconds,
         "outputs": [os.path.relpath(path, plan.manifest.parent) for path in written],
+        **extra,
         # what made it (code commit, packages, device, inputs' sha256), as every other output records
         "provenance": provenance.record(plan.label_map, inputs=[plan.input]),
     }

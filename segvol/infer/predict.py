@@ -83,13 +83,15 @@ def expand_inputs(specs: list[str]) -> list[Path]:
 def predict_files(inputs: list[str], output: str | Path, records: list[dict], *, checkpoint: str | None,
                   device: str | None = None, precision: str = "fp32", world: bool = False, mode: str = "zoom",
                   overlap: float = 0.5, sw_batch_size: int = 2, box_limits: bool = True, masks: bool = False,
-                  probabilities: bool = False, dicom_seg: bool = False, overwrite: bool = False,
-                  resume: bool = False, protected: list[Path] = (), progress: bool = True) -> int:
+                  probabilities: bool = False, dicom_seg: bool = False, meshes: tuple[str, ...] = (),
+                  overwrite: bool = False, resume: bool = False, protected: list[Path] = (),
+                  progress: bool = True) -> int:
     """Segment every input (files, folders, globs) for the prompt records; returns how many were segmented.
 
     `output`: the label map for one input, a folder for several. Everything a user can get wrong (prompts,
     inputs, every output path) is checked before the model (seconds, GBs) is loaded; `protected` adds
     paths never to be written (the prompt file). `resume` skips inputs whose manifest says they are finished.
+    `meshes`: formats ("stl", "obj") of one surface mesh per category (`segvol.infer.outputs`).
     """
     from segvol.device import resolve_device
     from segvol.infer.prompts import prompts_from_records, without_coordinates
@@ -99,7 +101,7 @@ def predict_files(inputs: list[str], output: str | Path, records: list[dict], *,
     names = [p.label for p in checked]
     paths = expand_inputs(inputs)
     protected = [*paths, *protected, *([Path(checkpoint)] if checkpoint and "://" not in str(checkpoint) else [])]
-    plans = [plan_outputs(path, label, names, masks, probabilities, dicom_seg)
+    plans = [plan_outputs(path, label, names, masks, probabilities, dicom_seg, meshes)
              for path, label in zip(paths, label_paths(paths, output))]
     todo = []
     for plan in plans:
@@ -146,7 +148,7 @@ def prepare(input_path: Path, records: list[dict], world: bool):
 def predict_file(model, input_path, output, records: list[dict], world: bool = False, mode: str = "zoom",
                  overlap: float = 0.5, sw_batch_size: int = 2, masks: bool = False, probabilities: bool = False,
                  dicom_seg: bool = False, weights: dict | str | None = None, box_limits: bool = True,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, meshes: tuple[str, ...] = ()) -> dict:
     """Segment one image file for prompt records (input-file coordinates) and write the outputs.
 
     Writes the label map ``output`` (NIfTI on the input grid), its manifest ``<stem>.json`` and
@@ -156,7 +158,7 @@ def predict_file(model, input_path, output, records: list[dict], world: bool = F
 
     input_path, output = Path(input_path), Path(output)
     names = [p.label for p in prompts_from_records(without_coordinates(records), source="prompts")]
-    plan = plan_outputs(input_path, output, names, masks, probabilities, dicom_seg)
+    plan = plan_outputs(input_path, output, names, masks, probabilities, dicom_seg, meshes)
     check_outputs(plan, [input_path], overwrite)
     image, prompts, canonical = prepare(input_path, records, world)
     return predict_image(model, image, prompts, canonical, plan, mode=mode, overlap=overlap,
@@ -185,7 +187,9 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
              plan.input, "x".join(map(str, session.volume.shape)), device, mode)
     builder = LabelMapBuilder(session.volume.shape, len(prompts))
     written: list[Path] = []
-    folders = {path.parent for path in [*plan.masks, *plan.probabilities] if not path.parent.exists()}
+    surfaces: dict[str, dict] = {}
+    folders = {path.parent for path in [*plan.masks, *plan.probabilities, *(p for ps in plan.meshes for p in ps)]
+               if not path.parent.exists()}
     try:
         # One category at a time (image embeddings cached by the session): peak memory holds one
         # category's logits, not K of them; per-category files are written as they come.
@@ -209,6 +213,10 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
                 write_like(probability, image, plan.probabilities[k], dtype=np.float32)
                 written.append(plan.probabilities[k])
                 del probability
+            if plan.meshes:
+                surfaces[prompt.label] = write_meshes((logits > 0).numpy(), image.affine, region, plan.meshes[k],
+                                                      prompt.label)
+                written += surfaces[prompt.label]["files"]
             del logits
             timings["write"] += time.perf_counter() - step
             trace(f"category {k + 1}")
@@ -226,10 +234,13 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
         timings = {key: round(value, 3) for key, value in timings.items()}
         timings["write"] = round(timings["write"] + time.perf_counter() - step, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
+        for path in (p for paths in plan.meshes for p in paths if p not in written):
+            path.unlink(missing_ok=True)  # an empty category's mesh of an earlier run (checked: ours, or --overwrite)
         manifest = build_manifest(
             plan, image, prompts, labels, written, mode=mode, overlap=overlap, box_limits=box_limits,
             weights=weights, device=device, world=world, seconds=timings,
-            precision=getattr(getattr(model, "image_encoder", None), "precision", "fp32"))
+            precision=getattr(getattr(model, "image_encoder", None), "precision", "fp32"),
+            meshes=surfaces if plan.meshes else None)
         write_manifest(plan, manifest)
         trace("writing the manifest")
     except BaseException:
@@ -243,3 +254,27 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
         log.info("%s: %d voxels", prompt.label, manifest["voxels"][prompt.label])
     log.info("wrote %s (+ %s) in %.1f s", plan.label_map, plan.manifest.name, timings["total"])
     return manifest
+
+
+def write_meshes(mask, affine, region, paths: list[Path], name: str) -> dict:
+    """The surface of one category's mask, in world coordinates, to each of `paths` (STL/OBJ by suffix).
+
+    mask: (d, h, w) bool over the inclusive canonical box `region` (the rest of the volume is outside the
+    category); affine: the canonical (d, h, w) -> RAS+ mm affine of the whole volume. An empty mask writes
+    no file (an empty surface is no model a viewer can show). Returns the manifest entry.
+    """
+    import numpy as np
+
+    from segvol.io.mesh import mask_mesh, write_obj, write_stl
+
+    to_region = np.eye(4)
+    to_region[:3, 3] = np.asarray(region[:3], dtype=np.float64)
+    mesh = mask_mesh(mask, np.asarray(affine, dtype=np.float64) @ to_region)
+    entry = {"files": [], "triangles": int(len(mesh.faces)), "area_mm2": round(mesh.area(), 3),
+             "volume_ml": round(mesh.volume() / 1000.0, 6)}
+    if len(mesh.faces) == 0:
+        log.warning("%s: empty mask, no mesh written", name)
+        return entry
+    writers = {".stl": write_stl, ".obj": write_obj}
+    entry["files"] = [writers[path.suffix](mesh, path, name=name) for path in paths]
+    return entry
