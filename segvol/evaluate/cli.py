@@ -6,6 +6,7 @@ Subcommands (each writes atomically; per-case scores are tidy parquet files):
   table3   resize vs sliding window vs zoom-out-zoom-in on the same cases
   fig2, fig3a, fig3b, fig5, table6, rotation, mri: the paper's figures and ablations
            (see `segvol evaluate <name> --help`)
+  meshes   3-D rendering of one predicted case: surface meshes (STL) of SegVol and the ground truth
 
 Example:
   segvol evaluate cases --checkpoint models/finetune/segvol/model.safetensors \\
@@ -85,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from segvol.evaluate import task_specific
 
     task_specific.add_subcommands(commands, _common)
+    from segvol.evaluate import meshes
+
+    meshes.add_subcommand(commands, _common)
 
 
 def run(args) -> int:
@@ -98,6 +102,10 @@ def run(args) -> int:
 
         args.device = resolve_device(args.device)  # a missing device fails here, before any store is read
     handler = {"cases": run_cases, "table2": run_table2, "table3": run_table3}.get(args.evaluation)
+    if args.evaluation == "meshes":
+        from segvol.evaluate import meshes
+
+        handler = meshes.run
     if handler is None:
         from segvol.evaluate import ablations, task_specific
 

@@ -34,6 +34,7 @@ EVALUATION_TARGETS = [
     f"{RESULTS}/fig4_semantic.csv",
     f"{RESULTS}/figures/fig9_taskspecific.png",
     f"{RESULTS}/table7.csv",
+    f"{RESULTS}/figures/meshes.png",
 ]
 
 
@@ -526,3 +527,33 @@ rule figure4:
         "segvol evaluate fig4 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
         " --png {output.png} --threads {threads} --device {params.device} --seed {params.seed} --params {params.settings:q}"
         " --model {params.model:q} > {log} 2>&1"
+
+
+rule meshes:
+    """3-D rendering: surface meshes (STL, world coordinates) of SegVol's masks and the ground truth of one case."""
+    input:
+        model=f"{MODELS}/finetune/segvol/model.safetensors",
+        zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
+    output:
+        meshes=directory(f"{RESULTS}/meshes"),
+        png=report(
+            f"{RESULTS}/figures/meshes.png",
+            caption="../report/meshes.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/meshes.log",
+    benchmark:
+        "benchmarks/meshes.tsv"
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 1
+    params:
+        settings=lambda wc: stage_json("evaluate"),
+        model=lambda wc: stage_json("model"),
+        seed=config["seed"],
+        device=job_device,
+    shell:
+        "segvol evaluate meshes --checkpoint {input.model} --zarr {input.zarr} --out-dir {output.meshes}"
+        " --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
+        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
