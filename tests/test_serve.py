@@ -37,7 +37,9 @@ def served(tmp_path):
     (tmp_path / "secret.nii.gz").write_bytes((root / "ct.nii.gz").read_bytes())
     (root / "escape").symlink_to(tmp_path)  # a link that leads out of the served folder
     workspace = Workspace(BoxModel(spatial_size=(8, 32, 32)), root)
-    server = SegVolServer(("127.0.0.1", 0), workspace, max_upload_bytes=2_000_000)
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    server = SegVolServer(("127.0.0.1", 0), workspace, max_upload_bytes=2_000_000, upload_dir=str(uploads))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server, root
@@ -45,9 +47,13 @@ def served(tmp_path):
     server.server_close()
 
 
-def request(server, path, payload=None, data=None, headers=None):
+def request(server, path, payload=None, data=None, headers=None, token=True):
+    """GET (or POST `payload` as JSON, or `data` as a file) with the launch's token, as the page does."""
     body = data if data is not None else (None if payload is None else json.dumps(payload).encode())
-    req = urllib.request.Request(server.url.rstrip("/") + path, data=body, headers=headers or {},
+    headers = {"Content-Type": "application/json" if data is None else "application/octet-stream", **(headers or {})}
+    if token:
+        headers["X-SegVol-Token"] = server.token
+    req = urllib.request.Request(server.url.rstrip("/") + path, data=body, headers=headers,
                                  method="POST" if body is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=60) as response:
@@ -158,7 +164,7 @@ def test_the_page_in_a_real_browser(served, tmp_path):
                 message = driver.find_element(By.ID, "message").text
                 raise AssertionError(f"page status {status!r}, message {message!r}") from None
     try:
-        driver.get(server.url)
+        driver.get(server.url_with_token)
         wait.until(lambda d: d.find_element(By.ID, "status").text == "open an image")
         assert driver.find_element(By.ID, "files").get_attribute("value") == "ct.nii.gz"
         driver.find_element(By.ID, "open").click()
