@@ -40,7 +40,7 @@ def served(tmp_path):
     uploads = tmp_path / "uploads"
     uploads.mkdir()
     server = SegVolServer(("127.0.0.1", 0), workspace, max_upload_bytes=2_000_000, upload_dir=str(uploads))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server, root
     server.shutdown()

@@ -296,16 +296,15 @@ class Handler(BaseHTTPRequestHandler):
         kept), so that the client reads the answer rather than a reset; then close the connection."""
         self.close_connection = True
         values = self.headers.get_all("Content-Length") or []
-        if len(values) != 1 or not re.fullmatch(r"[0-9]{1,18}", values[0].strip()):
-            return
-        length = int(values[0])
-        if length - self._body_read > DRAIN_LIMIT:
-            return
-        try:
-            for _ in self._chunks(length):
+        if len(values) == 1 and re.fullmatch(r"[0-9]{1,18}", values[0].strip()) \
+                and int(values[0]) - self._body_read <= DRAIN_LIMIT:
+            try:
+                for _ in self._chunks(int(values[0])):
+                    pass
+            except (ClientError, OSError):
                 pass
-        except (ClientError, OSError):
-            pass
+        else:
+            _discard_waiting(self.connection)
 
     def _json_body(self) -> dict:
         if media_type(self.headers.get("Content-Type")) != "application/json":
@@ -422,6 +421,23 @@ class Handler(BaseHTTPRequestHandler):
         self._json(state)
 
 
+def _discard_waiting(connection) -> None:
+    """Drop what a client has already sent (without waiting for more), so that closing does not reset
+    the connection before the client has read the answer."""
+    try:
+        connection.setblocking(False)
+        for _ in range(16):
+            if not connection.recv(CHUNK):
+                break
+    except OSError:
+        pass
+    finally:
+        try:
+            connection.settimeout(1.0)
+        except OSError:
+            pass
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -448,6 +464,7 @@ class SegVolServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    request_queue_size = 64  # connections beyond the cap are answered 503, not left waiting in the backlog
 
     def __init__(self, address, workspace, max_upload_bytes: int, upload_dir: str | None = None, *,
                  token: str | None = None, max_connections: int = 32, idle_timeout: float = 30.0) -> None:
@@ -543,7 +560,8 @@ class SegVolServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        shutil.rmtree(self.upload_root, ignore_errors=True)
+        if hasattr(self, "upload_root"):  # not when binding failed
+            shutil.rmtree(self.upload_root, ignore_errors=True)
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -577,15 +595,8 @@ def _answer_busy(request) -> None:
     body = b'{"error": "the server is busy: too many connections"}'
     head = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
             b"Retry-After: 1\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n\r\n" % len(body))
+    _discard_waiting(request)
     try:
-        request.setblocking(False)
-        for _ in range(16):  # what the client already sent, so that closing does not reset the answer
-            if not request.recv(CHUNK):
-                break
-    except OSError:
-        pass
-    try:
-        request.settimeout(1.0)
         request.sendall(head + body)
     except OSError:
         pass
