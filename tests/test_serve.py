@@ -52,7 +52,7 @@ def request(server, path, payload=None, data=None, headers=None, token=True):
     body = data if data is not None else (None if payload is None else json.dumps(payload).encode())
     headers = {"Content-Type": "application/json" if data is None else "application/octet-stream", **(headers or {})}
     if token:
-        headers["X-SegVol-Token"] = server.token
+        headers["X-SegVol-Token"] = getattr(server, "token", "")
     req = urllib.request.Request(server.url.rstrip("/") + path, data=body, headers=headers,
                                  method="POST" if body is not None else "GET")
     try:

