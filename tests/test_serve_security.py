@@ -21,9 +21,11 @@ import pytest
 
 from segvol.serve.server import SegVolServer
 from segvol.serve.workspace import Workspace
-from tests.test_serve import request, served, synthetic_ct  # noqa: F401 - `served` is a fixture
+from tests import test_serve
+from tests.test_serve import request, synthetic_ct
 
 REPO = Path(__file__).resolve().parents[1]
+served = test_serve.served  # the fixture: a server on 127.0.0.1 over a folder with one CT
 
 
 def port_of(server) -> int:
@@ -371,7 +373,7 @@ def test_undo_history_keeps_packed_masks_and_restores_them_exactly(served):
     assert workspace.history.nbytes < 5 * mask_bytes
     for expected in reversed(steps[:-1]):
         workspace.undo()
-        for (record, mask), item in zip(expected, workspace.objects):
+        for (record, mask), item in zip(expected, workspace.objects, strict=True):
             assert item.record() == record
             assert (mask is None and item.mask is None) or np.array_equal(item.mask, mask)
     assert len(workspace.history) == 3  # back to the three objects without prompts

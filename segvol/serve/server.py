@@ -339,7 +339,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         workspace = self.server.workspace
         routes = {
-            "/api/state": lambda: self._json({**workspace.describe(), "max_upload_bytes": self.server.max_upload_bytes}),
+            "/api/state": lambda: self._json({**workspace.describe(),
+                                              "max_upload_bytes": self.server.max_upload_bytes}),
             "/api/files": lambda: self._json({"files": workspace.files()}),
             "/api/categories": lambda: self._json({"categories": self.server.categories()}),
             "/api/slice": lambda: self._slice(parse_qs(url.query)),
