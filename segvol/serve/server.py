@@ -205,6 +205,7 @@ class Handler(BaseHTTPRequestHandler):
             status, message = error.status, str(error)
         except TimeoutError:
             status, message = HTTPStatus.REQUEST_TIMEOUT, "the request was not sent in time"
+            self._body_done = True  # a stalled client: close, do not wait for it again
         except PermissionError as error:
             status, message = HTTPStatus.FORBIDDEN, error
         except FileNotFoundError as error:
