@@ -2,12 +2,11 @@
 
 Segmentation runs through `segvol.infer.session.Session`, so the image embeddings are computed once
 per image and reused by every edit. Everything is kept in the image's canonical (D, H, W) voxels (the
-frame `segvol.infer` works in);
-the browser only ever sends view coordinates (`view`, column, row of the rendered slice), mapped
-here by `ViewGeometry` (which refuses a slice or pixel outside the view), and receives rendered PNG
-slices. Exports go through
-`segvol.infer.cli.predict_file`, the function behind `segvol predict`, with the prompts mapped back
-to the file's own voxel indices: the same prompts give the same files as the command line.
+frame `segvol.infer` works in); the browser only ever sends view coordinates (`view`, column, row of
+the rendered slice), mapped here by `ViewGeometry` (which refuses a slice or pixel outside the view),
+and receives rendered PNG slices. Exports go through `segvol.infer.predict.predict_file`, the function
+behind `segvol predict`, with the prompts mapped back to the file's own voxel indices: the same prompts
+give the same files as the command line.
 
 Views follow the radiological convention: axial slices seen from the feet (patient right on the
 screen's left, anterior up), coronal from the front, sagittal from the patient's left; superior up.
