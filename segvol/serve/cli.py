@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", help="model weights: our .safetensors, an official file or hf://BAAI/SegVol")
-    parser.add_argument("--root", default=".", help="folder whose images can be opened and where exports go (default: .)")
+    parser.add_argument("--root", default=".",
+                        help="folder whose images can be opened and where exports go (default: .)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--allow-remote", action="store_true",

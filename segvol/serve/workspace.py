@@ -475,7 +475,8 @@ class Workspace:
 
     # -- pictures -----------------------------------------------------------------------------
 
-    def render(self, view: str, index: int, window: str = "abdomen", cross: tuple[int, int, int] | None = None) -> bytes:
+    def render(self, view: str, index: int, window: str = "abdomen",
+               cross: tuple[int, int, int] | None = None) -> bytes:
         """A PNG of one slice: windowed image, every object's mask, the crosshair."""
         from PIL import Image
 

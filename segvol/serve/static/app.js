@@ -162,8 +162,8 @@ async function start() {
       return;
     }
     try {
-      const payload = await call("POST", "/api/upload", file,
-                                 { "Content-Type": "application/octet-stream", "X-Filename": encodeURIComponent(file.name) });
+      const headers = { "Content-Type": "application/octet-stream", "X-Filename": encodeURIComponent(file.name) };
+      const payload = await call("POST", "/api/upload", file, headers);
       state.cross = payload.shape.map((n) => Math.floor(n / 2));
       state.active = null;
       $("image-name").textContent = payload.name;
