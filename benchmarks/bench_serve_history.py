@@ -1,17 +1,21 @@
 """Memory of `segvol serve`'s undo history: a 160^3 CT, several objects, 40 point edits.
 
-    python benchmarks/bench_serve_history.py [--size 160] [--objects 4] [--edits 40] [--model tiny|box]
+    python benchmarks/bench_serve_history.py [--size 160] [--objects 4] [--edits 40] [--model box|noise|tiny]
+                                             [--mode zoom|resize]
 
 Prints the process's resident memory (VmRSS) after opening the image and after the edits, and the
 bytes the undo history holds (its packed masks; for a history of plain mask copies, the copies).
-`--model tiny`: random weights of the tiny preset (masks of arbitrary shape, the hard case for
-compression); `--model box`: the box/point stand-in of the tests (small cubes, fast).
+`--model box` (default): the box/point stand-in of the tests (cubes around the clicks, compact like
+organs); `--model noise`: the same with random logits (salt-and-pepper masks, the worst case for
+compression; use it with `--mode resize`: zooming in on a mask that fills the volume is slow);
+`--model tiny`: random weights of the tiny preset (slow on CPU at 160^3).
 Run it on two checkouts to compare their histories on the same edits.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -49,17 +53,15 @@ def synthetic_ct(path: Path, size: int, objects: int) -> list[tuple[slice, slice
 
 
 def main() -> None:
-    import numpy as np
     import torch
 
     sys.path.insert(0, str(REPO))
-    from segvol.serve.workspace import Workspace
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--objects", type=int, default=4)
     parser.add_argument("--edits", type=int, default=40)
-    parser.add_argument("--model", choices=("tiny", "box"), default="tiny")
+    parser.add_argument("--model", choices=("box", "noise", "tiny"), default="box")
+    parser.add_argument("--mode", choices=("zoom", "resize"), default="zoom", help="inference mode (as serve's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,10 +73,27 @@ def main() -> None:
     else:
         from tests.stand_in_models import BoxModel
 
-        model = BoxModel(spatial_size=(32, 64, 64), radius=3)
+        class NoiseModel(BoxModel):
+            def decode(self, image_embedding, text=None, boxes=None, points=None):
+                logits = super().decode(image_embedding, text=text, boxes=boxes, points=points)
+                return torch.randn(logits.shape, generator=generator)
+
+        generator = torch.Generator().manual_seed(0)
+        model = (BoxModel if args.model == "box" else NoiseModel)(spatial_size=(32, 64, 64), radius=3)
     folder = Path(tempfile.mkdtemp())
+    try:
+        measure(args, model, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def measure(args, model, folder: Path) -> None:
+    import numpy as np
+
+    from segvol.serve.workspace import Workspace
+
     organs = synthetic_ct(folder / "ct.nii.gz", args.size, args.objects)
-    workspace = Workspace(model, folder)
+    workspace = Workspace(model, folder, mode=args.mode)
     state = workspace.open(folder / "ct.nii.gz")
     depth, height, width = state["shape"]
     names = [f"organ {k + 1}" for k in range(args.objects)]
@@ -105,7 +124,8 @@ def main() -> None:
     mask = workspace.objects[0].mask
     voxels = [int(o.mask.sum()) for o in workspace.objects]
     print(f"{args.size}^3 ({'x'.join(map(str, state['shape']))}), {args.objects} objects, {args.edits} edits, "
-          f"model {args.model}: RSS {before:.0f} -> {after:.0f} MB (+{after - before:.0f} MB); undo history holds "
+          f"model {args.model}, mode {args.mode}: RSS {before:.0f} -> {after:.0f} MB (+{after - before:.0f} MB); "
+          f"undo history holds "
           f"{held / 2**20:.1f} MB in {len(history)} steps (one mask: {mask.nbytes / 2**20:.1f} MB; "
           f"mask voxels {voxels}); {seconds / args.edits:.2f} s per edit")
 
