@@ -52,7 +52,7 @@ import argparse
 from pathlib import Path
 
 from segvol.cli_options import PRECISION_HELP, PRECISIONS, add_common_arguments
-from segvol.infer.outputs import mesh_formats
+from segvol.infer.outputs import mesh_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--masks", action="store_true", help="also write one binary mask per category")
     out.add_argument("--probabilities", action="store_true",
                      help="also write one float32 probability map per category")
-    out.add_argument("--mesh", type=_mesh_formats, default=(), metavar="FORMATS",
+    out.add_argument("--mesh", type=mesh_option, default=(), metavar="FORMATS",
                      help="also write one surface mesh per category in world coordinates (LPS, as 3D Slicer "
                           "reads them): stl, obj or stl,obj")
     out.add_argument("--dicom-seg", action="store_true",
@@ -99,13 +99,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--continue", dest="resume", action="store_true",
                      help="skip inputs whose manifest says they are finished")
     add_common_arguments(out, quiet=True)
-
-
-def _mesh_formats(text: str) -> tuple[str, ...]:
-    try:
-        return mesh_formats(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--mesh {text!r}: ")) from None
 
 
 def run(args) -> int:

@@ -27,6 +27,16 @@ def mesh_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
+def mesh_option(text: str) -> tuple[str, ...]:
+    """`mesh_formats` as an argparse `type`: a bad value is argparse's one-line usage error."""
+    import argparse
+
+    try:
+        return mesh_formats(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("choose stl, obj or stl,obj") from None
+
+
 def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
