@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from segvol.evaluate.lesions import LESION_COLUMNS, case_columns
 from segvol.evaluate.methods import Method
 from segvol.evaluate.metrics import dice, dice_official, normalized_surface_dice
 from segvol.evaluate.prompts import category_seed, prompt_from_truth
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 COLUMNS = [
     "dataset", "case", "category", "method", "prompt", "mode",
     "dice", "dice_official", "nsd", "seconds", "case_seconds", "voxels_truth", "voxels_pred",
+    *LESION_COLUMNS,  # lesion-wise counts of a lesion category (segvol.evaluate.lesions), NaN for the others
 ]
 
 
@@ -79,6 +81,7 @@ def score_store(
                     "nsd": normalized_surface_dice(mask, truth, case.spacing, tolerance_mm),
                     "seconds": seconds, "case_seconds": case_seconds,
                     "voxels_truth": int(truth.sum()), "voxels_pred": int(mask.sum()),
+                    **case_columns(mask, truth, category),
                 })
             log.info("%s %s %s: mean Dice %.3f", case.dataset, case.case, method.name,
                      float(np.nanmean([r["dice"] for r in rows[-len(names):]])))

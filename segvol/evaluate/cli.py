@@ -12,7 +12,8 @@ Example:
   segvol evaluate cases --checkpoint models/finetune/segvol/model.safetensors \\
       --zarr data/zarr/ext_organs.zarr --out results/cases/ext_organs.parquet
   segvol evaluate table2 --cases results/cases/*.parquet --out results/table2.csv \\
-      --per-case results/table2_per_case.parquet --methods results/table2_methods.json
+      --per-case results/table2_per_case.parquet --methods results/table2_methods.json \\
+      --lesions results/table2_lesions.csv
 """
 
 from __future__ import annotations
@@ -58,12 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "table2", formatter_class=fmt, help="Table 2: median Dice per category and method",
         description="Merge per-case parquet files into Table 2.\n\nExample:\n"
         "  segvol evaluate table2 --cases results/cases/*.parquet --out results/table2.csv \\\n"
-        "      --per-case results/table2_per_case.parquet --methods results/table2_methods.json",
+        "      --per-case results/table2_per_case.parquet --methods results/table2_methods.json \\\n"
+        "      --lesions results/table2_lesions.csv",
     )
     t2.add_argument("--cases", nargs="+", required=True, help="outputs of `segvol evaluate cases`")
     t2.add_argument("--out", required=True, help="table CSV")
     t2.add_argument("--per-case", required=True, help="all per-case rows, one parquet")
     t2.add_argument("--methods", required=True, help="JSON sidecar: per column ran/not run and why, means")
+    t2.add_argument("--lesions", default=None,
+                    help="CSV of the lesion rows, lesion-wise: detected/missed lesions, false positives, sensitivity,"
+                    " precision, F1 per method (segvol.evaluate.lesions); not written when omitted")
     _common(t2, model=False)
 
     t3 = commands.add_parser(
@@ -179,6 +184,11 @@ def run_table2(args, settings) -> int:
     }
     write_parquet(per_case, args.per_case)
     write_json(sidecar, args.methods)
+    if args.lesions:
+        from segvol.evaluate.lesions import write_lesion_table
+
+        lesions = write_lesion_table(per_case, columns, args.lesions)
+        log.info("Table 2, lesion-wise:\n%s", lesions.to_string(index=False))
     write_csv(table, args.out)
     log.info("Table 2:\n%s", table.to_string(index=False))
     return 0

@@ -39,21 +39,40 @@ with connectivity named by neighbourhood order (1 = faces, 3 = faces + edges + c
 than a structuring element to build; on boolean masks it runs scipy's `ndimage.label` underneath, so
 it costs nothing over calling scipy directly. The overlap matching after it is a sparse count of label
 pairs (numpy) and a graph-components call (scipy), linear in the voxels of the masks' bounding box.
+
+In the evaluation: `segvol evaluate cases` adds the counts of each lesion category (`is_lesion`) to its
+per-case rows (`case_columns`, at `MIN_IOU`), and `segvol evaluate table2` pools them into Table 2's
+lesion rows, lesion-wise (`lesion_table`, written next to the table as `table2_lesions.csv`; the Dice
+table itself is unchanged).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from skimage.measure import label
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger("segvol.evaluate")
 
 CONNECTIVITY = 3  # skimage's neighbourhood order: 3 = 26-connected in 3-D
 COUNT_FIELDS = ("reference", "predicted", "detected", "missed", "true_positives", "false_positives",
                 "split", "merged")
+# Category names that are lesions (Table 2's lesion rows, Table 7's rows): tumours, cancers, nodules, cysts,
+# metastases.
+LESION = re.compile(r"tumou?r|lesion|cancer|nodule|cyst|metasta|neoplasm|carcinoma", re.IGNORECASE)
+MIN_IOU = 0.5  # the evaluation's hit criterion: the LiTS script's IoU > 0.5
+# the per-case rows' lesion columns (`segvol evaluate cases`), NaN on the rows of other categories
+LESION_COLUMNS = tuple(f"lesion_{name}" for name in COUNT_FIELDS)
+# `lesion_table`'s columns; the rates are computed on the pooled counts
+TABLE_COLUMNS = ("dataset", "category", "method", "cases", *COUNT_FIELDS, "sensitivity", "precision", "f1")
+ALL_LESIONS = "All lesions"  # the row pooling every lesion category of a dataset
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,8 @@ class LesionCounts:
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """(labels, count): the 26-connected components of a binary mask, numbered 1..count."""
+    from skimage.measure import label  # imported here: `segvol evaluate --help` stays quick
+
     mask = np.asarray(mask).astype(bool, copy=False)
     labels, count = label(mask, connectivity=min(CONNECTIVITY, mask.ndim), return_num=True)
     return labels, int(count)
@@ -110,6 +131,9 @@ def lesion_counts(prediction: np.ndarray, truth: np.ndarray, min_iou: float = 0.
     prediction, truth: binary masks of the same shape (any dimension; 3-D (D, H, W) in practice).
     min_iou: a cluster is a hit when IoU(its reference voxels, its predicted voxels) > min_iou, in [0, 1).
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     prediction = np.asarray(prediction).astype(bool, copy=False)
     truth = np.asarray(truth).astype(bool, copy=False)
     if prediction.shape != truth.shape:
@@ -167,6 +191,74 @@ def pool(counts: Iterable[LesionCounts]) -> LesionCounts:
     for item in counts:
         total = total + item
     return total
+
+
+def is_lesion(category: str) -> bool:
+    """Whether a category name is a lesion (`LESION`): tumours, cancers, nodules, cysts, metastases."""
+    return bool(LESION.search(str(category)))
+
+
+def case_columns(prediction: np.ndarray, truth: np.ndarray, category: str) -> dict:
+    """The lesion columns of one per-case row (`LESION_COLUMNS`): the counts at `MIN_IOU` for a lesion
+    category, NaN for any other; rates belong to pooled counts (`lesion_table`)."""
+    if not is_lesion(category):
+        return dict.fromkeys(LESION_COLUMNS, float("nan"))
+    counts = asdict(lesion_counts(prediction, truth, MIN_IOU))
+    return {column: counts[name] for column, name in zip(LESION_COLUMNS, COUNT_FIELDS)}
+
+
+def lesion_table(per_case: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Table 2's lesion rows, lesion-wise: one row per (dataset, lesion category, method) in `methods`.
+
+    Each row pools the counts of the category's per-case rows (`cases` of them; module docstring, "Rates
+    over many cases"); a dataset with more than one lesion category gets an `All lesions` row per method
+    pooling them all (`cases` counts each case once). Rows are in the order of Table 2 (datasets and
+    categories as they come, methods as given). Per-case rows without lesion counts (written before they
+    existed) are left out.
+    """
+    import pandas as pd
+
+    if not _has_counts(per_case):
+        return pd.DataFrame(columns=list(TABLE_COLUMNS))
+    scored = per_case[per_case["category"].map(is_lesion) & per_case["method"].isin(list(methods))]
+    scored = scored.dropna(subset=list(LESION_COLUMNS))
+    rows = []
+    for dataset, block in scored.groupby("dataset", sort=False):
+        categories = list(dict.fromkeys(block["category"]))
+        groups = [(category, block[block["category"] == category]) for category in categories]
+        if len(categories) > 1:
+            groups.append((ALL_LESIONS, block))
+        for category, group in groups:
+            for method in methods:
+                mine = group[group["method"] == method]
+                if len(mine):
+                    total = mine[list(LESION_COLUMNS)].sum()
+                    counts = LesionCounts(**{name: int(total[f"lesion_{name}"]) for name in COUNT_FIELDS})
+                    rows.append({"dataset": dataset, "category": category, "method": method,
+                                 "cases": mine["case"].nunique(),
+                                 **counts.row(prefix="")})
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+def write_lesion_table(per_case: pd.DataFrame, methods: Sequence[str], path) -> pd.DataFrame:
+    """Write `lesion_table` as CSV (atomic, with its provenance sidecar); warn about lesion rows it cannot count."""
+    from segvol.evaluate.tables import write_csv
+
+    table = lesion_table(per_case, methods)
+    uncounted = 0
+    if {"category", "method"} <= set(per_case.columns):
+        rows = per_case[per_case["category"].map(is_lesion) & per_case["method"].isin(list(methods))]
+        uncounted = len(rows) if not _has_counts(per_case) else int(rows[LESION_COLUMNS[0]].isna().sum())
+    if uncounted:
+        log.warning("%d per-case rows of lesion categories have no lesion-wise counts (written by a"
+                    " `segvol evaluate cases` before it counted lesions) and are not in %s; rerun it for them",
+                    uncounted, path)
+    write_csv(table, path)
+    return table
+
+
+def _has_counts(per_case: pd.DataFrame) -> bool:
+    return {"dataset", "category", "method", *LESION_COLUMNS} <= set(per_case.columns)
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:

@@ -65,7 +65,8 @@ rule evaluate_cases:
 
 
 rule table2:
-    """Median Dice per (dataset, category) and method, with an Average row per dataset."""
+    """Median Dice per (dataset, category) and method, with an Average row per dataset; its lesion rows
+    lesion-wise (detected and missed lesions, false positives) next to it."""
     input:
         cases=expand(f"{RESULTS}/cases/{{dataset}}.parquet", dataset=EXTERNAL),
         audit=f"{RESULTS}/overlap_audit.csv",
@@ -75,6 +76,11 @@ rule table2:
         ),
         per_case=f"{RESULTS}/table2_per_case.parquet",
         methods=f"{RESULTS}/table2_methods.json",
+        lesions=report(
+            f"{RESULTS}/table2_lesions.csv",
+            caption="../report/table2_lesions.rst",
+            category="Tables",
+        ),
     log:
         "logs/table2.log",
     benchmark:
@@ -85,7 +91,7 @@ rule table2:
         settings=lambda wc: stage_json("evaluate"),
     shell:
         "segvol evaluate table2 --cases {input.cases} --out {output.table} --per-case {output.per_case}"
-        " --methods {output.methods} --params {params.settings:q} > {log} 2>&1"
+        " --methods {output.methods} --lesions {output.lesions} --params {params.settings:q} > {log} 2>&1"
 
 
 rule table3:
