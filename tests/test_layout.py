@@ -344,17 +344,26 @@ def test_license_is_the_mit_text_pyproject_declares():
 def test_catalog_layout():
     import yaml
 
-    assert (REPO / "workflow" / "Snakefile").is_file() and (REPO / "config" / "README.md").is_file()
-    # A root Snakefile would be found first and, as a mere include, lose `rule all` as the default target.
-    assert not (REPO / "Snakefile").exists()
+    # One entry point, at the root (found first by `snakemake`, accepted there by the catalog): a second
+    # one under workflow/ would be a second, diverging way into the same rules.
+    assert (REPO / "Snakefile").is_file() and (REPO / "config" / "README.md").is_file()
+    assert not any((REPO / place).exists() for place in ("workflow/Snakefile", "workflow/snakefile"))
+    snakefile = (REPO / "Snakefile").read_text(encoding="utf-8")
+    assert "default_target: True" in snakefile
+    # Every rule file is included (from the root, so with its workflow/ prefix); nothing else is.
+    included = re.findall(r'^include: "([^"]+)"$', snakefile, flags=re.M)
+    rule_files = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    assert sorted(included) == rule_files and included[0] == "workflow/rules/common.smk"
+    assert re.search(r'^report: "workflow/report/workflow.rst"$', snakefile, flags=re.M)
     usage = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())["usage"]
     assert set(usage["software-stack-deployment"]) == {"conda", "apptainer", "apptainer+conda"}
     assert isinstance(usage["report"], bool) and usage["mandatory-flags"]["desc"]
 
 
 def test_workflow_is_snakefmt_formatted():
-    """`snakefmt --check workflow/` (the catalog's formatting gate)."""
+    """`snakefmt --check Snakefile workflow/` (the catalog's formatting gate)."""
     snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent)) or shutil.which("snakefmt")
     assert snakefmt, "snakefmt is missing: pip install -e '.[test]'"
-    result = subprocess.run([snakefmt, "--check", "workflow/"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([snakefmt, "--check", "Snakefile", "workflow/"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
