@@ -237,6 +237,17 @@ def test_each_evaluation_is_one_module_listed_in_one_table():
         assert summary, name
 
 
+def test_task_specific_baselines_have_one_spelling():
+    """`taskspecific` names the task-specific baselines in every path and identifier: stage, modules, rules,
+    config keys, tests (`task_specific` was a second spelling of the same thing)."""
+    other = re.compile(r"task_specific")
+    files = [p for folder in ("segvol", "workflow", "tests", "benchmarks", "config") for p in (REPO / folder).rglob("*")
+             if p.is_file() and p.suffix in {".py", ".smk", ".yaml"} and p != Path(__file__).resolve()]
+    named = [str(p.relative_to(REPO)) for p in files if other.search(p.name)]
+    used = [str(p.relative_to(REPO)) for p in files if other.search(p.read_text())]
+    assert named == [] and used == [], f"spell it `taskspecific`: files {named}, text in {used}"
+
+
 def test_test_helpers_live_under_tests():
     for name, path in module_files(REPO / "segvol").items():
         leaf = name.rpartition(".")[2]
