@@ -300,7 +300,7 @@ def test_rotate_sample_rotates_masks_and_redraws_prompts():
 
 
 def test_effect_verdict():
-    from segvol.evaluate.ablations import effect_verdict
+    from segvol.evaluate.rotation import effect_verdict
 
     assert effect_verdict(0.01, 0.2) == "helped" and effect_verdict(-0.2, -0.01) == "hurt"
     assert effect_verdict(-0.1, 0.1) == "made no measurable difference"

@@ -13,7 +13,8 @@ from segvol.evaluate import methods as methods_module
 from segvol.evaluate.cases import score_store
 from segvol.evaluate.methods import Method
 from segvol.evaluate.prompts import positive_points, prompt_from_truth, tight_box
-from segvol.evaluate.tables import table2, table3
+from segvol.evaluate.table2 import table2
+from segvol.evaluate.table3 import table3
 
 CATEGORIES = ["liver", "spleen", "tumor"]
 

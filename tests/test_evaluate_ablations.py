@@ -11,8 +11,10 @@ import zarr
 import segvol.infer
 from segvol.cli import main
 from segvol.evaluate import methods as methods_module
-from segvol.evaluate.ablations import mr_like, rotate_case, run_number
+from segvol.evaluate.fig3a import run_number
+from segvol.evaluate.mri import mr_like
 from segvol.evaluate.prompts import tight_box
+from segvol.evaluate.rotation import rotate_case
 from segvol.evaluate.stores import Case
 from tests.test_evaluate import Prompt, box_segment, write_store
 

@@ -220,6 +220,34 @@ def test_predict_command_line_is_only_argparse_to_the_library():
     assert users == [], f"import the library (segvol.infer.predict) instead: {users}"
 
 
+def test_each_evaluation_is_one_module_listed_in_one_table():
+    """`segvol evaluate <name>` is `segvol/evaluate/<module>.py` with add_arguments and run, listed in EVALUATIONS."""
+    cli = REPO / "segvol" / "evaluate" / "cli.py"
+    table = next(node.value for node in ast.parse(cli.read_text()).body
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "EVALUATIONS")
+    evaluations = ast.literal_eval(table)
+    assert {"cases", "table2", "table3", "table6", "fig3a", "fig9", "table7"} <= set(evaluations)
+    modules = [module for module, _ in evaluations.values()]
+    assert len(set(modules)) == len(modules), "one module per evaluation"
+    for name, (module, summary) in evaluations.items():
+        path = REPO / (module.replace(".", "/") + ".py")
+        assert path.is_file(), f"{name}: {path} is missing"
+        defined = {n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}
+        assert {"add_arguments", "run"} <= defined, f"{path}: needs add_arguments and run"
+        assert summary, name
+
+
+def test_task_specific_baselines_have_one_spelling():
+    """`taskspecific` names the task-specific baselines in every path and identifier: stage, modules, rules,
+    config keys, tests (`task_specific` was a second spelling of the same thing)."""
+    other = re.compile(r"task_specific")
+    files = [p for folder in ("segvol", "workflow", "tests", "benchmarks", "config") for p in (REPO / folder).rglob("*")
+             if p.is_file() and p.suffix in {".py", ".smk", ".yaml"} and p != Path(__file__).resolve()]
+    named = [str(p.relative_to(REPO)) for p in files if other.search(p.name)]
+    used = [str(p.relative_to(REPO)) for p in files if other.search(p.read_text())]
+    assert named == [] and used == [], f"spell it `taskspecific`: files {named}, text in {used}"
+
+
 def test_test_helpers_live_under_tests():
     for name, path in module_files(REPO / "segvol").items():
         leaf = name.rpartition(".")[2]

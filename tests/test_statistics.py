@@ -71,7 +71,7 @@ def test_paired_wilcoxon_sees_no_effect_in_noise():
 def test_table2_statistics_pairs_methods_on_the_same_cases():
     import pandas as pd
 
-    from segvol.evaluate.tables import table2_statistics
+    from segvol.evaluate.table2_statistics import table2_statistics
 
     rng = np.random.default_rng(2)
     cases = [f"case_{i:02d}" for i in range(20)]
@@ -94,7 +94,8 @@ def test_table2_statistics_pairs_methods_on_the_same_cases():
 def test_paper_claims_are_stated_with_numbers():
     import pandas as pd
 
-    from segvol.evaluate.tables import scaling_claim, table3
+    from segvol.evaluate.fig3a import scaling_claim
+    from segvol.evaluate.table3 import table3
 
     rows = []
     for mode, score, seconds in (("resize", 0.5, 0.1), ("window", 0.64, 1.0), ("zoom", 0.62, 0.3)):

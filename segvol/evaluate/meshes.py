@@ -1,7 +1,8 @@
 """3-D rendering of one predicted case (beyond the paper): SegVol's surfaces next to the ground truth's.
 
-    segvol evaluate meshes --checkpoint M --zarr data/zarr/ext_organs.zarr --out-dir results/meshes \\
-        --png results/figures/meshes.png
+Example:
+  segvol evaluate meshes --checkpoint models/finetune/segvol/model.safetensors \\
+      --zarr data/zarr/ext_organs.zarr --out-dir results/meshes --png results/figures/meshes.png
 
 The case: of the given stores' cases, the one with the most categories present (the first such in store
 and case order), so that the picture holds as many structures as one scan has. The prediction is Table
@@ -36,18 +37,14 @@ LIGHT = np.array([-0.35, 0.8, 0.5])  # towards the light, RAS+: from the front, 
 VIEW = {"elev": 12.0, "azim": 70.0}  # matplotlib camera: azim 90 looks from anterior (+y) at the patient
 
 
-def add_subcommand(commands, common) -> None:
-    import argparse
+def add_arguments(parser) -> None:
+    from segvol.evaluate.cli import evaluation_flags
 
-    parser = commands.add_parser(
-        "meshes", formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="3-D rendering: surface meshes of SegVol's masks and the ground truth of one case",
-        description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[2:]))
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--zarr", nargs="+", required=True, help="stores to take the case from (Table 2's)")
     parser.add_argument("--out-dir", required=True, help="folder for the STL files (replaced as a whole)")
     parser.add_argument("--png", required=True)
-    common(parser)
+    evaluation_flags(parser)
 
 
 def pick_case(stores) -> tuple[int, str] | None:
