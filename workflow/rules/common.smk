@@ -109,9 +109,14 @@ localrules:
     all,
 
 
+# Snakemake's benchmark TSVs (wall time, peak memory of each job), away from the scripts in benchmarks/ and
+# git-ignored; the `provenance` rule tabulates them.
+BENCHMARKS = "benchmarks/runs"
+
+
 def benchmark_file(name):
     """Where Snakemake writes the benchmark TSV of the job `name` (a rule, with its wildcards)."""
-    return f"benchmarks/{name}.tsv"
+    return f"{BENCHMARKS}/{name}.tsv"
 
 
 def table_report(name, caption):
