@@ -128,3 +128,18 @@ def dicom_series(folder: Path, count: int = 3, rows: int = 8, columns: int = 8, 
         ds["PixelData"].VR = "OW"
         ds.save_as(folder / f"slice{index:03d}.dcm", enforce_file_format=True)
     return folder, volume
+
+
+def yaml_alias_bomb(levels: int = 9) -> str:
+    """YAML whose `levels` nested anchors expand to 9**levels strings ("billion laughs")."""
+    anchors = ["&l0 [" + ", ".join(["lol"] * 9) + "]"]
+    for level in range(1, levels):
+        anchors.append(f"&l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    return "[" + ", ".join(anchors) + "]"
+
+
+def bomb_prompt_file(path: Path, key: str = "name", levels: int = 9) -> Path:
+    """A prompt file whose first prompt's `key` is an alias bomb."""
+    other = "text: liver" if key != "text" else "name: liver"
+    path.write_text(f"- {key}: {yaml_alias_bomb(levels)}\n  {other}\n", encoding="utf-8")
+    return path

@@ -401,6 +401,9 @@ def check_nrrd(path: str | os.PathLike) -> None:
     """Check a NRRD (`.nrrd`, `.nhdr`) header, its detached data files and its data size."""
     path = Path(path)
     fields, data_offset, list_names = _parse_header(path, lambda data, complete: _nrrd_header(path, data, complete))
+    type_name = " ".join(fields.get("type", "").lower().split())
+    if type_name not in NRRD_TYPE_SIZE:
+        raise ValueError(f"{path}: NRRD type {fields.get('type')!r} is not supported")
     try:
         dimension = int(fields.get("dimension", ""))
         sizes = [int(word) for word in fields.get("sizes", "").split()]
@@ -408,9 +411,6 @@ def check_nrrd(path: str | os.PathLike) -> None:
         raise ValueError(f"{path}: NRRD dimension/sizes fields are missing or not integers") from None
     if len(sizes) != dimension:
         raise ValueError(f"{path}: NRRD sizes {sizes} do not match dimension {dimension}")
-    type_name = " ".join(fields.get("type", "").lower().split())
-    if type_name not in NRRD_TYPE_SIZE:
-        raise ValueError(f"{path}: NRRD type {fields.get('type')!r} is not supported")
     encoding = NRRD_ENCODINGS.get(fields.get("encoding", "").lower())
     if encoding is None:
         raise ValueError(f"{path}: NRRD encoding {fields.get('encoding')!r} is not supported (raw, ascii, hex, gzip)")

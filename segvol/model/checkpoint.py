@@ -325,14 +325,42 @@ def config_of(source: str | os.PathLike, **overrides: Any) -> ModelConfig:
 
 
 def _config_from_metadata(metadata: dict[str, str], source, overrides: dict[str, Any]) -> ModelConfig:
+    """The checkpoint's ModelConfig (ours) or `base` (official files); the metadata is untrusted: its
+    values are checked against ModelConfig's limits (segvol/config.schema.yaml) before anything is built."""
     if metadata.get("format") == FORMAT:
         try:
             values = json.loads(metadata["model_config"])
         except (KeyError, json.JSONDecodeError) as error:
             raise ValueError(f"{source}: broken model_config in the checkpoint metadata ({error})") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: broken model_config in the checkpoint metadata (not a JSON object)")
         values.update(overrides)
-        return ModelConfig.from_dict(values)
+        try:
+            return ModelConfig.from_dict(values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: model_config in the checkpoint metadata: {error}") from None
     return model_config("base", **overrides)
+
+
+_VISION_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+
+
+def check_shapes_fit(config: ModelConfig, state: dict[str, torch.Tensor], source) -> None:
+    """Refuse a checkpoint whose image encoder, prompt encoder or mask decoder tensors are not
+    exactly those of a model of `config`, before `build_model` allocates it: the expected shapes
+    come from the parts built on the `meta` device (no memory), the file's from its header (the
+    tensors are memory-mapped, not read). The text encoder is checked after the build, as before
+    (its size is fixed by its backbone, not by the config)."""
+    from segvol.model.build import build_vision_parts
+
+    with torch.device("meta"):
+        parts = build_vision_parts(config)
+    expected = {prefix + key: value for prefix, part in zip(_VISION_PREFIXES, parts)
+                for key, value in part.state_dict().items()}
+    vision = {key: value for key, value in state.items() if key.startswith(_VISION_PREFIXES)}
+    problems = key_differences(expected, vision, lambda key: bool(_OPTIONAL_KEYS.match(key)))
+    if problems:
+        raise ValueError(f"{source}: checkpoint does not fit the model ({_describe(config)}): " + "; ".join(problems))
 
 
 def load(source: str | os.PathLike, **overrides: Any):
@@ -348,6 +376,7 @@ def load(source: str | os.PathLike, **overrides: Any):
             f"{source}: holds only image-encoder weights ({kind}); build a model and call load_image_encoder"
         )
     config = _config_from_metadata(metadata, source, overrides)
+    check_shapes_fit(config, state, source)
     model = build_model(config)
     _load_normalized(model, state, source, mapped=path)
     return model.eval()

@@ -13,6 +13,7 @@ from typing import Any
 
 COORDINATE_CONVENTIONS = ("released", "dhw")
 TEXT_TEMPLATE = "A computerized tomography of a {}."
+MAX_TOKENS = 65536  # image-encoder tokens (spatial_size / patch_size): 32x the released 8x16x16
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,18 @@ class ModelConfig:
     dense_box_prompt: bool = False
 
     def __post_init__(self) -> None:
+        # Types and limits first (segvol/config.schema.yaml, model.overrides): a checkpoint's metadata
+        # or a config must not make build_model allocate an absurd network before anything is checked.
+        from segvol.settings import model_config_problem
+
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        problem = model_config_problem(values)
+        if problem:
+            raise ValueError(f"ModelConfig.{problem}")
+        for f in dataclasses.fields(self):
+            if f.type == "int":  # JSON-schema integers include 12.0
+                object.__setattr__(self, f.name, int(getattr(self, f.name)))
         for name in ("spatial_size", "patch_size"):
             value = tuple(int(v) for v in getattr(self, name))
             if len(value) != 3 or min(value) < 1:
@@ -65,6 +78,11 @@ class ModelConfig:
                 raise ValueError(
                     f"ModelConfig: spatial_size {self.spatial_size} is not divisible by patch_size {self.patch_size}"
                 )
+        tokens = (self.spatial_size[0] // self.patch_size[0]) * (self.spatial_size[1] // self.patch_size[1]) * (
+            self.spatial_size[2] // self.patch_size[2])
+        if tokens > MAX_TOKENS:
+            raise ValueError(f"ModelConfig: spatial_size {self.spatial_size} / patch_size {self.patch_size} gives "
+                             f"{tokens} image tokens, over the limit of {MAX_TOKENS}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"ModelConfig: hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
         internal = self.hidden_size // self.attention_downsample_rate
