@@ -264,7 +264,7 @@ def test_lying_headers_cost_no_memory(tmp_path):
         resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 
     result = subprocess.run([sys.executable, "-c", CHILD, *map(str, files.values())], capture_output=True, text=True,
-                            cwd=REPO, preexec_fn=limit, timeout=120)
+                            cwd=tmp_path, preexec_fn=limit, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert all(error == "ValueError" for error in report["errors"].values()), report
