@@ -7,7 +7,12 @@ that of a child that only imports the readers. Cases (tests/hostile_files.py):
 - a 62-byte .nii.gz whose NIfTI-1 header claims 1000 x 1000 x 300 int16 (600 MB);
 - a NIfTI-2 .nii of ~600 bytes claiming 100000^3 int16;
 - an .mha whose ElementDataFile is /dev/zero, claiming 2000 x 2000 x 1000 int16 (8 GB);
-- an .mhd whose ElementDataFile is a secret text file outside its folder (absolute and `../`).
+- an .mhd whose ElementDataFile is a secret text file outside its folder (absolute and `../`);
+- a DICOM series of 3 files of 13 KB whose headers claim 8192 x 8192 pixels each;
+- a 700-byte safetensors checkpoint whose metadata claims 64 layers of width 65536
+  (`segvol.model.checkpoint.load`).
+
+The children import `segvol` as the environment does (PYTHONPATH=<another checkout> measures that one).
 
     .venv/bin/python benchmarks/bench_hostile_headers.py
 """
@@ -28,11 +33,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import json, sys, time
-import nibabel, SimpleITK  # the baseline holds the readers' libraries too
+import nibabel, SimpleITK, torch  # the baseline holds the readers' libraries too
 from segvol.io import read_image
+from segvol.model import checkpoint
 started = time.perf_counter()
 try:
-    if sys.argv[1] != "-":
+    if sys.argv[1].endswith(".safetensors"):
+        checkpoint.load(sys.argv[1])
+    elif sys.argv[1] != "-":
         read_image(sys.argv[1])
     outcome = "read (no error)"
 except BaseException as error:
@@ -41,12 +49,12 @@ print(json.dumps({"seconds": time.perf_counter() - started, "outcome": outcome})
 """
 
 
-def measure(path: str, cap_bytes: int) -> dict:
+def measure(path: str, cap_bytes: int, folder: str) -> dict:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
 
     child = subprocess.Popen([sys.executable, "-c", CHILD, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, preexec_fn=limit, cwd=REPO)
+                             text=True, preexec_fn=limit, cwd=folder)
     _, status, usage = os.wait4(child.pid, 0)
     out = child.stdout.read()
     result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {
@@ -61,6 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from tests import hostile_files as hostile
+    from tests.test_untrusted_inputs import forged_safetensors
 
     cap = int(args.cap_gb * 1e9)
     with tempfile.TemporaryDirectory() as scratch:
@@ -77,14 +86,19 @@ def main() -> None:
                                                                    element_type="MET_UCHAR"),
             ".mhd ElementDataFile=../secret.txt": hostile.metaimage(folder / "rel.mhd", "../secret.txt",
                                                                     shape=(32, 32, 2), element_type="MET_UCHAR"),
+            "DICOM 3 x 13 KB claiming 8192^2 each": hostile.dicom_series(folder / "dicom", count=3,
+                                                                          claimed=(8192, 8192))[0],
+            "safetensors 700 B claiming 64 x 65536": forged_safetensors(
+                folder / "huge.safetensors", num_layers=64, hidden_size=65536, num_heads=64),
         }
-        baseline = measure("-", cap)
+        baseline = measure("-", cap, scratch)
         print(f"baseline (imports only): peak RSS {baseline['peak_rss_mb']:.0f} MB")
         print(f"{'case':48s} {'peak RSS MB':>11s} {'+MB':>7s} {'s':>6s}  outcome")
         for name, path in cases.items():
-            result = measure(str(path), cap)
+            result = measure(str(path), cap, scratch)
             extra = result["peak_rss_mb"] - baseline["peak_rss_mb"]
-            print(f"{name:48s} {result['peak_rss_mb']:11.0f} {extra:7.0f} {result['seconds']:6.2f}  {result['outcome']}")
+            print(f"{name:48s} {result['peak_rss_mb']:11.0f} {extra:7.0f} {result['seconds']:6.2f}  "
+                  f"{result['outcome']}")
 
 
 if __name__ == "__main__":

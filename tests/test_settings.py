@@ -86,7 +86,8 @@ def test_good_values_pass_and_defaults_fill(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = stage_settings("model", '{"text_encoder": "./encoders/my-bert", "overrides": {"num_layers": 6}}')
     assert settings["overrides"] == {"num_layers": 6} and settings["preset"] == "base"
-    config = validated_config({"synth": {"datasets": {"a": {"role": "train", "n_cases": 2}}}, "datasets": {"train": ["a"]}})
+    config = validated_config({"synth": {"datasets": {"a": {"role": "train", "n_cases": 2}}},
+                               "datasets": {"train": ["a"]}})
     assert config["synth"]["datasets"]["a"]["labels"] == [] and config["paths"]["raw"] == "data/raw"
 
 

@@ -327,7 +327,8 @@ def check_metaimage(path: str | os.PathLike) -> None:
         first = numbers[0] if numbers else 1
         last = numbers[1] if len(numbers) > 1 else first + dims[-1] - 1
         step = numbers[2] if len(numbers) > 2 else 1
-        regions = [_Region(contained_data_file(path, name)) for name in _pattern_names(path, words[0], first, last, step)]
+        names = _pattern_names(path, words[0], first, last, step)
+        regions = [_Region(contained_data_file(path, name)) for name in names]
     else:
         regions = [_Region(contained_data_file(path, data_file))]
 
