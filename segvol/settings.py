@@ -206,17 +206,3 @@ def stage_settings(stage: str, given: Mapping | str | None = None, flag: str = "
     if stage == "model":
         _check_model_paths(filled, ("model",), flag)
     return filled
-
-
-def model_config_problem(values: Mapping) -> str | None:
-    """None when `values` (ModelConfig fields) keep within the schema's `model.overrides` limits,
-    else one line naming the field and the problem (types, ranges, allowed values)."""
-    import jsonschema
-
-    node = schema()["properties"]["model"]["properties"]["overrides"]
-    try:
-        _refuse_non_finite(dict(values), ())
-    except ValueError as error:
-        return str(error)
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(node).iter_errors(dict(values)))
-    return None if error is None else _describe(error)

@@ -9,11 +9,36 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 COORDINATE_CONVENTIONS = ("released", "dhw")
 TEXT_TEMPLATE = "A computerized tomography of a {}."
 MAX_TOKENS = 65536  # image-encoder tokens (spatial_size / patch_size): 32x the released 8x16x16
+
+
+@lru_cache(maxsize=1)
+def _limits_validator():
+    """A validator of the schema's `model.overrides` node (types, ranges, allowed values of every field).
+    Read here, not through segvol.settings, so that this module stays a leaf of the import graph."""
+    import jsonschema
+    import yaml
+
+    text = resources.files("segvol").joinpath("config.schema.yaml").read_text(encoding="utf-8")
+    node = yaml.safe_load(text)["properties"]["model"]["properties"]["overrides"]
+    return jsonschema.Draft202012Validator(node)
+
+
+def limits_problem(values: dict[str, Any]) -> str | None:
+    """None when ModelConfig field `values` keep within the schema's limits, else `<field>: <problem>`."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_limits_validator().iter_errors(values))
+    if error is None:
+        return None
+    where = ".".join(str(part) for part in error.absolute_path)
+    return f"{where}: {error.message}" if where else error.message
 
 
 @dataclass(frozen=True)
@@ -58,11 +83,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         # Types and limits first (segvol/config.schema.yaml, model.overrides): a checkpoint's metadata
         # or a config must not make build_model allocate an absurd network before anything is checked.
-        from segvol.settings import model_config_problem
-
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-        problem = model_config_problem(values)
+        problem = limits_problem({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
         if problem:
             raise ValueError(f"ModelConfig.{problem}")
         for f in dataclasses.fields(self):
