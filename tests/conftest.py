@@ -59,3 +59,18 @@ def leaves_the_clone_as_it_found_it(request):
         pytest.fail(f"{request.module.__name__} changed the clone's run outputs ({describe_changes(before, after)}); "
                     "tests must work in temporary folders (tests/test_workflow.py: snakemake() runs in a copy)",
                     pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A `tiny` SegVol with random weights (seed 0) as our .safetensors: `segvol predict --checkpoint` on it
+    exercises the whole command without trained weights (the segmentation itself is meaningless)."""
+    import torch
+
+    from segvol.model import build_model, model_config
+    from segvol.model.checkpoint import save
+
+    path = tmp_path_factory.mktemp("weights") / "tiny-random.safetensors"
+    torch.manual_seed(0)
+    save(build_model(model_config("tiny")), path)
+    return path

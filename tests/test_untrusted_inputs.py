@@ -24,8 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 BOX = ["--box", "10", "5", "10", "30", "20", "40"]
 
 
-def predict(*args):
-    return main(["predict", *map(str, args), "--random-weights", "--preset", "tiny", "--device", "cpu"])
+@pytest.fixture
+def predict(tiny_checkpoint):
+    """`segvol predict ARGS` with a tiny random-weight model."""
+
+    def run(*args):
+        return main(["predict", *map(str, args), "--checkpoint", str(tiny_checkpoint), "--device", "cpu"])
+
+    return run
 
 
 def snapshot(folder):
@@ -41,12 +47,12 @@ def ct(tmp_path):
 
 @pytest.fixture
 def no_model(monkeypatch):
-    import segvol.infer.cli as cli
+    import segvol.infer.predict as predict_module
 
     def refuse(*_, **__):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(cli, "load_model", refuse)
+    monkeypatch.setattr(predict_module, "load_model", refuse)
 
 
 # ----------------------------------------------------------------------------- prompt files
@@ -55,14 +61,14 @@ BOMB_CHILD = """
 import sys, time
 from segvol.cli import main
 started = time.perf_counter()
-code = main(["predict", sys.argv[1], "-o", sys.argv[2], "--prompts", sys.argv[3], "--random-weights", "--preset",
-             "tiny", "--device", "cpu"])
+code = main(["predict", sys.argv[1], "-o", sys.argv[2], "--prompts", sys.argv[3], "--checkpoint", sys.argv[4],
+             "--device", "cpu"])
 print(f"rc={code} seconds={time.perf_counter() - started:.3f}")
 """
 
 
 @pytest.mark.parametrize("key", ["name", "text"])
-def test_a_yaml_alias_bomb_in_a_prompt_file_fails_fast_with_one_line(tmp_path, ct, key):
+def test_a_yaml_alias_bomb_in_a_prompt_file_fails_fast_with_one_line(tmp_path, ct, tiny_checkpoint, key):
     """9 levels of aliases (9^9 strings): 42 s and 3.2 GB before, then a traceback. Run in a child with
     an address-space cap and a timeout, so that a regression fails the test, not the machine."""
     prompts = hostile.bomb_prompt_file(tmp_path / "organs.yaml", key=key, levels=9)
@@ -72,7 +78,7 @@ def test_a_yaml_alias_bomb_in_a_prompt_file_fails_fast_with_one_line(tmp_path, c
 
     try:
         result = subprocess.run([sys.executable, "-c", BOMB_CHILD, str(ct), str(tmp_path / "out.nii.gz"),
-                                 str(prompts)], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                                 str(prompts), str(tiny_checkpoint)], capture_output=True, text=True, timeout=30, cwd=tmp_path,
                                 preexec_fn=limit)
     except subprocess.TimeoutExpired:
         pytest.fail("the alias bomb ran for more than 30 s")
@@ -93,7 +99,8 @@ def test_a_yaml_alias_bomb_in_a_prompt_file_fails_fast_with_one_line(tmp_path, c
     ({"text": "liver", "points": [[1, 2, 3]], "point_labels": ["1"]}, "'point_labels' must be a list of 1"),
     ({"text": "x" * 5000}, "'text' is 5000 characters long"),
 ])
-def test_prompt_file_values_are_type_checked_before_they_are_used(tmp_path, ct, capsys, no_model, record, message):
+def test_prompt_file_values_are_type_checked_before_they_are_used(tmp_path, ct, capsys, no_model, predict, record,
+                                                                 message):
     prompts = tmp_path / "organs.json"
     prompts.write_text(json.dumps([record]))
     before = snapshot(tmp_path)
@@ -147,7 +154,7 @@ def unwritable_targets(tmp_path) -> list[Path]:
     return targets
 
 
-def test_an_unwritable_output_is_found_before_the_model_loads(tmp_path, ct, capsys, no_model):
+def test_an_unwritable_output_is_found_before_the_model_loads(tmp_path, ct, capsys, no_model, predict):
     for target in unwritable_targets(tmp_path):
         before = snapshot(tmp_path)
         assert predict(ct, "-o", target, *BOX) == 2, target
@@ -157,7 +164,7 @@ def test_an_unwritable_output_is_found_before_the_model_loads(tmp_path, ct, caps
 
 
 def test_a_missing_output_folder_that_can_be_made_is_fine(tmp_path):
-    from segvol.infer.cli import writable_folder_problem
+    from segvol.infer.outputs import writable_folder_problem
 
     assert writable_folder_problem(tmp_path / "new" / "deeper" / "seg.nii.gz") is None
     assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []  # the probe left nothing
