@@ -78,8 +78,8 @@ def test_a_yaml_alias_bomb_in_a_prompt_file_fails_fast_with_one_line(tmp_path, c
 
     try:
         result = subprocess.run([sys.executable, "-c", BOMB_CHILD, str(ct), str(tmp_path / "out.nii.gz"),
-                                 str(prompts), str(tiny_checkpoint)], capture_output=True, text=True, timeout=30, cwd=tmp_path,
-                                preexec_fn=limit)
+                                 str(prompts), str(tiny_checkpoint)], capture_output=True, text=True, timeout=30,
+                                cwd=tmp_path, preexec_fn=limit)
     except subprocess.TimeoutExpired:
         pytest.fail("the alias bomb ran for more than 30 s")
     rc, seconds = (field.split("=")[1] for field in result.stdout.split())
