@@ -473,8 +473,10 @@ def _nifti_header_fields(path: Path, head: bytes) -> tuple[list[int], int, int]:
                 raise ValueError(f"{path}: not a single-file NIfTI-1 image (magic {head[344:348]!r}, expected 'n+1')")
             dims = struct.unpack(endian + "8h", head[40:56])
             datatype = struct.unpack(endian + "h", head[70:72])[0]
-            offset = int(struct.unpack(endian + "f", head[108:112])[0])
-            return _nifti_shape(path, dims), datatype, max(offset, 352)
+            offset = struct.unpack(endian + "f", head[108:112])[0]
+            if not math.isfinite(offset) or offset > 2**62:
+                raise ValueError(f"{path}: NIfTI vox_offset {offset} is not a byte offset")
+            return _nifti_shape(path, dims), datatype, max(int(offset), 352)
         if size == 540 and len(head) >= 540:
             if head[4:7] != b"n+2":
                 raise ValueError(f"{path}: not a single-file NIfTI-2 image (magic {head[4:12]!r}, expected 'n+2')")
