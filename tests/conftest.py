@@ -61,6 +61,45 @@ def leaves_the_clone_as_it_found_it(request):
                     pytrace=False)
 
 
+def work_tree_status(repo: Path = REPO) -> dict[str, tuple] | None:
+    """Every file git would report in `repo` (changed tracked files, new files it does not ignore)
+    with its size and modification time; None when `repo` is not a git checkout."""
+    import subprocess
+
+    try:
+        listing = subprocess.run(["git", "status", "--porcelain=v1", "-z", "--untracked-files=all"], cwd=repo,
+                                 capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listing.returncode != 0:
+        return None
+    state = {}
+    for entry in listing.stdout.decode("utf-8", "surrogateescape").split("\0"):
+        if len(entry) > 3 and entry[2] == " ":  # "XY path" (a rename's source follows as its own entry)
+            path = repo / entry[3:]
+            try:
+                info = path.lstat()
+                state[entry[3:]] = (entry[:2], info.st_size, info.st_mtime_ns)
+            except OSError:
+                state[entry[3:]] = (entry[:2], None, None)
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_the_work_tree_as_it_found_it():
+    """The whole test session adds, changes or removes no file of the clone that git sees (ignored
+    files, such as .venv/ and __pycache__/, aside; the run outputs are guarded per module above)."""
+    before = work_tree_status()
+    yield
+    after = work_tree_status()
+    if before is not None and after is not None and after != before:
+        differing = sorted(path for path in set(before) | set(after) if before.get(path) != after.get(path))
+        shown = ", ".join(f"{path} ({after[path][0].strip() if path in after else 'restored or removed'})"
+                          for path in differing[:8])
+        pytest.fail(f"the tests changed the clone's files: {shown}{' ...' if len(differing) > 8 else ''}; "
+                    "tests must write only to temporary folders", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A `tiny` SegVol with random weights (seed 0) as our .safetensors: `segvol predict --checkpoint` on it

@@ -159,3 +159,35 @@ def test_the_clone_guard_sees_created_changed_and_removed_outputs(tmp_path):
     (tmp_path / "models").rmdir()
     change = describe_changes(before, run_outputs_state(tmp_path))
     assert change == "created: .snakemake, .snakemake/log; removed: models; changed: results/table2.csv", change
+
+
+def test_the_work_tree_guard_sees_new_changed_and_removed_files_but_not_ignored_ones(tmp_path):
+    """tests/conftest.py fails the session when the tests leave any file git sees changed in the clone."""
+    import os
+    import subprocess
+
+    from tests.conftest import work_tree_status
+
+    assert work_tree_status(tmp_path) is None  # not a git checkout: nothing to compare
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / ".gitignore").write_text("__pycache__/\n")
+    (tmp_path / "kept.py").write_text("a = 1\n")
+    (tmp_path / "gone.py").write_text("b = 2\n")
+    subprocess.run([*git, "add", "."], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "start"], cwd=tmp_path, check=True)
+    assert work_tree_status(tmp_path) == {}
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "kept.pyc").write_bytes(b"ignored")
+    assert work_tree_status(tmp_path) == {}
+    (tmp_path / "kept.py").write_text("a = 3\n")
+    (tmp_path / "gone.py").unlink()
+    (tmp_path / "new" / "deep").mkdir(parents=True)
+    (tmp_path / "new" / "deep" / "file.txt").write_text("x")
+    state = work_tree_status(tmp_path)
+    assert {path: value[0] for path, value in state.items()} == {
+        "kept.py": " M", "gone.py": " D", "new/deep/file.txt": "??"}
+    changed = state["kept.py"][2] + 10**9
+    (tmp_path / "kept.py").write_text("a = 4\n")  # rewritten again, same size: the time tells
+    os.utime(tmp_path / "kept.py", ns=(changed, changed))
+    assert work_tree_status(tmp_path) != state
