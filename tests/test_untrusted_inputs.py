@@ -60,17 +60,19 @@ def no_model(monkeypatch):
 BOMB_CHILD = """
 import sys, time
 from segvol.cli import main
-started = time.perf_counter()
+started = time.process_time()
 code = main(["predict", sys.argv[1], "-o", sys.argv[2], "--prompts", sys.argv[3], "--checkpoint", sys.argv[4],
              "--device", "cpu"])
-print(f"rc={code} seconds={time.perf_counter() - started:.3f}")
+print(f"rc={code} cpu_seconds={time.process_time() - started:.3f}")
 """
 
 
 @pytest.mark.parametrize("key", ["name", "text"])
 def test_a_yaml_alias_bomb_in_a_prompt_file_fails_fast_with_one_line(tmp_path, ct, tiny_checkpoint, key):
     """9 levels of aliases (9^9 strings): 42 s and 3.2 GB before, then a traceback. Run in a child with
-    an address-space cap and a timeout, so that a regression fails the test, not the machine."""
+    an address-space cap and a timeout, so that a regression fails the test, not the machine. The child's
+    CPU time is what is bounded (about 0.2 s; the bomb costs tens of seconds of it): its wall time
+    also counts the waits of a loaded machine."""
     prompts = hostile.bomb_prompt_file(tmp_path / "organs.yaml", key=key, levels=9)
 
     def limit():
@@ -82,8 +84,8 @@ def test_a_yaml_alias_bomb_in_a_prompt_file_fails_fast_with_one_line(tmp_path, c
                                 cwd=tmp_path, preexec_fn=limit)
     except subprocess.TimeoutExpired:
         pytest.fail("the alias bomb ran for more than 30 s")
-    rc, seconds = (field.split("=")[1] for field in result.stdout.split())
-    assert rc == "2" and float(seconds) < 1.0, result.stdout + result.stderr[-2000:]
+    rc, cpu_seconds = (field.split("=")[1] for field in result.stdout.split())
+    assert rc == "2" and float(cpu_seconds) < 1.0, result.stdout + result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and str(prompts) in errors[0] and "aliases" in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not (tmp_path / "out.nii.gz").exists()
