@@ -103,7 +103,8 @@ def _add(vocabulary: dict, name: str, dataset: str | None) -> None:
 
 
 @lru_cache(maxsize=8)
-def _known(registry: str | None, config: str | None, stores: tuple[str, ...], checkpoints: tuple[str, ...] = ()) -> dict:
+def _known(registry: str | None, config: str | None, stores: tuple[str, ...],
+           checkpoints: tuple[str, ...] = ()) -> dict:
     import yaml
 
     vocabulary: dict = {}

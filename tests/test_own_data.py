@@ -136,6 +136,16 @@ def test_own_data_path_raises_dice_on_held_out_cases(tmp_path, capsys, caplog, r
     predicted = np.asanyarray(nib.load(tmp_path / "pred.nii.gz").dataobj)
     assert predicted.shape == label.shape and (predicted == 1).any()
 
+    # `segvol serve --checkpoint` loads it and offers the new name for completion.
+    from types import SimpleNamespace
+
+    from segvol.serve.cli import load_model
+    from segvol.serve.server import SegVolServer
+
+    assert load_model(str(model), False, "tiny", torch.device("cpu")).config.spatial_size == (32, 64, 64)
+    server = SimpleNamespace(_categories=None, workspace=SimpleNamespace(weights=str(model)))
+    assert NEW_NAME in SegVolServer.categories(server)
+
 
 # ------------------------------------------------------------------------------------------------ bad inputs
 
@@ -346,7 +356,8 @@ def test_released_weights_from_a_local_file_and_from_the_hub(tmp_path, monkeypat
     endpoint = f"http://127.0.0.1:{httpd.server_address[1]}"
     try:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            endpoint + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -360,3 +371,64 @@ def test_released_weights_from_a_local_file_and_from_the_hub(tmp_path, monkeypat
 
     with pytest.raises(ValueError, match=r"does not fit the model.*model: \{preset: base, text_encoder: clip\}"):
         starting_model(str(weights), {**TINY, "overrides": {"num_layers": 2}})
+
+
+# ------------------------------------------------------------------------------------------------ workflow
+
+
+def test_workflow_plans_own_data_on_the_cpu_and_on_slurm_gpus(tmp_path):
+    """The demo plans demo data -> store -> fine-tuning of the workflow's own SegVol -> before/after on the CPU;
+    your dataset and weights through the Slurm profile with own_data.gpu get --device cuda; every command parses."""
+    import shlex
+
+    from segvol.cli import build_parser
+    from tests.test_rule_devices import shell_commands
+    from tests.test_workflow import REPO, assert_ok, snakemake
+
+    plan = ["-n", "-p", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "run"), "results/own/before_after.csv",
+            "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "own.yaml")]
+    demo = shell_commands(assert_ok(snakemake(*plan)))
+    assert {"own_data_demo", "own_data_prepare", "own_data_finetune", "own_data_evaluate", "finetune"} <= set(demo)
+    assert "--weights models/finetune/segvol/model.safetensors" in demo["own_data_finetune"][0]
+    assert all("--device cpu" in demo[rule][0] for rule in ("own_data_finetune", "own_data_evaluate"))
+
+    source, weights = nnunet_folder(tmp_path / "Dataset501_Test"), tmp_path / "SegVol_v1.pth"
+    weights.write_bytes(b"")  # a dry run does not read it
+    own = f"own_data={{source: {source}, weights: {weights}, gpu: 1}}"
+    cluster = shell_commands(assert_ok(snakemake(*plan, "--profile", str(REPO / "profiles" / "slurm"), "--cores", "64",
+                                                 "--config", own)))
+    assert set(cluster) == {"own_data_prepare", "own_data_finetune", "own_data_evaluate"}
+    assert f"--source {source}" in cluster["own_data_prepare"][0]
+    for rule in ("own_data_finetune", "own_data_evaluate"):
+        assert "--device cuda" in cluster[rule][0] and f"--weights {weights}" in cluster[rule][0], cluster[rule]
+    for commands in (demo, cluster):
+        for rule, lines in commands.items():
+            words = shlex.split(lines[0].split(" > ", 1)[0])
+            assert build_parser(words[1]).parse_args(words[1:]).command == words[1], rule
+
+
+def test_killed_fine_tuning_resumes_with_its_best_weights(tmp_path, capsys):
+    """A run killed after 3 of 4 steps and resumed writes the same bytes and validation history as one that was
+    never interrupted (the best weights so far survive the kill); the training state is gone at the end."""
+    from segvol.own_data.prepare import prepare
+    from segvol.own_data.train import finetune_own
+    from segvol.settings import stage_settings
+
+    settings = stage_settings("own_data", {"steps": 4, "validate_every": 2, "checkpoint_every": 2, "lr": 3.0e-3,
+                                           "prompt_combinations": 1, "threads": 1, "prompts": ["box"],
+                                           "validation_fraction": 0.5, "test_fraction": 0.3})
+    store = prepare(nnunet_folder(tmp_path / "data", cases=("a", "b", "c", "d")), tmp_path / "own.zarr", 0, settings,
+                    stage_settings("normalize", {}), progress=False)
+    weights = str(released_checkpoint(tmp_path / "SegVol_v1.pth"))
+    model = stage_settings("model", TINY)
+    whole = finetune_own(str(store), None, tmp_path / "whole" / "model.safetensors", settings, model, weights,
+                         seed=0, threads=1, device="cpu")
+    resumed = tmp_path / "resumed" / "model.safetensors"
+    finetune_own(str(store), None, resumed, settings, model, weights, seed=0, threads=1, device="cpu", stop_after=3)
+    assert not resumed.exists() and (tmp_path / "resumed" / "model.safetensors.ckpt" / "best.pt").is_file()
+    finetune_own(str(store), None, resumed, settings, model, weights, seed=0, threads=1, device="cpu")
+    assert resumed.read_bytes() == Path(whole).read_bytes()
+    history = read_rows(resumed.with_name("model.validation.csv"))
+    assert history == read_rows(Path(whole).with_name("model.validation.csv"))
+    assert [row["step"] for row in history] == ["0", "2", "4"]
+    assert not (tmp_path / "resumed" / "model.safetensors.ckpt").exists()

@@ -44,14 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                  description="Check an nnU-Net v2 raw dataset (or images/ + labels/ with "
                                  "own_data.names) and write one normalized store\nwith a seeded train/validation/test "
                                  "split (own_data.test_fraction, own_data.validation_fraction).")
-    prepare.add_argument("--source", required=True, help="nnU-Net v2 raw dataset folder, or a folder of images/ + labels/")
+    prepare.add_argument("--source", required=True,
+                         help="nnU-Net v2 raw dataset folder, or a folder of images/ + labels/")
     prepare.add_argument("--out", required=True, help="store to write, e.g. data/zarr/own.zarr")
     prepare.add_argument("--normalize", default="{}", metavar="JSON",
                          help="the `normalize:` config block (chunks, shards, compression)")
     add_common_arguments(prepare, params="own_data", seed="seed of the split")
 
     train = actions.add_parser("finetune", formatter_class=fmt, help="fine-tune released weights on the train split",
-                               description="Fine-tune --weights on the train split of the store (the finetune stage's step:\n"
+                               description="Fine-tune --weights on the train split of the store (the finetune "
+                               "stage's step:\n"
                                "text/box/point prompts, optional pseudo labels). own_data.freeze_encoder: true, false"
                                " or auto\n(= frozen on a CPU); a trained encoder learns at lr x encoder_lr_scale. "
                                "Every validate_every steps the\nmean Dice on the validation split is measured "
@@ -59,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--zarr", required=True, help="the store of `prepare`")
     train.add_argument("--pseudo", default=None, help="its pseudo-label store (own_data.pseudo_weight > 0)")
     train.add_argument("--weights", required=True,
-                       help="starting weights: SegVol_v1.pth, pytorch_model.bin, hf://BAAI/SegVol or ours (.safetensors)")
+                       help="starting weights: SegVol_v1.pth, pytorch_model.bin, hf://BAAI/SegVol or ours "
+                            "(.safetensors)")
     train.add_argument("--out", required=True, metavar="MODEL", help="output model .safetensors")
     add_common_arguments(train, params="own_data", model=True, device=True, threads=True,
                          seed="seed of batches, views and prompts")

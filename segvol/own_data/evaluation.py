@@ -59,7 +59,8 @@ def summarize(cases, seed: int = 0):
                     interval = median_interval(values, seed=seed)
                     row.update({f"{metric}_{model}": interval.median, f"{metric}_{model}_ci_low": interval.low,
                                 f"{metric}_{model}_ci_high": interval.high})
-                test = paired_wilcoxon(paired[(metric, "after")].to_numpy(float), paired[(metric, "before")].to_numpy(float))
+                test = paired_wilcoxon(paired[(metric, "after")].to_numpy(float),
+                                       paired[(metric, "before")].to_numpy(float))
                 row[f"{metric}_change"], row[f"{metric}_p_value"] = test.median_difference, test.p_value
             rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)

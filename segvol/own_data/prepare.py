@@ -30,7 +30,7 @@ def own_split(case_ids: list[str], seed: int, test_fraction: float, validation_f
                          "out to score before and after)")
     split = split_cases(ids, "train", seed, test_fraction)
     rest = split["train"]
-    count = int(math.floor(len(rest) * validation_fraction + 0.5))
+    count = math.floor(len(rest) * validation_fraction + 0.5)
     if validation_fraction > 0 and len(rest) >= 2:
         count = max(count, 1)
     count = min(count, len(rest) - 1)

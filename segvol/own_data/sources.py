@@ -108,8 +108,9 @@ def _check_channels(channels, manifest: Path) -> None:
     if not isinstance(channels, dict) or not channels:
         raise ValueError(f"{manifest}: channel_names must map a channel index to its name, e.g. {{\"0\": \"CT\"}}")
     if len(channels) > 1:
-        raise ValueError(f"{manifest}: channel_names lists {len(channels)} channels ({', '.join(map(str, channels.values()))});"
-                         " SegVol fine-tunes on one CT channel")
+        listed = ", ".join(map(str, channels.values()))
+        raise ValueError(f"{manifest}: channel_names lists {len(channels)} channels ({listed}); SegVol fine-tunes "
+                         "on one CT channel")
     (index, name), = channels.items()
     if str(index) not in ("0", "0000"):
         raise ValueError(f"{manifest}: channel_names: the one channel must be \"0\", got {index!r}")

@@ -46,7 +46,7 @@ def starting_model(weights: str, model_settings: dict):
     from segvol.model import build_model, checkpoint, model_config_from_settings
 
     path = checkpoint.resolve(weights)
-    state, metadata, kind = checkpoint.read_state_dict(path)
+    state, _, kind = checkpoint.read_state_dict(path)
     if kind == checkpoint.FORMAT:
         return checkpoint.load(path), checkpoint.read_vocabulary(path)
     if kind in ("simmim", checkpoint.ENCODER_ONLY):
@@ -122,20 +122,17 @@ class KeepBest:
             return
         value = self.score(model)
         self.history.append({"step": step, "validation_dice": value})
+        from segvol.io.atomic import atomic_path
+
+        self.directory.mkdir(parents=True, exist_ok=True)
         if value > self.best_score:
             self.best_step, self.best_score = step, value
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in rt.unwrap(model).state_dict().items()}
-            if step > 0:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                from segvol.io.atomic import atomic_path
-
-                with atomic_path(self.directory / "best.pt") as temporary:
-                    torch.save(self.best_state, temporary)
-        if step > 0:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            (self.directory / "best.json").write_text(json.dumps({
-                "tag": self.tag, "history": self.history, "best_step": self.best_step,
-                "best_score": self.best_score}), encoding="utf-8")
+            with atomic_path(self.directory / "best.pt") as temporary:
+                torch.save(self.best_state, temporary)
+        with atomic_path(self.directory / "best.json") as temporary:
+            temporary.write_text(json.dumps({"tag": self.tag, "history": self.history, "best_step": self.best_step,
+                                             "best_score": self.best_score}), encoding="utf-8")
         log.info("validation at step %d: mean Dice %.4f (best %.4f at step %d)", step, value, self.best_score,
                  self.best_step)
         self.write_log()
@@ -148,7 +145,8 @@ class KeepBest:
             writer = csv.writer(handle)
             writer.writerow(["step", "validation_dice", "best"])
             for entry in self.history:
-                writer.writerow([entry["step"], f"{entry['validation_dice']:.6g}", int(entry["step"] == self.best_step)])
+                best = int(entry["step"] == self.best_step)
+                writer.writerow([entry["step"], f"{entry['validation_dice']:.6g}", best])
 
 
 def finetune_own(store: str, pseudo: str | None, out: str | Path, settings: dict, model_settings: dict,
@@ -172,8 +170,9 @@ def finetune_own(store: str, pseudo: str | None, out: str | Path, settings: dict
     own = {key: settings[key] for key in ("freeze_encoder", "encoder_lr_scale", "validate_every", "prompts",
                                           "validation_fraction", "test_fraction")}
     tag = rt.fingerprint("own_data", own, frozen)
-    run = rt.fingerprint("finetune", finetune_settings, model_settings, seed, tag, threads or finetune_settings["threads"],
-                         rt.input_keys(zarr=store, pseudo=pseudo, weights=weights))
+    inputs = rt.input_keys(zarr=store, pseudo=pseudo, weights=weights)
+    run = rt.fingerprint("finetune", finetune_settings, model_settings, seed, tag,
+                         threads or finetune_settings["threads"], inputs)
     keep = KeepBest(out, store, settings, seed, run, int(finetune_settings["steps"]))
     validating = keep.enabled
     if validating and not keep.restore():
