@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -114,7 +115,7 @@ class KeepBest:
         return True
 
     def __call__(self, step: int, model) -> None:
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the main process validates and keeps
             return
         if step % self.every and step != self.steps:
             return
