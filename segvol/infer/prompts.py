@@ -277,10 +277,12 @@ def load_prompt_file(path: str | Path) -> list[Prompt]:
 
 def command_line_records(text: Sequence[str] = (), box: Sequence[float] | None = None,
                          points: Sequence[Sequence[float]] = (), negative_points: Sequence[Sequence[float]] = (),
-                         prompt_file: str | Path | None = None, strict: bool = False) -> list[dict]:
+                         prompt_file: str | Path | None = None, strict: bool = False,
+                         checkpoint: str | Path | None = None) -> list[dict]:
     """Prompt records from `segvol predict`'s --text/--box/--point/--negative-point/--prompts, coordinates as given.
 
-    Text outside the vocabulary warns (`strict`: raises, with the closest names).
+    Text outside the vocabulary (plus what a local `checkpoint` records it was trained on) warns (`strict`:
+    raises, with the closest names).
     """
     records = []
     if prompt_file:
@@ -298,11 +300,13 @@ def command_line_records(text: Sequence[str] = (), box: Sequence[float] | None =
         records.extend({"text": name, "_origin": "--text"} for name in text)
     if not records:
         raise ValueError("no prompt given: use --text, --box, --point or --prompts FILE")
-    from segvol.vocabulary import check_text_prompt
+    from segvol.vocabulary import check_text_prompt, known_categories
 
+    local = [checkpoint] if checkpoint and "://" not in str(checkpoint) else []
+    vocabulary = known_categories(checkpoints=local) if any(r.get("text") for r in records) else None
     for record in records:
         if record.get("text"):
-            check_text_prompt(record["text"], strict=strict)
+            check_text_prompt(record["text"], strict=strict, vocabulary=vocabulary)
     return records
 
 

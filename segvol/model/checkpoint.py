@@ -102,8 +102,12 @@ def _sort_header(path: Path) -> None:
         handle.truncate()
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model` as safetensors with its ModelConfig in the metadata (atomic, stable bytes)."""
+def save(model: nn.Module, path: str | os.PathLike, vocabulary: list[str] | None = None) -> Path:
+    """Write `model` as safetensors with its ModelConfig in the metadata (atomic, stable bytes).
+
+    `vocabulary`: the category names the model was trained to segment (metadata `vocabulary`, a JSON
+    list; `read_vocabulary` and `segvol categories --checkpoint` read it back).
+    """
     config: ModelConfig = model.config
     skip = _external_backbone_prefix(model)
     tensors = {
@@ -117,6 +121,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "model_config": config.to_json(),
         "text_backbone_stored": "false" if skip else "true",
     }
+    if vocabulary is not None:
+        metadata["vocabulary"] = json.dumps(sorted(set(vocabulary)))
     path = write_safetensors(tensors, path, metadata)
     provenance.write_sidecar(path)
     return path
@@ -313,6 +319,27 @@ def read_state_dict(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     if not state:
         raise ValueError(f"{path}: the checkpoint holds no model weights")
     return state, metadata, kind
+
+
+def read_vocabulary(source: str | os.PathLike) -> list[str]:
+    """The category names a checkpoint of ours records (`save(..., vocabulary=...)`); [] for files
+    without a record (the released ones, older ones of ours). Reads the safetensors header only."""
+    path = resolve(source)
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if not (len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000):
+        return []
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        names = json.loads(metadata.get("vocabulary") or "[]")
+    except Exception as error:
+        raise ValueError(f"{path}: unreadable vocabulary record: {error}") from error
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{path}: the vocabulary record is not a list of names")
+    return names
 
 
 # --------------------------------------------------------------------------------------- load
