@@ -410,3 +410,12 @@ def test_workflow_is_snakefmt_formatted():
     result = subprocess.run([snakefmt, "--check", "Snakefile", "workflow/"], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
+def test_python_code_is_ruff_clean(command):
+    """`ruff check` and `ruff format --check` under the `[tool.ruff]` settings of pyproject.toml."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is missing: pip install -e '.[test]'"
+    result = subprocess.run([ruff, *command, "--no-cache", "."], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
