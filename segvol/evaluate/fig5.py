@@ -30,15 +30,16 @@ def identify_case(model, case, candidates, seed, mode="resize"):
     what the box outlines wins. Decoding the names without the box matters: with it, the box
     dictates every candidate's mask (on the demo model: top-1 3 % with the box, 18 % without).
     """
-    from segvol.evaluate.prompts import category_seed, tight_box
+    from segvol.evaluate.prompts import category_seed
     from segvol.infer import Prompt, segment
+    from segvol.pseudo.sampling import segment_box
 
     rows = []
     for category, truth in zip(case.categories, case.labels):
-        box = tight_box(truth)
-        if box is None:
+        box = segment_box(np.asarray(truth) > 0)
+        if box[0] < 0:
             continue
-        spatial = np.asarray(segment(model, case.image, [Prompt(box=list(box))], mode=mode)[0]) > 0
+        spatial = np.asarray(segment(model, case.image, [Prompt(box=box.tolist())], mode=mode)[0]) > 0
         region = spatial if spatial.any() else truth
         logits = np.asarray(segment(model, case.image, [Prompt(text=name) for name in candidates], mode=mode))
         scores = np.array([float(channel[region].mean()) for channel in logits])

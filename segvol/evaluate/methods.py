@@ -13,7 +13,7 @@ image embedding is shared between prompts.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

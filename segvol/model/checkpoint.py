@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from segvol import provenance
 from torch import nn
 
+from segvol import provenance
 from segvol.io.atomic import atomic_path
 from segvol.model.build import build_model
 from segvol.model.config import ModelConfig, model_config
@@ -102,8 +101,12 @@ def _sort_header(path: Path) -> None:
         handle.truncate()
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model` as safetensors with its ModelConfig in the metadata (atomic, stable bytes)."""
+def save(model: nn.Module, path: str | os.PathLike, vocabulary: list[str] | None = None) -> Path:
+    """Write `model` as safetensors with its ModelConfig in the metadata (atomic, stable bytes).
+
+    `vocabulary`: the category names the model was trained to segment (metadata `vocabulary`, a JSON
+    list; `read_vocabulary` and `segvol categories --checkpoint` read it back).
+    """
     config: ModelConfig = model.config
     skip = _external_backbone_prefix(model)
     tensors = {
@@ -117,6 +120,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "model_config": config.to_json(),
         "text_backbone_stored": "false" if skip else "true",
     }
+    if vocabulary is not None:
+        metadata["vocabulary"] = json.dumps(sorted(set(vocabulary)))
     path = write_safetensors(tensors, path, metadata)
     provenance.write_sidecar(path)
     return path
@@ -289,7 +294,9 @@ def _normalize(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
 
     if keys and all(k.startswith("module.") for k in keys):
         state, kind = strip("module."), "github"
-    elif any(k.startswith("model.encoder.") for k in keys) and not any(k.startswith("model.image_encoder.") for k in keys):
+    elif any(k.startswith("model.encoder.") for k in keys) and not any(
+        k.startswith("model.image_encoder.") for k in keys
+    ):
         encoder = strip("model.encoder.")
         return {"image_encoder." + k: v for k, v in encoder.items()}, "simmim"
     elif keys and all(k.startswith("model.") for k in keys):
@@ -315,24 +322,67 @@ def read_state_dict(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     return state, metadata, kind
 
 
+def read_vocabulary(source: str | os.PathLike) -> list[str]:
+    """The category names a checkpoint of ours records (`save(..., vocabulary=...)`); [] for files
+    without a record (the released ones, older ones of ours). Reads the safetensors header only."""
+    path = resolve(source)
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if not (len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000):
+        return []
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        names = json.loads(metadata.get("vocabulary") or "[]")
+    except Exception as error:
+        raise ValueError(f"{path}: unreadable vocabulary record: {error}") from error
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{path}: the vocabulary record is not a list of names")
+    return names
+
+
 # --------------------------------------------------------------------------------------- load
 
 
-def config_of(source: str | os.PathLike, **overrides: Any) -> ModelConfig:
-    """The ModelConfig a checkpoint was saved with (ours) or `base` (official files), plus overrides."""
-    _, metadata, _ = read_state_dict(source)
-    return _config_from_metadata(metadata, source, overrides)
-
-
 def _config_from_metadata(metadata: dict[str, str], source, overrides: dict[str, Any]) -> ModelConfig:
+    """The checkpoint's ModelConfig (ours) or `base` (official files); the metadata is untrusted: its
+    values are checked against ModelConfig's limits (segvol/config.schema.yaml) before anything is built."""
     if metadata.get("format") == FORMAT:
         try:
             values = json.loads(metadata["model_config"])
         except (KeyError, json.JSONDecodeError) as error:
             raise ValueError(f"{source}: broken model_config in the checkpoint metadata ({error})") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: broken model_config in the checkpoint metadata (not a JSON object)")
         values.update(overrides)
-        return ModelConfig.from_dict(values)
+        try:
+            return ModelConfig.from_dict(values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: model_config in the checkpoint metadata: {error}") from None
     return model_config("base", **overrides)
+
+
+_VISION_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+
+
+def check_shapes_fit(config: ModelConfig, state: dict[str, torch.Tensor], source) -> None:
+    """Refuse a checkpoint whose image encoder, prompt encoder or mask decoder tensors are not
+    exactly those of a model of `config`, before `build_model` allocates it: the expected shapes
+    come from the parts built on the `meta` device (no memory), the file's from its header (the
+    tensors are memory-mapped, not read). The text encoder is checked after the build, as before
+    (its size is fixed by its backbone, not by the config)."""
+    from segvol.model.build import build_vision_parts
+
+    with torch.device("meta"):
+        parts = build_vision_parts(config)
+    expected = {prefix + key: value for prefix, part in zip(_VISION_PREFIXES, parts)
+                for key, value in part.state_dict().items()}
+    vision = {key: value for key, value in state.items() if key.startswith(_VISION_PREFIXES)}
+    problems = key_differences(expected, vision, lambda key: bool(_OPTIONAL_KEYS.match(key)))
+    if problems:
+        raise ValueError(f"{source}: checkpoint does not fit the model ({_describe(config)}): " + "; ".join(problems))
 
 
 def load(source: str | os.PathLike, **overrides: Any):
@@ -348,6 +398,7 @@ def load(source: str | os.PathLike, **overrides: Any):
             f"{source}: holds only image-encoder weights ({kind}); build a model and call load_image_encoder"
         )
     config = _config_from_metadata(metadata, source, overrides)
+    check_shapes_fit(config, state, source)
     model = build_model(config)
     _load_normalized(model, state, source, mapped=path)
     return model.eval()

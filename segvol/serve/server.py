@@ -585,7 +585,10 @@ class SegVolServer(ThreadingHTTPServer):
             try:
                 from segvol.vocabulary import known_categories
 
-                self._categories = sorted(known_categories())
+                weights = str(getattr(self.workspace, "weights", "") or "")
+                # a model fine-tuned on your own data records its categories: offer them too
+                local = [weights] if "://" not in weights and Path(weights).is_file() else []
+                self._categories = sorted(known_categories(checkpoints=local))
             except Exception as error:  # completion is a help, not a requirement
                 log.warning("no category list for completion: %s", error)
                 self._categories = []

@@ -26,7 +26,7 @@ rule taskspecific_train:
     log:
         "logs/taskspecific/{method}/{dataset}.log",
     benchmark:
-        "benchmarks/taskspecific_train/{method}/{dataset}.tsv"
+        benchmark_file("taskspecific_train/{method}/{dataset}")
     wildcard_constraints:
         method="nnunet|swinunetr|uxnet",
     conda:
