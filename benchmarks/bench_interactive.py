@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import statistics
 import sys
@@ -35,14 +36,19 @@ SHARED_CT, SHARED_LABELS, LIVER = SHARED / "example_ct.nii.gz", SHARED / "exampl
 
 
 def count_calls(model):
-    """Count the model's encoder windows and decoder items (wraps the bound methods in place)."""
-    counts = {"encoder": 0, "decoder": 0}
+    """Count the model's encoder windows and decoder items, and the seconds spent in each (wraps
+    the bound methods in place)."""
+    counts = {"encoder": 0, "decoder": 0, "encoder_s": 0.0, "decoder_s": 0.0}
 
     def counted(method, key):
         @functools.wraps(method)
         def wrapper(tensor, *args, **kwargs):
             counts[key] += tensor.shape[0] if key == "encoder" else _decode_batch(tensor, kwargs)
-            return method(tensor, *args, **kwargs)
+            started = time.perf_counter()
+            try:
+                return method(tensor, *args, **kwargs)
+            finally:
+                counts[key + "_s"] += time.perf_counter() - started
         return wrapper
 
     model.encode_image = counted(model.encode_image, "encoder")
@@ -89,22 +95,16 @@ def one_run(model, counts, case) -> dict:
 
         image = copy.copy(image)
     row = {}
-    started = time.perf_counter()
     session = Session(model, image)
-    row["open"] = time.perf_counter() - started
-    counts.update(encoder=0, decoder=0)
-    started = time.perf_counter()
-    session.set_box("object", box)
-    first = session.logits("object")
-    row.update(first=time.perf_counter() - started, first_encoder=counts["encoder"], first_decoder=counts["decoder"])
-    counts.update(encoder=0, decoder=0)
-    started = time.perf_counter()
-    session.add_point("object", click)
-    clicked = session.logits("object")
-    row.update(click=time.perf_counter() - started, click_encoder=counts["encoder"], click_decoder=counts["decoder"])
-    row["voxels"] = (int((first > 0).sum()), int((clicked > 0).sum()))
-    # Serve's click-to-overlay (segvol.serve.workspace: the same click through the web workspace,
-    # then the three rendered views) belongs here as one more timed step of the same run.
+    for step, edit in (("first", lambda: session.set_box("object", box)),
+                       ("click", lambda: session.add_point("object", click))):
+        counts.update(encoder=0, decoder=0, encoder_s=0.0, decoder_s=0.0)
+        started = time.perf_counter()
+        edit()
+        mask = session.mask("object")
+        row[step] = time.perf_counter() - started
+        row.update({f"{step}_{key}": value for key, value in counts.items()})
+        row[f"{step}_voxels"] = int(mask.sum())
     return row
 
 
@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write every run's numbers to this file")
     args = parser.parse_args()
 
     import torch
@@ -140,20 +141,33 @@ def main() -> None:
             model.image_encoder.set_precision(precision)
             configs[(preset, precision)] = (model, count_calls(model))
     rows: dict[tuple, list[dict]] = {key: [] for key in configs}
+    load_before = os.getloadavg()[0]
     for _ in range(args.repeats):
         for key, (model, counts) in configs.items():
             rows[key].append(one_run(model, counts, case))
+    report(rows, case, args, (load_before, os.getloadavg()[0]))
+    if args.json:
+        args.json.write_text(json.dumps({"case": case[1], "threads": args.threads, "rows": [
+            {"preset": preset, "precision": precision, "runs": runs} for (preset, precision), runs in rows.items()]},
+            indent=1))
 
-    print(f"interactive Session latency on {case[1]}, box {list(case[2])}, click {list(case[3])}; "
-          f"median of {args.repeats} interleaved runs, {args.threads} threads, load average "
-          f"{os.getloadavg()[0]:.1f}, random weights")
-    print(f"{'preset':>6} {'prec':>5} | {'first s':>8} {'enc':>4} {'dec':>4} | {'click s':>8} {'enc':>4} {'dec':>4} | "
-          f"{'runs of click s':>22}")
+
+def report(rows: dict[tuple, list[dict]], case, args, load) -> None:
+    print(f"Session latency on {case[1]}, box {list(case[2])}, click {list(case[3])}: median of {args.repeats} "
+          f"interleaved runs, {args.threads} threads, random weights, load average {load[0]:.1f} -> {load[1]:.1f}")
+    print("first = set_box + mask (a fresh session); click = add_point + mask; enc/dec = encoder windows /"
+          " decoder items; dec s = seconds inside model.decode; rest = everything else of the click")
+    print(f"{'preset':>6} {'prec':>5} | {'first s':>7} {'enc':>3} {'dec':>3} | {'click s':>7} {'enc':>3} {'dec':>3}"
+          f" {'dec s':>6} {'rest':>6} | click s of each run")
     for (preset, precision), runs in rows.items():
-        med = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "voxels"}
-        clicks = " ".join(f"{run['click']:.2f}" for run in runs)
-        print(f"{preset:>6} {precision:>5} | {med['first']:8.2f} {med['first_encoder']:4.0f} {med['first_decoder']:4.0f}"
-              f" | {med['click']:8.2f} {med['click_encoder']:4.0f} {med['click_decoder']:4.0f} | {clicks:>22}")
+        med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        rest = statistics.median(run["click"] - run["click_decoder_s"] - run["click_encoder_s"] for run in runs)
+        print(f"{preset:>6} {precision:>5} | {med['first']:7.2f} {med['first_encoder']:3.0f} "
+              f"{med['first_decoder']:3.0f} | {med['click']:7.3f} {med['click_encoder']:3.0f} "
+              f"{med['click_decoder']:3.0f} {med['click_decoder_s']:6.3f} {rest:6.3f} | "
+              + " ".join(f"{run['click']:.3f}" for run in runs))
+    # Serve's click-to-overlay (the same click through segvol.serve.workspace, then the three
+    # rendered views) goes here: one more timed step in one_run, one more column above.
 
 
 if __name__ == "__main__":

@@ -195,3 +195,22 @@ def test_dense_box_prompt_coverage_is_the_share_of_each_patch_inside_the_box():
     assert encoder.box_coverage(empty).abs().sum() == 0
     # the paper model keeps the released key list: no dense box embedding there
     assert not model_config("base").dense_box_prompt
+
+
+def test_dense_positional_encoding_is_computed_once_per_value_of_its_matrix(tiny):
+    encoder = tiny.prompt_encoder
+    first = encoder.get_dense_pe()
+    assert encoder.get_dense_pe() is first  # kept between decodes
+    assert torch.equal(first, encoder.pe_layer.dense(encoder.image_embedding_size).unsqueeze(0))
+    matrix = encoder.pe_layer.positional_encoding_gaussian_matrix
+    saved = matrix.clone()
+    with torch.no_grad():
+        matrix.mul_(2.0)  # new weights (as a checkpoint load copies them in place)
+    try:
+        fresh = encoder.get_dense_pe()
+        assert not torch.equal(fresh, first)
+        assert torch.equal(fresh, encoder.pe_layer.dense(encoder.image_embedding_size).unsqueeze(0))
+    finally:
+        with torch.no_grad():
+            matrix.copy_(saved)
+    assert torch.equal(encoder.get_dense_pe(), first)
