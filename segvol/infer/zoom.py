@@ -560,7 +560,17 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
         if jobs:
             work.append((window, jobs))
 
-    stitchers: dict[int, LogitStitcher] = {}
+    def in_region(window: Window) -> Window:
+        """The window's part inside the crop (all that is stitched, or kept), in region voxels."""
+        volume_slices, _ = window.overlap(crop_shape)
+        return Window(tuple(int(s.start - b) for s, b in zip(volume_slices, region_start)),
+                      tuple(s.stop - s.start for s in volume_slices))
+
+    parts: dict[int, list[Window]] = defaultdict(list)
+    for window, jobs in work:
+        for job in jobs:
+            parts[job.prompt_index].append(in_region(window))
+    stitchers = {k: LogitStitcher(region_logits[k], windows) for k, windows in parts.items()}
     bar = None
     if progress:
         from segvol.progress import progress_bar
@@ -577,16 +587,11 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
         embeddings = functools.cache(functools.partial(cache.get, list(by_key), lambda keys: torch.stack(
             [extract_window(crop, by_key[key]) for key in keys])[:, None]))
         for job, window_logits in decoder.run(embeddings, jobs, recall.known):
-            if job.prompt_index not in stitchers:
-                stitchers[job.prompt_index] = LogitStitcher(region_logits[job.prompt_index])
-            # Only the window's part inside the crop is ever stitched (and kept in the memo).
-            volume_slices, window_slices = batch[job.view_index][0].overlap(crop_shape)
-            if window_logits.shape != tuple(s.stop - s.start for s in volume_slices):
-                window_logits = window_logits[window_slices]
-            window_logits = recall.note(job, window_logits)
-            part = Window(tuple(int(s.start - b) for s, b in zip(volume_slices, region_start)),
-                          tuple(window_logits.shape))
-            stitchers[job.prompt_index].add(part, window_logits)
+            window = batch[job.view_index][0]
+            part = in_region(window)
+            if window_logits.shape != part.size:  # decoded now: the whole window
+                window_logits = window_logits[window.overlap(crop_shape)[1]]
+            stitchers[job.prompt_index].add(part, recall.note(job, window_logits))
         del embeddings
         if bar is not None:
             bar.update(len(batch))
