@@ -111,10 +111,11 @@ def one_run(model, counts, case) -> dict:
                        ("click", lambda: session.add_point("object", centre)),
                        ("click2", lambda: session.add_point("object", end))):
         counts.update(encoder=0, decoder=0, encoder_s=0.0, decoder_s=0.0)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         edit()
         mask = session.mask("object")
         row[step] = time.perf_counter() - started
+        row[f"{step}_cpu"] = time.process_time() - cpu
         row.update({f"{step}_{key}": value for key, value in counts.items()})
         row[f"{step}_voxels"] = int(mask.sum())
     return row
@@ -168,19 +169,20 @@ def report(rows: dict[tuple, list[dict]], case, args, load) -> None:
     print(f"Session latency on {case[1]}, box {list(case[2])}, clicks {[list(c) for c in case[3]]}: median of "
           f"{args.repeats} interleaved runs, {args.threads} threads, random weights, load average {load[0]:.1f} -> "
           f"{load[1]:.1f}")
-    print("s = seconds of set_box/add_point + mask; enc/dec = encoder windows/decoder items; in dec = seconds "
-          "inside model.decode; rest = the other seconds (stitching, resampling, copies)")
-    print(f"{'preset':>6} {'prec':>5} |{'first':>15} |{'click (centre)':>28} |{'click2 (end)':>28} |")
-    print(f"{'':>6} {'':>5} | {'s':>6} {'enc':>3} {'dec':>3} |" + f" {'s':>6} {'enc':>3} {'dec':>3} {'in dec':>6} "
-          f"{'rest':>5} |" * 2)
+    print("s = seconds of set_box/add_point + mask; cpu = CPU seconds of this process meanwhile (all threads: "
+          "less sensitive to other load); enc/dec = encoder windows/decoder items; in dec = seconds inside "
+          "model.decode; rest = the other seconds (stitching, resampling, copies)")
+    print(f"{'preset':>6} {'prec':>5} |{'first':>15} |{'click (centre)':>35} |{'click2 (end)':>35} |")
+    print(f"{'':>6} {'':>5} | {'s':>6} {'enc':>3} {'dec':>3} |" + f" {'s':>6} {'cpu':>6} {'enc':>3} {'dec':>3} "
+          f"{'in dec':>6} {'rest':>5} |" * 2)
     for (preset, precision), runs in rows.items():
         med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         line = (f"{preset:>6} {precision:>5} | {med['first']:6.2f} {med['first_encoder']:3.0f} "
                 f"{med['first_decoder']:3.0f} |")
         for step in ("click", "click2"):
             rest = statistics.median(run[step] - run[f"{step}_decoder_s"] - run[f"{step}_encoder_s"] for run in runs)
-            line += (f" {med[step]:6.3f} {med[step + '_encoder']:3.0f} {med[step + '_decoder']:3.0f}"
-                     f" {med[step + '_decoder_s']:6.3f} {rest:5.3f} |")
+            line += (f" {med[step]:6.3f} {med[step + '_cpu']:6.3f} {med[step + '_encoder']:3.0f}"
+                     f" {med[step + '_decoder']:3.0f} {med[step + '_decoder_s']:6.3f} {rest:5.3f} |")
         print(line + "  clicks of each run: " + " ".join(f"{run['click']:.2f}/{run['click2']:.2f}" for run in runs))
     # Serve's click-to-overlay (the same clicks through segvol.serve.workspace, then the three
     # rendered views) goes here: one more timed step in one_run, one more column group above.
