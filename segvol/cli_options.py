@@ -1,6 +1,6 @@
 """The flags `segvol` commands share, defined once so that each has one meaning everywhere.
 
-  --quiet          only warnings and errors, no progress bars
+  -q, --quiet      only warnings and errors, no progress bars
   --threads N      torch CPU threads of this process (default: torch's choice)
   --jobs N         cases processed in parallel, one worker process each (commands that fan out over cases)
   --device DEVICE  where the model runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps
@@ -73,7 +73,7 @@ def add_common_arguments(
     if seed is not None:
         parser.add_argument("--seed", type=int, default=2023, metavar="N", help=f"{seed} (default 2023)")
     if quiet:
-        parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+        parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
 
 def apply_common_arguments(args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from segvol.infer.cli import predict_file
+from segvol.infer.predict import predict_file
 from tests.stand_in_models import BoxModel
 from segvol.io import read_image, read_label
 from segvol.io.readers import dicom_series_files

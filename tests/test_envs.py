@@ -147,7 +147,7 @@ def _install_and_run(tmp_path: Path, conda_dir: Path, requirements: Path, workdi
     segvol_problems = [line for line in check.stdout.splitlines() if line.startswith("segvol ")]
     assert not segvol_problems, segvol_problems
 
-    run = subprocess.run([python, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory",
+    run = subprocess.run([python, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
                           str(workdir), "--configfile", "config/config.yaml", "config/test.yaml", "--cores", "1",
                           "data/raw/abdomen_a"], cwd=workdir, env=clean, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]

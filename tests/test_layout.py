@@ -175,6 +175,51 @@ def test_shared_libraries_import_no_stage(graph):
     assert edges == set(), sorted(edges)
 
 
+TRAINING_STAGES = ("segvol.pretrain.train", "segvol.finetune.train", "segvol.finetune.equivariant")
+# what only the one training loop does: the schedule, the resume checkpoint, the metrics CSV
+LOOP_INTERNALS = {"LambdaLR", "load_training_state", "save_training_state", "remove_training_state", "MetricsLog"}
+
+
+def test_one_training_loop(graph):
+    """Pretraining, fine-tuning and the equivariant adapter train through `segvol.training.loop`; nothing else
+    writes its own schedule, resume checkpoint or metrics log."""
+    for stage in TRAINING_STAGES:
+        assert "segvol.training.loop" in graph[stage], f"{stage} does not use segvol.training.loop"
+    for name, path in module_files(REPO / "segvol").items():
+        if name.startswith("segvol.training"):
+            continue
+        nodes = list(ast.walk(ast.parse(path.read_text())))
+        used = {n.attr for n in nodes if isinstance(n, ast.Attribute)} | {n.id for n in nodes if isinstance(n, ast.Name)}
+        assert not used & LOOP_INTERNALS, f"{path} runs its own training loop ({sorted(used & LOOP_INTERNALS)})"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports (`from a import b` counts as `a` and `a.b`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_predict_command_line_is_only_argparse_to_the_library():
+    """`segvol predict`'s box, point and text prompts go through segvol.infer.predict/prompts/outputs and never
+    come back to the command line: segvol/infer/cli.py defines only add_arguments and run, and nothing else
+    (package, tests, benchmarks) imports it; `segvol predict` reaches it through segvol/cli.py's table."""
+    cli = REPO / "segvol" / "infer" / "cli.py"
+    tree = ast.parse(cli.read_text())
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert defined == {"add_arguments", "run"}, f"{cli}: more than the command line: {sorted(defined)}"
+    users = []
+    for folder in ("segvol", "tests", "benchmarks"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if path != cli and "segvol.infer.cli" in imported_modules(path):
+                users.append(str(path.relative_to(REPO)))
+    assert users == [], f"import the library (segvol.infer.predict) instead: {users}"
+
+
 def test_test_helpers_live_under_tests():
     for name, path in module_files(REPO / "segvol").items():
         leaf = name.rpartition(".")[2]
@@ -282,17 +327,26 @@ def test_license_is_the_mit_text_pyproject_declares():
 def test_catalog_layout():
     import yaml
 
-    assert (REPO / "workflow" / "Snakefile").is_file() and (REPO / "config" / "README.md").is_file()
-    # A root Snakefile would be found first and, as a mere include, lose `rule all` as the default target.
-    assert not (REPO / "Snakefile").exists()
+    # One entry point, at the root (found first by `snakemake`, accepted there by the catalog): a second
+    # one under workflow/ would be a second, diverging way into the same rules.
+    assert (REPO / "Snakefile").is_file() and (REPO / "config" / "README.md").is_file()
+    assert not any((REPO / place).exists() for place in ("workflow/Snakefile", "workflow/snakefile"))
+    snakefile = (REPO / "Snakefile").read_text(encoding="utf-8")
+    assert "default_target: True" in snakefile
+    # Every rule file is included (from the root, so with its workflow/ prefix); nothing else is.
+    included = re.findall(r'^include: "([^"]+)"$', snakefile, flags=re.M)
+    rule_files = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    assert sorted(included) == rule_files and included[0] == "workflow/rules/common.smk"
+    assert re.search(r'^report: "workflow/report/workflow.rst"$', snakefile, flags=re.M)
     usage = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())["usage"]
     assert set(usage["software-stack-deployment"]) == {"conda", "apptainer", "apptainer+conda"}
     assert isinstance(usage["report"], bool) and usage["mandatory-flags"]["desc"]
 
 
 def test_workflow_is_snakefmt_formatted():
-    """`snakefmt --check workflow/` (the catalog's formatting gate)."""
+    """`snakefmt --check Snakefile workflow/` (the catalog's formatting gate)."""
     snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent)) or shutil.which("snakefmt")
     assert snakefmt, "snakefmt is missing: pip install -e '.[test]'"
-    result = subprocess.run([snakefmt, "--check", "workflow/"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([snakefmt, "--check", "Snakefile", "workflow/"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

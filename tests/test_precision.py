@@ -62,23 +62,23 @@ def test_bad_precision_switches_raise():
     assert cli_options.PRECISIONS == image_encoder_module.PRECISIONS
 
 
-def _predict(tmp_path, *extra):
+def _predict(tmp_path, checkpoint, *extra):
     output = tmp_path / f"seg{len(list(tmp_path.glob('seg*.nii.gz')))}.nii.gz"
-    code = main(["predict", str(tmp_path / "ct.nii.gz"), "-o", str(output), "--random-weights", "--preset", "tiny",
+    code = main(["predict", str(tmp_path / "ct.nii.gz"), "-o", str(output), "--checkpoint", str(checkpoint),
                  "--box", "5", "5", "5", "34", "40", "50", "--device", "cpu", "--quiet", *extra])
     assert code == 0
     manifest = json.loads(output.with_name(output.name.replace(".nii.gz", ".json")).read_text(encoding="utf-8"))
     return np.asarray(nib.load(str(output)).dataobj), manifest
 
 
-def test_predict_bf16_label_map_matches_fp32(tmp_path):
+def test_predict_bf16_label_map_matches_fp32(tmp_path, tiny_checkpoint):
     rng = np.random.default_rng(0)
     hu = np.full((40, 48, 56), -1000, np.int16)
     hu[2:-2, 2:-2, 2:-2] = rng.integers(-100, 300, (36, 44, 52))
     nib.save(nib.Nifti1Image(hu, np.eye(4)), str(tmp_path / "ct.nii.gz"))
 
-    fp32, fp32_manifest = _predict(tmp_path)
-    bf16, bf16_manifest = _predict(tmp_path, "--precision", "bf16")
+    fp32, fp32_manifest = _predict(tmp_path, tiny_checkpoint)
+    bf16, bf16_manifest = _predict(tmp_path, tiny_checkpoint, "--precision", "bf16")
     assert (fp32_manifest["precision"], bf16_manifest["precision"]) == ("fp32", "bf16")
     inside = fp32 == 1
     # Not a trivial mask: the random-weight model puts part of the box in, part out.
@@ -90,7 +90,7 @@ def test_predict_bf16_label_map_matches_fp32(tmp_path):
 
 def test_predict_rejects_an_unknown_precision(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "seg.nii.gz"), "--random-weights",
+        main(["predict", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "seg.nii.gz"),
               "--text", "liver", "--precision", "fp16"])
     assert exit_info.value.code == 2
     assert "--precision" in capsys.readouterr().err
@@ -98,14 +98,11 @@ def test_predict_rejects_an_unknown_precision(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
-def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, caplog, native_bf16):
-    from argparse import Namespace
-
-    from segvol.infer.cli import load_model
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, caplog, native_bf16, tiny_checkpoint):
+    from segvol.infer.predict import load_model
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16, raising=False)
-    args = Namespace(checkpoint=None, random_weights=True, preset="tiny", text_encoder=None, precision="bf16")
     with caplog.at_level("WARNING", logger="segvol"):
-        model, _ = load_model(args, torch.device("cpu"))
+        model, _ = load_model(str(tiny_checkpoint), torch.device("cpu"), precision="bf16")
     assert model.image_encoder.precision == "bf16"
     assert ("no bf16 instructions" in caplog.text) is not native_bf16

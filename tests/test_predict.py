@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from segvol.cli import main
-from segvol.infer.cli import predict_file
+from segvol.infer.predict import predict_file
 from segvol.infer.geometry import VoxelMap
 from segvol.io import read_image, read_label
 from tests.stand_in_models import BoxModel
@@ -134,10 +134,10 @@ def test_predict_real_ct_keeps_geometry_and_box(shared_data, tmp_path, case, seg
     assert np.all(predicted.array[label.array == 5] == 1)
 
 
-def test_cli_with_tiny_random_weights(shared_data, tmp_path):
+def test_cli_with_tiny_random_weights(shared_data, tmp_path, tiny_checkpoint):
     path = shared_data / "totalsegmentator" / "abdomen_ct_3mm_small" / "example_ct_sm.nii.gz"
     out = tmp_path / "seg.nii.gz"
-    code = main(["predict", str(path), "-o", str(out), "--random-weights", "--preset", "tiny",
+    code = main(["predict", str(path), "-o", str(out), "--checkpoint", str(tiny_checkpoint),
                  "--text", "liver", "--box", "20", "20", "5", "80", "70", "25", "--point", "50", "45", "15",
                  "--negative-point", "10", "10", "10", "--probabilities", "--device", "cpu"])
     assert code == 0
@@ -182,10 +182,10 @@ def test_unknown_text_raises(tmp_path):
         predict_file(TextlessModel((8, 32, 32)), path, tmp_path / "seg.nii.gz", [{"text": "liver"}])
 
 
-def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, tiny_checkpoint):
     path = tmp_path / "ct.nii.gz"
     write_phantom(path)
-    code = main(["predict", str(path), "-o", str(tmp_path / "s.nii.gz"), "--random-weights", "--preset", "tiny",
+    code = main(["predict", str(path), "-o", str(tmp_path / "s.nii.gz"), "--checkpoint", str(tiny_checkpoint),
                  "--box", "0", "0", "0", "99", "5", "5"])
     assert code == 2
     err = capsys.readouterr().err
@@ -231,7 +231,7 @@ def oblique_phantom(path, degrees=20.0):
 
 
 def test_world_box_on_an_oblique_image_covers_the_object(tmp_path):
-    from segvol.infer.cli import world_to_voxel_records
+    from segvol.infer.prompts import world_to_voxel_records
 
     path = tmp_path / "oblique.nii.gz"
     affine, organ = oblique_phantom(path)
@@ -256,7 +256,7 @@ def test_world_box_on_an_oblique_image_covers_the_object(tmp_path):
 
 
 def test_label_map_built_category_by_category_is_the_most_probable_above_half():
-    from segvol.infer.cli import LabelMapBuilder
+    from segvol.infer.outputs import LabelMapBuilder
 
     rng = np.random.default_rng(3)
     logits = torch.from_numpy(rng.normal(0, 2, (4, 20, 9, 7)).astype(np.float32))
@@ -276,7 +276,7 @@ def expected_label_map(logits: np.ndarray) -> np.ndarray:
 
 
 def test_label_map_from_category_regions_equals_the_all_in_memory_argmax():
-    from segvol.infer.cli import LabelMapBuilder
+    from segvol.infer.outputs import LabelMapBuilder
     from segvol.infer.zoom import OUTSIDE_LOGIT
 
     rng = np.random.default_rng(5)
@@ -306,7 +306,7 @@ def test_label_map_from_category_regions_equals_the_all_in_memory_argmax():
 def test_streamed_outputs_equal_the_all_in_memory_computation(tmp_path):
     """predict_file (one category at a time, label map streamed, per-category files written as they
     come) against all K full-volume logits held at once."""
-    from segvol.infer.cli import prepare
+    from segvol.infer.predict import prepare
     from segvol.infer.zoom import segment
     from segvol.io.intensity import foreground_normalize
     from tests.stand_in_models import MixingModel

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import segvol.infer.cli as cli
+import segvol.infer.predict as predict_module
 from segvol.cli import main
 from tests.test_predict import box_mask, write_phantom
 
@@ -16,22 +16,26 @@ BOX = [10, 5, 10, 30, 20, 40]
 @pytest.fixture
 def loads(monkeypatch):
     calls = []
-    original = cli.load_model
+    original = predict_module.load_model
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "load_model", counting)
+    monkeypatch.setattr(predict_module, "load_model", counting)
     return calls
 
 
-def predict(*args):
-    return main(["predict", *map(str, args), "--random-weights", "--preset", "tiny", "--device", "cpu",
-                 "--mode", "window", "--box", *map(str, BOX)])
+@pytest.fixture
+def predict(tiny_checkpoint):
+    def run(*args):
+        return main(["predict", *map(str, args), "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
+                     "--mode", "window", "--box", *map(str, BOX)])
+
+    return run
 
 
-def test_folder_of_inputs_loads_the_model_once_and_continue_skips_finished(tmp_path, loads, caplog):
+def test_folder_of_inputs_loads_the_model_once_and_continue_skips_finished(tmp_path, loads, caplog, predict):
     scans = tmp_path / "scans"
     scans.mkdir()
     for seed, name in enumerate(["a.nii.gz", "b.nii.gz"]):
@@ -60,7 +64,7 @@ def test_folder_of_inputs_loads_the_model_once_and_continue_skips_finished(tmp_p
     assert len(loads) == 2
 
 
-def test_several_inputs_need_a_folder_output(tmp_path, capsys, loads):
+def test_several_inputs_need_a_folder_output(tmp_path, capsys, loads, predict):
     for seed, name in enumerate(["a.nii.gz", "b.nii.gz"]):
         write_phantom(tmp_path / name, shape=(40, 30, 50), seed=seed)
     assert predict(tmp_path / "a.nii.gz", tmp_path / "b.nii.gz", "-o", tmp_path / "x.nii.gz") == 2
@@ -73,3 +77,12 @@ def test_help_hides_test_options_and_documents_indices(capsys):
     text = capsys.readouterr().out
     assert "--random-weights" not in text and "--preset" not in text
     assert "0-based" in text and "InstanceNumber" in text and "--continue" in text
+
+
+def test_the_product_command_has_no_test_only_model_flags(tmp_path, capsys):
+    """Random weights are a test helper (`tiny_checkpoint`), not hidden options of `segvol predict`."""
+    for flag in (["--random-weights"], ["--preset", "tiny"], ["--text-encoder", "minilm"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "seg.nii.gz"), "--text", "liver", *flag])
+        assert exit_info.value.code == 2
+        assert f"unrecognized arguments: {' '.join(flag)}" in capsys.readouterr().err

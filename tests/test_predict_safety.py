@@ -15,8 +15,14 @@ from tests.test_predict import write_phantom
 BOX = ["--box", "10", "5", "10", "30", "20", "40"]
 
 
-def predict(tmp_path, *args):
-    return main(["predict", *map(str, args), "--random-weights", "--preset", "tiny", "--device", "cpu"])
+@pytest.fixture
+def predict(tiny_checkpoint):
+    """`segvol predict ARGS` with a tiny random-weight model (the `tmp_path` argument is not used)."""
+
+    def run(tmp_path, *args):
+        return main(["predict", *map(str, args), "--checkpoint", str(tiny_checkpoint), "--device", "cpu"])
+
+    return run
 
 
 def snapshot(folder):
@@ -33,15 +39,15 @@ def ct(tmp_path):
 @pytest.fixture
 def no_model(monkeypatch):
     """Fail loudly if the model is loaded: these errors must come before it."""
-    import segvol.infer.cli as cli
+    import segvol.infer.predict as predict_module
 
     def refuse(*_, **__):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(cli, "load_model", refuse)
+    monkeypatch.setattr(predict_module, "load_model", refuse)
 
 
-def test_output_equal_to_input_is_refused(tmp_path, ct, capsys, no_model):
+def test_output_equal_to_input_is_refused(tmp_path, ct, capsys, no_model, predict):
     before = snapshot(tmp_path)
     assert predict(tmp_path, ct, "-o", ct, *BOX) == 2
     assert "overwrite the input" in capsys.readouterr().err
@@ -51,7 +57,7 @@ def test_output_equal_to_input_is_refused(tmp_path, ct, capsys, no_model):
     assert snapshot(tmp_path) == before
 
 
-def test_output_naming_an_existing_folder_is_refused(tmp_path, ct, capsys, no_model):
+def test_output_naming_an_existing_folder_is_refused(tmp_path, ct, capsys, no_model, predict):
     folder = tmp_path / "x.nii.gz"
     folder.mkdir()
     (folder / "precious.txt").write_text("keep me")
@@ -62,7 +68,7 @@ def test_output_naming_an_existing_folder_is_refused(tmp_path, ct, capsys, no_mo
     assert snapshot(tmp_path) == before
 
 
-def test_manifest_never_overwrites_the_prompt_file(tmp_path, ct, capsys, no_model):
+def test_manifest_never_overwrites_the_prompt_file(tmp_path, ct, capsys, no_model, predict):
     prompts = tmp_path / "organs.json"
     prompts.write_text(json.dumps([{"name": "thing", "box": [10, 5, 10, 30, 20, 40]}]))
     before = snapshot(tmp_path)
@@ -71,7 +77,7 @@ def test_manifest_never_overwrites_the_prompt_file(tmp_path, ct, capsys, no_mode
     assert snapshot(tmp_path) == before
 
 
-def test_foreign_existing_file_needs_overwrite_but_our_own_output_is_replaced(tmp_path, ct, capsys):
+def test_foreign_existing_file_needs_overwrite_but_our_own_output_is_replaced(tmp_path, ct, capsys, predict):
     out = tmp_path / "seg.nii.gz"
     (tmp_path / "seg.json").write_text('{"my": "notes"}')
     before = snapshot(tmp_path)
@@ -85,7 +91,7 @@ def test_foreign_existing_file_needs_overwrite_but_our_own_output_is_replaced(tm
     assert (tmp_path / "seg_masks" / "01_prompt.nii.gz").is_file()
 
 
-def test_bad_prompt_and_bad_image_fail_before_the_model_loads(tmp_path, ct, capsys, no_model):
+def test_bad_prompt_and_bad_image_fail_before_the_model_loads(tmp_path, ct, capsys, no_model, predict):
     assert predict(tmp_path, ct, "-o", tmp_path / "s.nii.gz", "--box", "0", "0", "0", "99", "5", "5") == 2
     assert "outside" in capsys.readouterr().err
     broken = tmp_path / "broken.nrrd"
@@ -96,7 +102,7 @@ def test_bad_prompt_and_bad_image_fail_before_the_model_loads(tmp_path, ct, caps
     assert not (tmp_path / "s.nii.gz").exists() and not (tmp_path / "b.nii.gz").exists()
 
 
-def test_inverted_box_names_the_prompt_and_the_axis(tmp_path, ct, capsys, no_model):
+def test_inverted_box_names_the_prompt_and_the_axis(tmp_path, ct, capsys, no_model, predict):
     assert predict(tmp_path, ct, "-o", tmp_path / "s.nii.gz", "--text", "liver",
                    "--box", "30", "5", "10", "10", "20", "40") == 2
     err = capsys.readouterr().err
@@ -106,7 +112,7 @@ def test_inverted_box_names_the_prompt_and_the_axis(tmp_path, ct, capsys, no_mod
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_missing_cuda_is_one_line(tmp_path, ct, capsys, no_model):
-    code = main(["predict", str(ct), "-o", str(tmp_path / "s.nii.gz"), *BOX, "--random-weights", "--device", "cuda"])
+    code = main(["predict", str(ct), "-o", str(tmp_path / "s.nii.gz"), *BOX, "--device", "cuda"])
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CUDA is not available" in err
@@ -148,6 +154,13 @@ def test_atomic_files_get_umask_permissions_not_0600(tmp_path):
     assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == 0o644
 
 
-def test_threads_and_quiet_are_accepted_and_checked(tmp_path, ct, capsys, no_model):
-    assert predict(tmp_path, ct, "-o", tmp_path / "s.nii.gz", *BOX, "--threads", "0", "--quiet") == 2
-    assert "--threads 0" in capsys.readouterr().err
+def test_threads_and_quiet_are_accepted_and_checked(tmp_path, ct, capsys, no_model, predict):
+    with pytest.raises(SystemExit) as exit_info:  # checked by the parser, as in every command
+        predict(tmp_path, ct, "-o", tmp_path / "s.nii.gz", *BOX, "--threads", "0", "--quiet")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threads" in err and "at least 1, got 0" in err
+    # accepted: the command runs (and stops at the prompt that reaches outside the image)
+    assert predict(tmp_path, ct, "-o", tmp_path / "s.nii.gz", "--box", "0", "0", "0", "99", "5", "5",
+                   "--threads", "1", "-q") == 2
+    assert "outside" in capsys.readouterr().err

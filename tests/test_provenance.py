@@ -138,7 +138,7 @@ def test_provenance_command_names_a_missing_folder(tmp_path, capsys):
 def test_a_prediction_records_its_provenance_in_its_manifest(tmp_path):
     import json
 
-    from segvol.infer.cli import predict_file
+    from segvol.infer.predict import predict_file
     from tests.stand_in_models import BoxModel
     from tests.test_predict import write_phantom
 

@@ -226,22 +226,18 @@ def test_categories_command(capsys):
 
 
 def test_predict_warns_about_unknown_text_and_refuses_it_with_strict(tmp_path, caplog, capsys):
-    import argparse
-
     from segvol.cli import main
-    from segvol.infer import cli as predict_cli
+    from segvol.infer.prompts import command_line_records
     from segvol.vocabulary import check_text_prompt
 
     assert check_text_prompt("Kidney_Left", strict=True) == "left kidney"
-    parser = argparse.ArgumentParser()
-    predict_cli.add_arguments(parser)
     with caplog.at_level("WARNING"):
-        records = predict_cli.prompt_records(parser.parse_args(["ct.nii.gz", "-o", "x.nii.gz", "--text", "banana", "--text", "liver"]))
+        records = command_line_records(["banana", "liver"])
     assert [r["text"] for r in records] == ["banana", "liver"]  # warned, still segmented
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "'banana' is not a category" in warnings[0]
     with pytest.raises(ValueError, match=r"'livr'.*did you mean 'liver'.*--strict"):
-        predict_cli.prompt_records(parser.parse_args(["ct.nii.gz", "-o", "x.nii.gz", "--text", "livr", "--strict"]))
+        command_line_records(["livr"], strict=True)
     # Through the command: one line, exit 2, before any file is read or written.
     out = tmp_path / "seg.nii.gz"
     assert main(["predict", str(tmp_path / "absent.nii.gz"), "-o", str(out), "--text", "spleeen", "--strict"]) == 2

@@ -89,7 +89,7 @@ def test_refusals_leave_the_server_running(served, tmp_path):
 
 
 def test_prompts_segment_undo_and_export_like_predict(served, tmp_path):
-    from segvol.infer.cli import predict_file
+    from segvol.infer.predict import predict_file
 
     server, root = served
     request(server, "/api/open", {"path": "ct.nii.gz"})
@@ -138,7 +138,7 @@ def test_the_page_in_a_real_browser(served, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from segvol.infer.cli import predict_file
+    from segvol.infer.predict import predict_file
 
     server, root = served
     options = webdriver.ChromeOptions()

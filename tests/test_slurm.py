@@ -50,7 +50,7 @@ def cluster() -> None:
 def _run(work: Path, *extra: str) -> str:
     work.mkdir()
     (work / "ddp.yaml").write_text(DDP_OVERLAY, encoding="utf-8")
-    args = ["--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(work),
+    args = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
             "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "test.yaml"),
             str(work / "ddp.yaml")]
     return assert_ok(snakemake(*args, *extra, TARGET, timeout=1500))

@@ -94,7 +94,7 @@ def test_end_to_end_tiny(tmp_path):
     work.mkdir()
     for name in ("config",):
         shutil.copytree(REPO / name, work / name)
-    args = ["--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(work),
+    args = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
             "--configfile", str(work / "config" / "config.yaml"), str(work / "config" / "test.yaml"),
             "--cores", "2"]
     assert_ok(snakemake(*args, "results/table2.csv", "results/table3.csv", timeout=1500))
@@ -118,7 +118,7 @@ def test_end_to_end_tiny(tmp_path):
     # Bit for bit: another directory, one core instead of two, the same models and tables.
     clone = tmp_path / "clone"
     shutil.copytree(REPO / "config", clone / "config")
-    single = ["--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(clone),
+    single = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(clone),
               "--configfile", str(clone / "config" / "config.yaml"), str(clone / "config" / "test.yaml"),
               "--cores", "1"]
     assert_ok(snakemake(*single, "results/table2.csv", timeout=1500))

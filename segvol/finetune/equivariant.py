@@ -24,7 +24,6 @@ example:
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -138,6 +137,7 @@ def train_adapter(
     from segvol.model.embedding_adapter import attach, save_adapter
     from segvol.settings import stage_settings
     from segvol.training import runtime as rt
+    from segvol.training.loop import Optimisation, StepResult, train
 
     runtime = rt.setup_runtime(threads, device)
     if runtime.distributed:
@@ -150,58 +150,36 @@ def train_adapter(
     model = model.to(runtime.device)
     adapter = attach(model, settings)
     objective = FinetuneObjective(model, settings["pseudo_weight"])
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     steps = int(settings["steps"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, rt.warmup_cosine(steps, int(round(settings["warmup_fraction"] * steps))))
+    optimisation = Optimisation(adapter.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"],
+                                steps=steps, warmup_steps=int(round(settings["warmup_fraction"] * steps)))
     tag = rt.fingerprint("finetune_equivariant", settings, seed, str(checkpoint), list(map(str, stores)),
                          list(map(str, pseudo_stores)))
-    start, _ = rt.load_training_state(out, model=adapter, optimizer=optimizer, scheduler=scheduler, tag=tag,
-                                      map_location=runtime.device)
     sample_settings = stage_settings("finetune", {key: settings[key] for key in SAMPLE_KEYS})
     samples = FinetuneSamples(stores, pseudo_stores, spatial_size=model.config.spatial_size, seed=seed,
                               settings=sample_settings)
     dataset = RotatedSamples(samples, settings["rotation_probability"], settings["rotation_max_degrees"], seed)
-    sampler = DatasetBatches(samples, batch_size=settings["batch_size"], rank=0, world_size=1, start=start,
-                             stop=steps, seed=seed)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=0)
-    metrics = rt.MetricsLog(out, ["loss", "supervised", "pseudo", "lr", "samples_per_s"], start)
-    every = int(settings["checkpoint_every"])
-    step = start
-    batches = iter(loader)
-    model.train()
-    try:
-        with rt.progress(steps, start, True, "finetune-equivariant") as bar:
-            tick = time.perf_counter()
-            while step < steps:
-                combinations = prompt_combinations(seed, step, int(settings["prompt_combinations"]))
-                batch = move_batch(next(batches), runtime.device)
-                categories = samples.categories[int(batch["store"][0])]
-                optimizer.zero_grad(set_to_none=True)
-                with rt.autocast(runtime.device):
-                    loss, parts = objective(batch, categories, float(batch["present"].sum()),
-                                            float(batch["image"].shape[0]), combinations=combinations)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                now = time.perf_counter()
-                rate = batch["image"].shape[0] / max(now - tick, 1e-9)
-                tick = now
-                metrics.write(step, {"loss": float(loss.detach()), **parts, "lr": scheduler.get_last_lr()[0],
-                                     "samples_per_s": rate})
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-                stopping = stop_after is not None and step - start >= stop_after
-                if step < steps and (stopping or (every > 0 and step % every == 0)):
-                    rt.save_training_state(out, step=step, model=adapter, optimizer=optimizer,
-                                           scheduler=scheduler, tag=tag)
-                if stopping:
-                    return Path(out)
-        save_adapter(adapter, out)
-        rt.remove_training_state(out)
-    finally:
-        metrics.close()
-        del batches
-        rt.teardown_runtime(runtime)
-    return Path(out)
+
+    def batches(start: int) -> DataLoader:
+        sampler = DatasetBatches(samples, batch_size=settings["batch_size"], rank=0, world_size=1, start=start,
+                                 stop=steps, seed=seed)
+        model.train()
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+
+    def step(index: int, stream, optimizer) -> StepResult:
+        combinations = prompt_combinations(seed, index, int(settings["prompt_combinations"]))
+        batch = move_batch(next(stream), runtime.device)
+        categories = samples.categories[int(batch["store"][0])]
+        optimizer.zero_grad(set_to_none=True)
+        with rt.autocast(runtime.device):
+            loss, parts = objective(batch, categories, float(batch["present"].sum()),
+                                    float(batch["image"].shape[0]), combinations=combinations)
+        loss.backward()
+        optimizer.step()
+        return StepResult({"loss": float(loss.detach()), **parts}, batch["image"].shape[0],
+                          postfix={"loss": f"{float(loss.detach()):.3f}"})
+
+    return train("finetune-equivariant", out, runtime, state=adapter, optimisation=optimisation, batches=batches,
+                 step=step, save_output=lambda: save_adapter(adapter, out),
+                 metrics=["loss", "supervised", "pseudo"], tag=tag,
+                 checkpoint_every=int(settings["checkpoint_every"]), stop_after=stop_after)

@@ -1,4 +1,5 @@
-"""Prompt fine-tuning loop: AdamW + warmup/cosine per step, DDP, accumulation, exact resume.
+"""Prompt fine-tuning: the step function of `segvol.training.loop` (AdamW + warmup/cosine, exact resume),
+DDP and gradient accumulation.
 
 One optimizer step = `grad_accum` micro-batches of `batch_size` samples per rank (shared
 embedding schedule) or, in the released per-category schedule, one micro-batch with one
@@ -7,8 +8,8 @@ optimizer step per present category. See `segvol.finetune.objective` for the two
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader
 from segvol.finetune.data import DatasetBatches, FinetuneSamples
 from segvol.finetune.objective import PROMPT_COMBINATIONS, FinetuneObjective
 from segvol.training import runtime as rt
+from segvol.training.loop import Optimisation, StepResult, train
 
 log = logging.getLogger(__name__)
 
@@ -105,101 +107,69 @@ def finetune(
             device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
             find_unused_parameters=True,  # some prompt paths are unused in some passes
         )
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=settings["lr"], weight_decay=settings["weight_decay"])
     steps = int(settings["steps"])
-    warmup = int(round(settings["warmup_fraction"] * steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rt.warmup_cosine(steps, warmup))
+    optimisation = Optimisation([p for p in model.parameters() if p.requires_grad], lr=settings["lr"],
+                                weight_decay=settings["weight_decay"], steps=steps,
+                                warmup_steps=int(round(settings["warmup_fraction"] * steps)))
     tag = rt.fingerprint("finetune", settings, model_settings, seed, runtime.world_size, torch.get_num_threads())
     inputs = rt.input_keys(zarr=list(stores), pseudo=list(pseudo_stores), encoder=encoder,
                            init_checkpoint=model_settings.get("init_checkpoint"))
-    start, _ = rt.load_training_state(out, model=model, optimizer=optimizer, scheduler=scheduler, tag=tag,
-                                      inputs=inputs, map_location=runtime.device)
 
     shared = bool(settings["shared_embedding"])
     accum = int(settings["grad_accum"]) if shared else 1
     dataset = FinetuneSamples(stores, pseudo_stores, spatial_size=spatial_size, seed=seed, settings=settings)
-    sampler = DatasetBatches(dataset, batch_size=settings["batch_size"], rank=runtime.rank,
-                             world_size=runtime.world_size, start=start * accum, stop=steps * accum, seed=seed)
-    workers = int(settings["workers"])
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                        multiprocessing_context="spawn" if workers > 0 else None,
-                        persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
-                        pin_memory=runtime.device.type == "cuda")
-    metrics = rt.MetricsLog(out, ["loss", "supervised", "pseudo", "lr", "samples_per_s"], start,
-                            enabled=runtime.is_main)
-    every = int(settings["checkpoint_every"])
-    step = start
-    batches = iter(loader)
-    model.train()
-    try:
-        with rt.progress(steps, start, runtime.is_main, "finetune") as bar:
-            tick = time.perf_counter()
-            while step < steps:
-                combinations = prompt_combinations(seed, step, int(settings["prompt_combinations"]))
-                totals = {"loss": 0.0, "supervised": 0.0, "pseudo": 0.0}
-                samples = 0
-                if shared:
-                    optimizer.zero_grad(set_to_none=True)
-                    for micro in range(accum):
-                        batch = move_batch(next(batches), runtime.device)
-                        categories = dataset.categories[int(batch["store"][0])]
-                        pairs = rt.all_reduce_sum(batch["present"].sum().float(), runtime)
-                        count = float(batch["image"].shape[0] * runtime.world_size)
-                        sync = micro == accum - 1 or not runtime.distributed
-                        context = trained.no_sync() if not sync else _nothing()
-                        with context, rt.autocast(runtime.device):
-                            loss, parts = trained(batch, categories, float(pairs), count, runtime.world_size,
-                                                  combinations=combinations)
-                        (loss / accum).backward()
-                        _accumulate(totals, loss, parts, 1.0 / accum)
-                        samples += batch["image"].shape[0] * runtime.world_size
-                    optimizer.step()
-                else:
-                    batch = move_batch(next(batches), runtime.device)
-                    categories = dataset.categories[int(batch["store"][0])]
-                    per_category = rt.all_reduce_sum(batch["present"].sum(0).float(), runtime)
-                    count = float(batch["image"].shape[0] * runtime.world_size)
-                    present = [k for k in range(len(categories)) if per_category[k] > 0]
-                    for k in present:
-                        optimizer.zero_grad(set_to_none=True)
-                        with rt.autocast(runtime.device):
-                            loss, parts = trained(batch, categories, float(per_category[k]), count,
-                                                  runtime.world_size, category=k, combinations=combinations)
-                        loss.backward()
-                        optimizer.step()
-                        _accumulate(totals, loss, parts, 1.0 / max(len(present), 1))
-                    samples += batch["image"].shape[0] * runtime.world_size
-                scheduler.step()
-                step += 1
-                now = time.perf_counter()
-                rate = samples / max(now - tick, 1e-9)
-                tick = now
-                metrics.write(step, {**totals, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
-                bar.set_postfix(loss=f"{totals['loss']:.3f}", samples_s=f"{rate:.2f}")
-                bar.update(1)
-                stopping = stop_after is not None and step - start >= stop_after
-                if runtime.is_main and step < steps and (stopping or (every > 0 and step % every == 0)):
-                    rt.save_training_state(out, step=step, model=model, optimizer=optimizer,
-                                           scheduler=scheduler, tag=tag, inputs=inputs)
-                if stopping:
-                    return Path(out)
-        if runtime.is_main:
-            save_model(model, out)
-            rt.remove_training_state(out)
-    finally:
-        metrics.close()
-        del batches
-        rt.teardown_runtime(runtime)
-    return Path(out)
 
+    def batches(start: int) -> DataLoader:
+        sampler = DatasetBatches(dataset, batch_size=settings["batch_size"], rank=runtime.rank,
+                                 world_size=runtime.world_size, start=start * accum, stop=steps * accum, seed=seed)
+        workers = int(settings["workers"])
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                            multiprocessing_context="spawn" if workers > 0 else None,
+                            persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
+                            pin_memory=runtime.device.type == "cuda")
+        model.train()
+        return loader
 
-class _nothing:
-    def __enter__(self):
-        return self
+    def step(index: int, stream, optimizer) -> StepResult:
+        combinations = prompt_combinations(seed, index, int(settings["prompt_combinations"]))
+        totals = {"loss": 0.0, "supervised": 0.0, "pseudo": 0.0}
+        samples = 0
+        if shared:
+            optimizer.zero_grad(set_to_none=True)
+            for micro in range(accum):
+                batch = move_batch(next(stream), runtime.device)
+                categories = dataset.categories[int(batch["store"][0])]
+                pairs = rt.all_reduce_sum(batch["present"].sum().float(), runtime)
+                count = float(batch["image"].shape[0] * runtime.world_size)
+                sync = micro == accum - 1 or not runtime.distributed
+                context = trained.no_sync() if not sync else contextlib.nullcontext()
+                with context, rt.autocast(runtime.device):
+                    loss, parts = trained(batch, categories, float(pairs), count, runtime.world_size,
+                                          combinations=combinations)
+                (loss / accum).backward()
+                _accumulate(totals, loss, parts, 1.0 / accum)
+                samples += batch["image"].shape[0] * runtime.world_size
+            optimizer.step()
+        else:
+            batch = move_batch(next(stream), runtime.device)
+            categories = dataset.categories[int(batch["store"][0])]
+            per_category = rt.all_reduce_sum(batch["present"].sum(0).float(), runtime)
+            count = float(batch["image"].shape[0] * runtime.world_size)
+            present = [k for k in range(len(categories)) if per_category[k] > 0]
+            for k in present:
+                optimizer.zero_grad(set_to_none=True)
+                with rt.autocast(runtime.device):
+                    loss, parts = trained(batch, categories, float(per_category[k]), count,
+                                          runtime.world_size, category=k, combinations=combinations)
+                loss.backward()
+                optimizer.step()
+                _accumulate(totals, loss, parts, 1.0 / max(len(present), 1))
+            samples += batch["image"].shape[0] * runtime.world_size
+        return StepResult(totals, samples, postfix={"loss": f"{totals['loss']:.3f}"})
 
-    def __exit__(self, *exc):
-        return False
+    return train("finetune", out, runtime, state=model, optimisation=optimisation, batches=batches, step=step,
+                 save_output=lambda: save_model(model, out), metrics=["loss", "supervised", "pseudo"], tag=tag,
+                 inputs=inputs, checkpoint_every=int(settings["checkpoint_every"]), stop_after=stop_after)
 
 
 def _accumulate(totals: dict, loss: torch.Tensor, parts: dict, weight: float) -> None:

@@ -5,8 +5,9 @@ from segvol.infer import Prompt, segment
 logits = segment(model, volume, [Prompt(text="liver", box=(10, 40, 40, 60, 200, 180))])
 ```
 
-Names are imported on first use, so that `segvol predict --help` (which imports
-`segvol.infer.cli`) does not import torch.
+`segvol predict` for image files: `segvol.infer.predict` (the library), `segvol.infer.outputs`
+(what it writes); `segvol.infer.cli` is only its command line. Names are imported on first use, so
+that `segvol predict --help` does not import torch.
 """
 
 import importlib

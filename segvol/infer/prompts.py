@@ -167,3 +167,102 @@ def read_prompt_records(path: str | Path) -> list[dict]:
 def load_prompt_file(path: str | Path) -> list[Prompt]:
     """Prompts from a JSON or YAML file (see `prompts_from_records`)."""
     return prompts_from_records(read_prompt_records(path), source=f"prompt file {path}")
+
+
+# ------------------------------------------------------------------------------- records of `segvol predict`
+
+
+def command_line_records(text: Sequence[str] = (), box: Sequence[float] | None = None,
+                         points: Sequence[Sequence[float]] = (), negative_points: Sequence[Sequence[float]] = (),
+                         prompt_file: str | Path | None = None, strict: bool = False) -> list[dict]:
+    """Prompt records from `segvol predict`'s --text/--box/--point/--negative-point/--prompts, coordinates as given.
+
+    Text outside the vocabulary warns (`strict`: raises, with the closest names).
+    """
+    records = []
+    if prompt_file:
+        records.extend({**r, "_origin": f"prompt file {prompt_file}"} for r in read_prompt_records(prompt_file))
+    if box is not None or points or negative_points:
+        if len(text) > 1:
+            raise ValueError("--box/--point describe one category: give at most one --text with them "
+                             "(use --prompts FILE for several)")
+        record = {"text": text[0] if text else None, "box": box, "_origin": "--box/--point/--negative-point"}
+        if points or negative_points:
+            record["points"] = [*points, *negative_points]
+            record["point_labels"] = [1] * len(points) + [0] * len(negative_points)
+        records.append(record)
+    else:
+        records.extend({"text": name, "_origin": "--text"} for name in text)
+    if not records:
+        raise ValueError("no prompt given: use --text, --box, --point or --prompts FILE")
+    from segvol.vocabulary import check_text_prompt
+
+    for record in records:
+        if record.get("text"):
+            check_text_prompt(record["text"], strict=strict)
+    return records
+
+
+def without_coordinates(records: list[dict]) -> list[dict]:
+    """Records with placeholder coordinates, to check everything else before an image gives them a meaning
+    (world coordinates are converted, and every box and point is checked, per image)."""
+    stripped = []
+    for record in records:
+        record = dict(record)
+        if record.get("box") is not None:
+            record["box"] = [0, 0, 0, 0, 0, 0]
+        if record.get("points") is not None:
+            record["points"] = [[0.0, 0.0, 0.0]] * len(record["points"])
+        stripped.append(record)
+    return stripped
+
+
+def world_to_voxel_records(records: list[dict], image) -> list[dict]:
+    """Replace RAS+ mm coordinates by voxel indices (i, j, k) of the input file of `image` (a `segvol.io` image).
+
+    A world box is the axis-aligned box between two RAS+ corners; on an oblique grid its image
+    in voxel space is a rotated box, so all eight corners are mapped and the voxel box covering
+    them is used (two corners alone cut off parts of the object).
+    """
+    world_to_file = VoxelMap(np.linalg.inv(np.asarray(image.original_affine, dtype=np.float64)))
+    converted = []
+    for record in records:
+        record = dict(record)
+        if record.get("box") is not None:
+            box = np.asarray(record["box"], dtype=np.float64)
+            if box.shape != (6,) or not np.all(np.isfinite(box)):
+                raise ValueError(f"box must be 6 numbers, got {record['box']!r}")
+            low, high = np.minimum(box[:3], box[3:]), np.maximum(box[:3], box[3:])
+            corners = np.array([[(high if (c >> a) & 1 else low)[a] for a in range(3)] for c in range(8)])
+            voxels = world_to_file.apply(corners)
+            # Voxels whose centre lies inside the world box: round inwards by less than half a voxel.
+            first = np.floor(voxels.min(axis=0) + 0.5).astype(np.int64)
+            last = np.floor(voxels.max(axis=0) + 0.5).astype(np.int64)
+            record["box"] = np.concatenate([first, last]).tolist()
+        if record.get("points") is not None:
+            points = np.asarray(record["points"], dtype=np.float64).reshape(-1, 3)
+            record["points"] = world_to_file.apply(points).tolist()
+        converted.append(record)
+    return converted
+
+
+def to_canonical_prompts(prompts: list[Prompt], image) -> list[Prompt]:
+    """Prompts in input-file voxels -> prompts in the canonical (D, H, W) voxels of `image`.
+
+    The file-to-canonical map is the reorientation the reader applied, derived from the two
+    affines (a pure axis permutation/flip), so a voxel index lands on the same physical voxel.
+    """
+    file_to_canonical = VoxelMap.from_affines(image.original_affine, image.affine)
+    canonical = []
+    for prompt in prompts:
+        prompt.check_inside(image.original_shape, where=f"the image {image.source}")
+        canonical.append(prompt.mapped(file_to_canonical, image.shape))
+    return canonical
+
+
+def prompts_on_image(records: list[dict], image, world: bool = False) -> tuple[list[Prompt], list[Prompt]]:
+    """Records (input-file voxels, or RAS+ mm with `world`) -> (prompts in file voxels, canonical prompts)."""
+    if world:
+        records = world_to_voxel_records(records, image)
+    prompts = prompts_from_records(records, source="prompts")
+    return prompts, to_canonical_prompts(prompts, image)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -17,8 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from segvol.training import runtime as rt
 from segvol.pretrain.simmim import SimMIM
+from segvol.training import runtime as rt
+from segvol.training.loop import Optimisation, StepResult, train
 from segvol.training.volumes import StoreReader, View, check_finite, crop_start, read_image
 
 log = logging.getLogger(__name__)
@@ -136,60 +136,38 @@ def pretrain(
     if runtime.distributed:
         trained = torch.nn.parallel.DistributedDataParallel(
             simmim, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(simmim.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     steps = int(settings["steps"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rt.warmup_cosine(steps, max(steps // 20, 1)))
+    optimisation = Optimisation(simmim.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"],
+                                steps=steps, warmup_steps=max(steps // 20, 1))
     tag = rt.fingerprint("pretrain", settings, model_settings, seed, runtime.world_size, torch.get_num_threads())
     inputs = rt.input_keys(zarr=list(stores), init_checkpoint=model_settings.get("init_checkpoint"))
-    start, _ = rt.load_training_state(out, model=simmim, optimizer=optimizer, scheduler=scheduler, tag=tag,
-                                      inputs=inputs, map_location=runtime.device)
 
-    reader = StoreReader(stores, split="train")
-    dataset = PretrainViews(reader, spatial_size, seed)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=RankBatches(start, steps, settings["batch_size"], runtime.rank, runtime.world_size),
-        num_workers=workers,
-        multiprocessing_context="spawn" if workers > 0 else None,
-        persistent_workers=False,
-    )
-    metrics = rt.MetricsLog(out, ["loss", "lr", "samples_per_s"], start, enabled=runtime.is_main)
-    every = int(settings["checkpoint_every"])
+    def batches(start: int) -> DataLoader:
+        dataset = PretrainViews(StoreReader(stores, split="train"), spatial_size, seed)
+        return DataLoader(
+            dataset,
+            batch_sampler=RankBatches(start, steps, settings["batch_size"], runtime.rank, runtime.world_size),
+            num_workers=workers,
+            multiprocessing_context="spawn" if workers > 0 else None,
+            persistent_workers=False,
+        )
+
     mask_generator = torch.Generator()
-    step = start
-    try:
-        with rt.progress(steps, start, runtime.is_main, "pretrain") as bar:
-            tick = time.perf_counter()
-            for images in loader:
-                # the mask depends on the step and rank only, so it survives a resume unchanged
-                mask_generator.manual_seed((seed * 1_000_003 + step) * 1009 + runtime.rank)
-                mask = simmim.random_mask(images.shape[0], mask_generator)
-                images = images.to(runtime.device, non_blocking=True)
-                with rt.autocast(runtime.device):
-                    loss, _ = trained(images, mask)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                elapsed = time.perf_counter() - tick
-                tick = time.perf_counter()
-                rate = images.shape[0] * runtime.world_size / max(elapsed, 1e-9)
-                metrics.write(step, {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
-                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.2f}")
-                bar.update(1)
-                if runtime.is_main and every > 0 and step % every == 0 and step < steps:
-                    rt.save_training_state(out, step=step, model=simmim, optimizer=optimizer,
-                                           scheduler=scheduler, tag=tag, inputs=inputs)
-                if stop_after is not None and step - start >= stop_after:
-                    if runtime.is_main:
-                        rt.save_training_state(out, step=step, model=simmim, optimizer=optimizer,
-                                               scheduler=scheduler, tag=tag, inputs=inputs)
-                    return Path(out)
-        if runtime.is_main:
-            save_encoder(simmim, cfg, out)
-            rt.remove_training_state(out)
-    finally:
-        metrics.close()
-        rt.teardown_runtime(runtime)
-    return Path(out)
+
+    def step(index: int, stream, optimizer) -> StepResult:
+        images = next(stream)
+        # the mask depends on the step and rank only, so it survives a resume unchanged
+        mask_generator.manual_seed((seed * 1_000_003 + index) * 1009 + runtime.rank)
+        mask = simmim.random_mask(images.shape[0], mask_generator)
+        images = images.to(runtime.device, non_blocking=True)
+        with rt.autocast(runtime.device):
+            loss, _ = trained(images, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return StepResult({"loss": loss.item()}, images.shape[0] * runtime.world_size,
+                          postfix={"loss": f"{loss.item():.4f}"})
+
+    return train("pretrain", out, runtime, state=simmim, optimisation=optimisation, batches=batches, step=step,
+                 save_output=lambda: save_encoder(simmim, cfg, out), metrics=["loss"], tag=tag, inputs=inputs,
+                 checkpoint_every=int(settings["checkpoint_every"]), stop_after=stop_after)

@@ -331,7 +331,7 @@ class Workspace:
 
     def export(self, name: str) -> dict:
         """Write `<name>.nii.gz` and its JSON into the served folder, exactly as `segvol predict` would."""
-        from segvol.infer.cli import predict_file
+        from segvol.infer.predict import predict_file
 
         name = (name or "").strip()
         if not name or "/" in name or "\\" in name or name.startswith("."):
