@@ -17,6 +17,10 @@ then run 2, ...) so that a change in machine load hits them alike; medians are p
 encoder passes (windows encoded) and decoder passes (prompt-window pairs decoded) of each step, the
 seconds spent inside `model.decode` and the rest (stitching, resampling, copies, Python). Goals
 on 2 CPU threads (docs/architecture.md#interactive-segmentation): base fp32 click <= 1.0 s, tiny <= 0.3 s.
+
+Not measured yet: serve's click-to-overlay (the same two clicks through `segvol serve`, then the
+rendered views; goal: within 0.2 s of the Session's click). Its place is marked in `one_run`
+(one more timed step) and `report` (one more column group).
 """
 
 from __future__ import annotations
@@ -118,6 +122,8 @@ def one_run(model, counts, case) -> dict:
         row[f"{step}_cpu"] = time.process_time() - cpu
         row.update({f"{step}_{key}": value for key, value in counts.items()})
         row[f"{step}_voxels"] = int(mask.sum())
+    # Serve's click-to-overlay goes here: the same two clicks through segvol serve's own session
+    # (add the point, then render the views it shows), timed as steps "serve_click" and "serve_click2".
     return row
 
 
@@ -184,8 +190,7 @@ def report(rows: dict[tuple, list[dict]], case, args, load) -> None:
             line += (f" {med[step]:6.3f} {med[step + '_cpu']:6.3f} {med[step + '_encoder']:3.0f}"
                      f" {med[step + '_decoder']:3.0f} {med[step + '_decoder_s']:6.3f} {rest:5.3f} |")
         print(line + "  clicks of each run: " + " ".join(f"{run['click']:.2f}/{run['click2']:.2f}" for run in runs))
-    # Serve's click-to-overlay (the same clicks through segvol.serve.workspace, then the three
-    # rendered views) goes here: one more timed step in one_run, one more column group above.
+    # Serve's click-to-overlay goes here: one more column group per serve step timed in one_run.
 
 
 if __name__ == "__main__":
