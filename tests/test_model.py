@@ -214,3 +214,24 @@ def test_dense_positional_encoding_is_computed_once_per_value_of_its_matrix(tiny
         with torch.no_grad():
             matrix.copy_(saved)
     assert torch.equal(encoder.get_dense_pe(), first)
+
+
+def test_patch_transpose_convolution_equals_the_convolution_it_replaces(tiny):
+    from segvol.model.mask_decoder import PatchConvTranspose3d
+
+    assert isinstance(tiny.mask_decoder.output_upscaling[3], PatchConvTranspose3d)
+    torch.manual_seed(1)
+    patch = PatchConvTranspose3d(12, 5)
+    plain = torch.nn.ConvTranspose3d(12, 5, kernel_size=2, stride=2)
+    plain.load_state_dict(patch.state_dict())  # same keys and shapes as the released layer
+    x = torch.randn(2, 12, 3, 4, 5, requires_grad=True)
+    ours, theirs = patch(x), plain(x)
+    assert ours.shape == (2, 5, 6, 8, 10)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    upstream = torch.randn(ours.shape)
+    grads = torch.autograd.grad((ours * upstream).sum(), [x, patch.weight, patch.bias])
+    expected = torch.autograd.grad((theirs * upstream).sum(), [x, plain.weight, plain.bias])
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    half = x.detach().to(torch.bfloat16)  # not float32: the plain convolution
+    torch.testing.assert_close(patch.to(torch.bfloat16)(half), plain.to(torch.bfloat16)(half))
