@@ -23,6 +23,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/taskspecific.smk"
+include: "workflow/rules/own_data.smk"
 include: "workflow/rules/provenance.smk"
 
 

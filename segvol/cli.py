@@ -23,6 +23,8 @@ SUBCOMMANDS = {
     "taskspecific": ("segvol.taskspecific.cli", "train a task-specific baseline (nnU-Net, SwinUNETR, 3D UX-Net) on one dataset"),
     "finetune-equivariant": ("segvol.finetune.equivariant", "train an SO(3)-equivariant patch embedding beside the frozen SegVol"),
     "evaluate": ("segvol.evaluate.cli", "paper evaluations: per-case scores, tables and figures"),
+    "own-data": ("segvol.own_data.cli", "fine-tune SegVol on your own labelled CTs (nnU-Net v2 raw dataset), "
+                 "scored before and after"),
     "predict": ("segvol.infer.cli", "segment your own CT (NIfTI/NRRD/MHA/DICOM) with text, box and point prompts"),
     "serve": ("segvol.serve.cli", "interactive segmentation in the browser: points, boxes, text, three views"),
     "categories": ("segvol.normalize.categories", "list the category names (text prompts) SegVol knows, with synonyms and datasets"),

@@ -10,12 +10,19 @@ Why not `snakemake.utils.validate` alone: its error is a multi-line dump of the 
 cannot serve the `segvol` commands (which must not import Snakemake), and it does not fill defaults
 of `additionalProperties` entries. Validation itself is `jsonschema`'s; this module only fills
 defaults and turns the most relevant error into one line that names the key path.
+
+Checks a JSON schema cannot make, done here for the config and the `--params` alike: no number is NaN
+or infinite (JSON-schema bounds let NaN through: every comparison with it is false), and a
+`text_encoder` that is a path is a Hugging Face model folder that exists (else the run would fail
+only when the model is built, hours into a workflow).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+import os
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -85,13 +92,71 @@ def _raise_first_error(value: Any, node: dict, root: tuple = (), flag: str = "")
         raise ValueError(f"{flag}: {message}" if flag else message)
 
 
+def _refuse_non_finite(value: Any, path: tuple, flag: str = "") -> None:
+    """ValueError naming the key path of the first NaN or infinite number in `value`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        where = _key_path(path)
+        message = f"{where}: {value} is not a finite number" if where else f"{value} is not a finite number"
+        raise ValueError(f"{flag}: {message}" if flag else message)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _refuse_non_finite(item, (*path, key), flag)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, (*path, index), flag)
+
+
+TEXT_ENCODER_NAMES = ("clip", "minilm")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                 "pytorch_model.bin.index.json")
+
+
+def text_encoder_folder_problem(value: str) -> str | None:
+    """None when `value` names a built-in text encoder or a folder that looks like a Hugging Face
+    text model (config.json with a model_type, a tokenizer, weights); else what is wrong."""
+    if value in TEXT_ENCODER_NAMES:
+        return None
+    if not os.path.isdir(value):
+        return f"{value!r} is neither {' nor '.join(TEXT_ENCODER_NAMES)} nor an existing folder"
+    names = set(os.listdir(value))
+    try:
+        with open(os.path.join(value, "config.json"), encoding="utf-8") as handle:
+            model_type = json.load(handle).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if not isinstance(model_type, str):
+        return f"{value!r} is not a Hugging Face model folder (no config.json with a model_type)"
+    if not names & set(_TOKENIZER_FILES):
+        return f"{value!r} holds no tokenizer ({', '.join(_TOKENIZER_FILES)})"
+    if not names & set(_WEIGHT_FILES):
+        return f"{value!r} holds no model weights ({', '.join(_WEIGHT_FILES)})"
+    return None
+
+
+def _check_model_paths(model: Mapping, root: tuple, flag: str = "") -> None:
+    for path, value in ((("text_encoder",), model.get("text_encoder")),
+                        (("overrides", "text_encoder"), (model.get("overrides") or {}).get("text_encoder"))):
+        if isinstance(value, str):
+            problem = text_encoder_folder_problem(value)
+            if problem:
+                message = f"{_key_path([*root, *path])}: {problem}"
+                raise ValueError(f"{flag}: {message}" if flag else message)
+
+
 def validated_config(config: Mapping) -> dict:
     """The whole workflow config, checked against the schema, with defaults filled in.
 
     Raises ValueError naming the key path, e.g. `finetune.lr: 'fast' is not of type 'number'`.
     """
+    _refuse_non_finite(dict(config), ())
     _raise_first_error(dict(config), schema())
-    return _fill_defaults(dict(config), schema())
+    filled = _fill_defaults(dict(config), schema())
+    if not filled["datasets"]["train"]:
+        raise ValueError("datasets.train: no training dataset; fine-tuning (and every table made from its model) "
+                         "needs at least one")
+    _check_model_paths(filled["model"], ("model",))
+    return filled
 
 
 def typed_command_line(overrides: Mapping) -> dict:
@@ -135,5 +200,9 @@ def stage_settings(stage: str, given: Mapping | str | None = None, flag: str = "
     if not isinstance(given, Mapping):
         raise ValueError(f"{flag}: expected a JSON object (the `{stage}:` config block), got {type(given).__name__}")
     node = schema()["properties"][stage]
+    _refuse_non_finite(dict(given), (stage,), flag)
     _raise_first_error(dict(given), node, root=(stage,), flag=flag)
-    return _fill_defaults(dict(given), node)
+    filled = _fill_defaults(dict(given), node)
+    if stage == "model":
+        _check_model_paths(filled, ("model",), flag)
+    return filled

@@ -103,7 +103,8 @@ def _add(vocabulary: dict, name: str, dataset: str | None) -> None:
 
 
 @lru_cache(maxsize=8)
-def _known(registry: str | None, config: str | None, stores: tuple[str, ...]) -> dict:
+def _known(registry: str | None, config: str | None, stores: tuple[str, ...],
+           checkpoints: tuple[str, ...] = ()) -> dict:
     import yaml
 
     vocabulary: dict = {}
@@ -134,18 +135,25 @@ def _known(registry: str | None, config: str | None, stores: tuple[str, ...]) ->
             raise ValueError(f"{store}: root attribute 'categories' is missing; not a dataset store")
         for name in attrs["categories"]:
             _add(vocabulary, name, attrs.get("dataset") or Path(store).stem)
+    for source in checkpoints:
+        from segvol.model.checkpoint import read_vocabulary
+
+        for name in read_vocabulary(source):
+            _add(vocabulary, name, f"checkpoint {Path(source).name}")
     return {name: {"synonyms": sorted(entry["synonyms"]), "datasets": sorted(entry["datasets"])}
             for name, entry in sorted(vocabulary.items())}
 
 
 def known_categories(registry: str | os.PathLike | None = DEFAULT_REGISTRY,
                      config: str | os.PathLike | None = DEFAULT_CONFIG,
-                     stores=()) -> dict[str, dict[str, list[str]]]:
+                     stores=(), checkpoints=()) -> dict[str, dict[str, list[str]]]:
     """`{canonical name: {"synonyms": [...], "datasets": [...]}}`, sorted by name.
 
     Sources: the synonym table, the registry's `labels`/`regions` (entries whose labels come from
     the release, `labels: null`, add theirs only through a normalized store), the synthetic
-    datasets of `config` and the `categories` of each Zarr store in `stores`. A missing default
+    datasets of `config`, the `categories` of each Zarr store in `stores` and the vocabulary each
+    checkpoint in `checkpoints` records (`segvol.model.checkpoint.read_vocabulary`; its "dataset"
+    is `checkpoint <file name>`). A missing default
     registry/config (an installed package without the repository) is skipped; a missing file
     given explicitly is an error.
     """
@@ -159,7 +167,8 @@ def known_categories(registry: str | os.PathLike | None = DEFAULT_REGISTRY,
         return str(Path(path).resolve())
 
     return _known(usable(registry, DEFAULT_REGISTRY), usable(config, DEFAULT_CONFIG),
-                  tuple(str(Path(s).resolve()) for s in stores))
+                  tuple(str(Path(s).resolve()) for s in stores),
+                  tuple(str(c if "://" in str(c) else Path(c).resolve()) for c in checkpoints))
 
 
 def near_names(name: str, vocabulary: dict, n: int = 3) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -111,6 +112,7 @@ def test_conda_pip_section_installs_segvol_into_a_fresh_env_that_runs_a_rule(tmp
     workdir = tmp_path / "work"
     shutil_copy_config(workdir)
     conda_dir = REPO / ".snakemake" / "conda"
+    made = [folder for folder in (conda_dir.parent, conda_dir) if not folder.exists()]  # removed again below
     conda_dir.mkdir(parents=True, exist_ok=True)
     spec = yaml.safe_load((REPO / "envs" / "segvol.yaml").read_text(encoding="utf-8"))
     pip_section = next(item["pip"] for item in spec["dependencies"] if isinstance(item, dict))
@@ -120,6 +122,8 @@ def test_conda_pip_section_installs_segvol_into_a_fresh_env_that_runs_a_rule(tmp
         _install_and_run(tmp_path, conda_dir, requirements, workdir)
     finally:
         requirements.unlink()
+        for folder in reversed(made):  # the test leaves the clone's .snakemake/ as it found it
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _install_and_run(tmp_path: Path, conda_dir: Path, requirements: Path, workdir: Path) -> None:

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Data-flow order of the stage packages (docs/architecture.md); equal ranks are siblings.
 STAGE_RANK = {"synth": 0, "download": 0, "normalize": 1, "pseudo": 2, "pretrain": 3, "finetune": 4, "taskspecific": 4,
-              "evaluate": 5}
+              "evaluate": 5, "own_data": 6}
 
 
 def module_files(package_dir: Path) -> dict[str, Path]:

@@ -235,3 +235,47 @@ def test_patch_transpose_convolution_equals_the_convolution_it_replaces(tiny):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     half = x.detach().to(torch.bfloat16)  # not float32: the plain convolution
     torch.testing.assert_close(patch.to(torch.bfloat16)(half), plain.to(torch.bfloat16)(half))
+
+
+def test_image_skip_packs_mask_resolution_features_into_the_token_of_their_cell():
+    """The packed skip channels of token (i, j, k) hold exactly the 4x4x4 mask cells it upsamples to."""
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny", image_skip_channels=2)).eval()
+    cfg, skip = model.config, model.image_skip
+    assert cfg.embedding_channels == cfg.hidden_size + 64 * 2
+    image = _image(model)
+    with torch.no_grad():
+        embedding = model.encode_image(image)
+        assert embedding.shape == (1, cfg.embedding_channels, *cfg.grid_size)
+        features = skip.unpack(embedding[:, cfg.hidden_size:])
+        assert features.shape == (1, 2, *cfg.low_res_size)
+        pooled = torch.nn.functional.avg_pool3d(image, skip.pool)
+        torch.testing.assert_close(features, skip.conv2(torch.nn.functional.gelu(skip.conv1(pooled))))
+        # a token's own channels are its cell's features: cell (1, 2, 3) of the mask grid at the
+        # token grid's position (1, 2, 3) (a wrong packing order puts other voxels there)
+        cell = features[0, :, 4:8, 8:12, 12:16]
+        packed = embedding[0, cfg.hidden_size:, 1, 2, 3].reshape(2, 4, 4, 4)
+        torch.testing.assert_close(packed, cell)
+        # and the decoder reads it: changing only the skip channels changes the logits
+        boxes = torch.tensor([[2.0, 3, 4, 20, 30, 40]])
+        before = model.decode(embedding, boxes=boxes)
+        changed = embedding.clone()
+        changed[:, cfg.hidden_size:] += 1.0
+        assert (model.decode(changed, boxes=boxes) - before).abs().max() > 0
+    # off in the paper's network and the plain tiny preset: the released key list is unchanged
+    for preset in ("base", "tiny"):
+        assert model_config(preset).image_skip_channels == 0
+    assert not any("skip" in name for name in build_model(model_config("tiny")).state_dict())
+
+
+def test_image_skip_model_round_trips_through_its_checkpoint(tmp_path):
+    from segvol.model import checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny", image_skip_channels=2)).eval()
+    loaded = checkpoint.load(checkpoint.save(model, tmp_path / "model.safetensors"))
+    assert loaded.config.image_skip_channels == 2
+    image = _image(model)
+    boxes = torch.tensor([[2.0, 3, 4, 20, 30, 40]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image, boxes=boxes), model(image, boxes=boxes), rtol=0, atol=0)

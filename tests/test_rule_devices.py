@@ -49,6 +49,39 @@ def test_demo_jobs_run_on_the_cpu_unless_given_a_gpu():
     assert all("--device cuda" in command for command in commands["table3"]), commands["table3"]
 
 
+def test_the_dry_runs_ignore_what_readme_command_1_made_in_the_clone(tmp_path):
+    """README command 1 then command 2 in one clone: the dry-run tests must not plan against the
+    clone's outputs (before, the demo DAG was "Nothing to be done" there: KeyError 'pretrain').
+    A stand-in clone whose outputs of `results/table3.csv` are all up to date (created, then
+    `snakemake --touch`) runs the device test, and is left exactly as it was."""
+    import subprocess
+    import sys
+
+    from tests.conftest import run_outputs_state
+    from tests.test_workflow import copy_sources
+
+    clone = copy_sources(tmp_path / "clone")
+    summary = assert_ok(snakemake("--summary", "--cores", "1", "results/table3.csv", cwd=clone))
+    for line in summary.splitlines()[1:]:
+        output = line.split("\t")[0]
+        if "\t" not in line or not output:
+            continue
+        path = clone / output
+        if path.suffix:  # a file; the rules' directory outputs (datasets, Zarr stores) have no suffix or .zarr
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir() if path.suffix == ".zarr" else path.touch()
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    assert_ok(snakemake("--touch", "--cores", "1", "results/table3.csv", cwd=clone))
+    assert "Nothing to be done" in assert_ok(snakemake("-n", "results/table3.csv", cwd=clone))
+    before = run_outputs_state(clone)
+    test = "tests/test_rule_devices.py::test_demo_jobs_run_on_the_cpu_unless_given_a_gpu"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], cwd=clone,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert run_outputs_state(clone) == before
+
+
 def test_slurm_gpu_jobs_get_cuda_and_the_threads_of_their_cpus():
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text(encoding="utf-8"))
     gpu_rules = {rule for rule, values in profile["set-resources"].items() if "cpus_per_gpu" in values}
@@ -103,3 +136,58 @@ def test_readme_local_gpu_line_gives_evaluation_the_gpu():
         for rule in ("evaluate_cases", "table3"):
             assert commands[rule] and all("--device cuda" in command for command in commands[rule]), rule
         assert all("--device cpu" in command for command in commands["table6"])
+
+
+def test_the_clone_guard_sees_created_changed_and_removed_outputs(tmp_path):
+    """tests/conftest.py fails a test module that changes the clone's run outputs; its snapshot must see
+    every kind of change (a rewritten file of the same size included)."""
+    import os
+
+    from tests.conftest import describe_changes, run_outputs_state
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table2.csv").write_text("a,b\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "src.py").write_text("not guarded")
+    before = run_outputs_state(tmp_path)
+    assert set(before) == {"results", "results/table2.csv", "models"}
+    (tmp_path / "src.py").write_text("changed, but not a run output")
+    assert run_outputs_state(tmp_path) == before
+    (tmp_path / "results" / "table2.csv").write_text("c,d\n")
+    os.utime(tmp_path / "results" / "table2.csv", ns=(1, 1))
+    (tmp_path / ".snakemake" / "log").mkdir(parents=True)
+    (tmp_path / "models").rmdir()
+    change = describe_changes(before, run_outputs_state(tmp_path))
+    assert change == "created: .snakemake, .snakemake/log; removed: models; changed: results/table2.csv", change
+
+
+def test_the_work_tree_guard_sees_new_changed_and_removed_files_but_not_ignored_ones(tmp_path):
+    """tests/conftest.py fails the session when the tests leave any file git sees changed in the clone."""
+    import os
+    import subprocess
+
+    from tests.conftest import work_tree_status
+
+    assert work_tree_status(tmp_path) is None  # not a git checkout: nothing to compare
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / ".gitignore").write_text("__pycache__/\n")
+    (tmp_path / "kept.py").write_text("a = 1\n")
+    (tmp_path / "gone.py").write_text("b = 2\n")
+    subprocess.run([*git, "add", "."], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "start"], cwd=tmp_path, check=True)
+    assert work_tree_status(tmp_path) == {}
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "kept.pyc").write_bytes(b"ignored")
+    assert work_tree_status(tmp_path) == {}
+    (tmp_path / "kept.py").write_text("a = 3\n")
+    (tmp_path / "gone.py").unlink()
+    (tmp_path / "new" / "deep").mkdir(parents=True)
+    (tmp_path / "new" / "deep" / "file.txt").write_text("x")
+    state = work_tree_status(tmp_path)
+    assert {path: value[0] for path, value in state.items()} == {
+        "kept.py": " M", "gone.py": " D", "new/deep/file.txt": "??"}
+    changed = state["kept.py"][2] + 10**9
+    (tmp_path / "kept.py").write_text("a = 4\n")  # rewritten again, same size: the time tells
+    os.utime(tmp_path / "kept.py", ns=(changed, changed))
+    assert work_tree_status(tmp_path) != state

@@ -37,17 +37,23 @@ def served(tmp_path):
     (tmp_path / "secret.nii.gz").write_bytes((root / "ct.nii.gz").read_bytes())
     (root / "escape").symlink_to(tmp_path)  # a link that leads out of the served folder
     workspace = Workspace(BoxModel(spatial_size=(8, 32, 32)), root)
-    server = SegVolServer(("127.0.0.1", 0), workspace, max_upload_bytes=2_000_000)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    server = SegVolServer(("127.0.0.1", 0), workspace, max_upload_bytes=2_000_000, upload_dir=str(uploads))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server, root
     server.shutdown()
     server.server_close()
 
 
-def request(server, path, payload=None, data=None, headers=None):
+def request(server, path, payload=None, data=None, headers=None, token=True):
+    """GET (or POST `payload` as JSON, or `data` as a file) with the launch's token, as the page does."""
     body = data if data is not None else (None if payload is None else json.dumps(payload).encode())
-    req = urllib.request.Request(server.url.rstrip("/") + path, data=body, headers=headers or {},
+    headers = {"Content-Type": "application/json" if data is None else "application/octet-stream", **(headers or {})}
+    if token:
+        headers["X-SegVol-Token"] = getattr(server, "token", "")
+    req = urllib.request.Request(server.url.rstrip("/") + path, data=body, headers=headers,
                                  method="POST" if body is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=60) as response:
@@ -128,10 +134,63 @@ def _chromium():
     return shutil.which("chromium") and shutil.which("chromedriver")
 
 
+HOSTILE_FORM = """<!doctype html><title>a page the user happens to visit</title>
+<form method="post" enctype="text/plain" action="{target}{path}">
+<input type="hidden" name='{{"name": "{name}", "x": "' value='"}}'><button id="go">go</button></form>"""
+HOSTILE_FETCH = """<!doctype html><title>waiting</title><script>
+(async () => {{
+  const results = [];
+  const attempts = [["/api/object", {{name: "pwned-fetch"}}], ["/api/export", {{name: "pwned-fetch"}}]];
+  for (const [path, body] of attempts) {{  // "simple" requests: no preflight, cookies included
+    try {{
+      await fetch("{target}" + path, {{method: "POST", mode: "no-cors", credentials: "include",
+                                      headers: {{"Content-Type": "text/plain"}}, body: JSON.stringify(body)}});
+      results.push("sent");
+    }} catch (error) {{ results.push("failed"); }}
+  }}
+  try {{ results.push(await (await fetch("{target}/api/files", {{credentials: "include"}})).text()); }}
+  catch (error) {{ results.push("blocked"); }}
+  try {{
+    await fetch("{target}/api/object", {{method: "POST", credentials: "include",
+                headers: {{"Content-Type": "application/json"}}, body: JSON.stringify({{name: "pwned-cors"}})}});
+    results.push("sent");
+  }} catch (error) {{ results.push("blocked"); }}
+  document.body.dataset.results = JSON.stringify(results);
+  document.title = "done";
+}})();
+</script>"""
+
+
+def hostile_site(target: str):
+    """A second loopback origin (another port) whose pages attack `target`: a script-free form and fetches."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    target = target.rstrip("/")
+    pages = {"/object": HOSTILE_FORM.format(target=target, path="/api/object", name="pwned"),
+             "/export": HOSTILE_FORM.format(target=target, path="/api/export", name="pwned"),
+             "/fetch": HOSTILE_FETCH.format(target=target)}
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = pages.get(self.path, "").encode()
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    site = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=site.serve_forever, args=(0.05,), daemon=True).start()
+    return site, f"http://127.0.0.1:{site.server_address[1]}"
+
+
 # CI installs the browser (.ci/run) and sets SEGVOL_REQUIRE_BROWSER: there a missing browser fails.
 @pytest.mark.skipif(not _chromium() and not os.environ.get("SEGVOL_REQUIRE_BROWSER"),
                     reason="needs Debian's chromium and chromium-driver (installed by .ci/run)")
-def test_the_page_in_a_real_browser(served, tmp_path):
+def test_the_page_in_a_real_browser(served, tmp_path, caplog):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
@@ -143,7 +202,8 @@ def test_the_page_in_a_real_browser(served, tmp_path):
     server, root = served
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,900"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,900",
+                 "--host-resolver-rules=MAP evil.example 127.0.0.1"):  # a DNS-rebinding stand-in
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     waiter = WebDriverWait(driver, 60)
@@ -158,7 +218,7 @@ def test_the_page_in_a_real_browser(served, tmp_path):
                 message = driver.find_element(By.ID, "message").text
                 raise AssertionError(f"page status {status!r}, message {message!r}") from None
     try:
-        driver.get(server.url)
+        driver.get(server.url_with_token)
         wait.until(lambda d: d.find_element(By.ID, "status").text == "open an image")
         assert driver.find_element(By.ID, "files").get_attribute("value") == "ct.nii.gz"
         driver.find_element(By.ID, "open").click()
@@ -208,9 +268,48 @@ def test_the_page_in_a_real_browser(served, tmp_path):
         driver.find_element(By.ID, "export-name").send_keys("browser_export")
         driver.find_element(By.ID, "export").click()
         wait.until(lambda d: d.find_element(By.ID, "export-result").text.startswith("wrote"))
+        records = server.workspace.export_records()
+
+        # A name that is HTML is shown as text: no element made from it, nothing run.
+        hostile_name = '<img src=x onerror="document.title=`pwned`">'
+        driver.find_element(By.ID, "object-name").clear()
+        driver.find_element(By.ID, "object-name").send_keys(hostile_name)
+        driver.find_element(By.ID, "add-object").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#objects li")) == 2)
+        assert hostile_name in driver.find_element(By.ID, "objects").text
+        assert not driver.find_elements(By.CSS_SELECTOR, "#objects img") and driver.title != "pwned"
+
+        # Pages of another origin (same host, another port: cookies are sent) change nothing.
+        def snapshot():
+            return json.dumps(server.workspace.describe()["objects"], sort_keys=True), sorted(os.listdir(root))
+
+        before = snapshot()
+        site, hostile = hostile_site(server.url)
+        try:
+            for page in ("/object", "/export"):
+                driver.get(hostile + page)
+                driver.find_element(By.ID, "go").click()  # what a click on a decoy button does
+                waiter.until(lambda d: d.current_url.startswith(server.url))
+                assert "cross-origin request refused" in driver.page_source
+            driver.get(hostile + "/fetch")
+            waiter.until(lambda d: d.title == "done")
+            results = json.loads(driver.find_element(By.TAG_NAME, "body").get_attribute("data-results"))
+        finally:
+            site.shutdown()
+            site.server_close()
+        assert results[2] == "blocked" and "ct.nii.gz" not in json.dumps(results), results
+        assert snapshot() == before
+        refused = [r.message for r in caplog.records if "cross-origin request refused" in r.message]
+        assert len(refused) >= 4, refused  # two forms and two fetches reached the server and were refused
+
+        # A foreign Host (DNS rebinding: evil.example resolving to 127.0.0.1) gets no data, even with the token.
+        for path in ("/?token=", "/api/files?token=", "/api/state?token="):
+            driver.get(f"http://evil.example:{server.server_address[1]}{path}{server.token}")
+            assert "Host header does not name this server" in driver.page_source
+            assert "ct.nii.gz" not in driver.page_source and "<script" not in driver.page_source
+        assert snapshot() == before
     finally:
         driver.quit()
-    records = server.workspace.export_records()
     predict_file(server.workspace.model, root / "ct.nii.gz", tmp_path / "cli.nii.gz", records)
     ours = nib.load(str(root / "browser_export.nii.gz")).get_fdata()
     assert ours.sum() > 0 and np.array_equal(ours, nib.load(str(tmp_path / "cli.nii.gz")).get_fdata())

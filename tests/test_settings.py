@@ -77,10 +77,17 @@ def test_top_level_and_paths_typos_are_errors(change, message):
         validated_config(config)
 
 
-def test_good_values_pass_and_defaults_fill():
+def test_good_values_pass_and_defaults_fill(tmp_path, monkeypatch):
+    encoder = tmp_path / "encoders" / "my-bert"
+    encoder.mkdir(parents=True)
+    (encoder / "config.json").write_text('{"model_type": "bert"}')
+    (encoder / "vocab.txt").write_text("[PAD]\n")
+    (encoder / "model.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
     settings = stage_settings("model", '{"text_encoder": "./encoders/my-bert", "overrides": {"num_layers": 6}}')
     assert settings["overrides"] == {"num_layers": 6} and settings["preset"] == "base"
-    config = validated_config({"synth": {"datasets": {"a": {"role": "train", "n_cases": 2}}}})
+    config = validated_config({"synth": {"datasets": {"a": {"role": "train", "n_cases": 2}}},
+                               "datasets": {"train": ["a"]}})
     assert config["synth"]["datasets"]["a"]["labels"] == [] and config["paths"]["raw"] == "data/raw"
 
 

@@ -2,19 +2,55 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import RUN_OUTPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+@functools.lru_cache(maxsize=1)
+def sources_copy() -> Path:
+    """A temporary copy of the repository's sources, made once per test session: dry runs plan the
+    workflow there, so they never see (or leave behind) outputs that a run in the clone made."""
+    target = Path(tempfile.mkdtemp(prefix="segvol-sources-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    return copy_sources(target)
+
+
+def copy_sources(target: Path) -> Path:
+    """Copy the repository's tracked and new (not ignored) files, without `RUN_OUTPUTS`, to `target`."""
+    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, timeout=60, check=False)
+    if listing.returncode == 0:
+        names = [name for name in listing.stdout.decode().split("\0") if name]
+    else:  # not a git checkout: every file outside the run outputs and the environment
+        skip = {*RUN_OUTPUTS, ".git", ".venv", "__pycache__", ".pytest_cache"}
+        names = []
+        for folder, folders, files in os.walk(REPO):
+            folders[:] = [name for name in folders if name not in skip]
+            names += [(Path(folder) / name).relative_to(REPO).as_posix() for name in files]
+    for name in names:
+        if name.split("/")[0] in RUN_OUTPUTS or not (REPO / name).is_file():
+            continue  # deleted but not yet committed, or a run output that is tracked by mistake
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target / name)
+    return target
+
+
+def snakemake(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`snakemake *args` in `cwd`, by default in `sources_copy()` (never in the clone itself)."""
+    cwd = sources_copy() if cwd is None else cwd
     env = dict(os.environ)
     # rules call the `segvol` console script of this environment
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

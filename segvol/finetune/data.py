@@ -115,6 +115,7 @@ class FinetuneSamples(Dataset):
         self.pseudo_passes = int(settings["pseudo_passes"]) if settings["pseudo_weight"] > 0 else 0
         self.box_jitter = int(settings.get("box_jitter", 0))
         self._foreground: dict[int, np.ndarray] = {}
+        self._resized: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -164,14 +165,24 @@ class FinetuneSamples(Dataset):
 
     # -- one sample -----------------------------------------------------------------------------
 
+    def _read_view(self, index: int, view: View) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(image, labels, pseudo) of a view. A case's `resize` view is the same every time it is drawn, so
+        it is read and resized once per process and kept (~2 MB per case); nothing modifies it in place."""
+        if view.mode == "resize" and index in self._resized:
+            return self._resized[index]
+        ref = self.reader.cases[index]
+        image = read_image(self.reader, ref, view, self.spatial_size)
+        check_finite(image, self.reader, ref)
+        read = (image, self._labels(ref, view), self._pseudo(ref, view))
+        if view.mode == "resize":
+            self._resized[index] = read
+        return read
+
     def __getitem__(self, key: SampleKey) -> dict:
         rng = np.random.default_rng([self.seed, 4, key.micro_batch, key.slot])
         ref = self.reader.cases[key.case]
         view = self._view(key.case, rng)
-        image = read_image(self.reader, ref, view, self.spatial_size)
-        check_finite(image, self.reader, ref)
-        labels = self._labels(ref, view)
-        pseudo = self._pseudo(ref, view)
+        image, labels, pseudo = self._read_view(key.case, view)
 
         flips = [axis for axis in range(3) if rng.random() < 0.2]
         if flips:

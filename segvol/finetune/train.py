@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +61,23 @@ def save_model(model: torch.nn.Module, out: str | Path) -> None:
     checkpoint.save(model, out)  # atomic, with its provenance sidecar
 
 
+@dataclass
+class FinetuneHooks:
+    """What a caller of `finetune` may change; the defaults are the `finetune` stage itself.
+
+    param_groups(model): AdamW's parameter groups (dicts with their own `lr`), e.g. a lower rate for the
+        image encoder; default: every parameter that requires a gradient, at `settings["lr"]`.
+    after_step(step, model): called after every optimizer step (a validation every K steps).
+    save_output(model, out): writes the result (e.g. the best validated weights); default `save_model`.
+    tag: more settings the resume fingerprint must include (a checkpoint of other ones is not resumed).
+    """
+
+    param_groups: Callable[[torch.nn.Module], list] | None = None
+    after_step: Callable[[int, torch.nn.Module], None] | None = None
+    save_output: Callable[[torch.nn.Module, Path], None] | None = None
+    tag: tuple[Any, ...] = ()
+
+
 def prompt_combinations(seed: int, step: int, count: int) -> tuple[int, ...]:
     """Indices of the prompt combinations trained at `step`: all six (the paper), or `count` of
     them drawn from (seed, step) alone, so a resumed run and every DDP rank draw the same ones."""
@@ -82,6 +100,7 @@ def finetune(
     device: str | None = None,
     stop_after: int | None = None,
     model: torch.nn.Module | None = None,
+    hooks: FinetuneHooks | None = None,
 ) -> Path:
     """Fine-tune and write the model to `out` (safetensors via segvol.model.checkpoint).
 
@@ -89,8 +108,10 @@ def finetune(
     `stop_after` simulates a kill after that many optimizer steps of this call (the training
     state is checkpointed, no output is written). `model` replaces the one built from
     `model_settings` (tests). A checkpoint of other settings or of inputs whose content
-    changed is not resumed (`segvol.training.runtime.load_training_state`).
+    changed is not resumed (`segvol.training.runtime.load_training_state`). `hooks` change the
+    parameter groups, add work after each step or replace the output (`FinetuneHooks`).
     """
+    hooks = hooks or FinetuneHooks()
     runtime = rt.setup_runtime(threads or settings.get("threads"), device)
     torch.manual_seed(seed)
     if model is None:
@@ -108,10 +129,11 @@ def finetune(
             find_unused_parameters=True,  # some prompt paths are unused in some passes
         )
     steps = int(settings["steps"])
-    optimisation = Optimisation([p for p in model.parameters() if p.requires_grad], lr=settings["lr"],
-                                weight_decay=settings["weight_decay"], steps=steps,
+    groups = hooks.param_groups(model) if hooks.param_groups else [p for p in model.parameters() if p.requires_grad]
+    optimisation = Optimisation(groups, lr=settings["lr"], weight_decay=settings["weight_decay"], steps=steps,
                                 warmup_steps=int(round(settings["warmup_fraction"] * steps)))
-    tag = rt.fingerprint("finetune", settings, model_settings, seed, runtime.world_size, torch.get_num_threads())
+    tag = rt.fingerprint("finetune", settings, model_settings, seed, runtime.world_size, torch.get_num_threads(),
+                         *hooks.tag)
     inputs = rt.input_keys(zarr=list(stores), pseudo=list(pseudo_stores), encoder=encoder,
                            init_checkpoint=model_settings.get("init_checkpoint"))
 
@@ -167,9 +189,12 @@ def finetune(
             samples += batch["image"].shape[0] * runtime.world_size
         return StepResult(totals, samples, postfix={"loss": f"{totals['loss']:.3f}"})
 
+    save_output = hooks.save_output or save_model
+    after_step = (lambda done: hooks.after_step(done, model)) if hooks.after_step else None
     return train("finetune", out, runtime, state=model, optimisation=optimisation, batches=batches, step=step,
-                 save_output=lambda: save_model(model, out), metrics=["loss", "supervised", "pseudo"], tag=tag,
-                 inputs=inputs, checkpoint_every=int(settings["checkpoint_every"]), stop_after=stop_after)
+                 save_output=lambda: save_output(model, Path(out)), metrics=["loss", "supervised", "pseudo"], tag=tag,
+                 inputs=inputs, checkpoint_every=int(settings["checkpoint_every"]), stop_after=stop_after,
+                 after_step=after_step)
 
 
 def _accumulate(totals: dict, loss: torch.Tensor, parts: dict, weight: float) -> None:

@@ -92,7 +92,8 @@ def run(args) -> int:
     from segvol.infer.predict import predict_files
     from segvol.infer.prompts import command_line_records
 
-    records = command_line_records(args.text, args.box, args.point, args.negative_point, args.prompts, args.strict)
+    records = command_line_records(args.text, args.box, args.point, args.negative_point, args.prompts, args.strict,
+                                   checkpoint=args.checkpoint)
     never_written = [Path(args.prompts)] if args.prompts and "://" not in args.prompts else []
     predict_files(args.inputs, args.output, records, checkpoint=args.checkpoint, device=args.device,
                   precision=args.precision, world=args.world, mode=args.mode, overlap=args.overlap,

@@ -90,6 +90,26 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
+def writable_folder_problem(path: Path) -> str | None:
+    """None when the folder of `path` exists or can be made and a file can be created in it, else
+    why not. Probes the nearest existing folder with a temporary file (removed at once): permission
+    bits alone mislead (root, read-only mounts, /proc)."""
+    import tempfile
+
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".segvol-write-check-", dir=folder)
+    except OSError as error:
+        return f"cannot create files in {folder} ({error.strerror or error})"
+    os.close(handle)
+    os.unlink(probe)
+    return None
+
+
 def check_outputs(plan: OutputPlan, protected: list[Path], overwrite: bool) -> None:
     """Refuse (ValueError, nothing written) any output that would replace something not ours.
 
@@ -101,6 +121,7 @@ def check_outputs(plan: OutputPlan, protected: list[Path], overwrite: bool) -> N
     ours = set()
     if manifest is not None:
         ours = {plan.manifest.name, *(str(name) for name in manifest.get("outputs", []))}
+    probed: dict[Path, str | None] = {}
     for path in plan.files:
         for kept in protected:
             if same_file(path, kept) or _inside(path, kept):
@@ -110,6 +131,10 @@ def check_outputs(plan: OutputPlan, protected: list[Path], overwrite: bool) -> N
                 raise ValueError(f"{path}: cannot write there, {parent} is a file, not a folder")
         if path.is_dir() and not path.is_symlink():
             raise ValueError(f"{path}: is an existing folder; refusing to replace it with a file")
+        if path.parent not in probed:
+            probed[path.parent] = writable_folder_problem(path)
+        if probed[path.parent]:
+            raise ValueError(f"{path}: cannot be written: {probed[path.parent]}; choose another -o")
         if (path.exists() or path.is_symlink()) and not overwrite:
             relative = os.path.relpath(path, plan.manifest.parent)
             if relative not in ours:

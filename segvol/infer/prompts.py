@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import reprlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,6 +12,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from segvol.infer.geometry import VoxelMap, box_is_empty
+
+MAX_PROMPT_FILE_BYTES = 8 << 20
+MAX_POINTS = 100_000
+MAX_NAME_LENGTH = 1000
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxstring, _BRIEF.maxother = 2, 6, 60, 40
+_brief = _BRIEF.repr  # a bounded repr, whatever the value (reprlib looks at a few items per level)
 
 
 @dataclass
@@ -32,16 +41,17 @@ class Prompt:
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        _check_nesting(self.box, self.points, self.point_labels)
         if self.text is not None:
             if not isinstance(self.text, str) or not self.text.strip():
-                raise ValueError(f"text prompt must be a non-empty string, got {self.text!r}")
+                raise ValueError(f"text prompt must be a non-empty string, got {_kind(self.text)}")
             self.text = self.text.strip()
         if self.box is not None:
             box = np.asarray(self.box)
             if box.shape != (6,) or not np.all(np.isfinite(box.astype(np.float64))):
-                raise ValueError(f"box must be 6 numbers (d0, h0, w0, d1, h1, w1), got {self.box!r}")
+                raise ValueError(f"box must be 6 numbers (d0, h0, w0, d1, h1, w1), got {_brief(self.box)}")
             if not np.all(box == np.round(box)):
-                raise ValueError(f"box must be integer voxel indices, got {self.box!r}")
+                raise ValueError(f"box must be integer voxel indices, got {_brief(self.box)}")
             box = box.astype(np.int64)
             if box_is_empty(box):
                 axes = [a for a in range(3) if box[a] > box[a + 3]]
@@ -105,15 +115,11 @@ def prompts_from_records(records: Any, source: str = "prompt file") -> list[Prom
     A dict keyed by name (``{"liver": {...}}``) is accepted too. Unknown keys are an error;
     ``_origin`` (where the record came from, e.g. "--box/--point") only names it in errors.
     """
-    if isinstance(records, dict):
-        records = [{"name": name, **(value or {})} for name, value in records.items()]
-    if not isinstance(records, list) or not records:
-        raise ValueError(f"{source}: expected a non-empty list of prompts")
+    records = _as_record_list(records, source)
     allowed = {"name", "text", "box", "points", "point_labels"}
     prompts = []
     for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise ValueError(f"{source}: entry {index} is not a mapping")
+        check_record_types(record, f"{source}: prompt {index}")
         described = describe_record(record, index)
         record = {key: value for key, value in record.items() if key != "_origin"}
         unknown = sorted(set(record) - allowed)
@@ -130,16 +136,111 @@ def prompts_from_records(records: Any, source: str = "prompt file") -> list[Prom
     return prompts
 
 
+def _as_record_list(records: Any, source: str) -> list[dict]:
+    """A list of record mappings from a list, or from a mapping name -> record."""
+    if isinstance(records, dict):
+        if not all(value is None or isinstance(value, dict) for value in records.values()):
+            raise ValueError(f"{source}: expected a mapping of prompt name -> prompt (a mapping)")
+        if not all(isinstance(name, str) for name in records):
+            raise ValueError(f"{source}: prompt names (the mapping's keys) must be strings")
+        records = [{"name": name, **(value or {})} for name, value in records.items()]
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{source}: expected a non-empty list of prompts (mappings)")
+    return records
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_list(value) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def _kind(value) -> str:
+    """What a value is, in a few words, without converting it (it may be huge)."""
+    if isinstance(value, Mapping):
+        return f"a mapping of {len(value)} keys"
+    if _is_list(value):
+        return f"a list of {len(value)} items"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}{'...' if len(value) > 40 else ''}"
+    if _is_number(value) or isinstance(value, bool) or value is None:
+        return repr(value)
+    return type(value).__name__
+
+
+def _scalar_like(value) -> bool:
+    return not isinstance(value, (list, tuple, Mapping, str, bytes))
+
+
+def _check_nesting(box, points, point_labels) -> None:
+    """Cheap structural checks before numpy converts `box` and `points`: a deeply nested list
+    (e.g. of shared references) would cost minutes and gigabytes to convert or print."""
+    if isinstance(box, (list, tuple)) and not (len(box) == 6 and all(_scalar_like(v) for v in box)):
+        raise ValueError(f"box must be 6 numbers (d0, h0, w0, d1, h1, w1), got {_kind(box)}")
+    if isinstance(points, (list, tuple)):
+        flat = len(points) == 3 and all(_scalar_like(v) for v in points)
+        if not flat and not (len(points) <= MAX_POINTS and all(
+                _scalar_like(p) or (len(p) == 3 and all(_scalar_like(v) for v in p)) for p in points)):
+            raise ValueError(f"points must be (N, 3) voxel indices (N <= {MAX_POINTS:,}), got {_kind(points)}")
+    if isinstance(point_labels, (list, tuple)) and not (len(point_labels) <= MAX_POINTS
+                                                        and all(_scalar_like(v) for v in point_labels)):
+        raise ValueError(f"point labels must be 1 (inside) or 0 (outside), got {_kind(point_labels)}")
+
+
+def check_record_types(record: dict, where: str) -> None:
+    """Refuse (one-line ValueError) a record whose values have the wrong types, before anything is
+    converted or printed: `name`/`text` strings, `box` 6 numbers, `points` (N, 3) numbers,
+    `point_labels` N zeros and ones."""
+    for key in ("name", "text", "_origin"):
+        value = record.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{where}: '{key}' must be a string, got {_kind(value)}")
+        if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
+            raise ValueError(f"{where}: '{key}' is {len(value)} characters long (at most {MAX_NAME_LENGTH})")
+    box = record.get("box")
+    if box is not None and not (_is_list(box) and len(box) == 6 and all(_is_number(v) for v in box)):
+        raise ValueError(f"{where}: 'box' must be 6 numbers (d0, h0, w0, d1, h1, w1), got {_kind(box)}")
+    points = record.get("points")
+    if points is not None:
+        if _is_list(points) and len(points) == 3 and all(_is_number(v) for v in points):
+            points = [points]  # one point given flat
+        if not (_is_list(points) and 0 < len(points) <= MAX_POINTS
+                and all(_is_list(p) and len(p) == 3 and all(_is_number(v) for v in p) for p in points)):
+            raise ValueError(f"{where}: 'points' must be a list of up to {MAX_POINTS:,} points of 3 numbers, "
+                             f"got {_kind(points)}")
+    labels = record.get("point_labels")
+    if labels is not None and not (_is_list(labels) and len(labels) <= MAX_POINTS
+                                   and all(_is_number(v) and v in (0, 1) for v in labels)):
+        raise ValueError(f"{where}: 'point_labels' must be a list of 1 (inside) or 0 (outside), got {_kind(labels)}")
+
+
 def describe_record(record: dict, index: int) -> str:
     """How an error names a prompt: its position, name or text, and the flags that gave it."""
     label = record.get("name") or record.get("text")
     where = record.get("_origin")
     parts = [f"prompt {index}"]
-    if label:
-        parts.append(f"'{label}'")
-    if where:
+    if isinstance(label, str) and label:
+        parts.append(f"'{label[:60]}'")
+    if isinstance(where, str) and where:
         parts.append(f"(from {where})")
     return " ".join(parts)
+
+
+def _no_aliases_loader():
+    """A YAML safe loader that refuses anchors and aliases (no "billion laughs" expansion)."""
+    import yaml
+
+    class PromptLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"YAML aliases (*{event.anchor}) are not allowed in prompt files", event.start_mark)
+            return super().compose_node(parent, index)
+
+    return PromptLoader
 
 
 def read_prompt_records(path: str | Path) -> list[dict]:
@@ -147,20 +248,22 @@ def read_prompt_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise ValueError(f"prompt file {path} is {path.stat().st_size:,} bytes; prompt files are at most "
+                         f"{MAX_PROMPT_FILE_BYTES:,}")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
-            records = yaml.safe_load(text)
+            records = yaml.load(text, Loader=_no_aliases_loader())  # noqa: S506 - a safe loader, aliases refused
         else:
             records = json.loads(text)
-    except Exception as error:  # parser errors differ between json and yaml
-        raise ValueError(f"prompt file {path} cannot be parsed: {error}") from None
-    if isinstance(records, dict):
-        records = [{"name": name, **(value or {})} for name, value in records.items()]
-    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"prompt file {path}: expected a non-empty list of prompts (mappings)")
+    except Exception as error:  # parser errors differ between json and yaml (and span lines)
+        raise ValueError(f"prompt file {path} cannot be parsed: {' '.join(str(error).split())}") from None
+    records = _as_record_list(records, f"prompt file {path}")
+    for index, record in enumerate(records):
+        check_record_types(record, f"prompt file {path}: prompt {index}")
     return records
 
 
@@ -174,10 +277,12 @@ def load_prompt_file(path: str | Path) -> list[Prompt]:
 
 def command_line_records(text: Sequence[str] = (), box: Sequence[float] | None = None,
                          points: Sequence[Sequence[float]] = (), negative_points: Sequence[Sequence[float]] = (),
-                         prompt_file: str | Path | None = None, strict: bool = False) -> list[dict]:
+                         prompt_file: str | Path | None = None, strict: bool = False,
+                         checkpoint: str | Path | None = None) -> list[dict]:
     """Prompt records from `segvol predict`'s --text/--box/--point/--negative-point/--prompts, coordinates as given.
 
-    Text outside the vocabulary warns (`strict`: raises, with the closest names).
+    Text outside the vocabulary (plus what a local `checkpoint` records it was trained on) warns (`strict`:
+    raises, with the closest names).
     """
     records = []
     if prompt_file:
@@ -195,11 +300,13 @@ def command_line_records(text: Sequence[str] = (), box: Sequence[float] | None =
         records.extend({"text": name, "_origin": "--text"} for name in text)
     if not records:
         raise ValueError("no prompt given: use --text, --box, --point or --prompts FILE")
-    from segvol.vocabulary import check_text_prompt
+    from segvol.vocabulary import check_text_prompt, known_categories
 
+    local = [checkpoint] if checkpoint and "://" not in str(checkpoint) else []
+    vocabulary = known_categories(checkpoints=local) if any(r.get("text") for r in records) else None
     for record in records:
         if record.get("text"):
-            check_text_prompt(record["text"], strict=strict)
+            check_text_prompt(record["text"], strict=strict, vocabulary=vocabulary)
     return records
 
 

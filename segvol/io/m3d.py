@@ -35,6 +35,9 @@ def mask_shape(path: str | os.PathLike) -> tuple[int, ...]:
     shape = tuple(int(v) for v in match["shape"].split(",") if v.strip())
     if len(shape) != 4 or min(shape) < 1:
         raise ValueError(f"{path}: mask shape {shape} in the file name is not (C, X, Y, Z)")
+    from segvol.io.headers import check_voxel_count
+
+    check_voxel_count(path, shape[1:], what="its name")  # the dense label map is allocated from it
     return shape
 
 
@@ -48,6 +51,9 @@ def read_m3d_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: M3D-Seg image not found")
+    from segvol.io.headers import check_npy
+
+    check_npy(path)  # the header's shape against the file size, before numpy allocates it
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as error:

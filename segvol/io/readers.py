@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segvol.io import headers
+
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -49,6 +51,7 @@ def image_format(path: Path) -> str:
 def read_nifti(path: Path) -> SourceVolume:
     import nibabel as nib
 
+    headers.check_nifti(path)  # before nibabel allocates what the header claims
     try:
         image = nib.load(str(path))
         # dataobj applies scl_slope/scl_inter; unscaled data keeps its stored dtype.
@@ -101,10 +104,25 @@ def _itk_to_source(image, path: Path, kind: str) -> SourceVolume:
 
 
 def read_itk(path: Path) -> SourceVolume:
+    """A MetaImage or NRRD file, its header and detached data files checked first (`segvol.io.headers`).
+
+    The ImageIO is named, not guessed from the content, so that ITK reads the format that was checked.
+    """
     import SimpleITK as sitk
 
+    if path.name.lower().endswith((".mha", ".mhd")):
+        headers.check_metaimage(path)
+        image_io = "MetaImageIO"
+    elif path.name.lower().endswith((".nrrd", ".nhdr")):
+        headers.check_nrrd(path)
+        image_io = "NrrdImageIO"
+    else:
+        raise ValueError(f"{path}: not a MetaImage (.mha/.mhd) or NRRD (.nrrd/.nhdr) file")
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(image_io)
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        image = reader.Execute()
     except Exception as error:
         raise ValueError(f"{path}: cannot read image file ({itk_message(error)})") from None
     return _itk_to_source(image, path, "itk")
@@ -134,6 +152,7 @@ def read_dicom_series(folder: Path) -> SourceVolume:
     reader = sitk.ImageSeriesReader()
     if len(files) < 2:
         raise ValueError(f"{folder}: DICOM series {series_id} has a single slice; expected a 3-D volume")
+    headers.check_dicom_series(folder, files)  # ITK allocates the series from the first file's header
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:

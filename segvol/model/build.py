@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from segvol.model.config import ModelConfig
 from segvol.model.image_encoder import ImageEncoderViT3D
+from segvol.model.image_skip import ImageSkip
 from segvol.model.mask_decoder import MaskDecoder3D
 from segvol.model.prompt_encoder import PromptEncoder3D
 from segvol.model.segvol import SegVol
@@ -19,7 +20,10 @@ def build_model(config: ModelConfig) -> SegVol:
     """A freshly initialised SegVol for `config` (text backbone weights: see text_encoder.py)."""
     image_encoder, prompt_encoder, mask_decoder = build_vision_parts(config)
     text_encoder = build_text_encoder(config.text_encoder, out_dim=config.hidden_size, template=config.text_template)
-    return SegVol(config, image_encoder, prompt_encoder, mask_decoder, text_encoder)
+    image_skip = None
+    if config.image_skip_channels:
+        image_skip = ImageSkip(config.image_skip_channels, config.spatial_size, config.patch_size, config.in_channels)
+    return SegVol(config, image_encoder, prompt_encoder, mask_decoder, text_encoder, image_skip=image_skip)
 
 
 def build_image_encoder(config: ModelConfig) -> ImageEncoderViT3D:
@@ -58,5 +62,6 @@ def build_vision_parts(config: ModelConfig) -> tuple[ImageEncoderViT3D, PromptEn
         image_embedding_size=config.grid_size,
         num_mask_tokens=config.num_mask_tokens,
         iou_head_hidden_dim=config.iou_head_hidden_dim,
+        skip_channels=config.image_skip_channels,
     )
     return image_encoder, prompt_encoder, mask_decoder

@@ -105,8 +105,12 @@ def _sort_header(path: Path) -> None:
         handle.truncate()
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model` as safetensors with its ModelConfig in the metadata (atomic, stable bytes)."""
+def save(model: nn.Module, path: str | os.PathLike, vocabulary: list[str] | None = None) -> Path:
+    """Write `model` as safetensors with its ModelConfig in the metadata (atomic, stable bytes).
+
+    `vocabulary`: the category names the model was trained to segment (metadata `vocabulary`, a JSON
+    list; `read_vocabulary` and `segvol categories --checkpoint` read it back).
+    """
     config: ModelConfig = model.config
     skip = _external_backbone_prefix(model)
     tensors = {
@@ -120,6 +124,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "model_config": config.to_json(),
         "text_backbone_stored": "false" if skip else "true",
     }
+    if vocabulary is not None:
+        metadata["vocabulary"] = json.dumps(sorted(set(vocabulary)))
     path = write_safetensors(tensors, path, metadata)
     provenance.write_sidecar(path)
     save_mask_prompt(model, path)  # the optional mask-prompt branch: its own file beside this one
@@ -319,6 +325,27 @@ def read_state_dict(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     return state, metadata, kind
 
 
+def read_vocabulary(source: str | os.PathLike) -> list[str]:
+    """The category names a checkpoint of ours records (`save(..., vocabulary=...)`); [] for files
+    without a record (the released ones, older ones of ours). Reads the safetensors header only."""
+    path = resolve(source)
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if not (len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000):
+        return []
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        names = json.loads(metadata.get("vocabulary") or "[]")
+    except Exception as error:
+        raise ValueError(f"{path}: unreadable vocabulary record: {error}") from error
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{path}: the vocabulary record is not a list of names")
+    return names
+
+
 # --------------------------------------------------------------------------------------- load
 
 
@@ -329,14 +356,42 @@ def config_of(source: str | os.PathLike, **overrides: Any) -> ModelConfig:
 
 
 def _config_from_metadata(metadata: dict[str, str], source, overrides: dict[str, Any]) -> ModelConfig:
+    """The checkpoint's ModelConfig (ours) or `base` (official files); the metadata is untrusted: its
+    values are checked against ModelConfig's limits (segvol/config.schema.yaml) before anything is built."""
     if metadata.get("format") == FORMAT:
         try:
             values = json.loads(metadata["model_config"])
         except (KeyError, json.JSONDecodeError) as error:
             raise ValueError(f"{source}: broken model_config in the checkpoint metadata ({error})") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: broken model_config in the checkpoint metadata (not a JSON object)")
         values.update(overrides)
-        return ModelConfig.from_dict(values)
+        try:
+            return ModelConfig.from_dict(values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: model_config in the checkpoint metadata: {error}") from None
     return model_config("base", **overrides)
+
+
+_VISION_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+
+
+def check_shapes_fit(config: ModelConfig, state: dict[str, torch.Tensor], source) -> None:
+    """Refuse a checkpoint whose image encoder, prompt encoder or mask decoder tensors are not
+    exactly those of a model of `config`, before `build_model` allocates it: the expected shapes
+    come from the parts built on the `meta` device (no memory), the file's from its header (the
+    tensors are memory-mapped, not read). The text encoder is checked after the build, as before
+    (its size is fixed by its backbone, not by the config)."""
+    from segvol.model.build import build_vision_parts
+
+    with torch.device("meta"):
+        parts = build_vision_parts(config)
+    expected = {prefix + key: value for prefix, part in zip(_VISION_PREFIXES, parts)
+                for key, value in part.state_dict().items()}
+    vision = {key: value for key, value in state.items() if key.startswith(_VISION_PREFIXES)}
+    problems = key_differences(expected, vision, lambda key: bool(_OPTIONAL_KEYS.match(key)))
+    if problems:
+        raise ValueError(f"{source}: checkpoint does not fit the model ({_describe(config)}): " + "; ".join(problems))
 
 
 def load(source: str | os.PathLike, **overrides: Any):
@@ -352,6 +407,7 @@ def load(source: str | os.PathLike, **overrides: Any):
             f"{source}: holds only image-encoder weights ({kind}); build a model and call load_image_encoder"
         )
     config = _config_from_metadata(metadata, source, overrides)
+    check_shapes_fit(config, state, source)
     model = build_model(config)
     _load_normalized(model, state, source, mapped=path)
     load_mask_prompt(model, path)  # attached only when its file lies beside the model file

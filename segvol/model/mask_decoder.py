@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from segvol.model.common import MLP
+from segvol.model.image_skip import SkipFusion
 from segvol.model.transformer import TwoWayTransformer
 
 
@@ -58,6 +59,7 @@ class MaskDecoder3D(nn.Module):
         num_mask_tokens: int = 4,
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
+        skip_channels: int = 0,
     ) -> None:
         super().__init__()
         self.transformer_dim = transformer_dim
@@ -80,6 +82,8 @@ class MaskDecoder3D(nn.Module):
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, num_mask_tokens, iou_head_depth)
         self.txt_align_upscaled_embedding = nn.Linear(transformer_dim, transformer_dim // 8)
+        # ModelConfig.image_skip_channels (not in the released network): image features at mask resolution
+        self.skip_fusion = SkipFusion(transformer_dim // 8, skip_channels) if skip_channels else None
 
     def forward(
         self,
@@ -88,11 +92,13 @@ class MaskDecoder3D(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         text_embedding: torch.Tensor | None = None,
+        skip: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Low-res logits (B, 1, 4d, 4h, 4w).
 
         image_embeddings (B, C, d, h, w); image_pe (1, C, d, h, w); sparse (B, Ns, C);
-        dense (B, C, d, h, w); text_embedding (B, C) or None (adds the text-similarity map).
+        dense (B, C, d, h, w); text_embedding (B, C) or None (adds the text-similarity map);
+        skip (B, k, 4d, 4h, 4w) image features (only with skip_channels k).
         """
         b = image_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -105,6 +111,8 @@ class MaskDecoder3D(nn.Module):
 
         src = src.transpose(1, 2).reshape(image_embeddings.shape)
         upscaled = self.output_upscaling(src)  # (B, C/8, 4d, 4h, 4w)
+        if self.skip_fusion is not None:
+            upscaled = self.skip_fusion(upscaled, skip)
         c, *low_res = upscaled.shape[1:]
         upscaled = upscaled.reshape(b, c, -1)
 

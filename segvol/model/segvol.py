@@ -36,6 +36,7 @@ class SegVol(nn.Module):
         prompt_encoder: PromptEncoder3D,
         mask_decoder: MaskDecoder3D,
         text_encoder: TextEncoder,
+        image_skip: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -46,6 +47,7 @@ class SegVol(nn.Module):
         # Optional 3-D mask-prompt branch (segvol.model.mask_prompt.attach_mask_prompt): absent by
         # default, so the state dict holds exactly the released keys; saved in its own file.
         self.mask_prompt_encoder: MaskPromptEncoder3D | None = None
+        self.image_skip = image_skip  # ModelConfig.image_skip_channels > 0 only
 
     @property
     def device(self) -> torch.device:
@@ -61,7 +63,11 @@ class SegVol(nn.Module):
             raise ValueError(f"encode_image expects a floating-point image, got {image.dtype}")
         if not torch.isfinite(image).all():
             raise ValueError("encode_image: the image contains NaN or infinite values")
-        return self.image_encoder(image.to(self.device, self.image_encoder.norm.weight.dtype))
+        image = image.to(self.device, self.image_encoder.norm.weight.dtype)
+        embedding = self.image_encoder(image)
+        if self.image_skip is None:
+            return embedding
+        return torch.cat([embedding, self.image_skip(image).to(embedding.dtype)], dim=1)
 
     def encode_text(self, names: Sequence[str]) -> torch.Tensor:
         """K category names -> (K, hidden). The language backbone is frozen and cached per name."""
@@ -99,12 +105,18 @@ class SegVol(nn.Module):
         sparse, dense = self.prompt_encoder(points, boxes, text, batch)
         if mask_prompt is not None:
             dense = dense + self.mask_prompt_encoder(mask_prompt.to(device))
+        skip = None
+        if self.image_skip is not None:
+            hidden = self.config.hidden_size
+            skip = self.image_skip.unpack(image_embedding[:, hidden:])
+            image_embedding = image_embedding[:, :hidden]
         low_res = self.mask_decoder(
             image_embedding,
             self.prompt_encoder.get_dense_pe().to(image_embedding.dtype),
             sparse.to(image_embedding.dtype),
             dense.to(image_embedding.dtype),
             text_embedding=text,
+            skip=skip,
         )
         return F.interpolate(low_res, size=self.config.spatial_size, mode="trilinear", align_corners=False)
 
@@ -120,7 +132,7 @@ class SegVol(nn.Module):
 
     def _check_prompts(self, image_embedding, text, boxes, points, mask_prompt=None) -> int:
         cfg = self.config
-        expected = (cfg.hidden_size, *cfg.grid_size)
+        expected = (cfg.embedding_channels, *cfg.grid_size)
         if image_embedding.ndim != 5 or tuple(image_embedding.shape[1:]) != expected:
             raise ValueError(f"decode expects an image embedding (B, {expected}), got {tuple(image_embedding.shape)}")
         sizes = {}

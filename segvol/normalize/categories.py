@@ -10,6 +10,7 @@ examples:
   segvol categories                                   # the whole vocabulary, one line each
   segvol categories --zarr data/zarr/*.zarr --json    # plus your stores, machine-readable
   segvol categories kidney                            # only names containing 'kidney'
+  segvol categories --checkpoint models/own/model.safetensors   # plus what that model was fine-tuned on
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def add_arguments(parser):
     parser.add_argument("--registry", default=None, help="dataset registry (default: the repository's config/datasets.yaml)")
     parser.add_argument("--config", default=None, help="workflow config with synth.datasets (default: config/config.yaml)")
     parser.add_argument("--zarr", nargs="*", default=[], help="normalized stores whose categories to add")
+    parser.add_argument("--checkpoint", nargs="*", default=[],
+                        help="models whose recorded vocabulary to add (e.g. one fine-tuned on your own data)")
     parser.add_argument("--json", action="store_true", help="print JSON {name: {synonyms, datasets}}")
 
 
@@ -28,7 +31,8 @@ def run(args) -> int:
 
     from segvol.vocabulary import DEFAULT_CONFIG, DEFAULT_REGISTRY, known_categories, normalize_text
 
-    vocabulary = known_categories(args.registry or DEFAULT_REGISTRY, args.config or DEFAULT_CONFIG, args.zarr)
+    vocabulary = known_categories(args.registry or DEFAULT_REGISTRY, args.config or DEFAULT_CONFIG, args.zarr,
+                                  args.checkpoint)
     if args.contains:
         needle = normalize_text(args.contains)
         vocabulary = {name: entry for name, entry in vocabulary.items()

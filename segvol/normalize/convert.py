@@ -245,17 +245,29 @@ def write_case(group, image, labelmap, categories: dict[str, list[int]], setting
 
 def build_store(raw: str | Path, out: str | Path, seed: int, settings: dict, progress: bool = True) -> Path:
     """Convert the dataset folder `raw` into the Zarr store `out` (written atomically)."""
+    dataset = load_dataset(Path(raw))
+    case_ids = [case["id"] for case in dataset["cases"]]
+    split = split_cases(case_ids, dataset["role"], seed, settings["test_fraction"])
+    return write_store(dataset, out, split, settings, progress=progress)
+
+
+def write_store(dataset: dict, out: str | Path, split: dict, settings: dict, progress: bool = True,
+                strict_labels: bool = False) -> Path:
+    """Write `dataset` (as `load_dataset` returns it) with its `split` as the Zarr store `out`, atomically.
+
+    `strict_labels`: a label id that belongs to no category is an error naming the file (by default
+    such voxels are background, as when a registry keeps only some of a dataset's labels).
+    """
     import zarr
     from segvol.progress import progress_bar
 
     from segvol.io import read_image, read_label
     from segvol.io.atomic import atomic_path
 
-    raw, out = Path(raw), Path(out)
-    dataset = load_dataset(raw)
+    out = Path(out)
     case_ids = [case["id"] for case in dataset["cases"]]
-    split = split_cases(case_ids, dataset["role"], seed, settings["test_fraction"])
     categories = dataset["categories"]
+    known_ids = {0, *(value for values in categories.values() for value in values)}
     with atomic_path(out) as temporary:
         root = zarr.open_group(str(temporary), mode="w", zarr_format=3)
         root.attrs.update({
@@ -281,6 +293,11 @@ def build_store(raw: str | Path, out: str | Path, seed: int, settings: dict, pro
                     labelmap = read_label(case["label"], image).array
                     if labelmap.size and int(labelmap.min()) < 0:
                         raise ValueError(f"{case['label']}: label map holds negative ids")
+                    if strict_labels:
+                        unknown = sorted(set(np.unique(labelmap).tolist()) - known_ids)
+                        if unknown:
+                            raise ValueError(f"{case['label']}: label id(s) {unknown} belong to no category "
+                                             f"(known ids: {sorted(known_ids)})")
                 group = root.create_group(case["id"])
                 group.attrs.update(write_case(group, image, labelmap, categories, settings))
             except (ValueError, FileNotFoundError) as error:

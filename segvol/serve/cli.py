@@ -7,13 +7,16 @@ rectangle on two views) and a text (with completion from `segvol categories`). E
 the object again and overlays the mask in all views. Export writes the label map and its JSON into the
 served folder exactly as `segvol predict` writes them for the same prompts.
 
-Security: the server listens on 127.0.0.1 unless --host says otherwise (which needs --allow-remote and
-prints a warning: anyone who reaches the port can read the served folder's images). Only files inside
---root can be opened; uploads are size-limited and read like `segvol predict` inputs.
+Security (docs/security.md): the server listens on 127.0.0.1 unless --host says otherwise (which needs
+--allow-remote). It prints an address with a token made for this launch, as Jupyter does: the first page
+load with it sets a cookie, and every API call without the token is refused, as is any request that names
+another host or comes from another web page. Only files inside --root can be opened; uploads are
+size-limited, read like `segvol predict` inputs and removed when replaced or when the server stops.
+From another machine, prefer an SSH tunnel (ssh -L 8765:127.0.0.1:8765 HOST) to --allow-remote.
 
 example:
   segvol serve --checkpoint models/finetune/segvol/model.safetensors --root ~/scans
-  (then open http://127.0.0.1:8765/ in a browser)
+  (then open the printed http://127.0.0.1:8765/?token=... in a browser)
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", help="model weights: our .safetensors, an official file or hf://BAAI/SegVol")
-    parser.add_argument("--root", default=".", help="folder whose images can be opened and where exports go (default: .)")
+    parser.add_argument("--root", default=".",
+                        help="folder whose images can be opened and where exports go (default: .)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--allow-remote", action="store_true",
-                        help="allow a --host other than loopback (anyone reaching it can read --root's images)")
+                        help="allow a --host other than loopback (anyone with the printed token and a route to the "
+                             "port can read --root's images; the traffic is not encrypted)")
     parser.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest accepted upload (default 1024 MB)")
     parser.add_argument("--mode", choices=("zoom", "resize", "window"), default="zoom", help="inference mode")
     add_device_argument(parser)
@@ -52,6 +57,8 @@ def is_loopback(host: str) -> bool:
 
 
 def run(args) -> int:
+    import signal
+    import threading
     from pathlib import Path
 
     from segvol.serve.server import SegVolServer
@@ -60,24 +67,42 @@ def run(args) -> int:
     if not is_loopback(args.host):
         if not args.allow_remote:
             raise ValueError(f"--host {args.host}: not a loopback address; add --allow-remote to serve others")
-        log.warning("serving on %s: anyone who can reach this port can open the images under %s",
-                    args.host, Path(args.root).resolve())
+        log.warning("serving on %s: anyone with the token who can reach this port can open the images under %s "
+                    "(unencrypted; an SSH tunnel to 127.0.0.1 is safer)", args.host, Path(args.root).resolve())
     root = Path(args.root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: --root must be an existing folder")
-    device = resolve_device(args.device)
-    model = load_model(args.checkpoint, args.random_weights, args.preset, device)
-    workspace = Workspace(model, root, mode=args.mode)
-    workspace.weights = args.checkpoint or f"random weights ({args.preset})"
-    server = SegVolServer((args.host, args.port), workspace, max_upload_bytes=int(args.max_upload_mb * 2**20))
-    print(f"segvol serve: open {server.url} (Ctrl-C stops)", flush=True)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: not a port (0..65535)")
+    if not args.max_upload_mb > 0:
+        raise ValueError(f"--max-upload-mb {args.max_upload_mb}: must be positive")
+    try:  # the port first: a port in use is reported before the model loads
+        server = SegVolServer((args.host, args.port), None, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    except OSError as error:
+        raise RuntimeError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}; "
+                           "choose another --port (0 picks a free one)") from None
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        device = resolve_device(args.device)
+        model = load_model(args.checkpoint, args.random_weights, args.preset, device)
+        server.workspace = Workspace(model, root, mode=args.mode)
+        server.workspace.weights = args.checkpoint or f"random weights ({args.preset})"
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)  # a stop by `kill` cleans up like Ctrl-C
+        # The token appears only here (never in the log): whoever has it can use the server.
+        print(f"segvol serve: open {server.url_with_token} (Ctrl-C stops)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+        server.server_close()  # also removes this launch's uploads
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def load_model(checkpoint, random_weights: bool, preset: str, device):

@@ -72,6 +72,16 @@ def stage_json(stage):
     return json.dumps(config[stage], sort_keys=True)
 
 
+def own_json(*keys):
+    """Some keys of the `own_data:` block as JSON (editing another key does not rerun the job)."""
+    return json.dumps({key: config["own_data"][key] for key in keys}, sort_keys=True)
+
+
+def own_weights(wildcards, input):
+    """`--weights` of the own-data jobs: their local weights input, else the hf:// reference."""
+    return input.weights[0] if input.weights else config["own_data"]["weights"]
+
+
 def synth_json(dataset):
     """The `synth:` block reduced to one dataset, so editing another dataset's entry does not
     re-run this one (Snakemake's params rerun trigger compares this string)."""

@@ -6,6 +6,11 @@ const state = { image: null, active: null, cross: [0, 0, 0], pending: 0, drag: n
 
 const $ = (id) => document.getElementById(id);
 
+// The launch's token arrives once in the address (?token=...); the server has set its cookie by then.
+// Keep it for the API's header and take it out of the address bar (and so out of history and bookmarks).
+const TOKEN = new URLSearchParams(location.search).get("token");
+if (TOKEN) history.replaceState(null, "", location.pathname);
+
 function setStatus(text, kind) {
   $("status").textContent = text;
   $("status").dataset.state = kind;
@@ -16,7 +21,9 @@ async function call(method, url, body, headers) {
   state.pending += 1;
   setStatus("working…", "busy");
   try {
-    const response = await fetch(url, { method, body, headers: headers || { "Content-Type": "application/json" } });
+    const sent = Object.assign({}, headers || { "Content-Type": "application/json" });
+    if (TOKEN) sent["X-SegVol-Token"] = TOKEN;
+    const response = await fetch(url, { method, body, headers: sent, credentials: "same-origin" });
     const payload = await response.json();
     if (!response.ok) throw new Error(payload.error || response.statusText);
     $("message").textContent = "";
@@ -46,16 +53,20 @@ function render() {
     img.src = `/api/slice?view=${view}&index=${index}&window=${windowName}&d=${d}&h=${h}&w=${w}&t=${Date.now()}`;
     $("index-" + view).textContent = `${index + 1} / ${state.image.views[view].slices}`;
   }
-  const list = $("objects");
-  list.innerHTML = "";
-  for (const item of state.image.objects) {
+  // Names and texts are the user's data: text nodes only, never parsed as HTML.
+  const items = state.image.objects.map((item) => {
     const li = document.createElement("li");
     li.className = item.name === state.active ? "active" : "";
-    li.innerHTML = `<span class="swatch" style="background:${item.colour}"></span>${item.name}` +
-      ` <small>${item.text || ""} ${item.voxels} voxels</small>`;
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = item.colour;
+    const detail = document.createElement("small");
+    detail.textContent = ` ${item.text || ""} ${item.voxels} voxels`;
+    li.append(swatch, document.createTextNode(item.name), " ", detail);
     li.onclick = () => { state.active = item.name; render(); };
-    list.appendChild(li);
-  }
+    return li;
+  });
+  $("objects").replaceChildren(...items);
 }
 
 function applyState(payload, message) {
@@ -145,8 +156,14 @@ async function start() {
   $("upload").onchange = async () => {
     const file = $("upload").files[0];
     if (!file) return;
+    if (state.maxUpload && file.size > state.maxUpload) {
+      $("message").textContent = `${file.name}: ${file.size} bytes is over the server's limit of ${state.maxUpload}`;
+      setStatus("error", "error");
+      return;
+    }
     try {
-      const payload = await call("POST", "/api/upload", file, { "X-Filename": file.name });
+      const headers = { "Content-Type": "application/octet-stream", "X-Filename": encodeURIComponent(file.name) };
+      const payload = await call("POST", "/api/upload", file, headers);
       state.cross = payload.shape.map((n) => Math.floor(n / 2));
       state.active = null;
       $("image-name").textContent = payload.name;
@@ -191,6 +208,7 @@ async function start() {
     $("categories").appendChild(option);
   }
   const current = await call("GET", "/api/state");
+  state.maxUpload = current.max_upload_bytes;
   if (current.open) applyState(current, "image open");
   else setStatus("open an image", "idle");
 }
