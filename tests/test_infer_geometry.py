@@ -190,18 +190,25 @@ def test_stitcher_averages_like_a_naive_sum():
     lattice = window_lattice(shape, window, 0.5)
     coarse = torch.from_numpy(rng.normal(size=shape).astype(np.float32))
     target = coarse.clone()
-    stitcher = LogitStitcher(target)
-    total, count = np.zeros(shape), np.zeros(shape)
     used = lattice[::2]
+    stitcher = LogitStitcher(target, used)
+    total, count = np.zeros(shape), np.zeros(shape)
+    first_come = coarse.clone()  # the plain rule, float32: the first window overwrites, later ones add
     for w in used:
         values = torch.from_numpy(rng.normal(size=window).astype(np.float32))
+        values[0, 0, 0] = -0.0
         stitcher.add(w, values)
         vs, ws = w.overlap(shape)
         total[vs] += values.numpy()[ws]
+        first_come[vs] = torch.where(torch.from_numpy(count[vs] == 0), values[ws], first_come[vs] + values[ws])
         count[vs] += 1
     stitcher.finish()
     expected = np.where(count > 0, total / np.maximum(count, 1), coarse.numpy())
     np.testing.assert_allclose(target.numpy(), expected, rtol=1e-5, atol=1e-5)
+    repeated = torch.from_numpy(count > 1)
+    first_come[repeated] /= torch.from_numpy(count.astype(np.float32))[repeated]
+    assert torch.equal(target, first_come) and torch.equal(target.signbit(), first_come.signbit())
+    assert (count == 0).any() and (count > 2).any()
 
 
 def test_extract_window_pads_with_zeros():

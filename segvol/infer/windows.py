@@ -82,23 +82,37 @@ def extract_window(volume: torch.Tensor, window: Window) -> torch.Tensor:
 class LogitStitcher:
     """Average window logits of one prompt into a volume, in place and on the CPU.
 
-    The first window that reaches a voxel overwrites the value already there (the coarse
-    zoom-out logits); later windows add to it; `finish` divides by the count. Voxels no window
-    reached keep their coarse logits. Memory: one int16 counter per voxel of the volume.
+    Given every window up front, it sets the voxels they reach to -0.0 and counts them; each
+    window then adds its logits in place, and `finish` divides by the count. Since -0.0 + v == v
+    for every float v, this is bit for bit the rule "the first window that reaches a voxel
+    overwrites the value there (the coarse zoom-out logits), later ones add to it", in half the
+    passes over memory and without temporaries of the window's size. Voxels no window reaches
+    keep their coarse logits. Memory: one int16 counter per voxel of the volume.
     """
 
-    def __init__(self, target: torch.Tensor) -> None:
+    def __init__(self, target: torch.Tensor, windows: Sequence[Window]) -> None:
         self.target = target
         self.count = torch.zeros(target.shape, dtype=torch.int16)
+        self.reached = None  # inclusive bounding box of the voxels some window reaches
+        for window in windows:
+            volume_slices, _ = window.overlap(target.shape)
+            if any(s.start >= s.stop for s in volume_slices):
+                continue
+            self.count[volume_slices] += 1
+            target[volume_slices] = -0.0
+            box = np.array([s.start for s in volume_slices] + [s.stop - 1 for s in volume_slices])
+            self.reached = box if self.reached is None else np.concatenate(
+                [np.minimum(self.reached[:3], box[:3]), np.maximum(self.reached[3:], box[3:])])
 
     def add(self, window: Window, logits: torch.Tensor) -> None:
+        """Add a window's ``(d, h, w)`` logits (one of the windows given at construction, once)."""
         volume_slices, window_slices = window.overlap(self.target.shape)
-        region, count = self.target[volume_slices], self.count[volume_slices]
-        values = logits[window_slices].to(self.target.dtype)
-        region.copy_(torch.where(count == 0, values, region + values))
-        count += 1
+        self.target[volume_slices] += logits[window_slices].to(self.target.dtype)
 
-    def finish(self) -> None:
-        repeated = self.count > 1
-        if repeated.any():
-            self.target[repeated] /= self.count[repeated].to(self.target.dtype)
+    def finish(self, slab: int = 16) -> None:
+        if self.reached is None:
+            return
+        h, w = (slice(int(self.reached[a]), int(self.reached[a + 3]) + 1) for a in (1, 2))
+        for first in range(int(self.reached[0]), int(self.reached[3]) + 1, slab):  # x / 1 == x: no mask needed
+            d = slice(first, min(first + slab, int(self.reached[3]) + 1))
+            self.target[d, h, w] /= self.count[d, h, w].clamp(min=1)

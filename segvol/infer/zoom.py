@@ -31,15 +31,17 @@ box-carrying window revisits cannot leak out of it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from segvol.infer.geometry import VoxelMap, box_is_empty, box_slices, nearest_exact_indices
+from segvol.infer.mask_prompts import MaskPrompt
 from segvol.infer.prompts import Prompt
 from segvol.infer.volume import NormalizedVolume
 from segvol.infer.windows import LogitStitcher, Window, extract_window, window_lattice, window_starts
@@ -56,7 +58,10 @@ OUTSIDE_LOGIT = -1.0e4
 class DecodeJob:
     """One decoder pass: prompt ``prompt_index`` on the embedding ``view_index`` of a batch.
 
-    Coordinates are voxel indices of the model input (the view).
+    Coordinates are voxel indices of the model input (the view). ``view`` names the view
+    (``("zoom-out",)`` or ``("window", start, size)``); ``mask`` gives the view's ``(D, H, W)``
+    mask-prompt logits when the prompt has a mask (`segvol.infer.mask_prompts.MaskPrompt`, named by
+    ``mask_token``).
     """
 
     view_index: int
@@ -65,11 +70,58 @@ class DecodeJob:
     box: np.ndarray | None
     points: np.ndarray | None
     point_labels: np.ndarray | None
+    view: tuple = ()
+    mask: Callable[[], torch.Tensor] | None = None
+    mask_token: int | None = None
 
     @property
-    def signature(self) -> tuple[bool, bool, int]:
+    def signature(self) -> tuple[bool, bool, int, bool]:
         """Jobs with equal signatures can share one batched decoder call without padding."""
-        return (self.text is not None, self.box is not None, 0 if self.points is None else len(self.points))
+        return (self.text is not None, self.box is not None, 0 if self.points is None else len(self.points),
+                self.mask is not None)
+
+    @property
+    def key(self) -> tuple:
+        """Everything the decoder's output depends on: the view and the prompts mapped into it."""
+        return (self.view, self.text, _frozen(self.box), _frozen(self.points), _frozen(self.point_labels),
+                self.mask_token)
+
+
+def _frozen(array) -> tuple | None:
+    return None if array is None else tuple(np.asarray(array, dtype=np.float64).ravel().tolist())
+
+
+class DecodeMemo:
+    """Decoder outputs kept between calls on one volume (`segvol.infer.session.Session`), by `DecodeJob.key`.
+
+    A window's logits depend only on its image embedding and the prompts mapped into it, so a
+    call whose job for a window equals an earlier one reuses that output instead of decoding
+    again: after a click, only the windows the click lies in (or whose coarse box moved) and the
+    zoom-out view are decoded. Window outputs are kept only where they meet the foreground crop
+    (the only part ever stitched). Memory: each prompt name (`Prompt.label`) holds the outputs of
+    its latest call; outputs no name holds any more are dropped.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple, torch.Tensor] = {}
+        self.held: dict[str, set[tuple]] = {}
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        return self.entries.get(key)
+
+    def keep(self, owner: str, outputs: dict[tuple, torch.Tensor]) -> None:
+        """``owner`` now holds exactly ``outputs`` (its latest call); drop what nobody holds."""
+        self.entries.update(outputs)
+        self.held[owner] = set(outputs)
+        if not outputs:
+            del self.held[owner]
+        alive = set().union(*self.held.values()) if self.held else set()
+        for key in [key for key in self.entries if key not in alive]:
+            del self.entries[key]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(value.numel() * value.element_size() for value in self.entries.values())
 
 
 def model_input_size(model) -> tuple[int, int, int]:
@@ -194,7 +246,8 @@ def roi_windows(crop_shape: Sequence[int], window: Sequence[int], overlap: float
 
 
 def _window_job(prompt: Prompt, to_window: VoxelMap, window_size: Sequence[int], view_index: int,
-                prompt_index: int, coarse_box: np.ndarray | None, use_coarse: bool) -> DecodeJob | None:
+                prompt_index: int, coarse_box: np.ndarray | None, use_coarse: bool, view: tuple = (),
+                mask: Callable[[], torch.Tensor] | None = None, mask_token: int | None = None) -> DecodeJob | None:
     """The prompt of one window (see the module docstring), or None when the window is skipped."""
     box = None
     if prompt.box is not None:
@@ -211,7 +264,7 @@ def _window_job(prompt: Prompt, to_window: VoxelMap, window_size: Sequence[int],
             points, labels = local[inside], prompt.point_labels[inside]
     if box is None and points is None and (prompt.text is None or use_coarse):
         return None
-    return DecodeJob(view_index, prompt_index, prompt.text, box, points, labels)
+    return DecodeJob(view_index, prompt_index, prompt.text, box, points, labels, view, mask, mask_token)
 
 
 class _Decoder:
@@ -220,32 +273,49 @@ class _Decoder:
     def __init__(self, model, texts: dict[str, torch.Tensor], device: torch.device, batch_size: int) -> None:
         self.model, self.texts, self.device, self.batch_size = model, texts, device, batch_size
 
-    def run(self, embeddings: torch.Tensor, jobs: list[DecodeJob]) -> Iterator[tuple[DecodeJob, torch.Tensor]]:
-        """Yield ``(job, logits)`` with logits ``(D, H, W)`` float32 on the CPU, for every job."""
+    def run(self, embeddings: Callable[[], torch.Tensor], jobs: list[DecodeJob],
+            known: Callable[[DecodeJob], torch.Tensor | None] = lambda job: None,
+            ) -> Iterator[tuple[DecodeJob, torch.Tensor]]:
+        """Yield ``(job, logits)`` for every job, logits ``(D, H, W)`` float32 on the CPU.
+
+        ``embeddings()`` gives the batch's image embeddings (called only when something is
+        decoded); a job for which ``known(job)`` gives a tensor is not decoded, that tensor is
+        yielded. The order of the yields does not depend on which jobs are known: stitching
+        sums window logits, and float sums depend on their order.
+        """
         groups: dict[tuple, list[DecodeJob]] = defaultdict(list)
         for job in jobs:
             groups[job.signature].append(job)
-        for (has_text, has_box, n_points), group in groups.items():
-            for first in range(0, len(group), self.batch_size):
-                chunk = group[first:first + self.batch_size]
-                views = torch.tensor([job.view_index for job in chunk], device=embeddings.device)
-                text = boxes = points = None
-                if has_text:
-                    text = torch.stack([self.texts[job.text] for job in chunk])
-                if has_box:
-                    boxes = torch.tensor(np.stack([job.box for job in chunk]), dtype=torch.float32,
-                                         device=self.device)
-                if n_points:
-                    coords = torch.tensor(np.stack([job.points for job in chunk]), dtype=torch.float32,
-                                          device=self.device)
-                    labels = torch.tensor(np.stack([job.point_labels for job in chunk]), dtype=torch.long,
-                                          device=self.device)
-                    points = (coords, labels)
-                logits = self.model.decode(embeddings.index_select(0, views), text=text, boxes=boxes,
-                                           points=points)
-                logits = logits[:, 0].float().cpu()
-                for job, value in zip(chunk, logits):
-                    yield job, value
+        for group in groups.values():
+            remembered = [known(job) for job in group]
+            missing = [job for job, value in zip(group, remembered) if value is None]
+            decoded: dict[int, torch.Tensor] = {}
+            for job, value in zip(group, remembered):
+                if value is None:
+                    if id(job) not in decoded:  # the next chunk of missing jobs, in order
+                        chunk, missing = missing[:self.batch_size], missing[self.batch_size:]
+                        decoded = dict(zip(map(id, chunk), self._decode(embeddings(), chunk)))
+                    value = decoded.pop(id(job))
+                yield job, value
+
+    def _decode(self, embeddings: torch.Tensor, chunk: list[DecodeJob]) -> torch.Tensor:
+        has_text, has_box, n_points, has_mask = chunk[0].signature
+        views = torch.tensor([job.view_index for job in chunk], device=embeddings.device)
+        text = boxes = points = masks = None
+        if has_text:
+            text = torch.stack([self.texts[job.text] for job in chunk])
+        if has_box:
+            boxes = torch.tensor(np.stack([job.box for job in chunk]), dtype=torch.float32, device=self.device)
+        if n_points:
+            coords = torch.tensor(np.stack([job.points for job in chunk]), dtype=torch.float32, device=self.device)
+            labels = torch.tensor(np.stack([job.point_labels for job in chunk]), dtype=torch.long,
+                                  device=self.device)
+            points = (coords, labels)
+        prompts = dict(text=text, boxes=boxes, points=points)
+        if has_mask:  # passed only when there is one: models without the branch keep their signature
+            prompts["mask_prompt"] = torch.stack([job.mask() for job in chunk])[:, None].to(self.device)
+        logits = self.model.decode(embeddings.index_select(0, views), **prompts)
+        return logits[:, 0].float().cpu()
 
 
 def _embed_texts(model, prompts: Sequence[Prompt], device: torch.device) -> dict[str, torch.Tensor]:
@@ -264,7 +334,8 @@ def _embed_texts(model, prompts: Sequence[Prompt], device: torch.device) -> dict
 def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
                    overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
                    device: str | torch.device | None = None, progress: bool = False,
-                   box_limits: bool = True, embeddings: dict | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                   box_limits: bool = True, embeddings: dict | None = None, decodes: DecodeMemo | None = None,
+                   masks: Sequence[MaskPrompt | None] | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """Segment a canonical volume for K prompts, returning ``(region, logits)``: the inclusive
     box ``region`` (voxel indices of ``volume``) outside which every logit is ``OUTSIDE_LOGIT``
     and the ``(K, *region size)`` logits inside it. The region is the foreground crop, or with
@@ -284,7 +355,12 @@ def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[P
         progress: show a tqdm bar over windows.
         box_limits: nothing outside a prompt's box is foreground (False: the box is only a hint).
         embeddings: a dict kept between calls on the same volume (`segvol.infer.session`): image
-            embeddings of the zoom-out view and of each window are stored there and reused.
+            embeddings of the zoom-out view and of each window are stored there and reused (and the
+            foreground box of a tensor volume).
+        decodes: a `DecodeMemo` kept between calls on the same volume: decoder outputs whose view
+            and prompts are unchanged are taken from it instead of decoded again (same result).
+        masks: per prompt, a `segvol.infer.mask_prompts.MaskPrompt` (in voxels of ``volume``) given
+            to the model's mask-prompt branch in every view (the zoom-out view and each window), or None.
 
     Returns:
         ``(region, logits)``, logits float32 on the CPU (sigmoid > 0.5 = inside).
@@ -302,20 +378,29 @@ def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[P
             raise ValueError("the volume contains NaN or infinite values")  # checked slab by slab: no 157 MB mask
     for prompt in prompts:
         prompt.check_inside(volume.shape)
+    masks = list(masks) if masks is not None else [None] * len(prompts)
+    if len(masks) != len(prompts):
+        raise ValueError(f"{len(masks)} mask prompts for {len(prompts)} prompts")
 
     if device is not None:
         model = model.to(device)
     device = next(model.parameters()).device
     window_size = model_input_size(model)
     was_training = model.training
-    model.eval()
+    # eval()/train() set an attribute on every module (~800 with a text backbone, ~20 ms a click):
+    # skipped when no module is in training mode, where both would change nothing.
+    switch = any(module.training for module in model.modules())
+    if switch:
+        model.eval()
     try:
         with torch.no_grad():
             region, logits = _segment(model, volume, list(prompts), mode, overlap, sw_batch_size, decode_batch_size,
                                       device, window_size, progress, box_limits,
-                                      _Embeddings(model, device, {} if embeddings is None else embeddings))
+                                      _Embeddings(model, device, {} if embeddings is None else embeddings),
+                                      _Recall(decodes, prompts), masks)
     finally:
-        model.train(was_training)
+        if switch:
+            model.train(was_training)
     if box_limits:
         for k, prompt in enumerate(prompts):
             if prompt.box is not None:
@@ -326,7 +411,8 @@ def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[P
 def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
             overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
             device: str | torch.device | None = None, progress: bool = False,
-            box_limits: bool = True, embeddings: dict | None = None) -> torch.Tensor:
+            box_limits: bool = True, embeddings: dict | None = None, decodes: DecodeMemo | None = None,
+            masks: Sequence[MaskPrompt | None] | None = None) -> torch.Tensor:
     """Segment a canonical volume for K prompts: ``(K, D, H, W)`` float32 logits on the CPU
     (sigmoid > 0.5 = inside), ``OUTSIDE_LOGIT`` outside the foreground crop (and, with
     ``box_limits``, outside a prompt's box). Arguments as `segment_region`, which returns only the
@@ -334,7 +420,7 @@ def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt],
     """
     region, part = segment_region(model, volume, prompts, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size,
                                   decode_batch_size=decode_batch_size, device=device, progress=progress,
-                                  box_limits=box_limits, embeddings=embeddings)
+                                  box_limits=box_limits, embeddings=embeddings, decodes=decodes, masks=masks)
     logits = torch.full((len(prompts), *volume.shape), OUTSIDE_LOGIT, dtype=torch.float32)
     logits[(slice(None), *box_slices(region))] = part
     return logits
@@ -377,15 +463,44 @@ class _Embeddings:
         return torch.stack([self.store[key] for key in keys])
 
 
+class _Recall:
+    """One call's use of a `DecodeMemo`: what it found, what each prompt used (kept at the end)."""
+
+    def __init__(self, memo: DecodeMemo | None, prompts: Sequence[Prompt]) -> None:
+        self.memo = memo
+        self.owners = [prompt.label for prompt in prompts]
+        self.used: dict[str, dict[tuple, torch.Tensor]] = {owner: {} for owner in self.owners}
+
+    def known(self, job: DecodeJob) -> torch.Tensor | None:
+        return None if self.memo is None else self.memo.get(job.key)
+
+    def note(self, job: DecodeJob, value: torch.Tensor) -> torch.Tensor:
+        """Record the output ``value`` (already cut to what is kept) of ``job``; returns it."""
+        if self.memo is not None:
+            used = self.used[self.owners[job.prompt_index]]
+            if job.key not in used:
+                used[job.key] = value if self.memo.get(job.key) is value else value.clone()
+            value = used[job.key]
+        return value
+
+    def finish(self) -> None:
+        if self.memo is not None:
+            for owner, outputs in self.used.items():
+                self.memo.keep(owner, outputs)
+
+
 def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_size, device, window_size,
-             progress, box_limits, cache: _Embeddings) -> tuple[np.ndarray, torch.Tensor]:
+             progress, box_limits, cache: _Embeddings, recall: _Recall,
+             masks: list[MaskPrompt | None]) -> tuple[np.ndarray, torch.Tensor]:
     decoder = _Decoder(model, _embed_texts(model, prompts, device), device, decode_batch_size)
     if isinstance(volume, NormalizedVolume):  # reading every voxel costs a normalization pass: once per volume
         if volume.foreground is None:
             volume.foreground = foreground_box(volume)
         crop_box = volume.foreground
-    else:
-        crop_box = foreground_box(volume)
+    else:  # the embeddings' store belongs to one volume: so does its foreground box
+        crop_box = cache.store.get(("foreground",))
+        if crop_box is None:
+            crop_box = cache.store[("foreground",)] = foreground_box(volume)
     crop_start = crop_box[:3]
     crop_shape = tuple(int(n) for n in crop_box[3:] - crop_box[:3] + 1)
     crop_slices = tuple(slice(int(a), int(b) + 1) for a, b in zip(crop_box[:3], crop_box[3:]))
@@ -404,11 +519,12 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
 
     coarse = None
     if mode in ("zoom", "resize"):
-        coarse = _zoom_out(cache, decoder, crop, local, window_size)
+        coarse = _zoom_out(cache, decoder, crop, local, window_size, recall, masks, crop_box)
         for k in range(len(prompts)):
             # nearest-exact, not the release's nearest: docs/differences-from-release.md
             resize_nearest_exact(coarse[k], crop_shape, out=region_logits[k], region=region)
         if mode == "resize":
+            recall.finish()
             return in_volume, region_logits
 
     lattice = window_lattice(crop_shape, window_size, overlap)
@@ -432,18 +548,34 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
     work: list[tuple[Window, list[DecodeJob]]] = []
     for window in sorted(needed, key=lambda w: w.start):
         to_window = VoxelMap.crop(window.start)
+        view = ("window", window.start, window.size)
+        in_volume_start = tuple(int(a + b) for a, b in zip(window.start, crop_start))
         jobs = []
         for k in needed[window]:
             coarse_box = None
             if coarse is not None and local[k].box is None:
                 coarse_box = _coarse_box_in_window(coarse[k], crop_shape, window)
-            job = _window_job(local[k], to_window, window_size, 0, k, coarse_box, use_coarse=coarse is not None)
+            mask, token = None, None
+            if masks[k] is not None:
+                mask, token = functools.partial(masks[k].window, in_volume_start, window.size), masks[k].token
+            job = _window_job(local[k], to_window, window_size, 0, k, coarse_box, use_coarse=coarse is not None,
+                              view=view, mask=mask, mask_token=token)
             if job is not None:
                 jobs.append(job)
         if jobs:
             work.append((window, jobs))
 
-    stitchers: dict[int, LogitStitcher] = {}
+    def in_region(window: Window) -> Window:
+        """The window's part inside the crop (all that is stitched, or kept), in region voxels."""
+        volume_slices, _ = window.overlap(crop_shape)
+        return Window(tuple(int(s.start - b) for s, b in zip(volume_slices, region_start)),
+                      tuple(s.stop - s.start for s in volume_slices))
+
+    parts: dict[int, list[Window]] = defaultdict(list)
+    for window, jobs in work:
+        for job in jobs:
+            parts[job.prompt_index].append(in_region(window))
+    stitchers = {k: LogitStitcher(region_logits[k], windows) for k, windows in parts.items()}
     bar = None
     if progress:
         from segvol.progress import progress_bar
@@ -457,14 +589,14 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
                 job.view_index = view_index
                 jobs.append(job)
         by_key = {("window", window.start, window.size): window for window, _ in batch}
-        embeddings = cache.get(list(by_key), lambda keys: torch.stack(
-            [extract_window(crop, by_key[key]) for key in keys])[:, None])
-        for job, window_logits in decoder.run(embeddings, jobs):
-            if job.prompt_index not in stitchers:
-                stitchers[job.prompt_index] = LogitStitcher(region_logits[job.prompt_index])
+        embeddings = functools.cache(functools.partial(cache.get, list(by_key), lambda keys: torch.stack(
+            [extract_window(crop, by_key[key]) for key in keys])[:, None]))
+        for job, window_logits in decoder.run(embeddings, jobs, recall.known):
             window = batch[job.view_index][0]
-            stitchers[job.prompt_index].add(Window(tuple(int(a - b) for a, b in zip(window.start, region_start)),
-                                                   window.size), window_logits)
+            part = in_region(window)
+            if window_logits.shape != part.size:  # decoded now: the whole window
+                window_logits = window_logits[window.overlap(crop_shape)[1]]
+            stitchers[job.prompt_index].add(part, recall.note(job, window_logits))
         del embeddings
         if bar is not None:
             bar.update(len(batch))
@@ -472,20 +604,27 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
         bar.close()
     for stitcher in stitchers.values():
         stitcher.finish()
+    recall.finish()
     return in_volume, region_logits
 
 
-def _zoom_out(cache: _Embeddings, decoder: _Decoder, crop: torch.Tensor, prompts: list[Prompt], window_size):
+def _zoom_out(cache: _Embeddings, decoder: _Decoder, crop: torch.Tensor, prompts: list[Prompt], window_size,
+              recall: _Recall, masks: list[MaskPrompt | None], crop_box: np.ndarray):
     """Zoom-out pass: ``(K, *window_size)`` coarse logits (CPU) of the crop resized to the model size."""
     to_zoom = VoxelMap.resize(crop.shape, window_size)
     jobs = []
     for k, prompt in enumerate(prompts):
         mapped = prompt.mapped(to_zoom, window_size)
-        jobs.append(DecodeJob(0, k, mapped.text, mapped.box, mapped.points, mapped.point_labels))
-    embedding = cache.get([("zoom-out",)], lambda keys: resize_nearest_exact(crop, window_size)[None, None])
+        mask, token = None, None
+        if masks[k] is not None:
+            mask, token = functools.partial(masks[k].zoom_out, crop_box, window_size), masks[k].token
+        jobs.append(DecodeJob(0, k, mapped.text, mapped.box, mapped.points, mapped.point_labels, ("zoom-out",),
+                              mask, token))
     coarse = torch.empty((len(prompts), *window_size), dtype=torch.float32)
-    for job, value in decoder.run(embedding, jobs):
-        coarse[job.prompt_index] = value
+    embedding = functools.cache(functools.partial(cache.get, [("zoom-out",)],
+                                                  lambda keys: resize_nearest_exact(crop, window_size)[None, None]))
+    for job, value in decoder.run(embedding, jobs, recall.known):
+        coarse[job.prompt_index] = recall.note(job, value)
     return coarse
 
 

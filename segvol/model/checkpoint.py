@@ -39,8 +39,11 @@ from torch import nn
 from segvol.io.atomic import atomic_path
 from segvol.model.build import build_model
 from segvol.model.config import ModelConfig, model_config
+from segvol.model.mask_prompt import PREFIX as MASK_PROMPT_PREFIX
+from segvol.model.mask_prompt import MaskPromptEncoder3D, attach_mask_prompt, build_mask_prompt, mask_prompt_path
 
 FORMAT = "segvol-workflow"
+MASK_PROMPT_FORMAT = "segvol-mask-prompt"
 FORMAT_VERSION = "1"
 HF_PREFIX = "hf://"
 HF_DEFAULT_FILE = "pytorch_model.bin"
@@ -113,7 +116,7 @@ def save(model: nn.Module, path: str | os.PathLike, vocabulary: list[str] | None
     tensors = {
         key: value.detach().to("cpu").contiguous()
         for key, value in model.state_dict().items()
-        if not (skip and key.startswith(skip))
+        if not (skip and key.startswith(skip)) and not key.startswith(MASK_PROMPT_PREFIX)
     }
     metadata = {
         "format": FORMAT,
@@ -125,6 +128,7 @@ def save(model: nn.Module, path: str | os.PathLike, vocabulary: list[str] | None
         metadata["vocabulary"] = json.dumps(sorted(set(vocabulary)))
     path = write_safetensors(tensors, path, metadata)
     provenance.write_sidecar(path)
+    save_mask_prompt(model, path)  # the optional mask-prompt branch: its own file beside this one
     return path
 
 
@@ -406,6 +410,7 @@ def load(source: str | os.PathLike, **overrides: Any):
     check_shapes_fit(config, state, source)
     model = build_model(config)
     _load_normalized(model, state, source, mapped=path)
+    load_mask_prompt(model, path)  # attached only when its file lies beside the model file
     return model.eval()
 
 
@@ -457,7 +462,8 @@ def _load_normalized(model: nn.Module, state: dict[str, torch.Tensor], source, o
     """Copy ``state`` into ``model`` strictly. ``mapped``: the file ``state`` was just read from
     by this module, memory-mapped (torch zip, safetensors) and seen by no one else: its pages are
     given back as the copy goes, so the peak is the model plus ~64 MB, not model plus file."""
-    expected = model.state_dict()
+    # The mask-prompt branch has its own file (segvol.model.mask_prompt), never the model file's keys.
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(MASK_PROMPT_PREFIX)}
     external = _external_backbone_prefix(model)
 
     def optional(key: str) -> bool:
@@ -535,4 +541,47 @@ def model_from_settings(settings: dict[str, Any]):
             load_image_encoder(model, source)
         else:
             _load_normalized(model, state, source)
+            if not str(source).startswith(HF_PREFIX):
+                load_mask_prompt(model, source)
     return model
+
+
+# --------------------------------------------------------------------- the mask-prompt branch
+
+
+def save_mask_prompt(model: nn.Module, model_path: str | os.PathLike) -> Path | None:
+    """Write the model's mask-prompt branch (segvol.model.mask_prompt) beside ``model_path`` as
+    ``<stem>.mask_prompt.safetensors`` (atomic, stable bytes, keys ``mask_prompt_encoder.*``); None when it has none."""
+    branch = getattr(model, "mask_prompt_encoder", None)
+    if branch is None:
+        return None
+    path = mask_prompt_path(model_path)
+    tensors = {MASK_PROMPT_PREFIX + key: value.detach().to("cpu").contiguous()
+               for key, value in branch.state_dict().items()}
+    metadata = {"format": MASK_PROMPT_FORMAT, "embed_dim": str(model.config.hidden_size),
+                "grid_size": ",".join(map(str, model.config.grid_size)),
+                "mask_in_chans": str(model.config.mask_in_chans)}
+    write_safetensors(tensors, path, metadata)
+    provenance.write_sidecar(path)
+    return path
+
+
+def load_mask_prompt(model: nn.Module, model_path: str | os.PathLike) -> MaskPromptEncoder3D | None:
+    """Attach and load the branch stored beside ``model_path``; None (model unchanged) when there is no such file.
+
+    Raises ValueError naming the file when its tensors do not fit the model.
+    """
+    path = mask_prompt_path(model_path)
+    if not path.is_file():
+        return None
+    state = read_weights(path)
+    expected = {MASK_PROMPT_PREFIX + key: value
+                for key, value in build_mask_prompt(model.config).state_dict().items()}
+    problems = key_differences(expected, state)
+    if problems:
+        raise ValueError(f"{path}: mask-prompt branch does not fit the model: " + "; ".join(problems))
+    branch = attach_mask_prompt(model)
+    with torch.no_grad():
+        for key, target in branch.state_dict().items():
+            target.copy_(state[MASK_PROMPT_PREFIX + key])
+    return branch

@@ -3,6 +3,7 @@
     emb = model.encode_image(image)               # (B, 1, D, H, W) in [0, 1] -> (B, C, d, h, w)
     txt = model.encode_text(["liver", "spleen"])  # (K, C)
     logits = model.decode(emb, text=txt, boxes=boxes, points=(coords, labels))  # (B, 1, D, H, W)
+    logits = model.decode(emb, boxes=boxes, mask_prompt=previous_logits)  # with a mask-prompt branch
 
 Prompt coordinates are voxel indices (d, h, w) in the model-input frame `config.spatial_size`.
 To decode K prompt sets from one image, pass an embedding of batch 1 (it is broadcast) or
@@ -20,6 +21,7 @@ from torch import nn
 from segvol.model.config import ModelConfig
 from segvol.model.image_encoder import ImageEncoderViT3D
 from segvol.model.mask_decoder import MaskDecoder3D
+from segvol.model.mask_prompt import MaskPromptEncoder3D
 from segvol.model.prompt_encoder import PromptEncoder3D
 from segvol.model.text_encoder import TextEncoder
 
@@ -43,6 +45,9 @@ class SegVol(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.text_encoder = text_encoder
         self.image_skip = image_skip  # ModelConfig.image_skip_channels > 0 only
+        # Optional 3-D mask-prompt branch (segvol.model.mask_prompt.attach_mask_prompt): absent by
+        # default, so the state dict holds exactly the released keys; saved in its own file.
+        self.mask_prompt_encoder: MaskPromptEncoder3D | None = None
 
     @property
     def device(self) -> torch.device:
@@ -74,17 +79,20 @@ class SegVol(nn.Module):
         text: torch.Tensor | Sequence[str] | None = None,
         boxes: torch.Tensor | None = None,
         points: Points | None = None,
+        mask_prompt: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mask logits (B, 1, D, H, W) at the model input size.
 
         image_embedding: (B, hidden, d, h, w), or (1, ...) broadcast to the prompts' batch.
         text: (B, hidden) from encode_text, or B category names. boxes: (B, 6) float
         (d0, h0, w0, d1, h1, w1) inclusive voxel indices. points: ((B, N, 3) float, (B, N) long
-        labels in {-1 ignore, 0 negative, 1 positive}).
+        labels in {-1 ignore, 0 negative, 1 positive}). mask_prompt: (B, 1, D, H, W) float logits
+        on the model-input grid (what `decode` returns, e.g. the previous round's prediction; a
+        binary mask as +10 inside / -10 outside), only with a mask-prompt branch (docs/model.md#mask-prompt).
         """
         if text is not None and not isinstance(text, torch.Tensor):
             text = self.encode_text(text)
-        batch = self._check_prompts(image_embedding, text, boxes, points)
+        batch = self._check_prompts(image_embedding, text, boxes, points, mask_prompt)
         if image_embedding.shape[0] != batch:
             image_embedding = image_embedding.expand(batch, -1, -1, -1, -1)
         device = image_embedding.device
@@ -100,6 +108,8 @@ class SegVol(nn.Module):
             hidden = self.config.hidden_size
             skip = self.image_skip.unpack(image_embedding[:, hidden:])
             image_embedding = image_embedding[:, :hidden]
+        if mask_prompt is not None:
+            dense = dense + self.mask_prompt_encoder(mask_prompt.to(device))
         low_res = self.mask_decoder(
             image_embedding,
             self.prompt_encoder.get_dense_pe().to(image_embedding.dtype),
@@ -120,7 +130,7 @@ class SegVol(nn.Module):
         """encode_image + decode: (B, 1, D, H, W) image -> (B, 1, D, H, W) logits."""
         return self.decode(self.encode_image(image), text=text, boxes=boxes, points=points)
 
-    def _check_prompts(self, image_embedding, text, boxes, points) -> int:
+    def _check_prompts(self, image_embedding, text, boxes, points, mask_prompt=None) -> int:
         cfg = self.config
         expected = (cfg.embedding_channels, *cfg.grid_size)
         if image_embedding.ndim != 5 or tuple(image_embedding.shape[1:]) != expected:
@@ -149,8 +159,17 @@ class SegVol(nn.Module):
             if ((labels < -1) | (labels > 1)).any():
                 raise ValueError("point labels must be -1 (ignore), 0 (negative) or 1 (positive)")
             sizes["points"] = coords.shape[0]
+        if mask_prompt is not None:
+            if self.mask_prompt_encoder is None:
+                raise ValueError("decode got a mask_prompt but the model has no mask-prompt branch "
+                                 "(segvol.model.mask_prompt.attach_mask_prompt)")
+            if mask_prompt.ndim != 5 or mask_prompt.shape[1] != 1:
+                raise ValueError(f"mask_prompt must be (B, 1, D, H, W) logits, got {tuple(mask_prompt.shape)}")
+            if not torch.isfinite(mask_prompt).all():
+                raise ValueError("mask_prompt contains NaN or infinite values")
+            sizes["mask_prompt"] = mask_prompt.shape[0]
         if not sizes:
-            raise ValueError("decode needs at least one prompt: text, boxes or points")
+            raise ValueError("decode needs at least one prompt: text, boxes, points or a mask")
         batches = set(sizes.values())
         if len(batches) != 1:
             raise ValueError(f"prompt batch sizes differ: {sizes}")
