@@ -197,6 +197,46 @@ def test_dense_box_prompt_coverage_is_the_share_of_each_patch_inside_the_box():
     assert not model_config("base").dense_box_prompt
 
 
+def test_dense_positional_encoding_is_computed_once_per_value_of_its_matrix(tiny):
+    encoder = tiny.prompt_encoder
+    first = encoder.get_dense_pe()
+    assert encoder.get_dense_pe() is first  # kept between decodes
+    assert torch.equal(first, encoder.pe_layer.dense(encoder.image_embedding_size).unsqueeze(0))
+    matrix = encoder.pe_layer.positional_encoding_gaussian_matrix
+    saved = matrix.clone()
+    with torch.no_grad():
+        matrix.mul_(2.0)  # new weights (as a checkpoint load copies them in place)
+    try:
+        fresh = encoder.get_dense_pe()
+        assert not torch.equal(fresh, first)
+        assert torch.equal(fresh, encoder.pe_layer.dense(encoder.image_embedding_size).unsqueeze(0))
+    finally:
+        with torch.no_grad():
+            matrix.copy_(saved)
+    assert torch.equal(encoder.get_dense_pe(), first)
+
+
+def test_patch_transpose_convolution_equals_the_convolution_it_replaces(tiny):
+    from segvol.model.mask_decoder import PatchConvTranspose3d
+
+    assert isinstance(tiny.mask_decoder.output_upscaling[3], PatchConvTranspose3d)
+    torch.manual_seed(1)
+    patch = PatchConvTranspose3d(12, 5)
+    plain = torch.nn.ConvTranspose3d(12, 5, kernel_size=2, stride=2)
+    plain.load_state_dict(patch.state_dict())  # same keys and shapes as the released layer
+    x = torch.randn(2, 12, 3, 4, 5, requires_grad=True)
+    ours, theirs = patch(x), plain(x)
+    assert ours.shape == (2, 5, 6, 8, 10)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    upstream = torch.randn(ours.shape)
+    grads = torch.autograd.grad((ours * upstream).sum(), [x, patch.weight, patch.bias])
+    expected = torch.autograd.grad((theirs * upstream).sum(), [x, plain.weight, plain.bias])
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    half = x.detach().to(torch.bfloat16)  # not float32: the plain convolution
+    torch.testing.assert_close(patch.to(torch.bfloat16)(half), plain.to(torch.bfloat16)(half))
+
+
 def test_image_skip_packs_mask_resolution_features_into_the_token_of_their_cell():
     """The packed skip channels of token (i, j, k) hold exactly the 4x4x4 mask cells it upsamples to."""
     torch.manual_seed(0)
@@ -239,43 +279,3 @@ def test_image_skip_model_round_trips_through_its_checkpoint(tmp_path):
     boxes = torch.tensor([[2.0, 3, 4, 20, 30, 40]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(image, boxes=boxes), model(image, boxes=boxes), rtol=0, atol=0)
-
-
-def test_dense_positional_encoding_is_computed_once_per_value_of_its_matrix(tiny):
-    encoder = tiny.prompt_encoder
-    first = encoder.get_dense_pe()
-    assert encoder.get_dense_pe() is first  # kept between decodes
-    assert torch.equal(first, encoder.pe_layer.dense(encoder.image_embedding_size).unsqueeze(0))
-    matrix = encoder.pe_layer.positional_encoding_gaussian_matrix
-    saved = matrix.clone()
-    with torch.no_grad():
-        matrix.mul_(2.0)  # new weights (as a checkpoint load copies them in place)
-    try:
-        fresh = encoder.get_dense_pe()
-        assert not torch.equal(fresh, first)
-        assert torch.equal(fresh, encoder.pe_layer.dense(encoder.image_embedding_size).unsqueeze(0))
-    finally:
-        with torch.no_grad():
-            matrix.copy_(saved)
-    assert torch.equal(encoder.get_dense_pe(), first)
-
-
-def test_patch_transpose_convolution_equals_the_convolution_it_replaces(tiny):
-    from segvol.model.mask_decoder import PatchConvTranspose3d
-
-    assert isinstance(tiny.mask_decoder.output_upscaling[3], PatchConvTranspose3d)
-    torch.manual_seed(1)
-    patch = PatchConvTranspose3d(12, 5)
-    plain = torch.nn.ConvTranspose3d(12, 5, kernel_size=2, stride=2)
-    plain.load_state_dict(patch.state_dict())  # same keys and shapes as the released layer
-    x = torch.randn(2, 12, 3, 4, 5, requires_grad=True)
-    ours, theirs = patch(x), plain(x)
-    assert ours.shape == (2, 5, 6, 8, 10)
-    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
-    upstream = torch.randn(ours.shape)
-    grads = torch.autograd.grad((ours * upstream).sum(), [x, patch.weight, patch.bias])
-    expected = torch.autograd.grad((theirs * upstream).sum(), [x, plain.weight, plain.bias])
-    for got, want in zip(grads, expected):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    half = x.detach().to(torch.bfloat16)  # not float32: the plain convolution
-    torch.testing.assert_close(patch.to(torch.bfloat16)(half), plain.to(torch.bfloat16)(half))

@@ -44,10 +44,10 @@ class SegVol(nn.Module):
         self.mask_decoder = mask_decoder
         self.prompt_encoder = prompt_encoder
         self.text_encoder = text_encoder
-        self.image_skip = image_skip  # ModelConfig.image_skip_channels > 0 only
         # Optional 3-D mask-prompt branch (segvol.model.mask_prompt.attach_mask_prompt): absent by
         # default, so the state dict holds exactly the released keys; saved in its own file.
         self.mask_prompt_encoder: MaskPromptEncoder3D | None = None
+        self.image_skip = image_skip  # ModelConfig.image_skip_channels > 0 only
 
     @property
     def device(self) -> torch.device:
@@ -103,13 +103,13 @@ class SegVol(nn.Module):
         if text is not None:
             text = text.to(device, image_embedding.dtype)
         sparse, dense = self.prompt_encoder(points, boxes, text, batch)
+        if mask_prompt is not None:
+            dense = dense + self.mask_prompt_encoder(mask_prompt.to(device))
         skip = None
         if self.image_skip is not None:
             hidden = self.config.hidden_size
             skip = self.image_skip.unpack(image_embedding[:, hidden:])
             image_embedding = image_embedding[:, :hidden]
-        if mask_prompt is not None:
-            dense = dense + self.mask_prompt_encoder(mask_prompt.to(device))
         low_res = self.mask_decoder(
             image_embedding,
             self.prompt_encoder.get_dense_pe().to(image_embedding.dtype),
