@@ -14,7 +14,7 @@ One run prints:
      (goal: within 1.5x), the speed-up over the first option (fp32) and the max abs difference of the embedding
      from the fp32 one (the embedding is layer-normed: its values have a standard deviation ~1),
      and the minor page faults per call (memory the allocator took fresh from the kernel; see
-     README "Speed" for glibc settings that keep it);
+     docs/performance.md for glibc settings that keep it);
   4. after fp32, where one fp32 call spends its time (torch.profiler self time grouped by part,
      with the GFLOP/s of the linear layers and of attention).
 

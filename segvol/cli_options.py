@@ -37,7 +37,7 @@ QUIET_HELP = "only warnings and errors, no progress bars"
 PRECISIONS = ("fp32", "bf16")
 PRECISION_HELP = ("image-encoder arithmetic: fp32 (default; the released network's numbers) or bf16 (bfloat16 "
                   "matmuls: ~2x faster encoder on CPUs with AMX/AVX512-BF16 and on GPUs, slower on other CPUs; "
-                  "embeddings differ by ~1e-2, label maps agree to Dice >= 0.99; README 'Speed')")
+                  "embeddings differ by ~1e-2, label maps agree to Dice >= 0.99; docs/performance.md)")
 THREADS_HELP = "torch CPU threads (default: torch's choice)"
 
 

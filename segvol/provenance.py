@@ -2,13 +2,14 @@
 
 A sidecar records the segvol version, the git commit of the code (and whether the work tree had
 changes), the versions of the key packages, Python and platform, the device the command ran on (with the
-torchrun world size and the Slurm job id, when there are), the command line, and the sha256 of every input named on it (files: their bytes; folders such as Zarr
-stores: the relative path and size of every file plus the bytes of those outside Zarr chunk folders
-`c/`, i.e. the metadata, so that a multi-GB store is identified without reading its chunks). Writers call `write_sidecar(path)` right after
-the output is in place; `segvol.cli` registers the command line and `segvol.device.resolve_device` the
-device. Snakemake's own records (`--report`, `.snakemake/metadata`) say which rule and parameters made a
-file but not which code or packages, so this complements them; the workflow's `provenance` rule gathers
-the sidecars of the results into the report.
+torchrun world size and the Slurm job id, when there are), the command line, and the sha256 of every input
+named on it (files: their bytes; folders such as Zarr stores: the relative path and size of every file plus
+the bytes of those outside Zarr chunk folders `c/`, i.e. the metadata, so that a multi-GB store is
+identified without reading its chunks). Writers call `write_sidecar(path)` right after the output is in
+place; `segvol.cli` registers the command line and `segvol.device.resolve_device` the device. Snakemake's
+own records (`--report`, `.snakemake/metadata`) say which rule and parameters made a file but not which
+code or packages, so this complements them; the workflow's `provenance` rule gathers the sidecars of the
+results into the report.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (the project's one sha256-of-a-file)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -110,7 +112,8 @@ def _inputs(exclude: set[Path]) -> list[dict]:
     seen, inputs = set(), []
     for token in (_context["command"] or [])[1:]:
         # bare words (the program, subcommands, `cpu`) are not paths even when a folder has that name
-        if token.startswith("-") or "://" in token or len(token) > 4096 or not ("/" in token or "." in token.strip(".")):
+        pathlike = "/" in token or "." in token.strip(".")
+        if token.startswith("-") or "://" in token or len(token) > 4096 or not pathlike:
             continue
         path = Path(token)
         try:

@@ -88,10 +88,6 @@ def canonical_name(name: str) -> str:
     return _LOOKUP.get(text, text)
 
 
-def is_known(name: str) -> bool:
-    return normalize_text(name) in _LOOKUP
-
-
 def _add(vocabulary: dict, name: str, dataset: str | None) -> None:
     canonical = canonical_name(name)
     entry = vocabulary.setdefault(canonical, {"synonyms": set(SYNONYMS.get(canonical, ())), "datasets": set()})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import tomllib
@@ -62,7 +63,9 @@ def test_lock_lists_every_declared_dependency_within_its_bounds():
         name = canonicalize_name(requirement.name)
         assert name in entries, f"{requirement} is declared but not locked: run bash scripts/lock.sh"
         version = entries[name][0]
-        assert requirement.specifier.contains(version, prereleases=True), f"locked {name}=={version} breaks {requirement}"
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"locked {name}=={version} breaks {requirement}"
+        )
 
 
 def test_declared_dependencies_have_an_upper_bound_on_the_major_version():
@@ -73,8 +76,19 @@ def test_declared_dependencies_have_an_upper_bound_on_the_major_version():
         assert any(spec.operator == "<" for spec in requirement.specifier), f"{requirement}: no upper bound"
 
 
+def installed_distributions() -> dict[str, str]:
+    """Canonical name -> version of every package installed in this environment's site-packages.
+
+    Not `metadata.distributions()` alone: that walks sys.path, and once something has imported setuptools
+    its vendored packages' metadata (setuptools/_vendor/*.dist-info, other versions) lie on it too."""
+    found: dict[str, str] = {}
+    for distribution in metadata.distributions(path=site.getsitepackages()):
+        found.setdefault(canonicalize_name(distribution.metadata["Name"]), distribution.version)
+    return found
+
+
 def test_this_environment_is_the_lock():
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    installed = installed_distributions()
     entries = locked()
     # The local label (+cpu, +cu128) is the build of the same release (setup.sh's TORCH_SPEC).
     wrong = {name: (version, installed.get(name)) for name, (version, _) in entries.items()
@@ -85,8 +99,22 @@ def test_this_environment_is_the_lock():
         assert not extra, f"installed but not in requirements.lock: {extra}"
 
 
+def test_what_counts_as_installed_does_not_change_when_setuptools_is_imported():
+    """tests/test_layout.py imports setuptools, which puts its vendored packages on sys.path: the lock check
+    must see the same environment before and after (a fresh process, so that nothing imported it yet)."""
+    script = (
+        "from tests.test_envs import installed_distributions as installed; before = installed(); "
+        "import setuptools.config.pyprojecttoml; after = installed(); "
+        "assert before == after, {k: (before.get(k), after.get(k)) for k in set(before) | set(after) "
+        "if before.get(k) != after.get(k)}"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_pip_check_is_clean():
-    result = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300,
+                            check=False)
     problems = [line for line in result.stdout.splitlines() if line.strip() and "No broken requirements" not in line
                 and not line.endswith("requires torchvision, which is not installed.")]  # see scripts/lock.sh
     if not STRICT:  # a developer's extra packages are theirs to fix; the locked ones must be consistent
@@ -147,13 +175,15 @@ def _install_and_run(tmp_path: Path, conda_dir: Path, requirements: Path, workdi
                            capture_output=True, text=True, timeout=120, check=True).stdout.strip()
     assert Path(where) == REPO / "segvol" / "__init__.py"
     assert (env / "bin" / "segvol").is_file()
-    check = subprocess.run([python, "-m", "pip", "check"], env=clean, capture_output=True, text=True, timeout=300, check=False)
+    check = subprocess.run([python, "-m", "pip", "check"], env=clean, capture_output=True, text=True, timeout=300,
+                           check=False)
     segvol_problems = [line for line in check.stdout.splitlines() if line.startswith("segvol ")]
     assert not segvol_problems, segvol_problems
 
     run = subprocess.run([python, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
                           str(workdir), "--configfile", "config/config.yaml", "config/test.yaml", "--cores", "1",
-                          "data/raw/abdomen_a"], cwd=workdir, env=clean, capture_output=True, text=True, timeout=600, check=False)
+                          "data/raw/abdomen_a"], cwd=workdir, env=clean, capture_output=True, text=True, timeout=600,
+                         check=False)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     assert (workdir / "data" / "raw" / "abdomen_a" / "dataset.json").is_file()
 

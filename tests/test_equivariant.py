@@ -300,7 +300,7 @@ def test_rotate_sample_rotates_masks_and_redraws_prompts():
 
 
 def test_effect_verdict():
-    from segvol.evaluate.ablations import effect_verdict
+    from segvol.evaluate.rotation import effect_verdict
 
     assert effect_verdict(0.01, 0.2) == "helped" and effect_verdict(-0.2, -0.01) == "hurt"
     assert effect_verdict(-0.1, 0.1) == "made no measurable difference"
@@ -335,9 +335,11 @@ def test_rotation_cli_compares_both_models(tmp_path, monkeypatch):
     pooled = per_case[(per_case.method == "SegVol") & (per_case.variant == "rotated")]["dice"].median()
     assert summary.loc["all", "rotated"] == pytest.approx(pooled, abs=1e-4)
     assert list(summary.index)[-1] == "all"
-    assert summary.loc["all", "rotated_ci_low"] <= summary.loc["all", "rotated_difference"] <= summary.loc["all", "rotated_ci_high"]
+    overall = summary.loc["all"]
+    assert overall["rotated_ci_low"] <= overall["rotated_difference"] <= overall["rotated_ci_high"]
     for category in set(per_case["category"]):
-        ours = per_case[(per_case.method != "SegVol") & (per_case.category == category) & (per_case.variant == "original")]
+        chosen = (per_case.method != "SegVol") & (per_case.category == category) & (per_case.variant == "original")
+        ours = per_case[chosen]
         assert summary.loc[category, "equivariant_original"] == pytest.approx(ours["dice"].median(), abs=1e-4)
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -348,7 +350,8 @@ def test_rotation_cli_compares_both_models(tmp_path, monkeypatch):
     table = pd.read_csv(table6).set_index("method")
     ours, theirs = table.loc["SegVol + equivariant embedding"], table.loc["SegVol"]
     assert ours["parameters"] - theirs["parameters"] == sum(p.numel() for p in adapter.parameters())
-    assert ours["trainable_parameters_m"] * 1e6 == pytest.approx(sum(p.numel() for p in adapter.parameters()), abs=50)  # CSV keeps 4 decimals of M
+    # the CSV keeps 4 decimals of M
+    assert ours["trainable_parameters_m"] * 1e6 == pytest.approx(sum(p.numel() for p in adapter.parameters()), abs=50)
     assert ours["gmacs_per_case"] > theirs["gmacs_per_case"]
 
     assert main(["evaluate", "rotation", "--checkpoint", "m", "--equivariant", str(tmp_path / "none.safetensors"),

@@ -12,8 +12,10 @@ from segvol.cli import main
 from segvol.evaluate import methods as methods_module
 from segvol.evaluate.cases import score_store
 from segvol.evaluate.methods import Method
-from segvol.evaluate.prompts import positive_points, prompt_from_truth, tight_box
-from segvol.evaluate.tables import table2, table3
+from segvol.evaluate.prompts import positive_points, prompt_from_truth
+from segvol.evaluate.table2 import table2
+from segvol.evaluate.table3 import table3
+from segvol.pseudo.sampling import segment_box
 
 CATEGORIES = ["liver", "spleen", "tumor"]
 
@@ -54,11 +56,11 @@ class BoxOracle(Method):
         return mask
 
 
-def test_tight_box_and_points_lie_inside_the_mask():
+def test_box_prompt_is_tight_and_points_lie_inside_the_mask():
     mask = np.zeros((6, 7, 8), bool)
     mask[1:3, 2:6, 4] = True
-    assert tight_box(mask) == (1, 2, 4, 2, 5, 4)
-    assert tight_box(np.zeros((2, 2, 2))) is None
+    assert prompt_from_truth("box", "liver", mask.astype(np.uint8), np.random.default_rng(0)).box == (1, 2, 4, 2, 5, 4)
+    assert prompt_from_truth("box", "liver", np.zeros((2, 2, 2)), np.random.default_rng(0)) is None
     points = positive_points(mask, np.random.default_rng(0))
     assert points.shape == (5, 3) and mask[tuple(points.T)].all()
     again = positive_points(mask, np.random.default_rng(0))
@@ -88,7 +90,7 @@ def test_score_store_rows_and_skips(tmp_path):
     for row in rows.itertuples():
         truth = root[row.case]["labels"][CATEGORIES.index(row.category)] > 0
         box = np.zeros_like(truth)
-        d0, h0, w0, d1, h1, w1 = tight_box(truth)
+        d0, h0, w0, d1, h1, w1 = segment_box(truth)
         box[d0:d1 + 1, h0:h1 + 1, w0:w1 + 1] = True
         assert row.dice == pytest.approx(2 * truth.sum() / (truth.sum() + box.sum()))
     assert (rows.loc[rows.category == "liver", "dice"] == 1.0).all()

@@ -11,9 +11,11 @@ import zarr
 import segvol.infer
 from segvol.cli import main
 from segvol.evaluate import methods as methods_module
-from segvol.evaluate.ablations import mr_like, rotate_case, run_number
-from segvol.evaluate.prompts import tight_box
+from segvol.evaluate.fig3a import run_number
+from segvol.evaluate.mri import mr_like
+from segvol.evaluate.rotation import rotate_case
 from segvol.evaluate.stores import Case
+from segvol.pseudo.sampling import segment_box
 from tests.test_evaluate import Prompt, box_segment, write_store
 
 
@@ -131,8 +133,8 @@ def test_fig5_identifies_the_category_whose_text_matches_the_box(tmp_path, monke
     boxes = {}  # category -> its boxes in every case: a text prompt segments where its category lies
     for case in root.attrs["cases"]:
         for index, name in enumerate(root.attrs["categories"]):
-            box = tight_box(root[case]["labels"][index])
-            if box is not None:
+            box = segment_box(root[case]["labels"][index] > 0).tolist()
+            if box[0] >= 0:
                 boxes.setdefault(name, []).append(box)
 
     def text_aware(model, volume, prompts, mode="zoom", **kwargs):

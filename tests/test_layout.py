@@ -51,7 +51,8 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
                     anchor = name.split(".") if is_package else name.split(".")[:-1]
                     anchor = anchor[: len(anchor) - (node.level - 1)]
                     base = ".".join(anchor + ([base] if base else []))
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                           for alias in node.names]
             else:
                 continue
             for target in targets:
@@ -189,7 +190,8 @@ def test_one_training_loop(graph):
         if name.startswith("segvol.training"):
             continue
         nodes = list(ast.walk(ast.parse(path.read_text())))
-        used = {n.attr for n in nodes if isinstance(n, ast.Attribute)} | {n.id for n in nodes if isinstance(n, ast.Name)}
+        used = {n.attr for n in nodes if isinstance(n, ast.Attribute)}
+        used |= {n.id for n in nodes if isinstance(n, ast.Name)}
         assert not used & LOOP_INTERNALS, f"{path} runs its own training loop ({sorted(used & LOOP_INTERNALS)})"
 
 
@@ -220,10 +222,68 @@ def test_predict_command_line_is_only_argparse_to_the_library():
     assert users == [], f"import the library (segvol.infer.predict) instead: {users}"
 
 
+def test_each_evaluation_is_one_module_listed_in_one_table():
+    """`segvol evaluate <name>` is `segvol/evaluate/<module>.py` with add_arguments and run, listed in EVALUATIONS."""
+    cli = REPO / "segvol" / "evaluate" / "cli.py"
+    table = next(node.value for node in ast.parse(cli.read_text()).body
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "EVALUATIONS")
+    evaluations = ast.literal_eval(table)
+    assert {"cases", "table2", "table3", "table6", "fig3a", "fig9", "table7"} <= set(evaluations)
+    modules = [module for module, _ in evaluations.values()]
+    assert len(set(modules)) == len(modules), "one module per evaluation"
+    for name, (module, summary) in evaluations.items():
+        path = REPO / (module.replace(".", "/") + ".py")
+        assert path.is_file(), f"{name}: {path} is missing"
+        defined = {n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}
+        assert {"add_arguments", "run"} <= defined, f"{path}: needs add_arguments and run"
+        assert summary, name
+
+
+def test_task_specific_baselines_have_one_spelling():
+    """`taskspecific` names the task-specific baselines in every path and identifier: stage, modules, rules,
+    config keys, tests (`task_specific` was a second spelling of the same thing)."""
+    other = re.compile(r"task_specific")
+    files = [p for folder in ("segvol", "workflow", "tests", "benchmarks", "config") for p in (REPO / folder).rglob("*")
+             if p.is_file() and p.suffix in {".py", ".smk", ".yaml"} and p != Path(__file__).resolve()]
+    named = [str(p.relative_to(REPO)) for p in files if other.search(p.name)]
+    used = [str(p.relative_to(REPO)) for p in files if other.search(p.read_text())]
+    assert named == [] and used == [], f"spell it `taskspecific`: files {named}, text in {used}"
+
+
+# Names of a drawer, not of a thing: a module so named collects whatever had no home.
+CATEGORY_NAMES = {"ablations", "utils", "util", "common", "misc", "helpers", "tools", "stuff"}
+
+
+def test_no_module_is_named_after_a_category_of_unrelated_things():
+    named = [str(path.relative_to(REPO)) for name, path in module_files(REPO / "segvol").items()
+             if name.rpartition(".")[2] in CATEGORY_NAMES]
+    assert named == [], f"name a module after what it holds: {named}"
+
+
+def test_snakemake_benchmark_tsvs_land_in_an_ignored_folder():
+    """Every rule's `benchmark:` goes through common.smk's benchmark_file (benchmarks/runs/), which git ignores;
+    no generated TSV is tracked beside the benchmark scripts."""
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if line.strip() == "benchmark:":
+                where = f"{path.name}:{number + 2}: {lines[number + 1].strip()}"
+                assert lines[number + 1].strip().startswith("benchmark_file("), where
+    assert 'BENCHMARKS = "benchmarks/runs"' in (REPO / "workflow" / "rules" / "common.smk").read_text()
+    if not (REPO / ".git").exists() or not shutil.which("git"):
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "benchmarks"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert [name for name in tracked if not name.endswith(".py")] == [], "generated files tracked under benchmarks/"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", "benchmarks/runs/table2.tsv"], cwd=REPO)
+    assert ignored.returncode == 0, ".gitignore does not ignore benchmarks/runs/"
+
+
 def test_test_helpers_live_under_tests():
     for name, path in module_files(REPO / "segvol").items():
         leaf = name.rpartition(".")[2]
-        assert leaf not in {"testing", "conftest"} and not leaf.startswith("test_"), f"{path}: test helper in the package"
+        is_test_helper = leaf in {"testing", "conftest"} or leaf.startswith("test_")
+        assert not is_test_helper, f"{path}: test helper in the package"
         tree = ast.parse(path.read_text())
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
@@ -349,4 +409,13 @@ def test_workflow_is_snakefmt_formatted():
     assert snakefmt, "snakefmt is missing: pip install -e '.[test]'"
     result = subprocess.run([snakefmt, "--check", "Snakefile", "workflow/"], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
+def test_python_code_is_ruff_clean(command):
+    """`ruff check` and `ruff format --check` under the `[tool.ruff]` settings of pyproject.toml."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is missing: pip install -e '.[test]'"
+    result = subprocess.run([ruff, *command, "--no-cache", "."], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

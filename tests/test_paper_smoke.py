@@ -41,6 +41,6 @@ def test_paper_smoke_runs_the_base_model_through_the_paper_rules(tmp_path):
 
     made = read_sidecar(model_file)
     assert made["device"] == "cpu" and any(i["path"].endswith("encoder.safetensors") for i in made["inputs"])
-    runtime = runtime_table(tmp_path / "benchmarks")
+    runtime = runtime_table(tmp_path / "benchmarks" / "runs")
     assert set(runtime["rule"]) == set(RULES)
     assert (runtime["max_rss_mb"] > 0).all()

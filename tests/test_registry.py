@@ -166,7 +166,7 @@ def test_shards_are_planned_from_n_cases(registry):
 
 
 def test_unlabelled_total_of_the_paper_config(registry):
-    """What config/paper.yaml pretrains on now that M3D-Cap is gone (README, "Real data")."""
+    """What config/paper.yaml pretrains on now that M3D-Cap is gone (docs/data.md)."""
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text(encoding="utf-8"))["datasets"]
     assert "M3D-Cap" not in paper["unlabelled"]
     assert sum(registry[name]["n_cases"] for name in paper["unlabelled"]) == 68_412

@@ -2,7 +2,7 @@
 loopback HTTP server with the REAL registry entry (templates, case patterns, label maps; only the
 URL and checksum point at the fixture), then `segvol download` -> `segvol normalize`.
 
-What each fixture copies from the release (README, "Real data", lists the sources):
+What each fixture copies from the release (docs/data.md, lists the sources):
 - M3D-Seg: `M3D_Seg/<code>.zip` holding `<code>/<code>.json` + `<code>/<case>/image.npy` and
   `mask_(C, X, Y, Z).npz`; 0024 comes as two archives that unpack into one `0024/` folder; 0010
   is AbdomenCT-12organ today (12 organs, one "kidney").

@@ -32,8 +32,17 @@ TRAINING_RULES = ["pretrain", "finetune"]
 def test_every_model_rule_passes_device_and_threads():
     text = "\n".join((REPO / "workflow" / "rules" / f"{name}.smk").read_text(encoding="utf-8")
                      for name in ("pretrain", "finetune", "evaluate"))
+    # evaluation rules get both through common.smk: `params: **model_params()` and `evaluate_command(...)`,
+    # whose default flags are MODEL_FLAGS
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text(encoding="utf-8")
+    model_flags = common.split("MODEL_FLAGS = (", 1)[1].split(")", 1)[0]
+    assert "--device {params.device}" in model_flags and "--threads {threads}" in model_flags
+    assert "device=job_device" in common.split("def model_params(", 1)[1].split("\ndef ", 1)[0]
     for rule in MODEL_RULES:
         body = text.split(f"rule {rule}:", 1)[1].split("\nrule ", 1)[0]
+        if "evaluate_command(" in body:
+            assert "**model_params()" in body and "FLAGS" not in body, rule  # the default: MODEL_FLAGS
+            continue
         assert "--device {params.device}" in body and "device=job_device" in body, rule
         if rule in TRAINING_RULES:
             assert "--threads" not in body and f'threads: config["{rule}"]["threads"]' in body, rule

@@ -112,7 +112,7 @@ def test_shared_loop_lowers_the_loss_on_a_toy_task():
 # --- the stage command and the Method wrapper -----------------------------------------------------
 
 def test_uxnet_model_folder_scores_behind_the_method_interface(tmp_path):
-    from segvol.evaluate.baselines.task_specific import TaskSpecificMethod
+    from segvol.evaluate.baselines.taskspecific import TaskSpecificMethod
     from segvol.evaluate.cases import score_store
 
     store = write_store(tmp_path / "tiny.zarr")
@@ -181,7 +181,7 @@ def test_nnunet_export_writes_its_raw_format(tmp_path):
 @pytest.mark.slow
 def test_nnunet_plans_preprocesses_trains_and_predicts_through_nnunetv2(tmp_path):
     """The real package end to end on tiny data: 1 epoch of 2 iterations on CPU."""
-    from segvol.evaluate.baselines.task_specific import TaskSpecificMethod
+    from segvol.evaluate.baselines.taskspecific import TaskSpecificMethod
     from segvol.evaluate.cases import score_store
 
     store = write_store(tmp_path / "tiny.zarr")
@@ -218,7 +218,7 @@ def per_case_rows():
 
 
 def test_table7_compares_segvol_and_nnunet_on_lesions_only():
-    from segvol.evaluate.task_specific import table7
+    from segvol.evaluate.table7 import table7
 
     table = table7(per_case_rows())
     assert list(table["category"][:2]) == ["kidney tumor", "liver tumor"]  # no organ rows

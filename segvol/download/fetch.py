@@ -142,10 +142,6 @@ def digests(path: Path, kinds=("sha256",), progress: bool = False) -> dict[str, 
     return {kind: hasher.hexdigest() for kind, hasher in hashers.items()}
 
 
-def sha256_of(path: Path, progress: bool = False) -> str:
-    return digests(path, ("sha256",), progress)["sha256"]
-
-
 def record_path(path: Path) -> Path:
     """Where the sha256 observed for a verified download is recorded (sha256sum format)."""
     return path.with_name(path.name + ".sha256")
@@ -199,7 +195,9 @@ def _transfer(url: str, partial: Path, remote: RemoteFile, timeout: float, bar) 
             total = int(announced.rsplit("/", 1)[1]) if "/" in announced and not announced.endswith("/*") else None
             if total is not None and total < offset:
                 partial.unlink()
-                raise TransientError(f"the kept partial file is longer than the server's {total} bytes; restarting")
+                raise TransientError(
+                    f"the kept partial file is longer than the server's {total} bytes; restarting"
+                ) from error
             if remote.size is not None and offset < remote.size:
                 raise ValueError(
                     f"{remote.url}: the server has only {offset} bytes but the registry expects "
@@ -264,7 +262,8 @@ def fetch(
     (the next run fetches it again from byte 0). Processes fetching the same file take turns (a
     lock file next to it): the shard jobs of one manifest all need the manifest.
     """
-    if remote.filename in ("", ".", "..") or "/" in remote.filename or "\\" in remote.filename or "\0" in remote.filename:
+    name = remote.filename
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise ValueError(f"{remote.url}: {remote.filename!r} is not a plain file name to save it as")
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)

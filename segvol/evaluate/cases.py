@@ -1,18 +1,26 @@
-"""Per-case scores: every (case, category) of a store, every method, one tidy row each."""
+"""Per-case scores: every (case, category) of a store, every method, one tidy row each.
+
+`segvol evaluate cases` scores SegVol (prompt `evaluate.prompt`, zoom-out-zoom-in) and every baseline of
+`evaluate.methods` that has a checkpoint on each (case, category) of a store; the tables and figures are made
+from these rows.
+
+Example:
+  segvol evaluate cases --checkpoint models/finetune/segvol/model.safetensors \\
+      --zarr data/zarr/ext_organs.zarr --out results/cases/ext_organs.parquet
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segvol.evaluate.methods import Method
-from segvol.evaluate.metrics import dice, dice_official, normalized_surface_dice
-from segvol.evaluate.prompts import category_seed, prompt_from_truth
-from segvol.evaluate.stores import iter_cases
+if TYPE_CHECKING:
+    from segvol.evaluate.methods import Method
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +28,22 @@ COLUMNS = [
     "dataset", "case", "category", "method", "prompt", "mode",
     "dice", "dice_official", "nsd", "seconds", "case_seconds", "voxels_truth", "voxels_pred",
 ]
+
+
+def add_arguments(parser) -> None:
+    from segvol.evaluate.cli import evaluation_flags
+
+    parser.add_argument("--checkpoint", required=True, help="SegVol checkpoint (safetensors or official)")
+    parser.add_argument("--zarr", required=True, help="dataset store (CONTRIBUTING.md contract)")
+    parser.add_argument("--out", required=True, help="per-case parquet to write")
+    parser.add_argument("--split", default="all", choices=["all", "test", "train"],
+                        help="cases to score: all (external sets) or the stored test split")
+    parser.add_argument("--prompts", default=None,
+                        help="comma-separated SegVol prompt kinds (Fig 3b), e.g. text,point,box,point+text,box+text;"
+                        " default: evaluate.prompt")
+    parser.add_argument("--label", default="SegVol", help="method name of SegVol's rows (e.g. the run: first2)")
+    parser.add_argument("--segvol-only", action="store_true", help="skip the baselines (ablations)")
+    evaluation_flags(parser)
 
 
 def score_store(
@@ -41,6 +65,10 @@ def score_store(
     `transform(case) -> case` may alter a case first (rotation robustness).
     """
     import pandas as pd
+
+    from segvol.evaluate.metrics import dice, dice_official, normalized_surface_dice
+    from segvol.evaluate.prompts import category_seed, prompt_from_truth
+    from segvol.evaluate.stores import iter_cases
     from segvol.progress import progress_bar
 
     rows, skipped = [], []
@@ -114,3 +142,38 @@ def read_parquet_metadata(path: str | Path) -> dict:
 
     raw = (pq.read_schema(path).metadata or {}).get(b"segvol")
     return json.loads(raw) if raw else {}
+
+
+def run(args, settings) -> int:
+    from segvol.evaluate.baselines import build_baselines
+    from segvol.evaluate.methods import SegVolMethod, load_segvol
+    from segvol.evaluate.stores import open_store
+
+    open_store(args.zarr)  # fail early on a bad store, before loading models
+    methods, reasons = [], {}
+    kinds = [k.strip() for k in args.prompts.split(",")] if args.prompts else [settings["prompt"]]
+    from segvol.evaluate.prompts import PROMPT_KINDS
+
+    unknown = [k for k in kinds if k not in PROMPT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown prompt kind(s) {unknown}; choose from {', '.join(PROMPT_KINDS)}")
+    if "SegVol" in settings["methods"] or args.segvol_only:
+        model = load_segvol(args.checkpoint, device=args.device)
+        for kind in kinds:
+            methods.append(SegVolMethod(model, prompt=kind.strip(), mode="zoom", name=args.label,
+                                        overlap=settings["overlap"]))
+        reasons[args.label] = f"ran: {args.checkpoint} ({', '.join(kinds)}, zoom-out-zoom-in, {args.device})"
+    if not args.segvol_only:
+        baselines, baseline_reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"],
+                                                       device=args.device)
+        methods += baselines
+        reasons.update(baseline_reasons)
+    for column, reason in reasons.items():
+        log.info("%s: %s", column, reason)
+    rows, skipped = score_store(args.zarr, methods, seed=args.seed, split=args.split,
+                                tolerance_mm=settings["nsd_tolerance_mm"], progress=not args.quiet)
+    metadata = {"store": str(Path(args.zarr)), "methods": reasons, "skipped": skipped.to_dict("records"),
+                "settings": settings}
+    write_parquet(rows, args.out, metadata)
+    log.info("wrote %d rows (%d skipped pairs) to %s", len(rows), len(skipped), args.out)
+    return 0

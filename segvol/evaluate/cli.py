@@ -1,11 +1,8 @@
-"""Paper evaluations: per-case scores, Table 2, Table 3 and the figures of the ablations.
+"""Paper evaluations: per-case scores, the tables and the figures, one subcommand each.
 
-Subcommands (each writes atomically; per-case scores are tidy parquet files):
-  cases    per-case Dice/NSD of SegVol and the baselines on one store
-  table2   median Dice per (dataset, category) and method from `cases` outputs
-  table3   resize vs sliding window vs zoom-out-zoom-in on the same cases
-  fig2, fig3a, fig3b, fig5, table6, rotation, mri: the paper's figures and ablations
-           (see `segvol evaluate <name> --help`)
+Each subcommand is one module of `segvol.evaluate` (listed in `EVALUATIONS`) with `add_arguments(parser)` and
+`run(args, settings) -> int`; every output is written atomically, per-case scores as tidy parquet files.
+`segvol evaluate <name> --help` explains one.
 
 Example:
   segvol evaluate cases --checkpoint models/finetune/segvol/model.safetensors \\
@@ -17,14 +14,41 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 
 from segvol.cli_options import add_common_arguments
 
 log = logging.getLogger("segvol.evaluate")
 
+# subcommand -> (module, summary); the paper's artefacts in the order of docs/architecture.md#paper--rule--module
+EVALUATIONS = {
+    "cases": ("segvol.evaluate.cases", "per-case Dice/NSD of every method on one store"),
+    "table2": ("segvol.evaluate.table2", "Table 2: median Dice per category and method"),
+    "table3": ("segvol.evaluate.table3", "Table 3: resize vs sliding window vs zoom-out-zoom-in"),
+    "fig2": ("segvol.evaluate.fig2", "Fig 2: violin plots of per-case Dice per task and method"),
+    "fig3a": ("segvol.evaluate.fig3a", "Fig 3a: Dice against the number of training datasets"),
+    "fig3b": ("segvol.evaluate.fig3b", "Fig 3b: Dice of each prompt combination"),
+    "fig5": ("segvol.evaluate.fig5", "Fig 5: category identification from a spatial prompt"),
+    "table6": ("segvol.evaluate.table6", "Table 6: parameters, MACs per case, seconds per case and Dice"),
+    "rotation": ("segvol.evaluate.rotation",
+                 "Rotation robustness: Dice per organ before and after rotating the volume"),
+    "mri": ("segvol.evaluate.mri", "MRI generalization: Dice on MR (or the MR-like stand-in) next to CT"),
+    "fig4": ("segvol.evaluate.fig4", "Fig 4: one point, several text prompts, different masks"),
+    "gallery": ("segvol.evaluate.gallery",
+                "Gallery: best, median and worst case per task, three orthogonal views per case"),
+    "interactive": ("segvol.evaluate.interactive",
+                    "Interactive protocol: a box, then 5 corrective clicks; DSC/NSD per step and AUCs"),
+    "statistics": ("segvol.evaluate.table2_statistics",
+                   "Table 2 statistics: bootstrap confidence intervals of the medians, paired Wilcoxon vs SegVol"),
+    "overlap": ("segvol.evaluate.overlap", "Overlap audit: no external test case may be a training case"),
+    "taskspecific": ("segvol.evaluate.taskspecific", "Dice/NSD of SegVol and task-specific models on a test split"),
+    "fig9": ("segvol.evaluate.fig9", "Fig 9: per-dataset Dice violins, SegVol vs task-specific models"),
+    "table7": ("segvol.evaluate.table7", "Table 7: SegVol vs nnU-Net on lesion categories"),
+}
 
-def _common(parser, model: bool = True):
+
+def evaluation_flags(parser: argparse.ArgumentParser, model: bool = True) -> None:
     """The shared flags of an evaluation; one that runs a model also gets --device/--threads/--seed/--quiet."""
     add_common_arguments(parser, params="evaluate", model=model, device=model, threads=model, quiet=model,
                          seed="seed of the ground-truth point prompts" if model else None)
@@ -32,59 +56,11 @@ def _common(parser, model: bool = True):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="evaluation", required=True, metavar="EVALUATION")
-    fmt = argparse.RawDescriptionHelpFormatter
-
-    cases = commands.add_parser(
-        "cases", formatter_class=fmt, help="per-case Dice/NSD of every method on one store",
-        description="Score SegVol (prompt `evaluate.prompt`, zoom-out-zoom-in) and every baseline of\n"
-        "`evaluate.methods` that has a checkpoint on each (case, category) of a store.\n\nExample:\n"
-        "  segvol evaluate cases --checkpoint models/finetune/segvol/model.safetensors \\\n"
-        "      --zarr data/zarr/ext_organs.zarr --out results/cases/ext_organs.parquet",
-    )
-    cases.add_argument("--checkpoint", required=True, help="SegVol checkpoint (safetensors or official)")
-    cases.add_argument("--zarr", required=True, help="dataset store (CONTRIBUTING.md contract)")
-    cases.add_argument("--out", required=True, help="per-case parquet to write")
-    cases.add_argument("--split", default="all", choices=["all", "test", "train"],
-                       help="cases to score: all (external sets) or the stored test split")
-    cases.add_argument("--prompts", default=None,
-                       help="comma-separated SegVol prompt kinds (Fig 3b), e.g. text,point,box,point+text,box+text;"
-                       " default: evaluate.prompt")
-    cases.add_argument("--label", default="SegVol", help="method name of SegVol's rows (e.g. the run: first2)")
-    cases.add_argument("--segvol-only", action="store_true", help="skip the baselines (ablations)")
-    _common(cases)
-
-    t2 = commands.add_parser(
-        "table2", formatter_class=fmt, help="Table 2: median Dice per category and method",
-        description="Merge per-case parquet files into Table 2.\n\nExample:\n"
-        "  segvol evaluate table2 --cases results/cases/*.parquet --out results/table2.csv \\\n"
-        "      --per-case results/table2_per_case.parquet --methods results/table2_methods.json",
-    )
-    t2.add_argument("--cases", nargs="+", required=True, help="outputs of `segvol evaluate cases`")
-    t2.add_argument("--out", required=True, help="table CSV")
-    t2.add_argument("--per-case", required=True, help="all per-case rows, one parquet")
-    t2.add_argument("--methods", required=True, help="JSON sidecar: per column ran/not run and why, means")
-    _common(t2, model=False)
-
-    t3 = commands.add_parser(
-        "table3", formatter_class=fmt, help="Table 3: resize vs sliding window vs zoom-out-zoom-in",
-        description="Run the three inference strategies on the same cases in one process (box+text)\n"
-        "and report median Dice and milliseconds per case.\n\nExample:\n"
-        "  segvol evaluate table3 --checkpoint models/finetune/segvol/model.safetensors \\\n"
-        "      --zarr data/zarr/ext_organs.zarr data/zarr/ext_lesions.zarr --out results/table3.csv",
-    )
-    t3.add_argument("--checkpoint", required=True)
-    t3.add_argument("--zarr", nargs="+", required=True)
-    t3.add_argument("--out", required=True, help="table CSV")
-    t3.add_argument("--per-case", default=None, help="per-case parquet (default: <out>_per_case.parquet)")
-    t3.add_argument("--limit", type=int, default=None, help="at most this many cases per store")
-    _common(t3)
-
-    from segvol.evaluate import ablations
-
-    ablations.add_subcommands(commands, _common)
-    from segvol.evaluate import task_specific
-
-    task_specific.add_subcommands(commands, _common)
+    for name, (module_name, summary) in EVALUATIONS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=summary, description=(module.__doc__ or summary).strip(),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
 
 
 def run(args) -> int:
@@ -97,110 +73,4 @@ def run(args) -> int:
         from segvol.device import resolve_device
 
         args.device = resolve_device(args.device)  # a missing device fails here, before any store is read
-    handler = {"cases": run_cases, "table2": run_table2, "table3": run_table3}.get(args.evaluation)
-    if handler is None:
-        from segvol.evaluate import ablations, task_specific
-
-        handler = {**ablations.HANDLERS, **task_specific.HANDLERS}[args.evaluation]
-    return handler(args, settings)
-
-
-def run_cases(args, settings) -> int:
-    from pathlib import Path
-
-    from segvol.evaluate.baselines import build_baselines
-    from segvol.evaluate.cases import score_store, write_parquet
-    from segvol.evaluate.methods import SegVolMethod, load_segvol
-    from segvol.evaluate.stores import open_store
-
-    open_store(args.zarr)  # fail early on a bad store, before loading models
-    methods, reasons = [], {}
-    kinds = [k.strip() for k in args.prompts.split(",")] if args.prompts else [settings["prompt"]]
-    from segvol.evaluate.prompts import PROMPT_KINDS
-
-    unknown = [k for k in kinds if k not in PROMPT_KINDS]
-    if unknown:
-        raise ValueError(f"unknown prompt kind(s) {unknown}; choose from {', '.join(PROMPT_KINDS)}")
-    if "SegVol" in settings["methods"] or args.segvol_only:
-        model = load_segvol(args.checkpoint, device=args.device)
-        for kind in kinds:
-            methods.append(SegVolMethod(model, prompt=kind.strip(), mode="zoom", name=args.label,
-                                        overlap=settings["overlap"]))
-        reasons[args.label] = f"ran: {args.checkpoint} ({', '.join(kinds)}, zoom-out-zoom-in, {args.device})"
-    if not args.segvol_only:
-        baselines, baseline_reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"],
-                                                       device=args.device)
-        methods += baselines
-        reasons.update(baseline_reasons)
-    for column, reason in reasons.items():
-        log.info("%s: %s", column, reason)
-    rows, skipped = score_store(args.zarr, methods, seed=args.seed, split=args.split,
-                                tolerance_mm=settings["nsd_tolerance_mm"], progress=not args.quiet)
-    metadata = {"store": str(Path(args.zarr)), "methods": reasons, "skipped": skipped.to_dict("records"),
-                "settings": settings}
-    write_parquet(rows, args.out, metadata)
-    log.info("wrote %d rows (%d skipped pairs) to %s", len(rows), len(skipped), args.out)
-    return 0
-
-
-def run_table2(args, settings) -> int:
-    import pandas as pd
-
-    from segvol.evaluate.cases import read_parquet_metadata, write_parquet
-    from segvol.evaluate.metrics import summarize
-    from segvol.evaluate.tables import table2, table_columns, write_csv, write_json
-
-    columns = table_columns(settings["methods"])
-    frames, reasons, skipped = [], {}, []
-    for path in args.cases:
-        frames.append(pd.read_parquet(path))
-        meta = read_parquet_metadata(path)
-        for column, reason in meta.get("methods", {}).items():
-            reasons.setdefault(column, {})[meta.get("store", path)] = reason
-        skipped += meta.get("skipped", [])
-    per_case = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    table = table2(per_case, columns)
-    sidecar = {
-        "columns": {c: reasons.get(c, {"-": "not run: not evaluated"}) for c in columns},
-        "skipped": skipped,
-        "aggregation": "cell = median Dice over cases; Average = mean of the dataset's category medians;"
-                       " both-empty masks are skipped (NaN), see segvol.evaluate.metrics",
-        "means": summarize(per_case, ["dataset", "category", "method"]).to_dict("records") if len(per_case) else [],
-        "nsd_medians": summarize(per_case, ["dataset", "category", "method"], "nsd").to_dict("records")
-        if len(per_case) else [],
-    }
-    write_parquet(per_case, args.per_case)
-    write_json(sidecar, args.methods)
-    write_csv(table, args.out)
-    log.info("Table 2:\n%s", table.to_string(index=False))
-    return 0
-
-
-def run_table3(args, settings) -> int:
-    import pandas as pd
-
-    from segvol.evaluate.cases import score_store, write_parquet
-    from segvol.evaluate.methods import SegVolMethod, load_segvol
-    from segvol.evaluate.tables import table3, write_csv
-
-    model = load_segvol(args.checkpoint, device=args.device)
-    methods = [SegVolMethod(model, prompt="box+text", mode=mode, name=f"SegVol {mode}", overlap=settings["overlap"])
-               for mode in ("resize", "window", "zoom")]
-    frames = []
-    for store in args.zarr:
-        rows, _ = score_store(store, methods, seed=args.seed, tolerance_mm=settings["nsd_tolerance_mm"],
-                              limit=args.limit or settings["max_cases"], progress=not args.quiet)
-        frames.append(rows)
-    per_case = pd.concat(frames, ignore_index=True)
-    table = table3(per_case)
-    write_parquet(per_case, args.per_case or _sibling(args.out, "_per_case.parquet"))
-    write_csv(table, args.out)
-    log.info("Table 3:\n%s", table.to_string(index=False))
-    return 0
-
-
-def _sibling(path, suffix: str):
-    from pathlib import Path
-
-    path = Path(path)
-    return path.with_name(path.name.removesuffix(path.suffix) + suffix)
+    return importlib.import_module(EVALUATIONS[args.evaluation][0]).run(args, settings)

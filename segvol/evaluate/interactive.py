@@ -23,19 +23,25 @@ category of a case:
 
 Any method takes part through a `StepPredictor` (see `segvol_step_predictor` for SegVol); the
 harness owns prompts, clicks and scores, so every method is measured identically.
+
+Example:
+  segvol evaluate interactive --checkpoint M --zarr data/zarr/ext_organs.zarr --out results/interactive.csv \\
+      --per-step results/interactive_steps.parquet --png results/figures/interactive.png
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from segvol.evaluate.metrics import dice, normalized_surface_dice
+
+log = logging.getLogger("segvol.evaluate")
 
 CLICKS = 5
 NSD_TOLERANCE_MM = 2.0
@@ -72,6 +78,8 @@ def challenge_box(truth: np.ndarray, rng: np.random.RandomState) -> tuple[int, .
 
 def challenge_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int] | None:
     """The next click: (voxel (3,), 1 foreground | 0 background), or None when nothing is wrong."""
+    from scipy import ndimage
+
     error = np.asarray(prediction, dtype=bool) != np.asarray(truth, dtype=bool)
     if not error.any():
         return None
@@ -227,3 +235,65 @@ def result_rows(result: ProtocolResult, **keys) -> tuple[dict, list[dict]]:
     steps = [{**keys, "step": index, "dsc": d, "nsd": n, "seconds": s}
              for index, (d, n, s) in enumerate(zip(result.dsc, result.nsd, result.seconds))]
     return summary, steps
+
+
+def add_arguments(parser) -> None:
+    from segvol.evaluate.cli import evaluation_flags
+
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--zarr", nargs="+", required=True)
+    parser.add_argument("--out", required=True, help="summary CSV: per dataset, category and method")
+    parser.add_argument("--per-step", required=True, help="tidy parquet: one row per case, category, method and step")
+    parser.add_argument("--png", required=True, help="per-step curve")
+    parser.add_argument("--split", default="all", choices=["all", "test"], help="cases of each store")
+    evaluation_flags(parser)
+
+
+def run(args, settings) -> int:
+    import pandas as pd
+
+    from segvol.evaluate import plots
+    from segvol.evaluate.baselines import build_baselines
+    from segvol.evaluate.cases import write_parquet
+    from segvol.evaluate.methods import SegVolMethod, load_segvol
+    from segvol.evaluate.stores import iter_cases
+    from segvol.evaluate.tables import write_csv
+
+    model = load_segvol(args.checkpoint, device=args.device)
+    methods = [SegVolMethod(model, prompt="box+point", mode="zoom", overlap=settings["overlap"])]
+    baselines, reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"], device=args.device)
+    methods += [m for m in baselines if hasattr(m, "step_predictor")]
+    for name, reason in reasons.items():
+        log.info("%s: %s", name, reason)
+    summaries, steps = [], []
+    for store in args.zarr:
+        for case in iter_cases(store, split=args.split, limit=settings.get("max_cases")):
+            for index, category in enumerate(case.categories):
+                truth = np.asarray(case.labels[index], dtype=bool)
+                if not truth.any():
+                    continue
+                for method in methods:
+                    predictor = method_step_predictor(method, case.image, case.spacing, truth)
+                    result = run_protocol(predictor, truth, case.spacing, category)
+                    summary, per_step = result_rows(
+                        result, dataset=case.dataset, case=case.case, category=category, method=method.name)
+                    summaries.append(summary)
+                    steps += per_step
+                    log.info("%s %s %s %s: DSC per step %s", case.dataset, case.case, category, method.name,
+                             " ".join(f"{v:.2f}" for v in result.dsc))
+    per_case = pd.DataFrame(summaries)
+    per_step = pd.DataFrame(steps, columns=["dataset", "case", "category", "method", "step", "dsc", "nsd", "seconds"])
+    metrics = ["dsc_auc", "nsd_auc", "dsc_final", "nsd_final", "seconds_per_step"]
+    keys = ["dataset", "category", "method"]
+    table = (per_case.groupby(keys, sort=False)[metrics].median()
+             .join(per_case.groupby(keys, sort=False).size().rename("n"))
+             .reset_index()) if len(per_case) else pd.DataFrame(columns=[*keys, *metrics, "n"])
+    write_parquet(per_step, args.per_step, {"protocol": __doc__.split("\n\n")[0],
+                                            "methods": reasons, "cases": per_case.to_dict("records")})
+    write_csv(table, args.out)
+    curve = per_step.groupby(["method", "step"], sort=False)["dsc"].agg(
+        mean_dsc="mean", q25=lambda v: v.quantile(0.25), q75=lambda v: v.quantile(0.75)).reset_index()
+    plots.lines(curve, "step", "mean_dsc", args.png,
+                "Interactive protocol: box (step 0), then corrective clicks", "step (0 = box)",
+                "DSC (mean, interquartile band)", group="method", low="q25", high="q75")
+    return 0

@@ -13,7 +13,7 @@ image embedding is shared between prompts.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -84,3 +84,16 @@ def load_segvol(checkpoint: str, model_settings: dict | None = None, device=None
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+EQUIVARIANT = "SegVol + equivariant embedding"  # the column of SegVol with the adapter of `segvol finetune-equivariant`
+
+
+def load_segvol_with_adapter(checkpoint: str, adapter: str, device=None):
+    """A second copy of the evaluated SegVol (`load_segvol`) with the equivariant-embedding adapter attached."""
+    from segvol.model.embedding_adapter import load_adapter
+
+    model = load_segvol(checkpoint, device=device)
+    device = next(model.parameters()).device
+    load_adapter(model, adapter)
+    return model.to(device).eval()  # the adapter's new parameters follow the model

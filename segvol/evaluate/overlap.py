@@ -13,15 +13,19 @@ Two checks, per (external case, training case) pair:
 
 Comparing fingerprints is one matrix product, so the audit scales to thousands of cases; reading
 the images is what costs.
+
+Example:
+  segvol evaluate overlap --external data/zarr/ext_organs.zarr --train data/zarr/abdomen_a.zarr \\
+      --out results/overlap_audit.csv
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -116,3 +120,18 @@ def run_audit(external_stores: Iterable[str], training_stores: Iterable[str], ou
     log.info("overlap audit: %d external and %d training cases, %d near-duplicate pair(s)",
              len(external), len(training), len(table))
     return 0
+
+
+def add_arguments(parser) -> None:
+    from segvol.evaluate.cli import evaluation_flags
+
+    parser.add_argument("--external", nargs="+", required=True, help="external test-set stores (all cases)")
+    parser.add_argument("--train", nargs="*", default=[], help="training stores (their train split)")
+    parser.add_argument("--out", required=True, help="CSV of flagged pairs (identical pairs make it an error)")
+    parser.add_argument("--threshold", type=float, default=0.99,
+                        help="fingerprint correlation above which a pair is a near-duplicate (default 0.99)")
+    evaluation_flags(parser, model=False)
+
+
+def run(args, settings) -> int:
+    return run_audit(args.external, args.train, args.out, threshold=args.threshold)

@@ -31,12 +31,6 @@ class GroundTruthPrompt:
     truth: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
-def tight_box(mask: np.ndarray) -> tuple[int, ...] | None:
-    """Inclusive bounding box (d0, h0, w0, d1, h1, w1) of a 3-D mask; None when it is empty."""
-    box = segment_box(np.asarray(mask) > 0)
-    return None if box[0] < 0 else tuple(int(v) for v in box)
-
-
 def positive_points(mask: np.ndarray, rng: np.random.Generator, n_extra: int = 4) -> np.ndarray | None:
     """(1 + n_extra, 3) voxel indices inside the mask (drawn with replacement when it is tiny)."""
     coords = np.argwhere(np.asarray(mask) > 0)
@@ -53,9 +47,10 @@ def prompt_from_truth(
     """The `kind` prompt ("text", "point", "box", "point+text", "box+text") for one category's mask."""
     if kind not in PROMPT_KINDS:
         raise ValueError(f"unknown prompt kind {kind!r}; choose one of {', '.join(PROMPT_KINDS)}")
-    box = tight_box(mask)
-    if box is None:
+    box = segment_box(np.asarray(mask) > 0)
+    if box[0] < 0:
         return None
+    box = tuple(box.tolist())
     parts = set(kind.split("+"))
     points = positive_points(mask, rng, n_extra_points) if "point" in parts else None
     return GroundTruthPrompt(

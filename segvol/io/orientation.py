@@ -98,12 +98,6 @@ def canonical_affine(
     return np.asarray(original_affine, dtype=np.float64) @ index_map
 
 
-def canonical_shape(original_shape: tuple[int, ...], reorientation: Reorientation) -> tuple[int, int, int]:
-    transpose, _ = _check(reorientation)
-    inverse = np.argsort(transpose)
-    return tuple(int(original_shape[axis]) for axis in inverse)
-
-
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along each array axis of `affine` (column norms)."""
     columns = np.asarray(affine, dtype=np.float64)[:3, :3]

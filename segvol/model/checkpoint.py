@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from segvol import provenance
 from torch import nn
 
+from segvol import provenance
 from segvol.io.atomic import atomic_path
 from segvol.model.build import build_model
 from segvol.model.config import ModelConfig, model_config
@@ -299,7 +298,9 @@ def _normalize(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
 
     if keys and all(k.startswith("module.") for k in keys):
         state, kind = strip("module."), "github"
-    elif any(k.startswith("model.encoder.") for k in keys) and not any(k.startswith("model.image_encoder.") for k in keys):
+    elif any(k.startswith("model.encoder.") for k in keys) and not any(
+        k.startswith("model.image_encoder.") for k in keys
+    ):
         encoder = strip("model.encoder.")
         return {"image_encoder." + k: v for k, v in encoder.items()}, "simmim"
     elif keys and all(k.startswith("model.") for k in keys):
@@ -347,12 +348,6 @@ def read_vocabulary(source: str | os.PathLike) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------- load
-
-
-def config_of(source: str | os.PathLike, **overrides: Any) -> ModelConfig:
-    """The ModelConfig a checkpoint was saved with (ours) or `base` (official files), plus overrides."""
-    _, metadata, _ = read_state_dict(source)
-    return _config_from_metadata(metadata, source, overrides)
 
 
 def _config_from_metadata(metadata: dict[str, str], source, overrides: dict[str, Any]) -> ModelConfig:

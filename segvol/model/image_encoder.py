@@ -7,7 +7,7 @@ inference (`ImageEncoderViT3D.set_precision`): the linear layers' weights are co
 bfloat16 once and the matmuls (projections, attention, MLP) run in bfloat16 under autocast, while
 the position embedding, the residual stream, the layer norms and the output stay
 float32. Converting the weights once, not per call as plain autocast does, saves a cast of all
-86M encoder weights per encoder call (benchmarks/bench_encoder.py measures both; README "Speed").
+86M encoder weights per encoder call (benchmarks/bench_encoder.py measures both; docs/performance.md).
 """
 
 from __future__ import annotations

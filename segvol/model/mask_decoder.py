@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segvol.model.common import MLP
 from segvol.model.image_skip import SkipFusion
+from segvol.model.layers import MLP
 from segvol.model.transformer import TwoWayTransformer
 
 

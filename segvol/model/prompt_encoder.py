@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from segvol.model.common import ChannelLayerNorm
+from segvol.model.layers import ChannelLayerNorm
 
 
 class PositionEmbeddingRandom3D(nn.Module):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segvol.model.common import MLPBlock
+from segvol.model.layers import MLPBlock
 
 
 class Attention(nn.Module):

@@ -29,9 +29,10 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 # A precaution: MKL reads this once, at its first call; a CNR code path keeps GEMM results
 # independent of the memory alignment of the operands, which can vary from run to run.
@@ -42,6 +43,7 @@ import torch.distributed as dist  # noqa: E402
 
 from segvol.device import resolve_device
 from segvol.io.atomic import atomic_path
+from segvol.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +162,10 @@ def content_key(source: str | os.PathLike | None) -> str | None:
     if source is None:
         return None
     path = Path(source)
-    digest = hashlib.sha256()
     if path.is_file():
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return "sha256:" + digest.hexdigest()
+        return "sha256:" + sha256_file(path)
     if path.is_dir():
+        digest = hashlib.sha256()
         for folder, subfolders, files in os.walk(path):
             subfolders.sort()
             for name in sorted(files):

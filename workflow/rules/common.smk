@@ -117,3 +117,52 @@ def launcher(wildcards, resources):
 
 localrules:
     all,
+
+
+# Snakemake's benchmark TSVs (wall time, peak memory of each job), away from the scripts in benchmarks/ and
+# git-ignored; the `provenance` rule tabulates them.
+BENCHMARKS = "benchmarks/runs"
+
+
+def benchmark_file(name):
+    """Where Snakemake writes the benchmark TSV of the job `name` (a rule, with its wildcards)."""
+    return f"{BENCHMARKS}/{name}.tsv"
+
+
+def table_report(name, caption):
+    """`results/<name>`, shown under Tables in `--report` with `workflow/report/<caption>.rst`."""
+    return report(
+        f"{RESULTS}/{name}", caption=f"../report/{caption}.rst", category="Tables"
+    )
+
+
+def figure_report(name, caption):
+    """`results/figures/<name>`, shown under Figures in `--report` with its caption."""
+    return report(
+        f"{RESULTS}/figures/{name}",
+        caption=f"../report/{caption}.rst",
+        category="Figures",
+    )
+
+
+def model_params(stage="evaluate"):
+    """`params:` of a job that runs a model: the stage's settings, the `model:` block, seed and device."""
+    return dict(
+        settings=lambda wc: stage_json(stage),
+        model=lambda wc: stage_json("model"),
+        seed=config["seed"],
+        device=job_device,
+    )
+
+
+# The flags of `segvol evaluate` jobs that run a model (params from `model_params()`), and of those that do not.
+MODEL_FLAGS = (
+    "--threads {threads} --device {params.device} --seed {params.seed}"
+    " --params {params.settings:q} --model {params.model:q}"
+)
+SETTINGS_FLAGS = "--params {params.settings:q}"
+
+
+def evaluate_command(evaluation, arguments, flags=MODEL_FLAGS):
+    """Shell command of a rule that runs `segvol evaluate <evaluation> <arguments> <flags>`, into its log."""
+    return f"segvol evaluate {evaluation} {arguments} {flags} > {{log}} 2>&1"

@@ -22,7 +22,7 @@ rule download:
     log:
         "logs/download/{dataset}.log",
     benchmark:
-        "benchmarks/download/{dataset}.tsv"
+        benchmark_file("download/{dataset}")
     wildcard_constraints:
         dataset=alternation(DOWNLOADED),
     conda:

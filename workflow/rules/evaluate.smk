@@ -1,5 +1,6 @@
 # Evaluation: Table 2/3 and every paper evaluation/ablation (docs/architecture.md). Each rule calls
-# one `segvol evaluate <name>` subcommand; outputs tagged report(...) go into `--report`.
+# one `segvol evaluate <name>` subcommand through `evaluate_command` (common.smk: the flags every
+# evaluation shares); outputs tagged report(...) (`table_report`, `figure_report`) go into `--report`.
 
 EVALUATE = config["evaluate"]
 SCALING_DATASET = EVALUATE.get("scaling_dataset") or (TRAIN[0] if TRAIN else None)
@@ -48,19 +49,16 @@ rule evaluate_cases:
     log:
         "logs/evaluate/{dataset}.log",
     benchmark:
-        "benchmarks/evaluate_cases/{dataset}.tsv"
+        benchmark_file("evaluate_cases/{dataset}")
     conda:
         "../../envs/segvol.yaml"
     threads: 1
     params:
-        settings=lambda wc: stage_json("evaluate"),
-        model=lambda wc: stage_json("model"),
-        seed=config["seed"],
-        device=job_device,
+        **model_params(),
     shell:
-        "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output}"
-        " --threads {threads} --device {params.device} --seed {params.seed} --params {params.settings:q} --model {params.model:q}"
-        " > {log} 2>&1"
+        evaluate_command(
+            "cases", "--checkpoint {input.model} --zarr {input.zarr} --out {output}"
+        )
 
 
 rule table2:
@@ -69,22 +67,23 @@ rule table2:
         cases=expand(f"{RESULTS}/cases/{{dataset}}.parquet", dataset=EXTERNAL),
         audit=f"{RESULTS}/overlap_audit.csv",
     output:
-        table=report(
-            f"{RESULTS}/table2.csv", caption="../report/table2.rst", category="Tables"
-        ),
+        table=table_report("table2.csv", "table2"),
         per_case=f"{RESULTS}/table2_per_case.parquet",
         methods=f"{RESULTS}/table2_methods.json",
     log:
         "logs/table2.log",
     benchmark:
-        "benchmarks/table2.tsv"
+        benchmark_file("table2")
     conda:
         "../../envs/segvol.yaml"
     params:
         settings=lambda wc: stage_json("evaluate"),
     shell:
-        "segvol evaluate table2 --cases {input.cases} --out {output.table} --per-case {output.per_case}"
-        " --methods {output.methods} --params {params.settings:q} > {log} 2>&1"
+        evaluate_command(
+            "table2",
+            "--cases {input.cases} --out {output.table} --per-case {output.per_case} --methods {output.methods}",
+            SETTINGS_FLAGS,
+        )
 
 
 rule table3:
@@ -93,26 +92,22 @@ rule table3:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
     output:
-        table=report(
-            f"{RESULTS}/table3.csv", caption="../report/table3.rst", category="Tables"
-        ),
+        table=table_report("table3.csv", "table3"),
         per_case=f"{RESULTS}/table3_per_case.parquet",
     log:
         "logs/table3.log",
     benchmark:
-        "benchmarks/table3.tsv"
+        benchmark_file("table3")
     conda:
         "../../envs/segvol.yaml"
     threads: 2
     params:
-        settings=lambda wc: stage_json("evaluate"),
-        model=lambda wc: stage_json("model"),
-        seed=config["seed"],
-        device=job_device,
+        **model_params(),
     shell:
-        "segvol evaluate table3 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
-        " --per-case {output.per_case} --threads {threads} --device {params.device} --seed {params.seed}"
-        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+        evaluate_command(
+            "table3",
+            "--checkpoint {input.model} --zarr {input.zarr} --out {output.table} --per-case {output.per_case}",
+        )
 
 
 rule figure2:
@@ -120,21 +115,17 @@ rule figure2:
     input:
         f"{RESULTS}/table2_per_case.parquet",
     output:
-        report(
-            f"{RESULTS}/figures/fig2_violin.png",
-            caption="../report/fig2.rst",
-            category="Figures",
-        ),
+        figure_report("fig2_violin.png", "fig2"),
     log:
         "logs/figure2.log",
     benchmark:
-        "benchmarks/figure2.tsv"
+        benchmark_file("figure2")
     conda:
         "../../envs/segvol.yaml"
     params:
         settings=lambda wc: stage_json("evaluate"),
     shell:
-        "segvol evaluate fig2 --per-case {input} --png {output} --params {params.settings:q} > {log} 2>&1"
+        evaluate_command("fig2", "--per-case {input} --png {output}", SETTINGS_FLAGS)
 
 
 rule scaling_cases:
@@ -147,21 +138,20 @@ rule scaling_cases:
     log:
         "logs/scaling/{run}.log",
     benchmark:
-        "benchmarks/scaling_cases/{run}.tsv"
+        benchmark_file("scaling_cases/{run}")
     wildcard_constraints:
         run=r"segvol|first\d+",
     conda:
         "../../envs/segvol.yaml"
     threads: 1
     params:
-        settings=lambda wc: stage_json("evaluate"),
-        model=lambda wc: stage_json("model"),
-        seed=config["seed"],
-        device=job_device,
+        **model_params(),
     shell:
-        "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
-        " --label {wildcards.run} --segvol-only --threads {threads} --device {params.device} --seed {params.seed}"
-        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+        evaluate_command(
+            "cases",
+            "--checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
+            " --label {wildcards.run} --segvol-only",
+        )
 
 
 rule figure3a:
@@ -169,28 +159,23 @@ rule figure3a:
     input:
         expand(f"{RESULTS}/scaling/{{run}}.parquet", run=SCALING_RUNS),
     output:
-        table=report(
-            f"{RESULTS}/fig3a_scaling.csv",
-            caption="../report/fig3a.rst",
-            category="Tables",
-        ),
-        png=report(
-            f"{RESULTS}/figures/fig3a_scaling.png",
-            caption="../report/fig3a.rst",
-            category="Figures",
-        ),
+        table=table_report("fig3a_scaling.csv", "fig3a"),
+        png=figure_report("fig3a_scaling.png", "fig3a"),
     log:
         "logs/figure3a.log",
     benchmark:
-        "benchmarks/figure3a.tsv"
+        benchmark_file("figure3a")
     conda:
         "../../envs/segvol.yaml"
     params:
         settings=lambda wc: stage_json("evaluate"),
         total=len(TRAIN),
     shell:
-        "segvol evaluate fig3a --cases {input} --total {params.total} --out {output.table} --png {output.png}"
-        " --params {params.settings:q} > {log} 2>&1"
+        evaluate_command(
+            "fig3a",
+            "--cases {input} --total {params.total} --out {output.table} --png {output.png}",
+            SETTINGS_FLAGS,
+        )
 
 
 rule prompt_cases:
@@ -203,19 +188,18 @@ rule prompt_cases:
     log:
         "logs/prompts/{dataset}.log",
     benchmark:
-        "benchmarks/prompt_cases/{dataset}.tsv"
+        benchmark_file("prompt_cases/{dataset}")
     conda:
         "../../envs/segvol.yaml"
     threads: 1
     params:
-        settings=lambda wc: stage_json("evaluate"),
-        model=lambda wc: stage_json("model"),
-        seed=config["seed"],
-        device=job_device,
+        **model_params(),
     shell:
-        "segvol evaluate cases --checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
-        " --prompts text,point,box,point+text,box+text --segvol-only --threads {threads} --device {params.device} --seed {params.seed}"
-        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+        evaluate_command(
+            "cases",
+            "--checkpoint {input.model} --zarr {input.zarr} --out {output} --split test"
+            " --prompts text,point,box,point+text,box+text --segvol-only",
+        )
 
 
 rule figure3b:
@@ -223,27 +207,22 @@ rule figure3b:
     input:
         expand(f"{RESULTS}/prompts/{{dataset}}.parquet", dataset=PROMPT_DATASETS),
     output:
-        table=report(
-            f"{RESULTS}/fig3b_prompts.csv",
-            caption="../report/fig3b.rst",
-            category="Tables",
-        ),
-        png=report(
-            f"{RESULTS}/figures/fig3b_prompts.png",
-            caption="../report/fig3b.rst",
-            category="Figures",
-        ),
+        table=table_report("fig3b_prompts.csv", "fig3b"),
+        png=figure_report("fig3b_prompts.png", "fig3b"),
     log:
         "logs/figure3b.log",
     benchmark:
-        "benchmarks/figure3b.tsv"
+        benchmark_file("figure3b")
     conda:
         "../../envs/segvol.yaml"
     params:
         settings=lambda wc: stage_json("evaluate"),
     shell:
-        "segvol evaluate fig3b --cases {input} --out {output.table} --png {output.png}"
-        " --params {params.settings:q} > {log} 2>&1"
+        evaluate_command(
+            "fig3b",
+            "--cases {input} --out {output.table} --png {output.png}",
+            SETTINGS_FLAGS,
+        )
 
 
 rule figure5:
@@ -252,33 +231,24 @@ rule figure5:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=PROMPT_DATASETS),
     output:
-        table=report(
-            f"{RESULTS}/fig5_identification.csv",
-            caption="../report/fig5.rst",
-            category="Tables",
-        ),
+        table=table_report("fig5_identification.csv", "fig5"),
         per_case=f"{RESULTS}/fig5_per_case.parquet",
-        png=report(
-            f"{RESULTS}/figures/fig5_identification.png",
-            caption="../report/fig5.rst",
-            category="Figures",
-        ),
+        png=figure_report("fig5_identification.png", "fig5"),
     log:
         "logs/figure5.log",
     benchmark:
-        "benchmarks/figure5.tsv"
+        benchmark_file("figure5")
     conda:
         "../../envs/segvol.yaml"
     threads: 2
     params:
-        settings=lambda wc: stage_json("evaluate"),
-        model=lambda wc: stage_json("model"),
-        seed=config["seed"],
-        device=job_device,
+        **model_params(),
     shell:
-        "segvol evaluate fig5 --checkpoint {input.model} --zarr {input.zarr} --split test --out {output.table}"
-        " --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
-        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+        evaluate_command(
+            "fig5",
+            "--checkpoint {input.model} --zarr {input.zarr} --split test --out {output.table}"
+            " --per-case {output.per_case} --png {output.png}",
+        )
 
 
 rule table6:
@@ -289,27 +259,23 @@ rule table6:
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
         baselines=BASELINE_CHECKPOINTS,
     output:
-        table=report(
-            f"{RESULTS}/table6.csv", caption="../report/table6.rst", category="Tables"
-        ),
+        table=table_report("table6.csv", "table6"),
         per_case=f"{RESULTS}/table6_per_case.parquet",
     log:
         "logs/table6.log",
     benchmark:
-        "benchmarks/table6.tsv"
+        benchmark_file("table6")
     conda:
         "../../envs/segvol.yaml"
     threads: 2
     params:
-        settings=lambda wc: stage_json("evaluate"),
-        model=lambda wc: stage_json("model"),
-        seed=config["seed"],
-        device=job_device,
+        **model_params(),
     shell:
-        "segvol evaluate table6 --checkpoint {input.model} --equivariant {input.equivariant}"
-        " --zarr {input.zarr} --out {output.table}"
-        " --per-case {output.per_case} --threads {threads} --device {params.device} --seed {params.seed}"
-        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+        evaluate_command(
+            "table6",
+            "--checkpoint {input.model} --equivariant {input.equivariant} --zarr {input.zarr}"
+            " --out {output.table} --per-case {output.per_case}",
+        )
 
 
 rule rotation:
@@ -319,34 +285,24 @@ rule rotation:
         equivariant=f"{MODELS}/finetune/equivariant/adapter.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
     output:
-        table=report(
-            f"{RESULTS}/rotation.csv",
-            caption="../report/rotation.rst",
-            category="Tables",
-        ),
+        table=table_report("rotation.csv", "rotation"),
         per_case=f"{RESULTS}/rotation_per_case.parquet",
-        png=report(
-            f"{RESULTS}/figures/rotation.png",
-            caption="../report/rotation.rst",
-            category="Figures",
-        ),
+        png=figure_report("rotation.png", "rotation"),
     log:
         "logs/rotation.log",
     benchmark:
-        "benchmarks/rotation.tsv"
+        benchmark_file("rotation")
     conda:
         "../../envs/segvol.yaml"
     threads: 2
     params:
-        settings=lambda wc: stage_json("evaluate"),
-        model=lambda wc: stage_json("model"),
-        seed=config["seed"],
-        device=job_device,
+        **model_params(),
     shell:
-        "segvol evaluate rotation --checkpoint {input.model} --equivariant {input.equivariant}"
-        " --zarr {input.zarr} --out {output.table}"
-        " --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
-        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+        evaluate_command(
+            "rotation",
+            "--checkpoint {input.model} --equivariant {input.equivariant} --zarr {input.zarr}"
+            " --out {output.table} --per-case {output.per_case} --png {output.png}",
+        )
 
 
 rule mri:
@@ -355,32 +311,25 @@ rule mri:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=f"{ZARR}/{MRI_DATASET}.zarr",
     output:
-        table=report(
-            f"{RESULTS}/mri.csv", caption="../report/mri.rst", category="Tables"
-        ),
+        table=table_report("mri.csv", "mri"),
         per_case=f"{RESULTS}/mri_per_case.parquet",
-        png=report(
-            f"{RESULTS}/figures/mri.png",
-            caption="../report/mri.rst",
-            category="Figures",
-        ),
+        png=figure_report("mri.png", "mri"),
     log:
         "logs/mri.log",
     benchmark:
-        "benchmarks/mri.tsv"
+        benchmark_file("mri")
     conda:
         "../../envs/segvol.yaml"
     threads: 2
     params:
-        settings=lambda wc: stage_json("evaluate"),
-        model=lambda wc: stage_json("model"),
-        seed=config["seed"],
-        device=job_device,
+        **model_params(),
         stand_in="--stand-in" if MRI_STAND_IN else "",
     shell:
-        "segvol evaluate mri --checkpoint {input.model} --zarr {input.zarr} {params.stand_in}"
-        " --out {output.table} --per-case {output.per_case} --png {output.png} --threads {threads} --device {params.device}"
-        " --seed {params.seed} --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+        evaluate_command(
+            "mri",
+            "--checkpoint {input.model} --zarr {input.zarr} {params.stand_in}"
+            " --out {output.table} --per-case {output.per_case} --png {output.png}",
+        )
 
 
 rule overlap_audit:
@@ -389,19 +338,19 @@ rule overlap_audit:
         external=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
         train=expand(f"{ZARR}/{{dataset}}.zarr", dataset=TRAIN),
     output:
-        report(
-            f"{RESULTS}/overlap_audit.csv",
-            caption="../report/overlap_audit.rst",
-            category="Tables",
-        ),
+        table_report("overlap_audit.csv", "overlap_audit"),
     log:
         "logs/overlap_audit.log",
     benchmark:
-        "benchmarks/overlap_audit.tsv"
+        benchmark_file("overlap_audit")
     conda:
         "../../envs/segvol.yaml"
     shell:
-        "segvol evaluate overlap --external {input.external} --train {input.train} --out {output} > {log} 2>&1"
+        evaluate_command(
+            "overlap",
+            "--external {input.external} --train {input.train} --out {output}",
+            "",
+        )
 
 
 rule table2_statistics:
@@ -409,22 +358,19 @@ rule table2_statistics:
     input:
         f"{RESULTS}/table2_per_case.parquet",
     output:
-        report(
-            f"{RESULTS}/table2_statistics.csv",
-            caption="../report/table2_statistics.rst",
-            category="Tables",
-        ),
+        table_report("table2_statistics.csv", "table2_statistics"),
     log:
         "logs/table2_statistics.log",
     benchmark:
-        "benchmarks/table2_statistics.tsv"
+        benchmark_file("table2_statistics")
     conda:
         "../../envs/segvol.yaml"
     params:
         settings=lambda wc: stage_json("evaluate"),
     shell:
-        "segvol evaluate statistics --per-case {input} --out {output}"
-        " --params {params.settings:q} > {log} 2>&1"
+        evaluate_command(
+            "statistics", "--per-case {input} --out {output}", SETTINGS_FLAGS
+        )
 
 
 rule interactive:
@@ -434,33 +380,24 @@ rule interactive:
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
         baselines=BASELINE_CHECKPOINTS,
     output:
-        table=report(
-            f"{RESULTS}/interactive.csv",
-            caption="../report/interactive.rst",
-            category="Tables",
-        ),
+        table=table_report("interactive.csv", "interactive"),
         per_step=f"{RESULTS}/interactive_steps.parquet",
-        png=report(
-            f"{RESULTS}/figures/interactive.png",
-            caption="../report/interactive.rst",
-            category="Figures",
-        ),
+        png=figure_report("interactive.png", "interactive"),
     log:
         "logs/interactive.log",
     benchmark:
-        "benchmarks/interactive.tsv"
+        benchmark_file("interactive")
     conda:
         "../../envs/segvol.yaml"
     threads: 2
     params:
-        settings=lambda wc: stage_json("evaluate"),
-        model=lambda wc: stage_json("model"),
-        seed=config["seed"],
-        device=job_device,
+        **model_params(),
     shell:
-        "segvol evaluate interactive --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
-        " --per-step {output.per_step} --png {output.png} --threads {threads} --device {params.device} --seed {params.seed}"
-        " --params {params.settings:q} --model {params.model:q} > {log} 2>&1"
+        evaluate_command(
+            "interactive",
+            "--checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
+            " --per-step {output.per_step} --png {output.png}",
+        )
 
 
 rule gallery:
@@ -471,27 +408,21 @@ rule gallery:
         per_case=f"{RESULTS}/table2_per_case.parquet",
         baselines=BASELINE_CHECKPOINTS,
     output:
-        report(
-            f"{RESULTS}/figures/gallery.png",
-            caption="../report/gallery.rst",
-            category="Figures",
-        ),
+        figure_report("gallery.png", "gallery"),
     log:
         "logs/gallery.log",
     benchmark:
-        "benchmarks/gallery.tsv"
+        benchmark_file("gallery")
     conda:
         "../../envs/segvol.yaml"
     threads: 2
     params:
-        settings=lambda wc: stage_json("evaluate"),
-        model=lambda wc: stage_json("model"),
-        seed=config["seed"],
-        device=job_device,
+        **model_params(),
     shell:
-        "segvol evaluate gallery --checkpoint {input.model} --zarr {input.zarr} --per-case {input.per_case}"
-        " --png {output} --threads {threads} --device {params.device} --seed {params.seed} --params {params.settings:q}"
-        " --model {params.model:q} > {log} 2>&1"
+        evaluate_command(
+            "gallery",
+            "--checkpoint {input.model} --zarr {input.zarr} --per-case {input.per_case} --png {output}",
+        )
 
 
 rule figure4:
@@ -500,29 +431,19 @@ rule figure4:
         model=f"{MODELS}/finetune/segvol/model.safetensors",
         zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL + TRAIN),
     output:
-        table=report(
-            f"{RESULTS}/fig4_semantic.csv",
-            caption="../report/fig4.rst",
-            category="Tables",
-        ),
-        png=report(
-            f"{RESULTS}/figures/fig4_semantic.png",
-            caption="../report/fig4.rst",
-            category="Figures",
-        ),
+        table=table_report("fig4_semantic.csv", "fig4"),
+        png=figure_report("fig4_semantic.png", "fig4"),
     log:
         "logs/figure4.log",
     benchmark:
-        "benchmarks/figure4.tsv"
+        benchmark_file("figure4")
     conda:
         "../../envs/segvol.yaml"
     threads: 2
     params:
-        settings=lambda wc: stage_json("evaluate"),
-        model=lambda wc: stage_json("model"),
-        seed=config["seed"],
-        device=job_device,
+        **model_params(),
     shell:
-        "segvol evaluate fig4 --checkpoint {input.model} --zarr {input.zarr} --out {output.table}"
-        " --png {output.png} --threads {threads} --device {params.device} --seed {params.seed} --params {params.settings:q}"
-        " --model {params.model:q} > {log} 2>&1"
+        evaluate_command(
+            "fig4",
+            "--checkpoint {input.model} --zarr {input.zarr} --out {output.table} --png {output.png}",
+        )

@@ -11,7 +11,7 @@ rule finetune:
     log:
         "logs/finetune/{run}.log",
     benchmark:
-        "benchmarks/finetune/{run}.tsv"
+        benchmark_file("finetune/{run}")
     wildcard_constraints:
         run=r"segvol|first\d+",
     # The critical path: run before the task-specific baselines that compete for the same cores.
@@ -46,7 +46,7 @@ rule finetune_equivariant:
     log:
         "logs/finetune/equivariant.log",
     benchmark:
-        "benchmarks/finetune_equivariant.tsv"
+        benchmark_file("finetune_equivariant")
     conda:
         "../../envs/segvol.yaml"
     threads: 2

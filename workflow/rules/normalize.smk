@@ -7,7 +7,7 @@ rule normalize:
     log:
         "logs/normalize/{dataset}.log",
     benchmark:
-        "benchmarks/normalize/{dataset}.tsv"
+        benchmark_file("normalize/{dataset}")
     conda:
         "../../envs/segvol.yaml"
     threads: 2

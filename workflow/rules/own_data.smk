@@ -28,7 +28,7 @@ rule own_data_demo:
     log:
         "logs/own_data/demo.log",
     benchmark:
-        "benchmarks/own_data/demo.tsv"
+        benchmark_file("own_data/demo")
     conda:
         "../../envs/segvol.yaml"
     threads: 1
@@ -49,7 +49,7 @@ rule own_data_prepare:
     log:
         "logs/own_data/prepare.log",
     benchmark:
-        "benchmarks/own_data/prepare.tsv"
+        benchmark_file("own_data/prepare")
     conda:
         "../../envs/segvol.yaml"
     threads: 1
@@ -73,7 +73,7 @@ rule own_data_finetune:
     log:
         "logs/own_data/finetune.log",
     benchmark:
-        "benchmarks/own_data/finetune.tsv"
+        benchmark_file("own_data/finetune")
     conda:
         "../../envs/segvol.yaml"
     threads: OWN["threads"]
@@ -112,7 +112,7 @@ rule own_data_evaluate:
     log:
         "logs/own_data/evaluate.log",
     benchmark:
-        "benchmarks/own_data/evaluate.tsv"
+        benchmark_file("own_data/evaluate")
     conda:
         "../../envs/segvol.yaml"
     threads: 1

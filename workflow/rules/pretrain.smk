@@ -7,7 +7,7 @@ rule pretrain:
     log:
         "logs/pretrain.log",
     benchmark:
-        "benchmarks/pretrain.tsv"
+        benchmark_file("pretrain")
     # The critical path: run before the task-specific baselines that compete for the same cores.
     priority: 10
     conda:

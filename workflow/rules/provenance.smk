@@ -12,7 +12,7 @@ localrules:
 
 
 rule provenance:
-    """What made each result (from their sidecars) and each job's runtime and peak memory (benchmarks/)."""
+    """What made each result (from their sidecars) and each job's runtime and peak memory (BENCHMARKS)."""
     input:
         f"{RESULTS}/table2.csv",
         f"{RESULTS}/table3.csv",
@@ -34,7 +34,7 @@ rule provenance:
         "../../envs/segvol.yaml"
     params:
         results=lambda wc, output: os.path.dirname(output.provenance),
-        benchmarks="benchmarks",
+        benchmarks=BENCHMARKS,
     shell:
         "segvol provenance --results {params.results} --benchmarks {params.benchmarks}"
         " --provenance-out {output.provenance} --runtime-out {output.runtime} > {log} 2>&1"

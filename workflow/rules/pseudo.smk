@@ -7,7 +7,7 @@ rule pseudo:
     log:
         "logs/pseudo/{dataset}.log",
     benchmark:
-        "benchmarks/pseudo/{dataset}.tsv"
+        benchmark_file("pseudo/{dataset}")
     conda:
         "../../envs/segvol.yaml"
     threads: 2

@@ -5,7 +5,7 @@ rule synthesize:
     log:
         "logs/synthesize/{dataset}.log",
     benchmark:
-        "benchmarks/synthesize/{dataset}.tsv"
+        benchmark_file("synthesize/{dataset}")
     wildcard_constraints:
         dataset=alternation(SYNTHETIC),
     conda:

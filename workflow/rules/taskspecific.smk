@@ -26,7 +26,7 @@ rule taskspecific_train:
     log:
         "logs/taskspecific/{method}/{dataset}.log",
     benchmark:
-        "benchmarks/taskspecific_train/{method}/{dataset}.tsv"
+        benchmark_file("taskspecific_train/{method}/{dataset}")
     wildcard_constraints:
         method="nnunet|swinunetr|uxnet",
     conda:
@@ -59,7 +59,7 @@ rule taskspecific_cases:
     log:
         "logs/taskspecific/cases/{dataset}.log",
     benchmark:
-        "benchmarks/taskspecific_cases/{dataset}.tsv"
+        benchmark_file("taskspecific_cases/{dataset}")
     conda:
         "../../envs/segvol.yaml"
     threads: 1
@@ -68,9 +68,12 @@ rule taskspecific_cases:
         model=lambda wc: stage_json("model"),
         seed=config["seed"],
     shell:
-        "segvol evaluate taskspecific --checkpoint {input.model} --zarr {input.zarr} --models {input.models}"
-        " --out {output} --threads {threads} --seed {params.seed} --params {params.settings:q}"
-        " --model {params.model:q} > {log} 2>&1"
+        # no --device: the task-specific models and SegVol run where their loaders put them (the CPU)
+        evaluate_command(
+            "taskspecific",
+            "--checkpoint {input.model} --zarr {input.zarr} --models {input.models} --out {output}",
+            "--threads {threads} --seed {params.seed} --params {params.settings:q} --model {params.model:q}",
+        )
 
 
 rule figure9:
@@ -81,27 +84,22 @@ rule figure9:
             dataset=TASKSPECIFIC_DATASETS,
         ),
     output:
-        table=report(
-            f"{RESULTS}/fig9_taskspecific.csv",
-            caption="../report/fig9.rst",
-            category="Tables",
-        ),
-        png=report(
-            f"{RESULTS}/figures/fig9_taskspecific.png",
-            caption="../report/fig9.rst",
-            category="Figures",
-        ),
+        table=table_report("fig9_taskspecific.csv", "fig9"),
+        png=figure_report("fig9_taskspecific.png", "fig9"),
     log:
         "logs/figure9.log",
     benchmark:
-        "benchmarks/figure9.tsv"
+        benchmark_file("figure9")
     conda:
         "../../envs/segvol.yaml"
     params:
         settings=lambda wc: stage_json("evaluate"),
     shell:
-        "segvol evaluate fig9 --cases {input} --out {output.table} --png {output.png}"
-        " --params {params.settings:q} > {log} 2>&1"
+        evaluate_command(
+            "fig9",
+            "--cases {input} --out {output.table} --png {output.png}",
+            SETTINGS_FLAGS,
+        )
 
 
 rule table7:
@@ -112,16 +110,14 @@ rule table7:
             dataset=TASKSPECIFIC_DATASETS,
         ),
     output:
-        report(
-            f"{RESULTS}/table7.csv", caption="../report/table7.rst", category="Tables"
-        ),
+        table_report("table7.csv", "table7"),
     log:
         "logs/table7.log",
     benchmark:
-        "benchmarks/table7.tsv"
+        benchmark_file("table7")
     conda:
         "../../envs/segvol.yaml"
     params:
         settings=lambda wc: stage_json("evaluate"),
     shell:
-        "segvol evaluate table7 --cases {input} --out {output} --params {params.settings:q} > {log} 2>&1"
+        evaluate_command("table7", "--cases {input} --out {output}", SETTINGS_FLAGS)

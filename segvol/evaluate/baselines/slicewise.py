@@ -6,7 +6,8 @@ import numpy as np
 
 from segvol.evaluate.baselines.clicks import CLICKS, central_point, click_correction
 from segvol.evaluate.methods import Method
-from segvol.evaluate.prompts import GroundTruthPrompt, tight_box
+from segvol.evaluate.prompts import GroundTruthPrompt
+from segvol.pseudo.sampling import segment_box
 
 
 class SliceSegmenter:
@@ -45,13 +46,13 @@ class SliceWiseMethod(Method):
             truth = prompt.truth[index]
             self.segmenter.set_image(volume[index])
             if self.prompt == "box":
-                _, h0, w0, _, h1, w1 = tight_box(truth[None])
+                _, h0, w0, _, h1, w1 = segment_box(truth[None] > 0).tolist()
                 logits, _ = self.segmenter.predict(None, None, (h0, w0, h1, w1), None)
                 mask[index] = logits > 0
             else:
                 state = {"low": None}
 
-                def predict(points, labels, previous):
+                def predict(points, labels, previous, state=state):
                     logits, state["low"] = self.segmenter.predict(points, labels, None, state["low"])
                     return logits
 

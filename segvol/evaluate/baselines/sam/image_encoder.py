@@ -8,14 +8,14 @@ SAM-Med2D: (B, 3, 256, 256) -> (B, 256, 16, 16).  SAM-Med3D: (B, 1, 128, 128, 12
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segvol.evaluate.baselines.sam.common import conv
-from segvol.model.common import ChannelLayerNorm, MLPBlock
+from segvol.evaluate.baselines.sam.convolutions import conv
+from segvol.model.layers import ChannelLayerNorm, MLPBlock
 
 # Parameter names of the relative position tables, by axis, as in the released checkpoints.
 REL_POS_NAMES = {2: ("rel_pos_h", "rel_pos_w"), 3: ("rel_pos_d", "rel_pos_h", "rel_pos_w")}

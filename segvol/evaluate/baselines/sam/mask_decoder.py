@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segvol.evaluate.baselines.sam.common import transposed_conv
-from segvol.model.common import ChannelLayerNorm, MLP
+from segvol.evaluate.baselines.sam.convolutions import transposed_conv
+from segvol.model.layers import MLP, ChannelLayerNorm
 from segvol.model.transformer import TwoWayTransformer
 
 

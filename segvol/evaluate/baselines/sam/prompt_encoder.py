@@ -12,8 +12,8 @@ import math
 import torch
 from torch import nn
 
-from segvol.evaluate.baselines.sam.common import conv
-from segvol.model.common import ChannelLayerNorm
+from segvol.evaluate.baselines.sam.convolutions import conv
+from segvol.model.layers import ChannelLayerNorm
 
 
 class FourierPositionEncoding(nn.Module):

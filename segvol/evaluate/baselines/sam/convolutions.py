@@ -1,4 +1,4 @@
-"""Building blocks shared by the 2-D and 3-D SAM components."""
+"""The 2-D or 3-D convolution classes shared by the 2-D and 3-D SAM components."""
 
 from __future__ import annotations
 

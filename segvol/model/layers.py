@@ -1,4 +1,4 @@
-"""Small building blocks shared by the SegVol components."""
+"""Small layers shared by the SegVol components (and the SAM baselines): MLPs and a channel LayerNorm."""
 
 from __future__ import annotations
 
