@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segvol.model.common import ChannelLayerNorm
+from segvol.model.layers import ChannelLayerNorm
 
 # Mask-prompt logits are clamped to +-MASK_LOGIT_LIMIT; a binary mask is given as +limit inside,
 # -limit outside (sigmoid(10) = 0.99995), so a confident previous prediction and a binary mask look alike.
