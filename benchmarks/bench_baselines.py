@@ -42,8 +42,10 @@ def main() -> None:
     torch.manual_seed(0)
     volume = np.random.default_rng(0).random(SHAPE).astype(np.float32) * 0.2 + 0.4
     objects = {"liver": ellipsoid((40, 70, 60), (14, 30, 35)), "left kidney": ellipsoid((45, 90, 120), (6, 10, 8))}
-    methods = [SamMed3DMethod(build("sam-med3d")),
-               SliceWiseMethod("SAM-Med2D", SamMed2DSegmenter(build("sam-med2d")), "point")]
+    methods = [
+        SamMed3DMethod(build("sam-med3d")),
+        SliceWiseMethod("SAM-Med2D", SamMed2DSegmenter(build("sam-med2d")), "point"),
+    ]
     print(f"threads {args.threads}; case {SHAPE} at {SPACING} mm; 5 clicks per object (per slice for 2-D)")
     for method in methods:
         params = sum(p.numel() for p in method.model.parameters()) / 1e6
@@ -56,8 +58,10 @@ def main() -> None:
                     method.predict(volume, SPACING, prompt)
                 seconds.append(time.perf_counter() - start)
             slices = int(truth.any(axis=(1, 2)).sum())
-            print(f"{method.name:10s} {params:6.1f} M params  {name:12s} ({slices:2d} slices): "
-                  f"{statistics.median(seconds):6.1f} s, {counter.get_total_flops() / 2e9:8.1f} GMACs")
+            print(
+                f"{method.name:10s} {params:6.1f} M params  {name:12s} ({slices:2d} slices): "
+                f"{statistics.median(seconds):6.1f} s, {counter.get_total_flops() / 2e9:8.1f} GMACs"
+            )
 
 
 if __name__ == "__main__":

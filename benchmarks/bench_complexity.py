@@ -72,7 +72,8 @@ def main() -> None:
         for label, key in (("wall", "seconds"), ("cpu", "cpu_seconds")):
             s = r[key]
             print(
-                f"    s/case ({label:4s}) {s['case']:9.4f}    (encode {s['encode_image']:.4f}, decode {s['decode']:.4f}; "
+                f"    s/case ({label:4s}) {s['case']:9.4f}    "
+                f"(encode {s['encode_image']:.4f}, decode {s['decode']:.4f}; "
                 f"{args.threads} threads, median)"
             )
         if "train_step_s" in r:

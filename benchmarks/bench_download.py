@@ -88,13 +88,17 @@ def main() -> None:
             ("zip  CRC check vs sha256", lambda: check_integrity(zip_path), lambda: digests(zip_path)),
             ("tgz  full read vs sha256", lambda: check_integrity(tar_path), lambda: digests(tar_path)),
         ]
-        print(f"{args.mib} MiB unpacked in {args.files} files; zip {zip_path.stat().st_size >> 20} MiB, "
-              f"tar.gz {tar_path.stat().st_size >> 20} MiB; median of {args.repeats}")
+        print(
+            f"{args.mib} MiB unpacked in {args.files} files; zip {zip_path.stat().st_size >> 20} MiB, "
+            f"tar.gz {tar_path.stat().st_size >> 20} MiB; median of {args.repeats}"
+        )
         print(f"{'':26s} {'ours s':>8s} {'MiB/s':>7s} {'ref s':>8s} {'MiB/s':>7s} {'ratio':>6s}")
         for name, ours, reference in rows:
             ours_s, reference_s = _timed(ours, args.repeats), _timed(reference, args.repeats)
-            print(f"{name:26s} {ours_s:8.2f} {args.mib / ours_s:7.0f} {reference_s:8.2f} "
-                  f"{args.mib / reference_s:7.0f} {ours_s / reference_s:6.2f}")
+            print(
+                f"{name:26s} {ours_s:8.2f} {args.mib / ours_s:7.0f} {reference_s:8.2f} "
+                f"{args.mib / reference_s:7.0f} {ours_s / reference_s:6.2f}"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

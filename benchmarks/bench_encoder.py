@@ -47,8 +47,16 @@ import torch
 from segvol.model import build_model, model_config
 from segvol.model.complexity import macs_per_forward
 
-OPTIONS = ("fp32", "fp32-channels-last", "fp32-sdpa-math", "fp32-compile", "bf16-autocast",
-           "bf16-autocast-compile", "bf16", "bf16-compile")
+OPTIONS = (
+    "fp32",
+    "fp32-channels-last",
+    "fp32-sdpa-math",
+    "fp32-compile",
+    "bf16-autocast",
+    "bf16-autocast-compile",
+    "bf16",
+    "bf16-compile",
+)
 
 
 def matmul_rate(size: int, dtype=torch.float32, repeats: int = 3) -> float:
@@ -65,10 +73,13 @@ def matmul_rate(size: int, dtype=torch.float32, repeats: int = 3) -> float:
 
 
 GROUPS = {  # profiler op name -> part of the encoder it measures
-    "aten::addmm": "linear layers", "aten::mm": "linear layers",
+    "aten::addmm": "linear layers",
+    "aten::mm": "linear layers",
     "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
-    "aten::copy_": "copies (bias broadcast, layouts)", "aten::native_layer_norm": "layer norms",
-    "aten::gelu": "GELU", "aten::add": "residual adds",
+    "aten::copy_": "copies (bias broadcast, layouts)",
+    "aten::native_layer_norm": "layer norms",
+    "aten::gelu": "GELU",
+    "aten::add": "residual adds",
 }
 
 
@@ -127,8 +138,12 @@ def time_option(encode, flops: float, size: int, repeats: int) -> dict:
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
         after = matmul_rate(size)
         ratios.append(seconds[-1] / (flops / ((before + after) / 2 * 1e9)))
-    return {"seconds": statistics.median(seconds), "ratio": statistics.median(ratios), "embedding": embedding,
-            "page_faults": statistics.median(faults)}
+    return {
+        "seconds": statistics.median(seconds),
+        "ratio": statistics.median(ratios),
+        "embedding": embedding,
+        "page_faults": statistics.median(faults),
+    }
 
 
 def main() -> None:
@@ -137,8 +152,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for matmul and encoder (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed encoder calls per option (default 3)")
     parser.add_argument("--matmul-size", type=int, default=3072, help="N of the N x N matmul (default 3072)")
-    parser.add_argument("--options", nargs="+", choices=OPTIONS, default=list(OPTIONS), metavar="OPTION",
-                        help=f"options to time, in this order: {' '.join(OPTIONS)} (default all)")
+    parser.add_argument(
+        "--options",
+        nargs="+",
+        choices=OPTIONS,
+        default=list(OPTIONS),
+        metavar="OPTION",
+        help=f"options to time, in this order: {' '.join(OPTIONS)} (default all)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile options")
     parser.add_argument("--compile-limit", type=int, default=300, help="seconds allowed to compile (default 300)")
     args = parser.parse_args()
@@ -151,12 +172,18 @@ def main() -> None:
     bf16_rate = matmul_rate(args.matmul_size, torch.bfloat16)
     floor = flops / (fp32_rate * 1e9)
     shape = "x".join(map(str, (1, config.in_channels, *config.spatial_size)))
-    print(f"torch {torch.__version__}, {args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"matmul {args.matmul_size}x{args.matmul_size}: fp32 {fp32_rate:.1f} GFLOP/s, bf16 {bf16_rate:.1f} GFLOP/s "
-          f"(median of 3)")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+    print(
+        f"matmul {args.matmul_size}x{args.matmul_size}: fp32 {fp32_rate:.1f} GFLOP/s, bf16 {bf16_rate:.1f} GFLOP/s "
+        f"(median of 3)"
+    )
     print(f"image encoder ({args.preset}, input {shape}): {flops / 1e9:.1f} GFLOP per call (2 x MACs)")
-    print(f"fp32 floor = {flops / 1e9:.1f} GFLOP / {fp32_rate:.1f} GFLOP/s = {floor:.2f} s; "
-          f"bf16 floor = {flops / (bf16_rate * 1e9):.2f} s")
+    print(
+        f"fp32 floor = {flops / 1e9:.1f} GFLOP / {fp32_rate:.1f} GFLOP/s = {floor:.2f} s; "
+        f"bf16 floor = {flops / (bf16_rate * 1e9):.2f} s"
+    )
 
     torch.manual_seed(0)
     model = build_model(config).eval()
@@ -173,8 +200,11 @@ def main() -> None:
         results[name] = result
         # From the ratios, not the seconds: other jobs' load may differ between options.
         speedup = next(iter(results.values()))["ratio"] / result["ratio"]
-        print(f"{name:22s} {result['seconds']:8.2f} s  {result['ratio']:5.2f}x floor  {speedup:5.2f}x vs first  "
-              f"max|diff| {result['diff']:.2e}  {result['page_faults'] / 1e3:5.0f}k page faults  {note}", flush=True)
+        print(
+            f"{name:22s} {result['seconds']:8.2f} s  {result['ratio']:5.2f}x floor  {speedup:5.2f}x vs first  "
+            f"max|diff| {result['diff']:.2e}  {result['page_faults'] / 1e3:5.0f}k page faults  {note}",
+            flush=True,
+        )
 
     def run_compiled(name: str, autocast: bool) -> None:
         compiled = torch.compile(encoder)
@@ -205,8 +235,11 @@ def main() -> None:
             print("    " + profile_breakdown(lambda: model.encode_image(image), config, flops), flush=True)
         elif name == "fp32-channels-last":
             channels_last = image.contiguous(memory_format=torch.channels_last_3d)
-            run(name, lambda image=channels_last: model.encode_image(image),
-                "(1 input channel: the same memory order as NCDHW)" if config.in_channels == 1 else "")
+            run(
+                name,
+                lambda image=channels_last: model.encode_image(image),
+                "(1 input channel: the same memory order as NCDHW)" if config.in_channels == 1 else "",
+            )
         elif name == "fp32-sdpa-math":
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -218,6 +251,7 @@ def main() -> None:
         elif name == "fp32-compile":
             run_compiled(name, autocast=False)
         elif name == "bf16-autocast":
+
             def autocast():
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     return model.encode_image(image)

@@ -50,8 +50,9 @@ def measure(model, variants: dict, image, repeats: int) -> dict:
                 model.encode_image(image)
                 seconds[name].append(time.perf_counter() - start)
                 cpu_seconds[name].append(time.process_time() - cpu_start)
-    return {name: (gmacs[name], statistics.median(seconds[name]), statistics.median(cpu_seconds[name]))
-            for name in variants}
+    return {
+        name: (gmacs[name], statistics.median(seconds[name]), statistics.median(cpu_seconds[name])) for name in variants
+    }
 
 
 def rotation_error(module_field, image: torch.Tensor, degrees: float) -> float:
@@ -77,10 +78,11 @@ def invariants_per_voxel(embedding):
         out, start = [], 0
         values = embedding.field(image)
         for mul, ir in embedding.irreps:
-            block = values[:, start:start + mul * ir.dim]
+            block = values[:, start : start + mul * ir.dim]
             out.append(block if ir.l == 0 else block.reshape(block.shape[0], mul, ir.dim, *block.shape[2:]).norm(dim=2))
             start += mul * ir.dim
         return torch.cat(out, dim=1)
+
     return field
 
 
@@ -103,19 +105,27 @@ def main() -> None:
         def configure():
             model.image_encoder.extra_embedding = extra
             convolution.reuse_kernel = reuse_kernel
+
         return configure
 
-    variants = {"original": use(None), "equivariant, kernel rebuilt": use(adapter, reuse_kernel=False),
-                "equivariant, kernel reused": use(adapter)}
+    variants = {
+        "original": use(None),
+        "equivariant, kernel rebuilt": use(adapter, reuse_kernel=False),
+        "equivariant, kernel reused": use(adapter),
+    }
     results = measure(model, variants, image, args.repeats)
     base_gmacs, base_seconds, base_cpu = results["original"]
-    print(f"preset {args.preset}, input {tuple(config.spatial_size)}, {args.threads} threads, "
-          f"median of {args.repeats} interleaved rounds")
+    print(
+        f"preset {args.preset}, input {tuple(config.spatial_size)}, {args.threads} threads, "
+        f"median of {args.repeats} interleaved rounds"
+    )
     print(f"parameters: SegVol {base_parameters / 1e6:.2f} M, adapter adds {added} ({added / base_parameters:.4%})")
     for name, (gmacs, seconds, cpu) in results.items():
-        print(f"encode_image, {name:28s} wall {seconds:7.3f} s (x{seconds / base_seconds:5.2f}), "
-              f"CPU {cpu:7.3f} s (x{cpu / base_cpu:5.2f}), "
-              f"{gmacs:8.3f} GMACs (x{gmacs / base_gmacs:.3f}, {(gmacs - base_gmacs) * 1e3:+.2f} M MACs)")
+        print(
+            f"encode_image, {name:28s} wall {seconds:7.3f} s (x{seconds / base_seconds:5.2f}), "
+            f"CPU {cpu:7.3f} s (x{cpu / base_cpu:5.2f}), "
+            f"{gmacs:8.3f} GMACs (x{gmacs / base_gmacs:.3f}, {(gmacs - base_gmacs) * 1e3:+.2f} M MACs)"
+        )
     model.image_encoder.extra_embedding = adapter
 
     from scipy import ndimage
@@ -129,8 +139,10 @@ def main() -> None:
     equivariant = rotation_error(invariants_per_voxel(embedding), volume, 45.0)
     ordinary = rotation_error(lambda image: plain(image), volume, 45.0)
     lattice = rotation_error(invariants_per_voxel(embedding), volume, 90.0)
-    print(f"45 deg about z, relative error of rotated per-voxel features: equivariant invariants {equivariant:.3f},"
-          f" ordinary convolution {ordinary:.3f} (ratio {ordinary / equivariant:.1f}); 90 deg (lattice): {lattice:.2e}")
+    print(
+        f"45 deg about z, relative error of rotated per-voxel features: equivariant invariants {equivariant:.3f},"
+        f" ordinary convolution {ordinary:.3f} (ratio {ordinary / equivariant:.1f}); 90 deg (lattice): {lattice:.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,12 +52,21 @@ def measure(path: str, cap_bytes: int, folder: str) -> dict:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
 
-    child = subprocess.Popen([sys.executable, "-c", CHILD, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, preexec_fn=limit, cwd=folder)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=limit,
+        cwd=folder,
+    )
     _, status, usage = os.wait4(child.pid, 0)
     out = child.stdout.read()
-    result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {
-        "seconds": float("nan"), "outcome": f"child died (status {status}): {child.stderr.read()[-200:]}"}
+    result = (
+        json.loads(out.strip().splitlines()[-1])
+        if out.strip()
+        else {"seconds": float("nan"), "outcome": f"child died (status {status}): {child.stderr.read()[-200:]}"}
+    )
     result["peak_rss_mb"] = usage.ru_maxrss / 1024
     return result
 
@@ -81,15 +89,20 @@ def main() -> None:
             "nii.gz 62 B claiming 1000x1000x300 int16": hostile.tiny_gzip_nifti(folder / "tiny.nii.gz"),
             "NIfTI-2 claiming 100000^3 int16": hostile.huge_nifti2(folder / "huge.nii"),
             ".mha ElementDataFile=/dev/zero 2000x2000x1000": hostile.metaimage(
-                folder / "zero.mha", "/dev/zero", shape=(2000, 2000, 1000)),
-            ".mhd ElementDataFile=<abs secret>": hostile.metaimage(folder / "abs.mhd", str(secret), shape=(32, 32, 2),
-                                                                   element_type="MET_UCHAR"),
-            ".mhd ElementDataFile=../secret.txt": hostile.metaimage(folder / "rel.mhd", "../secret.txt",
-                                                                    shape=(32, 32, 2), element_type="MET_UCHAR"),
-            "DICOM 3 x 13 KB claiming 8192^2 each": hostile.dicom_series(folder / "dicom", count=3,
-                                                                          claimed=(8192, 8192))[0],
+                folder / "zero.mha", "/dev/zero", shape=(2000, 2000, 1000)
+            ),
+            ".mhd ElementDataFile=<abs secret>": hostile.metaimage(
+                folder / "abs.mhd", str(secret), shape=(32, 32, 2), element_type="MET_UCHAR"
+            ),
+            ".mhd ElementDataFile=../secret.txt": hostile.metaimage(
+                folder / "rel.mhd", "../secret.txt", shape=(32, 32, 2), element_type="MET_UCHAR"
+            ),
+            "DICOM 3 x 13 KB claiming 8192^2 each": hostile.dicom_series(
+                folder / "dicom", count=3, claimed=(8192, 8192)
+            )[0],
             "safetensors 700 B claiming 64 x 65536": forged_safetensors(
-                folder / "huge.safetensors", num_layers=64, hidden_size=65536, num_heads=64),
+                folder / "huge.safetensors", num_layers=64, hidden_size=65536, num_heads=64
+            ),
         }
         baseline = measure("-", cap, scratch)
         print(f"baseline (imports only): peak RSS {baseline['peak_rss_mb']:.0f} MB")
@@ -97,8 +110,9 @@ def main() -> None:
         for name, path in cases.items():
             result = measure(str(path), cap, scratch)
             extra = result["peak_rss_mb"] - baseline["peak_rss_mb"]
-            print(f"{name:48s} {result['peak_rss_mb']:11.0f} {extra:7.0f} {result['seconds']:6.2f}  "
-                  f"{result['outcome']}")
+            print(
+                f"{name:48s} {result['peak_rss_mb']:11.0f} {extra:7.0f} {result['seconds']:6.2f}  {result['outcome']}"
+            )
 
 
 if __name__ == "__main__":

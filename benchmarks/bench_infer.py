@@ -80,7 +80,7 @@ def synthetic_ct(shape_ijk, seed=0) -> np.ndarray:
     body = ((jj - j / 2) / (0.42 * j)) ** 2 + ((ii - i / 2) / (0.46 * i)) ** 2 <= 1
     hu = np.full(shape_ijk, -1000, dtype=np.int16, order="F")
     for first in range(0, k, 16):
-        slab = hu[:, :, first:first + 16]
+        slab = hu[:, :, first : first + 16]
         values = (0.4 + 0.2 * rng.random(slab.shape, dtype=np.float32)) * 1400 - 1000
         slab[body] = values[body].astype(np.int16)
     return hu
@@ -109,13 +109,15 @@ def bench_zoom_vs_window(model, volume, repeats):
     rows = {}
     for name, (mode, prompt) in cases.items():
         counter = CountingModel(model)
-        seconds, _ = timed(lambda: segment(counter, volume, [prompt], mode=mode), repeats)
+        seconds, _ = timed(lambda c=counter, p=prompt, m=mode: segment(c, volume, [p], mode=m), repeats)
         rows[name] = (counter.windows // repeats, seconds)
     print(f"\n[1] zoom-out-zoom-in vs sliding window, volume {tuple(volume.shape)}, tiny preset, median of {repeats}")
     base_windows, base_seconds = rows["window (text only = full sliding window)"]
     for name, (windows, seconds) in rows.items():
-        print(f"  {name:45s} image passes {windows:4d}  {seconds:7.2f} s   "
-              f"x{base_seconds / seconds:5.1f} faster, {base_windows / max(windows, 1):5.1f}x fewer passes")
+        print(
+            f"  {name:45s} image passes {windows:4d}  {seconds:7.2f} s   "
+            f"x{base_seconds / seconds:5.1f} faster, {base_windows / max(windows, 1):5.1f}x fewer passes"
+        )
 
 
 def bench_batched_categories(model, volume, repeats, categories=15):
@@ -141,8 +143,9 @@ def bench_batched_categories(model, volume, repeats, categories=15):
     loop_model = CountingModel(model)
     loop_seconds, separate = timed(loop, repeats)
     difference = float((together - separate).abs().max())
-    print(f"\n[2] {categories} categories at once vs per-category loop, volume {tuple(volume.shape)}, "
-          f"median of {repeats}")
+    print(
+        f"\n[2] {categories} categories at once vs per-category loop, volume {tuple(volume.shape)}, median of {repeats}"
+    )
     print(f"  at once : {together_seconds:7.2f} s, image passes {together_model.windows // repeats}")
     print(f"  loop    : {loop_seconds:7.2f} s, image passes {loop_model.windows // repeats}")
     print(f"  speed-up: x{loop_seconds / together_seconds:.1f} (goal >= 5); max |logit difference| {difference:.2e}")
@@ -166,9 +169,14 @@ def bench_base_pass_costs(counts, repeats):
     together_windows, loop_windows, decodes = counts
     together = together_windows * encode_seconds + decodes * decode_seconds
     loop = loop_windows * encode_seconds + decodes * decode_seconds
-    print(f"\n[2b] base preset on this CPU: image window {encode_seconds:.2f} s, decoder prompt {decode_seconds:.2f} s"
-          f" (median of {repeats})")
-    print(f"  with the pass counts of [2]: at once {together:.0f} s vs loop {loop:.0f} s -> x{loop / together:.1f} (projected)")
+    print(
+        f"\n[2b] base preset on this CPU: image window {encode_seconds:.2f} s, decoder prompt {decode_seconds:.2f} s"
+        f" (median of {repeats})"
+    )
+    print(
+        f"  with the pass counts of [2]: at once {together:.0f} s vs loop {loop:.0f} s "
+        f"-> x{loop / together:.1f} (projected)"
+    )
 
 
 def bench_predict_memory(shape_ijk=(512, 512, 600), preset="base", categories=15, checkpoint=False):
@@ -187,8 +195,13 @@ def bench_predict_memory(shape_ijk=(512, 512, 600), preset="base", categories=15
         for c in range(categories):
             di, dj, dk = (c % 3 - 1) * 50, (c // 3 % 3 - 1) * 50, (c // 9 - 1) * 12
             ci, cj, ck = i // 2 + di, j // 2 + dj, k // 2 + dk
-            records.append({"name": f"organ{c:02d}", "box": [ci - 40, cj - 40, ck - 10, ci + 40, cj + 40, ck + 10],
-                            "points": [[ci, cj, ck]]})
+            records.append(
+                {
+                    "name": f"organ{c:02d}",
+                    "box": [ci - 40, cj - 40, ck - 10, ci + 40, cj + 40, ck + 10],
+                    "points": [[ci, cj, ck]],
+                }
+            )
         prompts = folder / "prompts.json"
         prompts.write_text(json.dumps(records))
         weights = ["--random-weights", "--preset", preset]
@@ -198,16 +211,31 @@ def bench_predict_memory(shape_ijk=(512, 512, 600), preset="base", categories=15
 
             torch.manual_seed(0)
             weights = ["--checkpoint", str(save(build_model(model_config(preset)), folder / "weights.safetensors"))]
-        command = [sys.executable, "-m", "segvol", "predict", str(path), "-o", str(folder / "seg.nii.gz"),
-                   *weights, "--device", "cpu", "--prompts", str(prompts)]
+        command = [
+            sys.executable,
+            "-m",
+            "segvol",
+            "predict",
+            str(path),
+            "-o",
+            str(folder / "seg.nii.gz"),
+            *weights,
+            "--device",
+            "cpu",
+            "--prompts",
+            str(prompts),
+        ]
         start = time.perf_counter()
         environment = {**os.environ, "SEGVOL_MEMORY_LOG": "1"}  # stage-by-stage resident memory in the log
         done = subprocess.run(command, capture_output=True, text=True, env=environment)
         seconds = time.perf_counter() - start
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
         own_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-        print(f"\n[3] segvol predict, {preset} preset, random weights{' from a checkpoint file' if checkpoint else ''}, synthetic {'x'.join(map(str, shape_ijk))} "
-              f"int16 CT, CPU, {categories} box+point prompts")
+        print(
+            f"\n[3] segvol predict, {preset} preset, random weights{' from a checkpoint file' if checkpoint else ''}, "
+            f"synthetic {'x'.join(map(str, shape_ijk))} "
+            f"int16 CT, CPU, {categories} box+point prompts"
+        )
         if done.returncode:
             print(done.stderr[-2000:])
         print(f"  exit {done.returncode}, {seconds:.0f} s, peak resident {peak_gb:.2f} GB (goal <= 2 GB)")
@@ -227,8 +255,11 @@ def main() -> int:
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--memory-shape", type=int, nargs=3, default=(512, 512, 600), help="i j k of the CT file")
     parser.add_argument("--memory-categories", type=int, default=15, help="box+point prompts in part 3")
-    parser.add_argument("--memory-checkpoint", action="store_true",
-                        help="part 3 reads the (random) weights from a safetensors checkpoint, as with real weights")
+    parser.add_argument(
+        "--memory-checkpoint",
+        action="store_true",
+        help="part 3 reads the (random) weights from a safetensors checkpoint, as with real weights",
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if not args.memory_only:
@@ -242,8 +273,9 @@ def main() -> int:
         if not args.skip_base_costs:
             bench_base_pass_costs(counts, args.repeats)
     if not args.skip_memory:
-        bench_predict_memory(tuple(args.memory_shape), categories=args.memory_categories,
-                             checkpoint=args.memory_checkpoint)
+        bench_predict_memory(
+            tuple(args.memory_shape), categories=args.memory_categories, checkpoint=args.memory_checkpoint
+        )
     return 0
 
 

@@ -55,6 +55,7 @@ def count_calls(model):
                 return method(tensor, *args, **kwargs)
             finally:
                 counts[key + "_s"] += time.perf_counter() - started
+
         return wrapper
 
     model.encode_image = counted(model.encode_image, "encoder")
@@ -85,8 +86,9 @@ def clicks_in(found: np.ndarray) -> tuple:
     of its lowest 5 slices (a correction near an end: it lies in fewer zoom-in windows)."""
     centre = found.mean(axis=0)
     end = found[found[:, 0] <= found[:, 0].min() + 4].mean(axis=0)
-    return tuple(tuple(int(v) for v in found[np.argmin(((found - target) ** 2).sum(axis=1))])
-                 for target in (centre, end))
+    return tuple(
+        tuple(int(v) for v in found[np.argmin(((found - target) ** 2).sum(axis=1))]) for target in (centre, end)
+    )
 
 
 def real_case(image_path: Path, label_path: Path, label_id: int):
@@ -111,9 +113,11 @@ def one_run(model, counts, case) -> dict:
         image = copy.copy(image)
     row = {}
     session = Session(model, image)
-    for step, edit in (("first", lambda: session.set_box("object", box)),
-                       ("click", lambda: session.add_point("object", centre)),
-                       ("click2", lambda: session.add_point("object", end))):
+    for step, edit in (
+        ("first", lambda: session.set_box("object", box)),
+        ("click", lambda: session.add_point("object", centre)),
+        ("click2", lambda: session.add_point("object", end)),
+    ):
         counts.update(encoder=0, decoder=0, encoder_s=0.0, decoder_s=0.0)
         started, cpu = time.perf_counter(), time.process_time()
         edit()
@@ -129,10 +133,18 @@ def one_run(model, counts, case) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", type=Path, default=SHARED_CT if SHARED_CT.exists() else None,
-                        help="a CT file (default: the shared 3 mm CT when present, else a synthetic volume)")
-    parser.add_argument("--label", type=Path, default=SHARED_LABELS if SHARED_LABELS.exists() else None,
-                        help="label map on the image's grid whose --label-id is the boxed object")
+    parser.add_argument(
+        "--image",
+        type=Path,
+        default=SHARED_CT if SHARED_CT.exists() else None,
+        help="a CT file (default: the shared 3 mm CT when present, else a synthetic volume)",
+    )
+    parser.add_argument(
+        "--label",
+        type=Path,
+        default=SHARED_LABELS if SHARED_LABELS.exists() else None,
+        help="label map on the image's grid whose --label-id is the boxed object",
+    )
     parser.add_argument("--label-id", type=int, default=LIVER)
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic 96x192x192 volume")
     parser.add_argument("--presets", nargs="+", default=["tiny", "base"])
@@ -166,29 +178,49 @@ def main() -> None:
             rows[key].append(one_run(model, counts, case))
     report(rows, case, args, (load_before, os.getloadavg()[0]))
     if args.json:
-        args.json.write_text(json.dumps({"case": case[1], "threads": args.threads, "rows": [
-            {"preset": preset, "precision": precision, "runs": runs} for (preset, precision), runs in rows.items()]},
-            indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "case": case[1],
+                    "threads": args.threads,
+                    "rows": [
+                        {"preset": preset, "precision": precision, "runs": runs}
+                        for (preset, precision), runs in rows.items()
+                    ],
+                },
+                indent=1,
+            )
+        )
 
 
 def report(rows: dict[tuple, list[dict]], case, args, load) -> None:
-    print(f"Session latency on {case[1]}, box {list(case[2])}, clicks {[list(c) for c in case[3]]}: median of "
-          f"{args.repeats} interleaved runs, {args.threads} threads, random weights, load average {load[0]:.1f} -> "
-          f"{load[1]:.1f}")
-    print("s = seconds of set_box/add_point + mask; cpu = CPU seconds of this process meanwhile (all threads: "
-          "less sensitive to other load); enc/dec = encoder windows/decoder items; in dec = seconds inside "
-          "model.decode; rest = the other seconds (stitching, resampling, copies)")
+    print(
+        f"Session latency on {case[1]}, box {list(case[2])}, clicks {[list(c) for c in case[3]]}: median of "
+        f"{args.repeats} interleaved runs, {args.threads} threads, random weights, load average {load[0]:.1f} -> "
+        f"{load[1]:.1f}"
+    )
+    print(
+        "s = seconds of set_box/add_point + mask; cpu = CPU seconds of this process meanwhile (all threads: "
+        "less sensitive to other load); enc/dec = encoder windows/decoder items; in dec = seconds inside "
+        "model.decode; rest = the other seconds (stitching, resampling, copies)"
+    )
     print(f"{'preset':>6} {'prec':>5} |{'first':>15} |{'click (centre)':>35} |{'click2 (end)':>35} |")
-    print(f"{'':>6} {'':>5} | {'s':>6} {'enc':>3} {'dec':>3} |" + f" {'s':>6} {'cpu':>6} {'enc':>3} {'dec':>3} "
-          f"{'in dec':>6} {'rest':>5} |" * 2)
+    print(
+        f"{'':>6} {'':>5} | {'s':>6} {'enc':>3} {'dec':>3} |" + f" {'s':>6} {'cpu':>6} {'enc':>3} {'dec':>3} "
+        f"{'in dec':>6} {'rest':>5} |" * 2
+    )
     for (preset, precision), runs in rows.items():
         med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-        line = (f"{preset:>6} {precision:>5} | {med['first']:6.2f} {med['first_encoder']:3.0f} "
-                f"{med['first_decoder']:3.0f} |")
+        line = (
+            f"{preset:>6} {precision:>5} | {med['first']:6.2f} {med['first_encoder']:3.0f} "
+            f"{med['first_decoder']:3.0f} |"
+        )
         for step in ("click", "click2"):
             rest = statistics.median(run[step] - run[f"{step}_decoder_s"] - run[f"{step}_encoder_s"] for run in runs)
-            line += (f" {med[step]:6.3f} {med[step + '_cpu']:6.3f} {med[step + '_encoder']:3.0f}"
-                     f" {med[step + '_decoder']:3.0f} {med[step + '_decoder_s']:6.3f} {rest:5.3f} |")
+            line += (
+                f" {med[step]:6.3f} {med[step + '_cpu']:6.3f} {med[step + '_encoder']:3.0f}"
+                f" {med[step + '_decoder']:3.0f} {med[step + '_decoder_s']:6.3f} {rest:5.3f} |"
+            )
         print(line + "  clicks of each run: " + " ".join(f"{run['click']:.2f}/{run['click2']:.2f}" for run in runs))
     # Serve's click-to-overlay goes here: one more column group per serve step timed in one_run.
 

@@ -37,8 +37,15 @@ def whole_volume(prediction, truth, spacing, tolerance):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return float(compute_surface_dice(one_hot(prediction), one_hot(truth), class_thresholds=[tolerance],
-                                          include_background=False, spacing=list(spacing)).reshape(-1)[0])
+        return float(
+            compute_surface_dice(
+                one_hot(prediction),
+                one_hot(truth),
+                class_thresholds=[tolerance],
+                include_background=False,
+                spacing=list(spacing),
+            ).reshape(-1)[0]
+        )
 
 
 def measure(function, *args):
@@ -65,12 +72,16 @@ def main() -> None:
         results["whole volume"].append(measure(whole_volume, prediction, truth, spacing, tolerance))
         results["bounding box"].append(measure(normalized_surface_dice, prediction, truth, spacing, tolerance))
     for name, runs in results.items():
-        print(f"{name:>13}: NSD {runs[0][0]:.6f}  median {statistics.median(r[1] for r in runs):.2f} s"
-              f"  peak {max(r[2] for r in runs) / 2**20:.0f} MiB")
+        print(
+            f"{name:>13}: NSD {runs[0][0]:.6f}  median {statistics.median(r[1] for r in runs):.2f} s"
+            f"  peak {max(r[2] for r in runs) / 2**20:.0f} MiB"
+        )
     whole, box = (statistics.median(r[1] for r in results[k]) for k in ("whole volume", "bounding box"))
     memory = max(r[2] for r in results["whole volume"]) / max(r[2] for r in results["bounding box"])
-    print(f"ratio whole/box: time {whole / box:.2f}x, peak memory {memory:.1f}x; equal values: "
-          f"{results['whole volume'][0][0] == results['bounding box'][0][0]}")
+    print(
+        f"ratio whole/box: time {whole / box:.2f}x, peak memory {memory:.1f}x; equal values: "
+        f"{results['whole volume'][0][0] == results['bounding box'][0][0]}"
+    )
 
 
 if __name__ == "__main__":

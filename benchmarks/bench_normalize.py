@@ -57,8 +57,8 @@ def worker(mode: str, path: Path) -> dict:
     import nibabel as nib
     import zarr
 
-    from segvol.normalize.convert import build_store, fit_chunks
     from segvol.io.store import checked_codecs
+    from segvol.normalize.convert import build_store, fit_chunks
     from segvol.settings import stage_settings
 
     settings = stage_settings("normalize", {})
@@ -75,12 +75,14 @@ def worker(mode: str, path: Path) -> dict:
             start = time.perf_counter() - read_seconds
             codec = checked_codecs(settings["compression_level"])
         else:  # byte shuffle: the fast, usual codec choice for integers
-            codec = zarr.codecs.BloscCodec(cname="zstd", clevel=settings["compression_level"],
-                                           shuffle=zarr.codecs.BloscShuffle.shuffle)
+            codec = zarr.codecs.BloscCodec(
+                cname="zstd", clevel=settings["compression_level"], shuffle=zarr.codecs.BloscShuffle.shuffle
+            )
         chunks, shards = fit_chunks(array.shape, settings["chunks"], settings["shards"])
         root = zarr.open_group(str(out), mode="w")
-        target = root.create_array("image", shape=array.shape, dtype=array.dtype, chunks=chunks,
-                                   shards=shards, compressors=codec)
+        target = root.create_array(
+            "image", shape=array.shape, dtype=array.dtype, chunks=chunks, shards=shards, compressors=codec
+        )
         target[...] = array
     else:
         build_store(path.parent, out, seed=0, settings=settings, progress=False)
@@ -100,14 +102,19 @@ def main() -> int:
         return 0
 
     make_volume(tuple(args.shape), image)
-    (image.parent / "dataset.json").write_text(json.dumps(
-        {"name": "bench", "role": "unlabelled", "cases": [{"id": "ct", "image": image.name}]}))
+    (image.parent / "dataset.json").write_text(
+        json.dumps({"name": "bench", "role": "unlabelled", "cases": [{"id": "ct", "image": image.name}]})
+    )
     raw_mb = np.prod(args.shape) * 2 / 1e6
     results: dict[str, list[dict]] = {"floor": [], "floor_store": [], "normalize": []}
     for _ in range(args.repeats):
         for mode in results:  # interleaved so that machine noise hits every mode alike
-            output = subprocess.run([sys.executable, __file__, "--shape", *map(str, args.shape), "--worker", mode],
-                                    check=True, capture_output=True, text=True).stdout
+            output = subprocess.run(
+                [sys.executable, __file__, "--shape", *map(str, args.shape), "--worker", mode],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             results[mode].append(json.loads(output.strip().splitlines()[-1]))
 
     print(f"volume {tuple(args.shape)} int16 = {raw_mb:.1f} MB raw voxels; {args.repeats} runs each, medians")
@@ -116,13 +123,19 @@ def main() -> int:
         seconds = statistics.median(r["seconds"] for r in runs)
         extra = statistics.median(r["peak_mb"] - r["baseline_mb"] for r in runs)
         median[mode] = (seconds, extra)
-        print(f"  {mode:11s} {seconds:7.2f} s  {raw_mb / seconds:7.1f} MB/s  peak +{extra:7.1f} MB"
-              f" = {extra / raw_mb:.2f}x raw volume")
+        print(
+            f"  {mode:11s} {seconds:7.2f} s  {raw_mb / seconds:7.1f} MB/s  peak +{extra:7.1f} MB"
+            f" = {extra / raw_mb:.2f}x raw volume"
+        )
     ratio = median["normalize"][0] / median["floor"][0]
-    print(f"normalize / floor time: {ratio:.2f}x (goal <= 1.5x);"
-          f" normalize / floor_store time: {median['normalize'][0] / median['floor_store'][0]:.2f}x")
-    print(f"normalize peak memory: {median['normalize'][1] / raw_mb:.2f}x the raw volume (goal <= 3x),"
-          f" {median['normalize'][1] / (2 * raw_mb):.2f}x a float32 volume")
+    print(
+        f"normalize / floor time: {ratio:.2f}x (goal <= 1.5x);"
+        f" normalize / floor_store time: {median['normalize'][0] / median['floor_store'][0]:.2f}x"
+    )
+    print(
+        f"normalize peak memory: {median['normalize'][1] / raw_mb:.2f}x the raw volume (goal <= 3x),"
+        f" {median['normalize'][1] / (2 * raw_mb):.2f}x a float32 volume"
+    )
     return 0
 
 

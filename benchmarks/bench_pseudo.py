@@ -81,8 +81,13 @@ def child(variant: str, repeats: int) -> dict:
         cpus.append(time.process_time() - cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
-        "variant": variant, "source": source, "wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus),
-        "segments": int(labels.max()), "peak_rss_mb": peak / 1024, "rss_growth_mb": (peak - rss_before) / 1024,
+        "variant": variant,
+        "source": source,
+        "wall_s": statistics.median(walls),
+        "cpu_s": statistics.median(cpus),
+        "segments": int(labels.max()),
+        "peak_rss_mb": peak / 1024,
+        "rss_growth_mb": (peak - rss_before) / 1024,
     }
 
 
@@ -117,7 +122,9 @@ def main() -> int:
         repeats = args.repeats if variant != "classic-26" else max(1, args.repeats // 2)
         output = subprocess.run(
             [sys.executable, __file__, "--child", variant, "--repeats", str(repeats)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         results[variant] = json.loads(output.strip().splitlines()[-1])
     ref = reference(tuple(args.crop))
@@ -127,14 +134,20 @@ def main() -> int:
     print(f"volume: {results['segvol']['source']}; {n_voxels:,} voxels; single thread; load {os.getloadavg()[0]:.1f}")
     print(f"{'variant':<12}{'wall s':>9}{'cpu s':>9}{'segments':>10}{'peak RSS MB':>13}{'RSS growth MB':>15}")
     for name, row in results.items():
-        print(f"{name:<12}{row['wall_s']:>9.3f}{row['cpu_s']:>9.3f}{row['segments']:>10}"
-              f"{row['peak_rss_mb']:>13.0f}{row['rss_growth_mb']:>15.0f}")
-    print(f"reference (pure Python, released algorithm): {ref['seconds']:.2f} s on a {tuple(args.crop)} crop "
-          f"({ref['voxels']:,} voxels) -> {ref_per_volume:.1f} s per volume extrapolated per voxel "
-          f"(same partition as ours on the crop: {ref['same_partition']})")
+        print(
+            f"{name:<12}{row['wall_s']:>9.3f}{row['cpu_s']:>9.3f}{row['segments']:>10}"
+            f"{row['peak_rss_mb']:>13.0f}{row['rss_growth_mb']:>15.0f}"
+        )
+    print(
+        f"reference (pure Python, released algorithm): {ref['seconds']:.2f} s on a {tuple(args.crop)} crop "
+        f"({ref['voxels']:,} voxels) -> {ref_per_volume:.1f} s per volume extrapolated per voxel "
+        f"(same partition as ours on the crop: {ref['same_partition']})"
+    )
     for name in ("segvol", "classic-6"):
-        print(f"speed-up {name} vs reference: {ref_per_volume / results[name]['wall_s']:.0f}x wall, "
-              f"{ref_per_volume / results[name]['cpu_s']:.0f}x cpu")
+        print(
+            f"speed-up {name} vs reference: {ref_per_volume / results[name]['wall_s']:.0f}x wall, "
+            f"{ref_per_volume / results[name]['cpu_s']:.0f}x cpu"
+        )
     return 0
 
 

@@ -23,9 +23,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ORGANS = {1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "liver", 6: "stomach",
-          7: "pancreas", 8: "right adrenal gland", 9: "left adrenal gland", 15: "esophagus", 19: "duodenum",
-          21: "urinary bladder", 52: "aorta", 63: "inferior vena cava"}
+ORGANS = {
+    1: "spleen",
+    2: "right kidney",
+    3: "left kidney",
+    4: "gallbladder",
+    5: "liver",
+    6: "stomach",
+    7: "pancreas",
+    8: "right adrenal gland",
+    9: "left adrenal gland",
+    15: "esophagus",
+    19: "duodenum",
+    21: "urinary bladder",
+    52: "aorta",
+    63: "inferior vena cava",
+}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,7 +55,7 @@ def box_mask(shape, box) -> np.ndarray:
     mask = np.zeros(shape, bool)
     lo, hi = np.maximum(box[:3], 0), np.minimum(box[3:], np.array(shape) - 1)
     if np.all(lo <= hi):
-        mask[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+        mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = True
     return mask
 
 
@@ -79,8 +92,10 @@ def main() -> None:
     labels = label.array[tuple(slice(a, b + 1) for a, b in zip(crop[:3], crop[3:]))]
     shape = labels.shape
     print(f"crop {shape}, window {window}")
-    print(f"{'category':20s} {'Dice nearest':>12s} {'Dice n-exact':>12s} {'ROI start shift (nearest vs exact)':>36s}"
-          f" {'release box Dice':>16s}")
+    print(
+        f"{'category':20s} {'Dice nearest':>12s} {'Dice n-exact':>12s} {'ROI start shift (nearest vs exact)':>36s}"
+        f" {'release box Dice':>16s}"
+    )
     shifted_rois, zero = 0, 0
     measured = 0
     for value, organ in ORGANS.items():
@@ -89,8 +104,10 @@ def main() -> None:
             continue
         measured += 1
         small = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=window, mode="nearest-exact")
-        back = {mode: F.interpolate(small, size=shape, mode=mode)[0, 0].numpy() > 0.5
-                for mode in ("nearest", "nearest-exact")}
+        back = {
+            mode: F.interpolate(small, size=shape, mode=mode)[0, 0].numpy() > 0.5
+            for mode in ("nearest", "nearest-exact")
+        }
         starts = {mode: bbox(m)[:3] if m.any() else np.full(3, -1) for mode, m in back.items()}
         shift = starts["nearest"] - starts["nearest-exact"]
         shifted_rois += bool(np.any(shift))
@@ -103,10 +120,14 @@ def main() -> None:
             score = dice(painted, box_mask(shape, box))
             zero += score == 0
             release = f"{score:.3f}"
-        print(f"{organ:20s} {dice(back['nearest'], mask):12.3f} {dice(back['nearest-exact'], mask):12.3f} "
-              f"{str(shift.tolist()):>36s} {release:>16s}")
-    print(f"ROI start moved by `nearest` in {shifted_rois} of {measured} organs; "
-          f"release single-window box Dice 0 in {zero} of {measured} organs (ours: 1.0)")
+        print(
+            f"{organ:20s} {dice(back['nearest'], mask):12.3f} {dice(back['nearest-exact'], mask):12.3f} "
+            f"{str(shift.tolist()):>36s} {release:>16s}"
+        )
+    print(
+        f"ROI start moved by `nearest` in {shifted_rois} of {measured} organs; "
+        f"release single-window box Dice 0 in {zero} of {measured} organs (ours: 1.0)"
+    )
 
 
 if __name__ == "__main__":

@@ -56,9 +56,11 @@ def main() -> None:
             for view, index in zip(VIEWS, (d, h, w)):
                 workspace.render(view, index, "abdomen", (d, h, w))
             render_times.append(time.perf_counter() - started)
-        print(f"{preset:>5} on {image.name} {'x'.join(map(str, state['shape']))}: click -> mask "
-              f"{statistics.median(segment_times):.2f} s, three views {statistics.median(render_times) * 1000:.0f} ms"
-              f" (median of {args.repeats}, {args.threads} threads)")
+        print(
+            f"{preset:>5} on {image.name} {'x'.join(map(str, state['shape']))}: click -> mask "
+            f"{statistics.median(segment_times):.2f} s, three views {statistics.median(render_times) * 1000:.0f} ms"
+            f" (median of {args.repeats}, {args.threads} threads)"
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,11 @@ def synthetic_ct(path: Path, size: int, objects: int) -> list[tuple[slice, slice
     organs = []
     for k in range(objects):
         start = int(size * (0.25 + 0.12 * k))
-        organ = (slice(start, start + size // 8), slice(size // 3, size // 3 + size // 5),
-                 slice(size // 4, 3 * size // 4))
+        organ = (
+            slice(start, start + size // 8),
+            slice(size // 3, size // 3 + size // 5),
+            slice(size // 4, 3 * size // 4),
+        )
         hu[organ] = 150 + 20 * k
         organs.append(organ)
     nib.save(nib.Nifti1Image(hu, np.diag([0.8, 0.8, 1.5, 1.0])), str(path))
@@ -123,11 +126,13 @@ def measure(args, model, folder: Path) -> None:
         held = sum({id(o.mask): o.mask.nbytes for step in history for o in step if o.mask is not None}.values())
     mask = workspace.objects[0].mask
     voxels = [int(o.mask.sum()) for o in workspace.objects]
-    print(f"{args.size}^3 ({'x'.join(map(str, state['shape']))}), {args.objects} objects, {args.edits} edits, "
-          f"model {args.model}, mode {args.mode}: RSS {before:.0f} -> {after:.0f} MB (+{after - before:.0f} MB); "
-          f"undo history holds "
-          f"{held / 2**20:.1f} MB in {len(history)} steps (one mask: {mask.nbytes / 2**20:.1f} MB; "
-          f"mask voxels {voxels}); {seconds / args.edits:.2f} s per edit")
+    print(
+        f"{args.size}^3 ({'x'.join(map(str, state['shape']))}), {args.objects} objects, {args.edits} edits, "
+        f"model {args.model}, mode {args.mode}: RSS {before:.0f} -> {after:.0f} MB (+{after - before:.0f} MB); "
+        f"undo history holds "
+        f"{held / 2**20:.1f} MB in {len(history)} steps (one mask: {mask.nbytes / 2**20:.1f} MB; "
+        f"mask voxels {voxels}); {seconds / args.edits:.2f} s per edit"
+    )
 
 
 if __name__ == "__main__":

@@ -49,9 +49,28 @@ def main() -> None:
         hu = np.full((64, 64, 40), -1000, np.int16)
         hu[8:-8, 8:-8, 4:-4] = 40
         nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 3.0, 1.0])), str(ct))
-        predict = [python, "-m", "segvol", "predict", str(ct), "-o", str(Path(folder) / "seg.nii.gz"),
-                   "--random-weights", "--preset", "tiny", "--device", "cpu", "--overwrite",
-                   "--box", "10", "10", "5", "50", "50", "30"]
+        predict = [
+            python,
+            "-m",
+            "segvol",
+            "predict",
+            str(ct),
+            "-o",
+            str(Path(folder) / "seg.nii.gz"),
+            "--random-weights",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--overwrite",
+            "--box",
+            "10",
+            "10",
+            "5",
+            "50",
+            "50",
+            "30",
+        ]
         torch_times = [wall([python, "-c", "import torch"]) for _ in range(args.repeats)]
         help_times = [wall([python, "-m", "segvol", "predict", "--help"]) for _ in range(args.repeats)]
         runs = [first_line(predict) for _ in range(args.repeats)]
@@ -60,10 +79,14 @@ def main() -> None:
     line_s = statistics.median(r[0] for r in runs)
     total_s = statistics.median(r[1] for r in runs)
     print(f"python -c 'import torch'        median {torch_s:6.2f} s")
-    print(f"segvol predict --help           median {help_s:6.2f} s  ratio to torch import {help_s / torch_s:5.2f}"
-          f"  goal < 1 s: {'met' if help_s < 1 else 'NOT met'}")
-    print(f"first progress line             median {line_s:6.2f} s  ratio to torch import {line_s / torch_s:5.2f}"
-          f"  goal < 3 s: {'met' if line_s < 3 else 'NOT met'}")
+    print(
+        f"segvol predict --help           median {help_s:6.2f} s  ratio to torch import {help_s / torch_s:5.2f}"
+        f"  goal < 1 s: {'met' if help_s < 1 else 'NOT met'}"
+    )
+    print(
+        f"first progress line             median {line_s:6.2f} s  ratio to torch import {line_s / torch_s:5.2f}"
+        f"  goal < 3 s: {'met' if line_s < 3 else 'NOT met'}"
+    )
     print(f"whole tiny prediction           median {total_s:6.2f} s  ratio to torch import {total_s / torch_s:5.2f}")
     print(f"first line: {runs[0][2]}")
 

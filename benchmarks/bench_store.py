@@ -4,7 +4,8 @@ normalized on read): bytes on disk, write time, whole-case and crop read through
     .venv/bin/python benchmarks/bench_store.py [--image CT.nii.gz] [--repeats 5]
 
 The CT defaults to ../shared/data/totalsegmentator/abdomen_ct_3mm/example_ct.nii.gz when present,
-else (or with --phantom X Y Z) bench_normalize's synthetic phantom (512x512x200). Writes start from the CT file in both formats. Both use the default chunks/shards and Blosc zstd
+else (or with --phantom X Y Z) bench_normalize's synthetic phantom (512x512x200).
+Writes start from the CT file in both formats. Both use the default chunks/shards and Blosc zstd
 level of `segvol normalize`; format 1 is written exactly as before (float32 from
 `apply_normalization`, no checksum), format 2 by the real `build_store`. Reads go through what the
 consumers use: format 1 a plain zarr array, format 2 `open_store(...).case(...)["image"]`
@@ -27,7 +28,15 @@ from pathlib import Path
 import numpy as np
 
 WORK = Path("/tmp/segvol_bench_store")
-SHARED_CT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "totalsegmentator" / "abdomen_ct_3mm" / "example_ct.nii.gz"
+SHARED_CT = (
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared"
+    / "data"
+    / "totalsegmentator"
+    / "abdomen_ct_3mm"
+    / "example_ct.nii.gz"
+)
 
 
 def folder_bytes(path: Path) -> int:
@@ -40,17 +49,26 @@ def write_format_1(path: Path, out: Path, settings: dict) -> None:
     import zarr
 
     from segvol.io import read_image
-    from segvol.normalize.convert import fit_chunks
     from segvol.io.intensity import apply_normalization, foreground_statistics
+    from segvol.normalize.convert import fit_chunks
 
     image = read_image(path)
     stats = foreground_statistics(image.array)
     chunks, shards = fit_chunks(image.shape, settings["chunks"], settings["shards"])
-    codec = zarr.codecs.BloscCodec(cname="zstd", clevel=settings["compression_level"],
-                                   shuffle=zarr.codecs.BloscShuffle.noshuffle)
+    codec = zarr.codecs.BloscCodec(
+        cname="zstd", clevel=settings["compression_level"], shuffle=zarr.codecs.BloscShuffle.noshuffle
+    )
     group = zarr.open_group(str(out), mode="w", zarr_format=3).create_group("ct")
-    array = group.create_array("image", shape=image.shape, dtype="float32", chunks=chunks, shards=shards,
-                               compressors=codec, fill_value=0.0, dimension_names=("D", "H", "W"))
+    array = group.create_array(
+        "image",
+        shape=image.shape,
+        dtype="float32",
+        chunks=chunks,
+        shards=shards,
+        compressors=codec,
+        fill_value=0.0,
+        dimension_names=("D", "H", "W"),
+    )
     slab = np.empty((shards[0], *image.shape[1:]), dtype=np.float32)
     for start in range(0, image.shape[0], shards[0]):
         stop = min(start + shards[0], image.shape[0])
@@ -88,8 +106,13 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", type=Path, default=SHARED_CT if SHARED_CT.is_file() else None)
-    parser.add_argument("--phantom", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                        help="use a synthetic CT of this size (bench_normalize's phantom) instead")
+    parser.add_argument(
+        "--phantom",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="use a synthetic CT of this size (bench_normalize's phantom) instead",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--crops", type=int, default=8, help="crop reads per repeat")
     args = parser.parse_args()
@@ -103,8 +126,9 @@ def main() -> int:
 
         args.image = raw / "ct.nii.gz"
         make_volume(tuple(args.phantom or (512, 512, 200)), args.image)
-    (raw / "dataset.json").write_text(json.dumps(
-        {"name": "bench", "role": "unlabelled", "cases": [{"id": "ct", "image": str(args.image.resolve())}]}))
+    (raw / "dataset.json").write_text(
+        json.dumps({"name": "bench", "role": "unlabelled", "cases": [{"id": "ct", "image": str(args.image.resolve())}]})
+    )
     settings = stage_settings("normalize", {})
     image = read_image(args.image)
     crop = tuple(min(n, c) for n, c in zip(image.shape, (32, 256, 256)))
@@ -137,18 +161,24 @@ def main() -> int:
             return 1
 
     raw_mb = voxels * 2 / 1e6
-    print(f"{args.image} {image.shape} (D, H, W) {image.array.dtype}: {raw_mb:.1f} MB as int16; "
-          f"{args.repeats} repeats, medians; read values bit-identical: yes; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"  store image bytes  old {sizes['old'] / 1e6:8.2f} MB   new {sizes['new'] / 1e6:8.2f} MB   "
-          f"new/old {sizes['new'] / sizes['old']:.3f}")
+    print(
+        f"{args.image} {image.shape} (D, H, W) {image.array.dtype}: {raw_mb:.1f} MB as int16; "
+        f"{args.repeats} repeats, medians; read values bit-identical: yes; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"  store image bytes  old {sizes['old'] / 1e6:8.2f} MB   new {sizes['new'] / 1e6:8.2f} MB   "
+        f"new/old {sizes['new'] / sizes['old']:.3f}"
+    )
     medians = {name: {kind: statistics.median(runs) for kind, runs in kinds.items()} for name, kinds in times.items()}
     for kind, unit in (("write", "whole case"), ("read", "whole case"), ("crop", f"crop {crop}")):
         old, new = medians["old"][kind], medians["new"][kind]
         extra = ""
         if kind == "read":
             extra = f"   old {voxels / old / 1e6:7.1f} Mvox/s   new {voxels / new / 1e6:7.1f} Mvox/s"
-        print(f"  {kind:5s} ({unit}) old {old * 1e3:8.1f} ms   new {new * 1e3:8.1f} ms   new/old {new / old:.2f}{extra}")
+        print(
+            f"  {kind:5s} ({unit}) old {old * 1e3:8.1f} ms   new {new * 1e3:8.1f} ms   new/old {new / old:.2f}{extra}"
+        )
     shutil.rmtree(WORK, ignore_errors=True)
     return 0
 

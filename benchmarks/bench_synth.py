@@ -22,10 +22,8 @@ def main(argv=None) -> int:
     import nibabel as nib
 
     from segvol.synth.appearance import DOMAINS
-    from segvol.synth.dataset import to_nifti
+    from segvol.synth.dataset import _single_threaded_blas, to_nifti
     from segvol.synth.phantom import case_rng, make_phantom
-
-    from segvol.synth.dataset import _single_threaded_blas
 
     make_phantom(case_rng(0, "warmup", 0), DOMAINS["train"], args.shape)
     with tempfile.TemporaryDirectory() as folder, _single_threaded_blas():
@@ -41,9 +39,11 @@ def main(argv=None) -> int:
                 write.append(time.perf_counter() - middle)
                 generate.append(middle - start)
             g, w, c = statistics.median(generate), statistics.median(write), statistics.median(cpu)
-            print(f"{role:9s} shape<={tuple(args.shape)}  generate {g:.2f} s wall / {c:.2f} s CPU  "
-                  f"write {w:.2f} s  total {g + w:.2f} s/case wall  (median of {args.cases}; "
-                  f"goal < 2 s: {'ok' if g + w < 2 else 'SLOW'}; wall includes waiting for a busy CPU)")
+            print(
+                f"{role:9s} shape<={tuple(args.shape)}  generate {g:.2f} s wall / {c:.2f} s CPU  "
+                f"write {w:.2f} s  total {g + w:.2f} s/case wall  (median of {args.cases}; "
+                f"goal < 2 s: {'ok' if g + w < 2 else 'SLOW'}; wall includes waiting for a busy CPU)"
+            )
     return 0
 
 

@@ -56,10 +56,17 @@ def make_batch(spatial_size, batch: int, categories: int, pseudo_passes: int, se
             pseudo_points[b, p], pseudo_point_labels[b, p] = sample_points(pseudo_targets[b, p].float(), rng, 6, 5)
             pseudo_boxes[b, p] = tight_box(pseudo_targets[b, p].float())
     return {
-        "image": image, "labels": labels.half(), "present": torch.ones(batch, categories, dtype=torch.bool),
-        "points": points, "point_labels": point_labels, "boxes": boxes,
-        "pseudo_targets": pseudo_targets.to(torch.uint8), "pseudo_valid": torch.ones(batch, pseudo_passes, dtype=torch.bool),
-        "pseudo_points": pseudo_points, "pseudo_point_labels": pseudo_point_labels, "pseudo_boxes": pseudo_boxes,
+        "image": image,
+        "labels": labels.half(),
+        "present": torch.ones(batch, categories, dtype=torch.bool),
+        "points": points,
+        "point_labels": point_labels,
+        "boxes": boxes,
+        "pseudo_targets": pseudo_targets.to(torch.uint8),
+        "pseudo_valid": torch.ones(batch, pseudo_passes, dtype=torch.bool),
+        "pseudo_points": pseudo_points,
+        "pseudo_point_labels": pseudo_point_labels,
+        "pseudo_boxes": pseudo_boxes,
     }
 
 
@@ -67,9 +74,9 @@ def setup(args):
     """(device, objective, optimizer, batch, categories) for the benchmark's model and batch."""
     import torch
 
+    from segvol.device import resolve_device
     from segvol.finetune.objective import FinetuneObjective
     from segvol.model import build_model, model_config
-    from segvol.device import resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -101,7 +108,9 @@ def steps_for(args, device, objective, optimizer, batch, categories):
         for k in range(len(categories)):
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
-                loss, _ = objective(batch, categories, float(batch["present"][:, k].sum()), float(args.batch), category=k)
+                loss, _ = objective(
+                    batch, categories, float(batch["present"][:, k].sum()), float(args.batch), category=k
+                )
             loss.backward()
             optimizer.step()
 
@@ -170,20 +179,39 @@ def main(argv=None) -> int:
     speed = measure_speed(args)
     peaks = {}
     for mode in ("shared", "per-category"):  # a fresh process each: clean peak memory
-        command = [sys.executable, __file__, "--mode", mode, "--preset", args.preset, "--text-encoder", args.text_encoder,
-                   "--batch", str(args.batch), "--categories", str(args.categories),
-                   "--pseudo-passes", str(args.pseudo_passes), "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            __file__,
+            "--mode",
+            mode,
+            "--preset",
+            args.preset,
+            "--text-encoder",
+            args.text_encoder,
+            "--batch",
+            str(args.batch),
+            "--categories",
+            str(args.categories),
+            "--pseudo-passes",
+            str(args.pseudo_passes),
+            "--threads",
+            str(args.threads),
+        ]
         if args.device:
             command += ["--device", args.device]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         peaks[mode] = json.loads(output.strip().splitlines()[-1])["peak_mb"]
     medians = {mode: statistics.median(r) for mode, r in speed["rates"].items()}
     for mode, rates in speed["rates"].items():
-        print(f"{mode:>13}: {medians[mode]:.3f} samples/s (median of {len(rates)}: "
-              f"{', '.join(f'{x:.3f}' for x in rates)}), peak {peaks[mode]:.0f} MB, {args.preset} on {speed['device']}")
+        print(
+            f"{mode:>13}: {medians[mode]:.3f} samples/s (median of {len(rates)}: "
+            f"{', '.join(f'{x:.3f}' for x in rates)}), peak {peaks[mode]:.0f} MB, {args.preset} on {speed['device']}"
+        )
     ratio = medians["shared"] / medians["per-category"]
-    print(f"speed-up shared / per-category: {ratio:.2f}x (goal >= 3x) at batch {args.batch}, "
-          f"{args.categories} categories, {args.pseudo_passes} pseudo passes")
+    print(
+        f"speed-up shared / per-category: {ratio:.2f}x (goal >= 3x) at batch {args.batch}, "
+        f"{args.categories} categories, {args.pseudo_passes} pseudo passes"
+    )
     return 0
 
 

@@ -23,9 +23,24 @@ import numpy as np
 from segvol.infer.windows import window_lattice
 from segvol.infer.zoom import roi_windows
 
-ORGANS = {1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "liver", 6: "stomach",
-          7: "pancreas", 8: "right adrenal gland", 9: "left adrenal gland", 52: "aorta", 63: "inferior vena cava",
-          21: "urinary bladder", 22: "prostate", 19: "duodenum", 15: "esophagus", 20: "colon"}
+ORGANS = {
+    1: "spleen",
+    2: "right kidney",
+    3: "left kidney",
+    4: "gallbladder",
+    5: "liver",
+    6: "stomach",
+    7: "pancreas",
+    8: "right adrenal gland",
+    9: "left adrenal gland",
+    52: "aorta",
+    63: "inferior vena cava",
+    21: "urinary bladder",
+    22: "prostate",
+    19: "duodenum",
+    15: "esophagus",
+    20: "colon",
+}
 
 
 def release_count(roi, window, overlap=0.5):
@@ -95,8 +110,10 @@ def main() -> None:
         worse += len(ours) > release
         print(f"{organ:22s} {release:7d} {lattice_count(crop_shape, roi, window):7d} {len(ours):5d}")
     print(f"categories with more passes than the release: {worse}")
-    print(f"all categories at once: release {release_total} encoder passes, ours {len(union)} distinct windows "
-          f"(ratio {release_total / max(len(union), 1):.2f}); plus one zoom-out pass each (release) vs one in all (ours)")
+    print(
+        f"all categories at once: release {release_total} encoder passes, ours {len(union)} distinct windows "
+        f"(ratio {release_total / max(len(union), 1):.2f}); plus one zoom-out pass each (release) vs one in all (ours)"
+    )
 
 
 if __name__ == "__main__":

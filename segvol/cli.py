@@ -20,14 +20,25 @@ SUBCOMMANDS = {
     "pseudo": ("segvol.pseudo.cli", "Felzenszwalb-Huttenlocher pseudo labels for every case of a store"),
     "pretrain": ("segvol.pretrain.cli", "SimMIM pretraining of the 3D ViT image encoder"),
     "finetune": ("segvol.finetune.cli", "supervised fine-tuning with text, point and box prompts"),
-    "taskspecific": ("segvol.taskspecific.cli", "train a task-specific baseline (nnU-Net, SwinUNETR, 3D UX-Net) on one dataset"),
-    "finetune-equivariant": ("segvol.finetune.equivariant", "train an SO(3)-equivariant patch embedding beside the frozen SegVol"),
+    "taskspecific": (
+        "segvol.taskspecific.cli",
+        "train a task-specific baseline (nnU-Net, SwinUNETR, 3D UX-Net) on one dataset",
+    ),
+    "finetune-equivariant": (
+        "segvol.finetune.equivariant",
+        "train an SO(3)-equivariant patch embedding beside the frozen SegVol",
+    ),
     "evaluate": ("segvol.evaluate.cli", "paper evaluations: per-case scores, tables and figures"),
-    "own-data": ("segvol.own_data.cli", "fine-tune SegVol on your own labelled CTs (nnU-Net v2 raw dataset), "
-                 "scored before and after"),
+    "own-data": (
+        "segvol.own_data.cli",
+        "fine-tune SegVol on your own labelled CTs (nnU-Net v2 raw dataset), scored before and after",
+    ),
     "predict": ("segvol.infer.cli", "segment your own CT (NIfTI/NRRD/MHA/DICOM) with text, box and point prompts"),
     "serve": ("segvol.serve.cli", "interactive segmentation in the browser: points, boxes, text, three views"),
-    "categories": ("segvol.normalize.categories", "list the category names (text prompts) SegVol knows, with synonyms and datasets"),
+    "categories": (
+        "segvol.normalize.categories",
+        "list the category names (text prompts) SegVol knows, with synonyms and datasets",
+    ),
     "provenance": ("segvol.provenance", "tables of what made each result and of each job's runtime and memory"),
 }
 
@@ -43,7 +54,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segvol",
         description="SegVol: universal, promptable 3D CT segmentation (NeurIPS 2024), reproducible.",
-        epilog="flags with one meaning in every command that takes them:\n" + COMMON_FLAGS
+        epilog="flags with one meaning in every command that takes them:\n"
+        + COMMON_FLAGS
         + "\n\n`segvol COMMAND --help` lists a command's flags.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

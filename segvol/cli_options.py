@@ -35,9 +35,11 @@ def _positive(text: str) -> int:
 QUIET_HELP = "only warnings and errors, no progress bars"
 # segvol.model.image_encoder.PRECISIONS, repeated here so that --help does not import torch.
 PRECISIONS = ("fp32", "bf16")
-PRECISION_HELP = ("image-encoder arithmetic: fp32 (default; the released network's numbers) or bf16 (bfloat16 "
-                  "matmuls: ~2x faster encoder on CPUs with AMX/AVX512-BF16 and on GPUs, slower on other CPUs; "
-                  "embeddings differ by ~1e-2, label maps agree to Dice >= 0.99; docs/performance.md)")
+PRECISION_HELP = (
+    "image-encoder arithmetic: fp32 (default; the released network's numbers) or bf16 (bfloat16 "
+    "matmuls: ~2x faster encoder on CPUs with AMX/AVX512-BF16 and on GPUs, slower on other CPUs; "
+    "embeddings differ by ~1e-2, label maps agree to Dice >= 0.99; docs/performance.md)"
+)
 THREADS_HELP = "torch CPU threads (default: torch's choice)"
 
 
@@ -58,18 +60,26 @@ def add_common_arguments(
     seed: what the seed drives, for the help text (None: no `--seed`).
     """
     if params is not None:
-        parser.add_argument("--params", default="{}", metavar="JSON",
-                            help=f"the `{params}:` config block as JSON; missing keys get the schema defaults")
+        parser.add_argument(
+            "--params",
+            default="{}",
+            metavar="JSON",
+            help=f"the `{params}:` config block as JSON; missing keys get the schema defaults",
+        )
     if model:
         parser.add_argument("--model", default="{}", metavar="JSON", help="the `model:` config block as JSON")
     if device:
         add_device_argument(parser)
     if threads:
-        parser.add_argument("--threads", type=_positive, default=None, metavar="N",
-                            help=THREADS_HELP)
+        parser.add_argument("--threads", type=_positive, default=None, metavar="N", help=THREADS_HELP)
     if jobs:
-        parser.add_argument("--jobs", type=_positive, default=1, metavar="N",
-                            help="cases processed in parallel, one worker process each (default 1)")
+        parser.add_argument(
+            "--jobs",
+            type=_positive,
+            default=1,
+            metavar="N",
+            help="cases processed in parallel, one worker process each (default 1)",
+        )
     if seed is not None:
         parser.add_argument("--seed", type=int, default=2023, metavar="N", help=f"{seed} (default 2023)")
     if quiet:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Iterable, TextIO
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 EVERY_SECONDS = 30.0
 EVERY_FRACTION = 0.1
@@ -46,10 +47,20 @@ def progress_bar(
     if not disable and _is_terminal(stream):
         from tqdm import tqdm
 
-        return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, leave=leave, file=stream,
-                    dynamic_ncols=True)
-    return LineProgress(iterable, total=total, initial=initial, desc=desc, unit=unit, disable=disable,
-                        stream=stream, every_seconds=every_seconds, every_fraction=every_fraction)
+        return tqdm(
+            iterable, total=total, initial=initial, desc=desc, unit=unit, leave=leave, file=stream, dynamic_ncols=True
+        )
+    return LineProgress(
+        iterable,
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        disable=disable,
+        stream=stream,
+        every_seconds=every_seconds,
+        every_fraction=every_fraction,
+    )
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -62,9 +73,19 @@ def _is_terminal(stream: TextIO) -> bool:
 class LineProgress:
     """Progress as whole lines: periodic (time and fraction of the total) and one at the end."""
 
-    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, initial: int = 0,
-                 desc: str = "", unit: str = "it", disable: bool = False, stream: TextIO | None = None,
-                 every_seconds: float = EVERY_SECONDS, every_fraction: float = EVERY_FRACTION):
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        total: int | None = None,
+        initial: int = 0,
+        desc: str = "",
+        unit: str = "it",
+        disable: bool = False,
+        stream: TextIO | None = None,
+        every_seconds: float = EVERY_SECONDS,
+        every_fraction: float = EVERY_FRACTION,
+    ):
         self.iterable = iterable
         self.total = total
         self.n = int(initial)
@@ -85,7 +106,7 @@ class LineProgress:
             self.update(1)
         self.close()
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc: Any) -> bool:

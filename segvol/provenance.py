@@ -27,8 +27,20 @@ from pathlib import Path
 
 SUFFIX = ".provenance.json"
 # The packages whose version changes a number in our outputs.
-PACKAGES = ("torch", "numpy", "monai", "transformers", "huggingface_hub", "safetensors", "scipy", "pandas",
-            "zarr", "nibabel", "SimpleITK", "snakemake")
+PACKAGES = (
+    "torch",
+    "numpy",
+    "monai",
+    "transformers",
+    "huggingface_hub",
+    "safetensors",
+    "scipy",
+    "pandas",
+    "zarr",
+    "nibabel",
+    "SimpleITK",
+    "snakemake",
+)
 # Folder entries hashed by content (the rest, Zarr chunks, by name and size): outside `c/`, this small.
 _METADATA_BYTES = 1 << 20
 
@@ -87,10 +99,16 @@ def _git() -> dict:
     """Commit of the repository the segvol package runs from (none for an installed copy)."""
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=30, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=60, check=True).stdout
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": bool(status.strip())}
@@ -190,19 +208,21 @@ def provenance_table(results: str | os.PathLike):
     rows = []
     for sidecar in sorted(Path(results).rglob("*" + SUFFIX)):
         record = json.loads(sidecar.read_text(encoding="utf-8"))
-        rows.append({
-            "output": sidecar.relative_to(results).as_posix()[: -len(SUFFIX)],
-            "sha256": record.get("sha256", "")[:12],
-            "segvol": record.get("segvol"),
-            "commit": (record.get("git") or {}).get("commit"),
-            "dirty": (record.get("git") or {}).get("dirty"),
-            "device": record.get("device"),
-            "world_size": record.get("world_size"),
-            "slurm_job_id": record.get("slurm_job_id"),
-            "torch": (record.get("packages") or {}).get("torch"),
-            "inputs": len(record.get("inputs") or []),
-            "created": record.get("created"),
-        })
+        rows.append(
+            {
+                "output": sidecar.relative_to(results).as_posix()[: -len(SUFFIX)],
+                "sha256": record.get("sha256", "")[:12],
+                "segvol": record.get("segvol"),
+                "commit": (record.get("git") or {}).get("commit"),
+                "dirty": (record.get("git") or {}).get("dirty"),
+                "device": record.get("device"),
+                "world_size": record.get("world_size"),
+                "slurm_job_id": record.get("slurm_job_id"),
+                "torch": (record.get("packages") or {}).get("torch"),
+                "inputs": len(record.get("inputs") or []),
+                "created": record.get("created"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -218,14 +238,16 @@ def runtime_table(benchmarks: str | os.PathLike):
         relative = tsv.relative_to(benchmarks).with_suffix("")
         rule = relative.parts[0]
         last = frame.iloc[-1]
-        rows.append({
-            "rule": rule,
-            "job": "/".join(relative.parts[1:]) or rule,
-            "seconds": round(float(last["s"]), 2),
-            "max_rss_mb": round(float(last.get("max_rss", float("nan"))), 1),
-            "max_vms_mb": round(float(last.get("max_vms", float("nan"))), 1),
-            "cpu_seconds": round(float(last.get("cpu_time", float("nan"))), 2),
-        })
+        rows.append(
+            {
+                "rule": rule,
+                "job": "/".join(relative.parts[1:]) or rule,
+                "seconds": round(float(last["s"]), 2),
+                "max_rss_mb": round(float(last.get("max_rss", float("nan"))), 1),
+                "max_vms_mb": round(float(last.get("max_vms", float("nan"))), 1),
+                "cpu_seconds": round(float(last.get("cpu_time", float("nan"))), 2),
+            }
+        )
     return pd.DataFrame(rows, columns=["rule", "job", "seconds", "max_rss_mb", "max_vms_mb", "cpu_seconds"])
 
 

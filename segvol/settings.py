@@ -108,8 +108,12 @@ def _refuse_non_finite(value: Any, path: tuple, flag: str = "") -> None:
 
 TEXT_ENCODER_NAMES = ("clip", "minilm")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                 "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 def text_encoder_folder_problem(value: str) -> str | None:
@@ -135,8 +139,10 @@ def text_encoder_folder_problem(value: str) -> str | None:
 
 
 def _check_model_paths(model: Mapping, root: tuple, flag: str = "") -> None:
-    for path, value in ((("text_encoder",), model.get("text_encoder")),
-                        (("overrides", "text_encoder"), (model.get("overrides") or {}).get("text_encoder"))):
+    for path, value in (
+        (("text_encoder",), model.get("text_encoder")),
+        (("overrides", "text_encoder"), (model.get("overrides") or {}).get("text_encoder")),
+    ):
         if isinstance(value, str):
             problem = text_encoder_folder_problem(value)
             if problem:
@@ -153,8 +159,9 @@ def validated_config(config: Mapping) -> dict:
     _raise_first_error(dict(config), schema())
     filled = _fill_defaults(dict(config), schema())
     if not filled["datasets"]["train"]:
-        raise ValueError("datasets.train: no training dataset; fine-tuning (and every table made from its model) "
-                         "needs at least one")
+        raise ValueError(
+            "datasets.train: no training dataset; fine-tuning (and every table made from its model) needs at least one"
+        )
     _check_model_paths(filled["model"], ("model",))
     return filled
 

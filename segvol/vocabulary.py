@@ -39,8 +39,7 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "bladder": ("urinary bladder",),
     "aorta": ("arota", "abdominal aorta"),
     "inferior vena cava": ("postcava", "ivc", "vena cava inferior", "inferior vena cava ivc"),
-    "portal vein and splenic vein": ("portal vein splenic vein", "portal and splenic vein",
-                                     "portal splenic vein"),
+    "portal vein and splenic vein": ("portal vein splenic vein", "portal and splenic vein", "portal splenic vein"),
     "kidney": ("kidneys",),
     "left kidney": ("kidney left", "kidney l", "l kidney"),
     "right kidney": ("kidney right", "kidney r", "r kidney"),
@@ -99,8 +98,9 @@ def _add(vocabulary: dict, name: str, dataset: str | None) -> None:
 
 
 @lru_cache(maxsize=8)
-def _known(registry: str | None, config: str | None, stores: tuple[str, ...],
-           checkpoints: tuple[str, ...] = ()) -> dict:
+def _known(
+    registry: str | None, config: str | None, stores: tuple[str, ...], checkpoints: tuple[str, ...] = ()
+) -> dict:
     import yaml
 
     vocabulary: dict = {}
@@ -136,13 +136,18 @@ def _known(registry: str | None, config: str | None, stores: tuple[str, ...],
 
         for name in read_vocabulary(source):
             _add(vocabulary, name, f"checkpoint {Path(source).name}")
-    return {name: {"synonyms": sorted(entry["synonyms"]), "datasets": sorted(entry["datasets"])}
-            for name, entry in sorted(vocabulary.items())}
+    return {
+        name: {"synonyms": sorted(entry["synonyms"]), "datasets": sorted(entry["datasets"])}
+        for name, entry in sorted(vocabulary.items())
+    }
 
 
-def known_categories(registry: str | os.PathLike | None = DEFAULT_REGISTRY,
-                     config: str | os.PathLike | None = DEFAULT_CONFIG,
-                     stores=(), checkpoints=()) -> dict[str, dict[str, list[str]]]:
+def known_categories(
+    registry: str | os.PathLike | None = DEFAULT_REGISTRY,
+    config: str | os.PathLike | None = DEFAULT_CONFIG,
+    stores=(),
+    checkpoints=(),
+) -> dict[str, dict[str, list[str]]]:
     """`{canonical name: {"synonyms": [...], "datasets": [...]}}`, sorted by name.
 
     Sources: the synonym table, the registry's `labels`/`regions` (entries whose labels come from
@@ -153,6 +158,7 @@ def known_categories(registry: str | os.PathLike | None = DEFAULT_REGISTRY,
     registry/config (an installed package without the repository) is skipped; a missing file
     given explicitly is an error.
     """
+
     def usable(path, default):
         if path is None:
             return None
@@ -162,15 +168,19 @@ def known_categories(registry: str | os.PathLike | None = DEFAULT_REGISTRY,
             raise FileNotFoundError(f"{path}: not found")
         return str(Path(path).resolve())
 
-    return _known(usable(registry, DEFAULT_REGISTRY), usable(config, DEFAULT_CONFIG),
-                  tuple(str(Path(s).resolve()) for s in stores),
-                  tuple(str(c if "://" in str(c) else Path(c).resolve()) for c in checkpoints))
+    return _known(
+        usable(registry, DEFAULT_REGISTRY),
+        usable(config, DEFAULT_CONFIG),
+        tuple(str(Path(s).resolve()) for s in stores),
+        tuple(str(c if "://" in str(c) else Path(c).resolve()) for c in checkpoints),
+    )
 
 
 def near_names(name: str, vocabulary: dict, n: int = 3) -> list[str]:
     """Up to `n` canonical names that look like `name` (difflib over names and synonyms)."""
-    spellings = {spelling: canonical for canonical, entry in vocabulary.items()
-                 for spelling in (canonical, *entry["synonyms"])}
+    spellings = {
+        spelling: canonical for canonical, entry in vocabulary.items() for spelling in (canonical, *entry["synonyms"])
+    }
     matches = difflib.get_close_matches(normalize_text(name), list(spellings), n=3 * n, cutoff=0.6)
     return list(dict.fromkeys(spellings[m] for m in matches))[:n]
 

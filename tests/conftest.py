@@ -34,8 +34,11 @@ def run_outputs_state(repo: Path = REPO) -> dict[str, tuple]:
         for path in paths:
             info = path.lstat()
             kind = "dir" if stat.S_ISDIR(info.st_mode) else "file"
-            state[path.relative_to(repo).as_posix()] = (kind, None if kind == "dir" else info.st_size,
-                                                        None if kind == "dir" else info.st_mtime_ns)
+            state[path.relative_to(repo).as_posix()] = (
+                kind,
+                None if kind == "dir" else info.st_size,
+                None if kind == "dir" else info.st_mtime_ns,
+            )
     return state
 
 
@@ -43,8 +46,11 @@ def describe_changes(before: dict, after: dict, limit: int = 8) -> str:
     created = sorted(set(after) - set(before))
     removed = sorted(set(before) - set(after))
     changed = sorted(p for p in set(before) & set(after) if before[p] != after[p] and before[p][0] == "file")
-    parts = [f"{what}: {', '.join(paths[:limit])}{' ...' if len(paths) > limit else ''}"
-             for what, paths in (("created", created), ("removed", removed), ("changed", changed)) if paths]
+    parts = [
+        f"{what}: {', '.join(paths[:limit])}{' ...' if len(paths) > limit else ''}"
+        for what, paths in (("created", created), ("removed", removed), ("changed", changed))
+        if paths
+    ]
     return "; ".join(parts)
 
 
@@ -56,9 +62,11 @@ def leaves_the_clone_as_it_found_it(request):
     yield
     after = run_outputs_state()
     if after != before:
-        pytest.fail(f"{request.module.__name__} changed the clone's run outputs ({describe_changes(before, after)}); "
-                    "tests must work in temporary folders (tests/test_workflow.py: snakemake() runs in a copy)",
-                    pytrace=False)
+        pytest.fail(
+            f"{request.module.__name__} changed the clone's run outputs ({describe_changes(before, after)}); "
+            "tests must work in temporary folders (tests/test_workflow.py: snakemake() runs in a copy)",
+            pytrace=False,
+        )
 
 
 def work_tree_status(repo: Path = REPO) -> dict[str, tuple] | None:
@@ -67,8 +75,13 @@ def work_tree_status(repo: Path = REPO) -> dict[str, tuple] | None:
     import subprocess
 
     try:
-        listing = subprocess.run(["git", "status", "--porcelain=v1", "-z", "--untracked-files=all"], cwd=repo,
-                                 capture_output=True, timeout=60, check=False)
+        listing = subprocess.run(
+            ["git", "status", "--porcelain=v1", "-z", "--untracked-files=all"],
+            cwd=repo,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if listing.returncode != 0:
@@ -94,10 +107,14 @@ def leaves_the_work_tree_as_it_found_it():
     after = work_tree_status()
     if before is not None and after is not None and after != before:
         differing = sorted(path for path in set(before) | set(after) if before.get(path) != after.get(path))
-        shown = ", ".join(f"{path} ({after[path][0].strip() if path in after else 'restored or removed'})"
-                          for path in differing[:8])
-        pytest.fail(f"the tests changed the clone's files: {shown}{' ...' if len(differing) > 8 else ''}; "
-                    "tests must write only to temporary folders", pytrace=False)
+        shown = ", ".join(
+            f"{path} ({after[path][0].strip() if path in after else 'restored or removed'})" for path in differing[:8]
+        )
+        pytest.fail(
+            f"the tests changed the clone's files: {shown}{' ...' if len(differing) > 8 else ''}; "
+            "tests must write only to temporary folders",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

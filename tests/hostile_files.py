@@ -61,25 +61,37 @@ def huge_nifti2(path: Path, shape=(100000, 100000, 100000)) -> Path:
     return path
 
 
-def metaimage(path: Path, data_file: str, shape=(4, 5, 6), element_type: str = "MET_SHORT",
-              extra: str = "", payload: bytes = b"") -> Path:
+def metaimage(
+    path: Path, data_file: str, shape=(4, 5, 6), element_type: str = "MET_SHORT", extra: str = "", payload: bytes = b""
+) -> Path:
     """A MetaImage header (`.mhd` detached or `.mha`) whose ElementDataFile is `data_file`;
     `payload` is appended after the header (the data of `LOCAL`)."""
     dims = " ".join(str(n) for n in shape)
-    text = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-            f"CompressedData = False\nOffset = 0 0 0\nElementSpacing = 1 1 1\nDimSize = {dims}\n"
-            f"{extra}ElementType = {element_type}\nElementDataFile = {data_file}\n")
+    text = (
+        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+        f"CompressedData = False\nOffset = 0 0 0\nElementSpacing = 1 1 1\nDimSize = {dims}\n"
+        f"{extra}ElementType = {element_type}\nElementDataFile = {data_file}\n"
+    )
     path.write_bytes(text.encode() + payload)
     return path
 
 
-def nrrd(path: Path, data_file: str | None, shape=(4, 5, 6), type_name: str = "short", encoding: str = "raw",
-         extra: str = "", payload: bytes = b"") -> Path:
+def nrrd(
+    path: Path,
+    data_file: str | None,
+    shape=(4, 5, 6),
+    type_name: str = "short",
+    encoding: str = "raw",
+    extra: str = "",
+    payload: bytes = b"",
+) -> Path:
     """A NRRD header (`.nhdr` detached when `data_file` is given, else `.nrrd` with `payload` attached)."""
     sizes = " ".join(str(n) for n in shape)
-    text = (f"NRRD0004\ntype: {type_name}\ndimension: 3\nspace: left-posterior-superior\nsizes: {sizes}\n"
-            "space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\n"
-            f"endian: little\nencoding: {encoding}\n{extra}")
+    text = (
+        f"NRRD0004\ntype: {type_name}\ndimension: 3\nspace: left-posterior-superior\nsizes: {sizes}\n"
+        "space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\n"
+        f"endian: little\nencoding: {encoding}\n{extra}"
+    )
     if data_file is not None:
         text += f"data file: {data_file}\n"
     else:
@@ -94,8 +106,9 @@ def voxels(shape, dtype=np.int16, seed: int = 0) -> bytes:
     return values.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
 
 
-def dicom_series(folder: Path, count: int = 3, rows: int = 8, columns: int = 8, claimed: tuple | None = None,
-                 seed: int = 0) -> tuple[Path, np.ndarray]:
+def dicom_series(
+    folder: Path, count: int = 3, rows: int = 8, columns: int = 8, claimed: tuple | None = None, seed: int = 0
+) -> tuple[Path, np.ndarray]:
     """A tiny uncompressed CT series (int16, `count` slices of rows x columns, 1 mm apart) and its
     (slice, row, column) voxels; `claimed=(rows, columns)` writes those sizes into every header
     instead, keeping the small pixel data (a forged series)."""

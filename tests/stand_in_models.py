@@ -43,7 +43,7 @@ class BoxModel(nn.Module):
         for b in range(batch):
             if boxes is not None:
                 box = boxes[b].round().long().tolist()
-                out[b, 0, box[0]:box[3] + 1, box[1]:box[4] + 1, box[2]:box[5] + 1] = 4.0
+                out[b, 0, box[0] : box[3] + 1, box[1] : box[4] + 1, box[2] : box[5] + 1] = 4.0
             elif points is not None:
                 coords, labels = points
                 for point, label in zip(coords[b], labels[b]):

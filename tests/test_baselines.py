@@ -21,8 +21,8 @@ def test_next_click_targets_the_largest_error():
     truth = np.zeros((20, 20), bool)
     truth[2:12, 2:12] = True
     prediction = np.zeros_like(truth)
-    prediction[2:12, 2:5] = True           # misses 70 pixels
-    prediction[15:18, 15:18] = True        # 9 false positives
+    prediction[2:12, 2:5] = True  # misses 70 pixels
+    prediction[15:18, 15:18] = True  # 9 false positives
     coordinate, label = next_click(prediction, truth)
     assert label == 1 and truth[tuple(coordinate)] and not prediction[tuple(coordinate)]
     assert next_click(truth, truth) is None
@@ -43,7 +43,7 @@ def test_click_correction_adds_clicks_until_five():
 
     mask, clicks = click_correction(predict, truth, np.array([10, 10]), clicks=5)
     assert calls[0] == 1 and calls == sorted(calls) and len(clicks) <= 5
-    assert clicks[1][1] == 1 and truth[tuple(clicks[1][0])]   # second click fixes the missed blob
+    assert clicks[1][1] == 1 and truth[tuple(clicks[1][0])]  # second click fixes the missed blob
     assert dice(mask, truth) > dice(predict(np.array([[10, 10]]), np.array([1]), None) > 0, truth)
 
 
@@ -53,12 +53,24 @@ def tiny_sam():
 
     torch.manual_seed(0)
     config = SamConfig(
-        vision_config=SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=1, num_attention_heads=2,
-                                      image_size=64, patch_size=16, window_size=2, global_attn_indexes=[0],
-                                      num_pos_feats=8, mlp_dim=32),
-        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=SamMaskDecoderConfig(hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2,
-                                                 iou_head_hidden_dim=16),
+        vision_config=SamVisionConfig(
+            hidden_size=32,
+            output_channels=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=16,
+            window_size=2,
+            global_attn_indexes=[0],
+            num_pos_feats=8,
+            mlp_dim=32,
+        ),
+        prompt_encoder_config=SamPromptEncoderConfig(
+            hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4
+        ),
+        mask_decoder_config=SamMaskDecoderConfig(
+            hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16
+        ),
     )
     from transformers import SamModel
 
@@ -91,26 +103,42 @@ def test_methods_without_checkpoint_do_not_run():
 
 
 ORIGINAL_SAM_KEYS = [  # key names of segment-anything's sam_vit_b checkpoint (one of each kind)
-    "image_encoder.pos_embed", "image_encoder.patch_embed.proj.weight", "image_encoder.blocks.0.norm1.weight",
-    "image_encoder.blocks.0.attn.qkv.weight", "image_encoder.blocks.0.attn.rel_pos_h",
-    "image_encoder.blocks.0.attn.proj.bias", "image_encoder.blocks.0.norm2.bias",
-    "image_encoder.blocks.0.mlp.lin1.weight", "image_encoder.blocks.0.mlp.lin2.bias",
-    "image_encoder.neck.0.weight", "image_encoder.neck.1.weight", "image_encoder.neck.2.weight",
-    "image_encoder.neck.3.bias", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
-    "prompt_encoder.point_embeddings.3.weight", "prompt_encoder.not_a_point_embed.weight",
-    "prompt_encoder.no_mask_embed.weight", "prompt_encoder.mask_downscaling.0.weight",
-    "prompt_encoder.mask_downscaling.1.bias", "prompt_encoder.mask_downscaling.6.weight",
-    "mask_decoder.iou_token.weight", "mask_decoder.mask_tokens.weight",
+    "image_encoder.pos_embed",
+    "image_encoder.patch_embed.proj.weight",
+    "image_encoder.blocks.0.norm1.weight",
+    "image_encoder.blocks.0.attn.qkv.weight",
+    "image_encoder.blocks.0.attn.rel_pos_h",
+    "image_encoder.blocks.0.attn.proj.bias",
+    "image_encoder.blocks.0.norm2.bias",
+    "image_encoder.blocks.0.mlp.lin1.weight",
+    "image_encoder.blocks.0.mlp.lin2.bias",
+    "image_encoder.neck.0.weight",
+    "image_encoder.neck.1.weight",
+    "image_encoder.neck.2.weight",
+    "image_encoder.neck.3.bias",
+    "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+    "prompt_encoder.point_embeddings.3.weight",
+    "prompt_encoder.not_a_point_embed.weight",
+    "prompt_encoder.no_mask_embed.weight",
+    "prompt_encoder.mask_downscaling.0.weight",
+    "prompt_encoder.mask_downscaling.1.bias",
+    "prompt_encoder.mask_downscaling.6.weight",
+    "mask_decoder.iou_token.weight",
+    "mask_decoder.mask_tokens.weight",
     "mask_decoder.transformer.layers.0.self_attn.q_proj.weight",
-    "mask_decoder.transformer.layers.0.norm1.weight", "mask_decoder.transformer.layers.0.mlp.lin1.weight",
+    "mask_decoder.transformer.layers.0.norm1.weight",
+    "mask_decoder.transformer.layers.0.mlp.lin1.weight",
     "mask_decoder.transformer.layers.0.cross_attn_image_to_token.out_proj.bias",
     "mask_decoder.transformer.final_attn_token_to_image.k_proj.weight",
-    "mask_decoder.transformer.norm_final_attn.weight", "mask_decoder.output_upscaling.0.weight",
-    "mask_decoder.output_upscaling.1.weight", "mask_decoder.output_upscaling.3.bias",
+    "mask_decoder.transformer.norm_final_attn.weight",
+    "mask_decoder.output_upscaling.0.weight",
+    "mask_decoder.output_upscaling.1.weight",
+    "mask_decoder.output_upscaling.3.bias",
     "mask_decoder.output_hypernetworks_mlps.0.layers.0.weight",
     "mask_decoder.output_hypernetworks_mlps.3.layers.1.bias",
     "mask_decoder.output_hypernetworks_mlps.2.layers.2.weight",
-    "mask_decoder.iou_prediction_head.layers.0.weight", "mask_decoder.iou_prediction_head.layers.2.bias",
+    "mask_decoder.iou_prediction_head.layers.0.weight",
+    "mask_decoder.iou_prediction_head.layers.2.bias",
 ]
 
 
@@ -136,6 +164,10 @@ def test_original_sam_vit_b_file_loads_into_transformers(tmp_path):
     torch.save(original.state_dict(), path)
     loaded = load_sam(path)
     assert torch.equal(loaded.vision_encoder.pos_embed, original.image_encoder.pos_embed)
-    assert torch.equal(loaded.vision_encoder.layers[11].attn.rel_pos_h, original.image_encoder.blocks[11].attn.rel_pos_h)
-    assert torch.equal(loaded.mask_decoder.iou_prediction_head.proj_out.weight,
-                       original.mask_decoder.iou_prediction_head.layers[2].weight)
+    assert torch.equal(
+        loaded.vision_encoder.layers[11].attn.rel_pos_h, original.image_encoder.blocks[11].attn.rel_pos_h
+    )
+    assert torch.equal(
+        loaded.mask_decoder.iou_prediction_head.proj_out.weight,
+        original.mask_decoder.iou_prediction_head.layers[2].weight,
+    )

@@ -11,12 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
-from segvol.model import build_model, model_config
-from segvol.model import checkpoint
+from segvol.model import build_model, checkpoint, model_config
 
 torch.set_num_threads(1)
 
@@ -165,7 +164,9 @@ def test_failed_save_leaves_nothing(tiny_model, tmp_path, monkeypatch):
 
 def test_simmim_encoder_checkpoint_loads_only_the_encoder(tiny_model, tmp_path):
     generator = torch.Generator().manual_seed(5)
-    encoder_state = {k: torch.randn(v.shape, generator=generator) for k, v in tiny_model.image_encoder.state_dict().items()}
+    encoder_state = {
+        k: torch.randn(v.shape, generator=generator) for k, v in tiny_model.image_encoder.state_dict().items()
+    }
     simmim = {"model.encoder." + k: v for k, v in encoder_state.items()}
     simmim["model.decoder.0.weight"] = torch.zeros(3, 3)  # SimMIM's reconstruction head is ignored
     path = tmp_path / "ViT_pretrain.ckpt"
@@ -204,8 +205,10 @@ def test_untrusted_and_broken_files_are_refused(tmp_path):
     assert not marker.exists()
     # Plain training metadata saved beside the weights (argparse options, numpy scalars) is data, not code.
     options = tmp_path / "with_options.pth"
-    torch.save({"model_state_dict": {"a": torch.ones(1)}, "args": argparse.Namespace(lr=1e-4),
-                "best": np.float64(0.5)}, options)
+    torch.save(
+        {"model_state_dict": {"a": torch.ones(1)}, "args": argparse.Namespace(lr=1e-4), "best": np.float64(0.5)},
+        options,
+    )
     assert torch.equal(checkpoint.read_weights(options)["a"], torch.ones(1))
     junk = tmp_path / "junk.bin"
     junk.write_bytes(os.urandom(64))

@@ -17,9 +17,14 @@ torch.set_num_threads(1)
 
 def test_mapped_safetensors_equal_the_library_reading_even_misaligned(tmp_path):
     path = tmp_path / "mixed.safetensors"
-    tensors = {"a_flag": torch.tensor([True, False, True]),  # 3 bytes: what follows is misaligned
-               "b_weight": torch.randn(5, 7), "c_half": torch.randn(3).half(), "d_count": torch.tensor(7),
-               "e_bf16": torch.randn(4, 2).bfloat16(), "f_long": torch.arange(5)}
+    tensors = {
+        "a_flag": torch.tensor([True, False, True]),  # 3 bytes: what follows is misaligned
+        "b_weight": torch.randn(5, 7),
+        "c_half": torch.randn(3).half(),
+        "d_count": torch.tensor(7),
+        "e_bf16": torch.randn(4, 2).bfloat16(),
+        "f_long": torch.arange(5),
+    }
     save_file(tensors, str(path), metadata={"format": "test"})
     mapped = _mapped_safetensors(path)
     expected = load_file(str(path))

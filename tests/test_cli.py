@@ -31,8 +31,17 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
 
 # ---- one set of flags, one meaning ------------------------------------------------------------
 
-MODEL_COMMANDS = [["evaluate", "cases"], ["evaluate", "table3"], ["evaluate", "fig5"], ["evaluate", "table6"],
-                  ["evaluate", "rotation"], ["evaluate", "mri"], ["pretrain"], ["finetune"], ["predict"]]
+MODEL_COMMANDS = [
+    ["evaluate", "cases"],
+    ["evaluate", "table3"],
+    ["evaluate", "fig5"],
+    ["evaluate", "table6"],
+    ["evaluate", "rotation"],
+    ["evaluate", "mri"],
+    ["pretrain"],
+    ["finetune"],
+    ["predict"],
+]
 
 
 def test_top_level_help_documents_the_shared_flags(capsys):
@@ -90,7 +99,7 @@ def test_shared_flags_have_one_meaning(command):
     for flag in ("--quiet", "--threads", "--jobs", "--device", "--model"):
         for name, text in helps.get(flag, {}).items():
             assert text == expected[flag], f"{name} {flag} means {text!r}, elsewhere {expected[flag]!r}"
-    for name, text in helps.get("--params", {}).items():
+    for text in helps.get("--params", {}).values():
         assert text.startswith("the `") and text.endswith("config block as JSON; missing keys get the schema defaults")
 
 
@@ -113,20 +122,48 @@ def test_quiet_and_threads_take_effect(monkeypatch):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["finetune", "--zarr", "z", "--out", "o.safetensors", "--params", '{"steps": -5, "lr": "fast"}'],
-     "segvol finetune: error: --params: finetune."),
-    (["pretrain", "--zarr", "z", "--out", "o.safetensors", "--model", '{"preset": "huge"}'],
-     "segvol pretrain: error: --model: model.preset: 'huge' is not one of ['base', 'tiny']"),
-    (["pseudo", "--zarr", "z", "--out", "o.zarr", "--params", '{"grid": [32, 64]}'],
-     "segvol pseudo: error: --params: pseudo.grid: [32, 64] is too short"),
-    (["normalize", "--raw", "r", "--out", "o.zarr", "--params", "{chunks: [1, 2, 3]}"],
-     "segvol normalize: error: --params: not valid JSON"),
-    (["synth", "--dataset", "a", "--out", "o", "--params", '{"shape_max": [8, 64, 64]}'],
-     "segvol synth: error: --params: synth.shape_max.0: 8 is less than the minimum of 16"),
-    (["evaluate", "table2", "--cases", "c", "--out", "t.csv", "--per-case", "p", "--methods", "m",
-      "--params", '{"prompt": "boxes"}'], "segvol evaluate: error: --params: evaluate.prompt: 'boxes' is not one of"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["finetune", "--zarr", "z", "--out", "o.safetensors", "--params", '{"steps": -5, "lr": "fast"}'],
+            "segvol finetune: error: --params: finetune.",
+        ),
+        (
+            ["pretrain", "--zarr", "z", "--out", "o.safetensors", "--model", '{"preset": "huge"}'],
+            "segvol pretrain: error: --model: model.preset: 'huge' is not one of ['base', 'tiny']",
+        ),
+        (
+            ["pseudo", "--zarr", "z", "--out", "o.zarr", "--params", '{"grid": [32, 64]}'],
+            "segvol pseudo: error: --params: pseudo.grid: [32, 64] is too short",
+        ),
+        (
+            ["normalize", "--raw", "r", "--out", "o.zarr", "--params", "{chunks: [1, 2, 3]}"],
+            "segvol normalize: error: --params: not valid JSON",
+        ),
+        (
+            ["synth", "--dataset", "a", "--out", "o", "--params", '{"shape_max": [8, 64, 64]}'],
+            "segvol synth: error: --params: synth.shape_max.0: 8 is less than the minimum of 16",
+        ),
+        (
+            [
+                "evaluate",
+                "table2",
+                "--cases",
+                "c",
+                "--out",
+                "t.csv",
+                "--per-case",
+                "p",
+                "--methods",
+                "m",
+                "--params",
+                '{"prompt": "boxes"}',
+            ],
+            "segvol evaluate: error: --params: evaluate.prompt: 'boxes' is not one of",
+        ),
+    ],
+)
 def test_bad_params_stop_the_command_with_one_line(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
@@ -154,8 +191,10 @@ class _RecordingModel:
         return self
 
 
-@pytest.mark.parametrize("device, cuda, expected", [("cuda:1", True, "cuda:1"), ("auto", True, "cuda"),
-                                                    ("cpu", True, "cpu"), ("auto", False, "cpu")])
+@pytest.mark.parametrize(
+    "device, cuda, expected",
+    [("cuda:1", True, "cuda:1"), ("auto", True, "cuda"), ("cpu", True, "cpu"), ("auto", False, "cpu")],
+)
 @pytest.mark.parametrize("evaluation", ["cases", "table3", "rotation"])
 def test_evaluate_runs_the_model_on_the_chosen_device(evaluation, device, cuda, expected, tmp_path, monkeypatch):
     import torch
@@ -181,10 +220,20 @@ def test_evaluate_runs_the_model_on_the_chosen_device(evaluation, device, cuda, 
     weights.write_bytes(b"")
     store = write_store(tmp_path / "ext.zarr", n_cases=1)
     out = tmp_path / "out.csv"
-    argv = {"cases": ["--zarr", str(store), "--out", str(out), "--segvol-only"],
-            "table3": ["--zarr", str(store), "--out", str(out)],
-            "rotation": ["--zarr", str(store), "--out", str(out), "--per-case", str(tmp_path / "p.parquet"),
-                         "--png", str(tmp_path / "r.png")]}[evaluation]
+    argv = {
+        "cases": ["--zarr", str(store), "--out", str(out), "--segvol-only"],
+        "table3": ["--zarr", str(store), "--out", str(out)],
+        "rotation": [
+            "--zarr",
+            str(store),
+            "--out",
+            str(out),
+            "--per-case",
+            str(tmp_path / "p.parquet"),
+            "--png",
+            str(tmp_path / "r.png"),
+        ],
+    }[evaluation]
     assert main(["evaluate", evaluation, "--checkpoint", str(weights), *argv, "--device", device, "--quiet"]) == 0
     assert model.moved_to == [torch.device(expected)]
     assert segmented_with and all(used is model for used in segmented_with)
@@ -195,11 +244,25 @@ def test_evaluate_refuses_a_missing_device_before_reading_anything(tmp_path, mon
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "out.parquet"
-    code = main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(tmp_path / "none.zarr"), "--out", str(out),
-                 "--device", "cuda"])
+    code = main(
+        [
+            "evaluate",
+            "cases",
+            "--checkpoint",
+            "m",
+            "--zarr",
+            str(tmp_path / "none.zarr"),
+            "--out",
+            str(out),
+            "--device",
+            "cuda",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert err == "segvol evaluate: error: --device cuda: CUDA is not available on this machine (use --device cpu or auto)"
+    assert (
+        err == "segvol evaluate: error: --device cuda: CUDA is not available on this machine (use --device cpu or auto)"
+    )
     assert not out.exists()
 
 
@@ -214,18 +277,39 @@ def test_baselines_are_built_on_the_chosen_device(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sam.ARCHITECTURES, "sam-med3d", {**sam.ARCHITECTURES["sam-med3d"], **TINY_3D})
     torch.save({"model_state_dict": randomized(sam.build("sam-med3d")).state_dict()}, tmp_path / "sam_med3d_turbo.pth")
-    runs, _ = baselines.build_baselines(["SAM-Med3D"], {"SAM-Med3D": str(tmp_path / "sam_med3d_turbo.pth")},
-                                        device=torch.device("meta"))
+    runs, _ = baselines.build_baselines(
+        ["SAM-Med3D"], {"SAM-Med3D": str(tmp_path / "sam_med3d_turbo.pth")}, device=torch.device("meta")
+    )
     assert len(runs) == 1 and {p.device.type for p in runs[0].model.parameters()} == {"meta"}
 
     given = []
-    monkeypatch.setattr(baselines, "build_baselines", lambda methods, checkpoints, device=None: given.append(device) or ([], {}))
+    monkeypatch.setattr(
+        baselines, "build_baselines", lambda methods, checkpoints, device=None: given.append(device) or ([], {})
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     from tests.test_evaluate import write_store
 
     store = write_store(tmp_path / "ext.zarr", n_cases=1)
     params = '{"methods": ["SAM-Med3D"], "baseline_checkpoints": {"SAM-Med3D": "x.pth"}}'
-    assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(tmp_path / "c.parquet"),
-                 "--params", params, "--device", "cuda:0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "cases",
+                "--checkpoint",
+                "m",
+                "--zarr",
+                str(store),
+                "--out",
+                str(tmp_path / "c.parquet"),
+                "--params",
+                params,
+                "--device",
+                "cuda:0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert given == [torch.device("cuda:0")]

@@ -44,16 +44,18 @@ def test_readme_override_fragments_are_valid(value):
     assert_ok(snakemake("-n", "--config", value))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model={preset: huge}", "model.preset: 'huge' is not one of ['base', 'tiny']"),
-    ("finetune={lr: fast}", "finetune.lr: 'fast' is not of type 'number'"),
-    ("pseudo={grid: [32, 64]}", "pseudo.grid: [32, 64] is too short"),
-    ("paths={rwa: data/raw}", "paths: unknown key(s) 'rwa'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model={preset: huge}", "model.preset: 'huge' is not one of ['base', 'tiny']"),
+        ("finetune={lr: fast}", "finetune.lr: 'fast' is not of type 'number'"),
+        ("pseudo={grid: [32, 64]}", "pseudo.grid: [32, 64] is too short"),
+        ("paths={rwa: data/raw}", "paths: unknown key(s) 'rwa'"),
+    ],
+)
 def test_bad_config_stops_before_any_job_with_one_line(override, message):
     result = snakemake("-n", "--config", override)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert any(line.startswith(message) for line in output.splitlines()), output[-3000:]
     assert "Job stats" not in output
-

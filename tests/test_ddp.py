@@ -22,18 +22,35 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world: int, port: int, stores: dict, out: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world),
-                       "RANK": str(rank), "LOCAL_RANK": str(rank)})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": str(world),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+        }
+    )
     from segvol.finetune.train import finetune
 
-    finetune(stores["zarr"], stores["pseudo"], out, settings(steps=STEPS, batch_size=1, lr=LR, checkpoint_every=0),
-             TEST_MODEL, seed=9, threads=1, device="cpu")
+    finetune(
+        stores["zarr"],
+        stores["pseudo"],
+        out,
+        settings(steps=STEPS, batch_size=1, lr=LR, checkpoint_every=0),
+        TEST_MODEL,
+        seed=9,
+        threads=1,
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
-    a = make_store(base / "zarr" / "ds_a.zarr", "ds_a", ["liver", "spleen"], 4, 1, pseudo_path=base / "pseudo" / "ds_a.zarr")
+    a = make_store(
+        base / "zarr" / "ds_a.zarr", "ds_a", ["liver", "spleen"], 4, 1, pseudo_path=base / "pseudo" / "ds_a.zarr"
+    )
     return {"zarr": [str(a)], "pseudo": [str(base / "pseudo" / "ds_a.zarr")]}
 
 
@@ -47,12 +64,21 @@ def test_two_gloo_ranks_match_one_process_with_the_combined_batch(stores, tmp_pa
         monkeypatch.delenv(name, raising=False)
     torch.set_num_threads(1)
     single = tmp_path / "single" / "model.safetensors"
-    finetune(stores["zarr"], stores["pseudo"], str(single),
-             settings(steps=STEPS, batch_size=2, lr=LR, checkpoint_every=0), TEST_MODEL, seed=9, threads=1, device="cpu")
+    finetune(
+        stores["zarr"],
+        stores["pseudo"],
+        str(single),
+        settings(steps=STEPS, batch_size=2, lr=LR, checkpoint_every=0),
+        TEST_MODEL,
+        seed=9,
+        threads=1,
+        device="cpu",
+    )
 
     distributed = tmp_path / "ddp" / "model.safetensors"
     context = torch.multiprocessing.start_processes(
-        _rank_main, args=(2, _free_port(), stores, str(distributed)), nprocs=2, join=False, start_method="spawn")
+        _rank_main, args=(2, _free_port(), stores, str(distributed)), nprocs=2, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + 240
     while not context.join(timeout=5):
         if time.monotonic() > deadline:

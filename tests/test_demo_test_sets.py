@@ -25,8 +25,11 @@ from tests.test_workflow import REPO
 
 EXTERNAL = ("ext_organs", "ext_lesions", "ext_vessels")
 ORGANS = ["liver", "spleen", "left kidney", "right kidney", "aorta", "inferior vena cava"]
-LABELS = {"ext_organs": ORGANS, "ext_lesions": ["liver tumor", "kidney tumor"],
-          "ext_vessels": ["aorta", "inferior vena cava", "vertebrae"]}
+LABELS = {
+    "ext_organs": ORGANS,
+    "ext_lesions": ["liver tumor", "kidney tumor"],
+    "ext_vessels": ["aorta", "inferior vena cava", "vertebrae"],
+}
 
 # config name -> (seed, orientations, {dataset: (n_cases, shape_max)})
 PINNED_SPECS = {

@@ -18,8 +18,15 @@ def test_auto_prefers_cuda(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda")
 
 
-@pytest.mark.parametrize("spec, words", [("cuda", "CUDA is not available"), ("cuda:1", "CUDA is not available"),
-                                         ("mps", "MPS is not available"), ("tpu", "expected one of")])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("cuda", "CUDA is not available"),
+        ("cuda:1", "CUDA is not available"),
+        ("mps", "MPS is not available"),
+        ("tpu", "expected one of"),
+    ],
+)
 def test_missing_or_malformed_device_is_one_line(monkeypatch, spec, words):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

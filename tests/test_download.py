@@ -152,8 +152,12 @@ def test_retries_are_bounded(server, tmp_path):
     server.files["/f.bin"] = os.urandom(5_000)
     server.cuts_left, server.cut_after = 100, 0  # every response is cut before any byte
     with pytest.raises(RuntimeError, match="giving up after 3 retries"):
-        fetch(_loopback_file(f"{server.url}/f.bin", "f.bin", None, 5_000), tmp_path,
-              **{**FAST, "backoff_s": 1.0}, sleep=slept.append)
+        fetch(
+            _loopback_file(f"{server.url}/f.bin", "f.bin", None, 5_000),
+            tmp_path,
+            **{**FAST, "backoff_s": 1.0},
+            sleep=slept.append,
+        )
     assert len(server.requests) == 4
     assert slept == [1.0, 2.0, 4.0]  # exponential backoff
     assert not (tmp_path / "f.bin").exists()
@@ -222,7 +226,9 @@ def test_tar_traversal_and_escaping_links_refused(tmp_path, member):
 
 
 def test_tar_internal_link_and_limits(tmp_path):
-    archive = _tar(tmp_path / "ok.tar.gz", lambda b: (_tar_file(b, "d/a.txt", b"hello"), _tar_link(b, "d/b.txt", "a.txt")))
+    archive = _tar(
+        tmp_path / "ok.tar.gz", lambda b: (_tar_file(b, "d/a.txt", b"hello"), _tar_link(b, "d/b.txt", "a.txt"))
+    )
     out = extract_archive(archive, tmp_path / "out")
     assert (out / "d" / "b.txt").read_bytes() == b"hello"
     with pytest.raises(ValueError, match="exceed the limit"):
@@ -253,8 +259,12 @@ def _msd_zip(n_cases=2) -> bytes:
     rng = np.random.default_rng(0)
     members = {}
     for i in range(n_cases):
-        members[f"Task09_Spleen/imagesTr/spleen_{i}.nii.gz"] = _nifti_bytes(rng.normal(size=(6, 5, 4)).astype(np.float32))
-        members[f"Task09_Spleen/labelsTr/spleen_{i}.nii.gz"] = _nifti_bytes((rng.random((6, 5, 4)) > 0.5).astype(np.uint8))
+        members[f"Task09_Spleen/imagesTr/spleen_{i}.nii.gz"] = _nifti_bytes(
+            rng.normal(size=(6, 5, 4)).astype(np.float32)
+        )
+        members[f"Task09_Spleen/labelsTr/spleen_{i}.nii.gz"] = _nifti_bytes(
+            (rng.random((6, 5, 4)) > 0.5).astype(np.uint8)
+        )
     members["Task09_Spleen/imagesTr/._spleen_0.nii.gz"] = b"macOS resource fork"
     members["Task09_Spleen/dataset.json"] = json.dumps({"labels": {"0": "background", "1": "spleen"}}).encode()
     return _zip_bytes(members)
@@ -271,9 +281,14 @@ def _entry(url, sha=None, size=None, accept=False, **layout):
         "role": "train",
         "modality": "CT",
         "license": {"name": "test", "url": "https://example.org/terms", "acceptance_required": accept},
-        "source": {"kind": "url", "verified": sha is not None, "allow_http": True,
-                   "files": [{"url": url, "sha256": sha, "size": size}]},
-        "layout": layout or {
+        "source": {
+            "kind": "url",
+            "verified": sha is not None,
+            "allow_http": True,
+            "files": [{"url": url, "sha256": sha, "size": size}],
+        },
+        "layout": layout
+        or {
             "kind": "paired",
             "image": "Task09_Spleen/imagesTr/{case}.nii.gz",
             "label": "Task09_Spleen/labelsTr/{case}.nii.gz",
@@ -340,14 +355,30 @@ def test_license_gate_fails_before_any_request(server, tmp_path, capsys):
     assert server.requests == []
     assert not out.exists()
     params = json.dumps({"accept_license": ["Gated"]})
-    assert _cli("--dataset", "Gated", "--registry", registry, "--out", out, "--downloads", tmp_path / "dl", "--params", params) == 0
+    assert (
+        _cli(
+            "--dataset",
+            "Gated",
+            "--registry",
+            registry,
+            "--out",
+            out,
+            "--downloads",
+            tmp_path / "dl",
+            "--params",
+            params,
+        )
+        == 0
+    )
     assert len(server.requests) == 1
 
 
 def test_manual_dataset_instructions_then_success(tmp_path, capsys):
     entry = _entry("https://unused.invalid/x.zip")
     entry["source"] = {
-        "kind": "manual", "verified": False, "register_url": "https://example.org/register",
+        "kind": "manual",
+        "verified": False,
+        "register_url": "https://example.org/register",
         "expected_files": ["train.zip"],
     }
     entry["layout"] = {"kind": "paired", "image": "train/{case}/{case}.nii.gz", "label": "train/{case}/GT.nii.gz"}
@@ -363,15 +394,20 @@ def test_manual_dataset_instructions_then_success(tmp_path, capsys):
 
     rng = np.random.default_rng(1)
     (manual / "SegTHOR").mkdir(parents=True)
-    (manual / "SegTHOR" / "train.zip").write_bytes(_zip_bytes({
-        "train/Patient_01/Patient_01.nii.gz": _nifti_bytes(rng.normal(size=(4, 4, 3)).astype(np.float32)),
-        "train/Patient_01/GT.nii.gz": _nifti_bytes(rng.integers(0, 3, (4, 4, 3)).astype(np.uint8)),
-    }))
+    (manual / "SegTHOR" / "train.zip").write_bytes(
+        _zip_bytes(
+            {
+                "train/Patient_01/Patient_01.nii.gz": _nifti_bytes(rng.normal(size=(4, 4, 3)).astype(np.float32)),
+                "train/Patient_01/GT.nii.gz": _nifti_bytes(rng.integers(0, 3, (4, 4, 3)).astype(np.uint8)),
+            }
+        )
+    )
     assert _cli("--dataset", "SegTHOR", "--registry", registry, "--out", out, "--params", params) == 0
     document = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert document["categories"] == {"esophagus": [1], "heart": [2]}
-    assert document["cases"] == [{"id": "Patient_01", "image": "train/Patient_01/Patient_01.nii.gz",
-                                  "label": "train/Patient_01/GT.nii.gz"}]
+    assert document["cases"] == [
+        {"id": "Patient_01", "image": "train/Patient_01/Patient_01.nii.gz", "label": "train/Patient_01/GT.nii.gz"}
+    ]
 
 
 def test_unlabelled_manifest_shards(tmp_path, server):
@@ -388,10 +424,13 @@ def test_unlabelled_manifest_shards(tmp_path, server):
     manual.mkdir(parents=True)
     (manual / "manifest.txt").write_text("# comment\n" + "\n".join(lines) + "\n")
     entry = {
-        "role": "unlabelled", "modality": "CT",
+        "role": "unlabelled",
+        "modality": "CT",
         "license": {"name": "test", "acceptance_required": False},
         "source": {"kind": "manifest", "verified": False, "manifest": "manifest.txt", "allow_http": True},
-        "layout": {"kind": "volumes"}, "labels": None, "n_cases": 5,
+        "layout": {"kind": "volumes"},
+        "labels": None,
+        "n_cases": 5,
     }
     registry = _registry(tmp_path, {"Cap": entry})
     params = json.dumps({"manual_dir": str(tmp_path / "manual"), "unlabelled_shard_size": 2})
@@ -401,8 +440,21 @@ def test_unlabelled_manifest_shards(tmp_path, server):
     seen = []
     for shard in ("Cap.shard0000", "Cap.shard0001", "Cap.shard0002"):
         out = tmp_path / "raw" / shard
-        assert _cli("--dataset", shard, "--registry", registry, "--out", out, "--params", params,
-                    "--downloads", tmp_path / "dl") == 0
+        assert (
+            _cli(
+                "--dataset",
+                shard,
+                "--registry",
+                registry,
+                "--out",
+                out,
+                "--params",
+                params,
+                "--downloads",
+                tmp_path / "dl",
+            )
+            == 0
+        )
         document = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
         assert document["role"] == "unlabelled" and document["name"] == shard
         assert all(case["label"] is None for case in document["cases"])
@@ -431,8 +483,12 @@ def test_per_structure_masks_merge_into_one_label_map(tmp_path):
     nib.save(nib.Nifti1Image(liver.astype(np.uint8), affine), case / "segmentations" / "liver.nii.gz")
     nib.save(nib.Nifti1Image(spleen.astype(np.uint8), affine), case / "segmentations" / "spleen.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((5, 4, 3), np.uint8), affine), case / "segmentations" / "kidney_left.nii.gz")
-    entry = {"role": "train", "modality": "CT", "labels": {"1": "spleen"},
-             "layout": {"kind": "per_structure", "image": "{case}/ct.nii.gz", "masks": "{case}/segmentations"}}
+    entry = {
+        "role": "train",
+        "modality": "CT",
+        "labels": {"1": "spleen"},
+        "layout": {"kind": "per_structure", "image": "{case}/ct.nii.gz", "masks": "{case}/segmentations"},
+    }
     document = describe(tmp_path, "TS", entry)
     # Registered names keep their value; the others follow in sorted order.
     assert document["categories"] == {"spleen": [1], "kidney left": [2], "liver": [3]}
@@ -464,9 +520,13 @@ def _write_dicom_series(sitk, folder, volume, spacing, reverse_names):
         slice_image.SetSpacing(spacing)
         slice_image.SetOrigin((10.0, -20.0, 5.0 + k * spacing[2]))
         for tag, value in {
-            "0008|0060": "MR", "0020|000e": series_uid, "0020|000d": "1.2.826.0.1.3680043.2.1125.2",
-            "0020|0032": f"10\\-20\\{5.0 + k * spacing[2]}", "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0013": str(k + 1), "0018|0050": str(spacing[2]),
+            "0008|0060": "MR",
+            "0020|000e": series_uid,
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.2",
+            "0020|0032": f"10\\-20\\{5.0 + k * spacing[2]}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0013": str(k + 1),
+            "0018|0050": str(spacing[2]),
         }.items():
             slice_image.SetMetaData(tag, value)
         number = volume.shape[0] - k if reverse_names else k + 1
@@ -491,8 +551,8 @@ def test_chaos_png_slices_become_a_label_map_on_the_dicom_grid(tmp_path):
     rng = np.random.default_rng(0)
     volume = rng.integers(0, 1000, size=(4, 12, 16))
     truth = np.zeros(volume.shape, np.uint8)
-    truth[0, 2:5, 3:9] = 1                     # liver in the first slice only
-    truth[2, 6:10, 10:14] = 4                  # spleen in the third
+    truth[0, 2:5, 3:9] = 1  # liver in the first slice only
+    truth[2, 6:10, 10:14] = 4  # spleen in the third
     truth[3, 1:3, 1:3] = 2
     case = tmp_path / "Train_Sets" / "MR" / "5" / "T2SPIR"
     names = write_dicom_series(case / "DICOM_anon", volume)
@@ -500,11 +560,17 @@ def test_chaos_png_slices_become_a_label_map_on_the_dicom_grid(tmp_path):
     grey = {0: 0, 1: 63, 2: 126, 3: 189, 4: 252}
     for k, name in enumerate(names):
         Image.fromarray(np.vectorize(grey.get)(truth[k]).astype(np.uint8)).save(case / "Ground" / f"{name[:-4]}.png")
-    entry = {"role": "external", "modality": "MR", "labels": {"1": "liver", "2": "right kidney",
-                                                                  "3": "left kidney", "4": "spleen"},
-             "layout": {"kind": "dicom", "image": "Train_Sets/MR/{case}/T2SPIR",
-                        "label_slices": "Train_Sets/MR/{case}/T2SPIR/Ground",
-                        "label_ranges": {"1": [55, 70], "2": [110, 135], "3": [175, 200], "4": [240, 255]}}}
+    entry = {
+        "role": "external",
+        "modality": "MR",
+        "labels": {"1": "liver", "2": "right kidney", "3": "left kidney", "4": "spleen"},
+        "layout": {
+            "kind": "dicom",
+            "image": "Train_Sets/MR/{case}/T2SPIR",
+            "label_slices": "Train_Sets/MR/{case}/T2SPIR/Ground",
+            "label_ranges": {"1": [55, 70], "2": [110, 135], "3": [175, 200], "4": [240, 255]},
+        },
+    }
     document = describe(tmp_path, "CHAOS-MR", entry)
     assert document["categories"]["spleen"] == [4] and document["cases"][0]["id"] == "5"
     label_path = tmp_path / document["cases"][0]["label"]

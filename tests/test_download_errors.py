@@ -19,6 +19,7 @@ from tests.test_download import _cli, _entry, _msd_zip, _registry, _sha, loopbac
 def server():
     yield from loopback_server()
 
+
 HOUR = 3600
 
 
@@ -66,7 +67,10 @@ def test_download_removes_stale_temporaries_of_its_output(server, tmp_path):
     stale.mkdir(parents=True)
     (stale / "half.nii.gz").write_bytes(b"x")
     _aged(stale, 2 * HOUR)
-    assert _cli("--dataset", "Spleen", "--registry", registry, "--out", raw / "Spleen", "--downloads", tmp_path / "dl") == 0
+    assert (
+        _cli("--dataset", "Spleen", "--registry", registry, "--out", raw / "Spleen", "--downloads", tmp_path / "dl")
+        == 0
+    )
     assert sorted(p.name for p in raw.iterdir()) == ["Spleen"]
 
 
@@ -76,8 +80,19 @@ def test_offline_hub_download_is_one_line_and_makes_no_request(server, tmp_path,
     entry = _entry("hf://datasets/owner/repo/M3D_Seg/0000.zip")
     entry["source"]["kind"] = "hf"
     registry = _registry(tmp_path, {"CHAOS": entry})
-    assert _cli("--dataset", "CHAOS", "--registry", registry, "--out", tmp_path / "raw" / "CHAOS",
-                "--downloads", tmp_path / "dl") == 2
+    assert (
+        _cli(
+            "--dataset",
+            "CHAOS",
+            "--registry",
+            registry,
+            "--out",
+            tmp_path / "raw" / "CHAOS",
+            "--downloads",
+            tmp_path / "dl",
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     assert err.startswith("segvol download: error: hf://datasets/owner/repo/M3D_Seg/0000.zip: HF_HUB_OFFLINE is set")
@@ -87,8 +102,13 @@ def test_offline_hub_download_is_one_line_and_makes_no_request(server, tmp_path,
 
 def test_manual_dataset_instructions_are_one_line(tmp_path, capsys):
     entry = _entry("https://unused.invalid/x.zip")
-    entry["source"] = {"kind": "manual", "verified": False, "register_url": "https://example.org/register",
-                       "expected_files": ["train.zip", "test.zip"], "instructions": "two\nlines"}
+    entry["source"] = {
+        "kind": "manual",
+        "verified": False,
+        "register_url": "https://example.org/register",
+        "expected_files": ["train.zip", "test.zip"],
+        "instructions": "two\nlines",
+    }
     registry = _registry(tmp_path, {"SegTHOR": entry})
     params = json.dumps({"manual_dir": str(tmp_path / "manual")})
     assert _cli("--dataset", "SegTHOR", "--registry", registry, "--out", tmp_path / "raw", "--params", params) == 2
@@ -120,9 +140,16 @@ def test_help_explains_verification_transport_and_unpacking():
     from segvol.download import cli
 
     text = " ".join((cli.__doc__ or "").split())
-    for phrase in ("allow_http: true", "https to http is always refused", "never across a redirect",
-                   "<file>.sha256", "links in archives are never created", "download.max_extract_ratio",
-                   "`md5`", "Stale `.<out>.tmp-<pid>`"):
+    for phrase in (
+        "allow_http: true",
+        "https to http is always refused",
+        "never across a redirect",
+        "<file>.sha256",
+        "links in archives are never created",
+        "download.max_extract_ratio",
+        "`md5`",
+        "Stale `.<out>.tmp-<pid>`",
+    ):
         assert phrase in text, phrase
 
 
@@ -140,9 +167,13 @@ def test_downloaded_manifest_may_not_list_local_files(server, tmp_path, capsys):
     secret.write_text("private")
     server.files["/manifest.txt"] = f"{secret}\n".encode()
     entry = {
-        "role": "unlabelled", "modality": "CT", "license": {"name": "test", "acceptance_required": False},
+        "role": "unlabelled",
+        "modality": "CT",
+        "license": {"name": "test", "acceptance_required": False},
         "source": {"kind": "manifest", "verified": False, "manifest": f"{server.url}/manifest.txt", "allow_http": True},
-        "layout": {"kind": "volumes"}, "labels": None, "n_cases": 1,
+        "layout": {"kind": "volumes"},
+        "labels": None,
+        "n_cases": 1,
     }
     registry = _registry(tmp_path, {"Cap": entry})
     out = tmp_path / "raw" / "Cap.shard0000"

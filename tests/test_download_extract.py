@@ -138,7 +138,9 @@ def test_zip_bomb_by_ratio_is_refused_under_the_default_limits(tmp_path):
     refused before any byte is written, although its total is far below max_total_bytes."""
     archive = _zeros_zip(tmp_path / "bomb.zip", {"zeros.bin": (64 << 20) + 1})
     assert archive.stat().st_size < 128 << 10
-    with pytest.raises(ValueError, match=r"bomb.zip: member 'zeros.bin' unpacks \d+ bytes into 67108865 \(ratio \d+, limit 200\)"):
+    with pytest.raises(
+        ValueError, match=r"bomb.zip: member 'zeros.bin' unpacks \d+ bytes into 67108865 \(ratio \d+, limit 200\)"
+    ):
         extract_archive(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

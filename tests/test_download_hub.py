@@ -41,7 +41,9 @@ class _Hub(BaseHTTPRequestHandler):
         pass
 
     def _commit(self, revision: str) -> str | None:
-        return self.server.branches.get(unquote(revision), unquote(revision) if unquote(revision) in self.server.commits else None)
+        return self.server.branches.get(
+            unquote(revision), unquote(revision) if unquote(revision) in self.server.commits else None
+        )
 
     def _resolve(self, head: bool):
         server = self.server
@@ -67,9 +69,13 @@ class _Hub(BaseHTTPRequestHandler):
             location = f"/cdn/{etag}"
             server.cdn.cdn_files[location] = entry["served"]
             self.send_response(302)
-            for name, value in {"Location": f"{server.cdn.url}{location}?signature=x", "X-Repo-Commit": commit,
-                                "X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(entry["data"])),
-                                "Content-Length": "0"}.items():
+            for name, value in {
+                "Location": f"{server.cdn.url}{location}?signature=x",
+                "X-Repo-Commit": commit,
+                "X-Linked-Etag": f'"{etag}"',
+                "X-Linked-Size": str(len(entry["data"])),
+                "Content-Length": "0",
+            }.items():
                 self.send_header(name, value)
             self.end_headers()
             return
@@ -102,7 +108,9 @@ class _Hub(BaseHTTPRequestHandler):
         self._resolve(head=True)
 
     def do_GET(self):
-        if self.path.startswith("/api/"):  # the library's own side requests (agent registry): not the Hub API we emulate
+        if self.path.startswith(
+            "/api/"
+        ):  # the library's own side requests (agent registry): not the Hub API we emulate
             self.send_error(404)
             return
         self._resolve(head=False)
@@ -208,7 +216,9 @@ def test_registry_checksum_wins_over_the_hub(hub, tmp_path):
     hub.publish("owner/repo", "b.bin", data)
     with pytest.raises(ValueError, match="b.bin: md5 mismatch: .* the registry expects"):
         fetch(_remote("hf://datasets/owner/repo/b.bin", "b.bin", md5="0" * 32), tmp_path, **FAST)
-    path = fetch(_remote("hf://datasets/owner/repo/b.bin", "b.bin", md5=hashlib.md5(data).hexdigest()), tmp_path, **FAST)
+    path = fetch(
+        _remote("hf://datasets/owner/repo/b.bin", "b.bin", md5=hashlib.md5(data).hexdigest()), tmp_path, **FAST
+    )
     assert path.read_bytes() == data
     assert not any(method == "POST" for method, *_ in hub.seen)  # no need to ask the Hub
 
@@ -226,7 +236,9 @@ def test_small_non_lfs_file_is_verified_by_its_git_blob_id(hub, tmp_path):
     with pytest.raises(ValueError, match="notes.txt: git blob id mismatch"):
         fetch(_remote("hf://datasets/owner/repo/notes.txt", "notes.txt"), tmp_path, **FAST)
     hub.publish("owner/repo", "notes.txt", b"hello\n", lfs=False)
-    assert fetch(_remote("hf://datasets/owner/repo/notes.txt", "notes.txt"), tmp_path, **FAST).read_bytes() == b"hello\n"
+    assert (
+        fetch(_remote("hf://datasets/owner/repo/notes.txt", "notes.txt"), tmp_path, **FAST).read_bytes() == b"hello\n"
+    )
 
 
 def test_cut_hub_download_is_resumed(hub, tmp_path):
@@ -243,7 +255,9 @@ def test_failed_hub_download_resumes_on_the_next_run(hub, tmp_path):
     data = os.urandom(400_000)
     hub.publish("owner/repo", "big.zip", data)
     hub.cuts = [100_000] + [0] * 100  # then the link is dead: every retry of this run fails
-    with pytest.raises(RuntimeError, match=r"^hf://datasets/owner/repo/big.zip: giving up .*100000 bytes kept .*rerun to resume"):
+    with pytest.raises(
+        RuntimeError, match=r"^hf://datasets/owner/repo/big.zip: giving up .*100000 bytes kept .*rerun to resume"
+    ):
         fetch(_remote("hf://datasets/owner/repo/big.zip", "big.zip"), tmp_path, **FAST)
     assert not (tmp_path / "big.zip").exists() and (tmp_path / "big.zip.partial").stat().st_size == 100_000
     hub.cuts = []
@@ -253,7 +267,9 @@ def test_failed_hub_download_resumes_on_the_next_run(hub, tmp_path):
 
 
 def test_missing_hub_file_or_revision_is_one_line(hub, tmp_path):
-    with pytest.raises(ValueError, match=r"^hf://datasets/owner/repo/nope.zip: no such file in the repository at this revision$"):
+    with pytest.raises(
+        ValueError, match=r"^hf://datasets/owner/repo/nope.zip: no such file in the repository at this revision$"
+    ):
         fetch(_remote("hf://datasets/owner/repo/nope.zip", "nope.zip"), tmp_path, **FAST)
     with pytest.raises(ValueError, match=r"^hf://datasets/owner/repo@v9/x.zip: no such revision on the Hub$"):
         fetch(_remote("hf://datasets/owner/repo@v9/x.zip", "x.zip"), tmp_path, **FAST)
@@ -301,7 +317,9 @@ def test_unreachable_hub_is_one_line(tmp_path, monkeypatch):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     _hub_environment(monkeypatch, tmp_path, f"http://127.0.0.1:{port}")
-    with pytest.raises(RuntimeError, match=r"^hf://datasets/owner/repo/a.zip: cannot reach the Hub \(.*\); rerun when it is reachable$") as error:
+    with pytest.raises(
+        RuntimeError, match=r"^hf://datasets/owner/repo/a.zip: cannot reach the Hub \(.*\); rerun when it is reachable$"
+    ) as error:
         fetch(_remote("hf://datasets/owner/repo/a.zip", "a.zip"), tmp_path / "dl", **FAST)
     assert "\n" not in str(error.value)
 

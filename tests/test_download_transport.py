@@ -62,9 +62,26 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make a throw-away certificate")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(folder / "key.pem"),
+            "-out",
+            str(folder / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
     )
     return folder / "cert.pem", folder / "key.pem"
 
@@ -138,7 +155,9 @@ def test_plain_http_needs_the_registry_opt_in(servers, tmp_path):
 def test_redirect_from_https_to_http_is_refused_even_with_the_opt_in(servers, tmp_path):
     hub, _, plain = servers
     hub.redirects["/down.bin"] = f"{plain.url}/down.bin"
-    with pytest.raises(ValueError, match="redirected from https://.* to http://.*: a redirect from https to plain http is refused"):
+    with pytest.raises(
+        ValueError, match="redirected from https://.* to http://.*: a redirect from https to plain http is refused"
+    ):
         fetch(RemoteFile(f"{hub.url}/down.bin", "down.bin", allow_http=True), tmp_path, **FAST)
     assert plain.seen == []
     assert not (tmp_path / "down.bin").exists()
@@ -149,16 +168,36 @@ def test_cli_refuses_plain_http_in_one_line(servers, tmp_path):
 
     _, _, plain = servers
     entry = {
-        "role": "train", "modality": "CT", "license": {"name": "test", "acceptance_required": False},
+        "role": "train",
+        "modality": "CT",
+        "license": {"name": "test", "acceptance_required": False},
         "source": {"kind": "url", "verified": False, "files": [{"url": f"{plain.url}/t.zip"}]},
-        "layout": {"kind": "paired", "image": "{case}.nii.gz", "label": None}, "labels": None,
+        "layout": {"kind": "paired", "image": "{case}.nii.gz", "label": None},
+        "labels": None,
     }
     registry = tmp_path / "datasets.yaml"
     registry.write_text(yaml.safe_dump({"datasets": {"Plain": entry}}))
     result = subprocess.run(
-        [sys.executable, "-m", "segvol.cli", "download", "--dataset", "Plain", "--registry", str(registry),
-         "--out", str(tmp_path / "raw" / "Plain"), "--downloads", str(tmp_path / "dl"), "--quiet"],
-        capture_output=True, text=True, timeout=120, check=False, cwd=Path(__file__).resolve().parents[1],
+        [
+            sys.executable,
+            "-m",
+            "segvol.cli",
+            "download",
+            "--dataset",
+            "Plain",
+            "--registry",
+            str(registry),
+            "--out",
+            str(tmp_path / "raw" / "Plain"),
+            "--downloads",
+            str(tmp_path / "dl"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error" in line]

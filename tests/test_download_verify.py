@@ -32,6 +32,7 @@ from tests.test_download import (
 def server():
     yield from loopback_server()
 
+
 MSD_SPLEEN_MD5 = "410d4a301da4e5b2f6f86ec3ddba524e"  # as published for Task09_Spleen.tar
 
 
@@ -131,7 +132,9 @@ def test_registry_md5_field(server, tmp_path, capsys):
     entry["source"]["files"][0]["md5"] = "410D4A30"
     bad = tmp_path / "bad"
     bad.mkdir()
-    with pytest.raises(ValueError, match=r"invalid dataset registry: datasets/Spleen/source/files/0/md5: .410D4A30. is not valid") as error:
+    with pytest.raises(
+        ValueError, match=r"invalid dataset registry: datasets/Spleen/source/files/0/md5: .410D4A30. is not valid"
+    ) as error:
         load_registry(_registry(bad, {"Spleen": entry}))
     assert "\n" not in str(error.value)
 

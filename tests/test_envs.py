@@ -91,8 +91,11 @@ def test_this_environment_is_the_lock():
     installed = installed_distributions()
     entries = locked()
     # The local label (+cpu, +cu128) is the build of the same release (setup.sh's TORCH_SPEC).
-    wrong = {name: (version, installed.get(name)) for name, (version, _) in entries.items()
-             if installed.get(name) is None or Version(installed[name]).public != Version(version).public}
+    wrong = {
+        name: (version, installed.get(name))
+        for name, (version, _) in entries.items()
+        if installed.get(name) is None or Version(installed[name]).public != Version(version).public
+    }
     assert not wrong, f"locked version -> installed: {wrong} (run bash setup.sh)"
     extra = sorted(set(installed) - set(entries) - NOT_LOCKED)
     if STRICT:
@@ -113,10 +116,16 @@ def test_what_counts_as_installed_does_not_change_when_setuptools_is_imported():
 
 
 def test_pip_check_is_clean():
-    result = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300,
-                            check=False)
-    problems = [line for line in result.stdout.splitlines() if line.strip() and "No broken requirements" not in line
-                and not line.endswith("requires torchvision, which is not installed.")]  # see scripts/lock.sh
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300, check=False
+    )
+    problems = [
+        line
+        for line in result.stdout.splitlines()
+        if line.strip()
+        and "No broken requirements" not in line
+        and not line.endswith("requires torchvision, which is not installed.")
+    ]  # see scripts/lock.sh
     if not STRICT:  # a developer's extra packages are theirs to fix; the locked ones must be consistent
         names = set(locked())
         problems = [line for line in problems if canonicalize_name(line.split()[0]) in names]
@@ -167,23 +176,67 @@ def _install_and_run(tmp_path: Path, conda_dir: Path, requirements: Path, workdi
     # Offline, the dependencies come from the parent environment; --no-deps because the resolver would
     # also want torchvision (via nnU-Net's network library and timm), which the lock leaves out
     # (scripts/lock.sh). `pip check` below still proves that segvol's own requirements are met.
-    install = subprocess.run([python, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "-q",
-                              "-r", requirements.name], cwd=conda_dir, env=clean, capture_output=True,
-                             text=True, timeout=600, check=False)
+    install = subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--no-build-isolation",
+            "--no-deps",
+            "-q",
+            "-r",
+            requirements.name,
+        ],
+        cwd=conda_dir,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert install.returncode == 0, install.stdout + install.stderr
-    where = subprocess.run([python, "-c", "import segvol; print(segvol.__file__)"], env=clean, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    where = subprocess.run(
+        [python, "-c", "import segvol; print(segvol.__file__)"],
+        env=clean,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
     assert Path(where) == REPO / "segvol" / "__init__.py"
     assert (env / "bin" / "segvol").is_file()
-    check = subprocess.run([python, "-m", "pip", "check"], env=clean, capture_output=True, text=True, timeout=300,
-                           check=False)
+    check = subprocess.run(
+        [python, "-m", "pip", "check"], env=clean, capture_output=True, text=True, timeout=300, check=False
+    )
     segvol_problems = [line for line in check.stdout.splitlines() if line.startswith("segvol ")]
     assert not segvol_problems, segvol_problems
 
-    run = subprocess.run([python, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-                          str(workdir), "--configfile", "config/config.yaml", "config/test.yaml", "--cores", "1",
-                          "data/raw/abdomen_a"], cwd=workdir, env=clean, capture_output=True, text=True, timeout=600,
-                         check=False)
+    run = subprocess.run(
+        [
+            python,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            "config/config.yaml",
+            "config/test.yaml",
+            "--cores",
+            "1",
+            "data/raw/abdomen_a",
+        ],
+        cwd=workdir,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     assert (workdir / "data" / "raw" / "abdomen_a" / "dataset.json").is_file()
 

@@ -82,11 +82,11 @@ def _tokens_from_full_field(module, image):
     for mul, ir in module.irreps:
         channels = mul * ir.dim
         if ir.l == 0:
-            parts.append(mean[:, start:start + channels])
+            parts.append(mean[:, start : start + channels])
         else:
             grid = mean.shape[2:]
-            parts.append(mean[:, start:start + channels].reshape(b, mul, ir.dim, *grid).norm(dim=2))
-            parts.append(mean_square[:, start:start + channels].reshape(b, mul, ir.dim, *grid).sum(dim=2).sqrt())
+            parts.append(mean[:, start : start + channels].reshape(b, mul, ir.dim, *grid).norm(dim=2))
+            parts.append(mean_square[:, start : start + channels].reshape(b, mul, ir.dim, *grid).sum(dim=2).sqrt())
         start += channels
     return torch.cat(parts, dim=1).flatten(2).transpose(1, 2)
 
@@ -104,8 +104,9 @@ def test_patch_convolutions_equal_the_full_resolution_field():
         mean = module.patch_field(image)
     assert got.shape == expected.shape == (2, 3 * 3 * 2, module.n_invariants)
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
-    assert mean.abs().max() > 0.1 and torch.allclose(mean, module.field(image).reshape(
-        2, -1, 3, 2, 3, 4, 2, 4).mean(dim=(3, 5, 7)), atol=1e-12)
+    assert mean.abs().max() > 0.1 and torch.allclose(
+        mean, module.field(image).reshape(2, -1, 3, 2, 3, 4, 2, 4).mean(dim=(3, 5, 7)), atol=1e-12
+    )
     with pytest.raises(ValueError, match="not a multiple of the patch size"):
         module(image[:, :, :5])
 
@@ -263,16 +264,40 @@ def test_training_moves_only_the_adapter(tmp_path):
     from segvol.finetune.equivariant import train_adapter
     from segvol.settings import stage_settings
 
-    store = make_store(tmp_path / "zarr" / "ds_a.zarr", "ds_a", ["liver", "spleen"], 3, 1,
-                       pseudo_path=tmp_path / "pseudo" / "ds_a.zarr")
+    store = make_store(
+        tmp_path / "zarr" / "ds_a.zarr",
+        "ds_a",
+        ["liver", "spleen"],
+        3,
+        1,
+        pseudo_path=tmp_path / "pseudo" / "ds_a.zarr",
+    )
     model = _tiny_model()
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = stage_settings("finetune_equivariant", {
-        "steps": 3, "batch_size": 1, "lr": 1e-2, "prompt_combinations": 2, "pseudo_passes": 2,
-        "rotation_probability": 1.0, "kernel_size": 3, "checkpoint_every": 0})
+    settings = stage_settings(
+        "finetune_equivariant",
+        {
+            "steps": 3,
+            "batch_size": 1,
+            "lr": 1e-2,
+            "prompt_combinations": 2,
+            "pseudo_passes": 2,
+            "rotation_probability": 1.0,
+            "kernel_size": 3,
+            "checkpoint_every": 0,
+        },
+    )
     out = tmp_path / "adapter.safetensors"
-    train_adapter("unused", [str(store)], [str(tmp_path / "pseudo" / "ds_a.zarr")], str(out), settings,
-                  threads=1, device="cpu", model=model)
+    train_adapter(
+        "unused",
+        [str(store)],
+        [str(tmp_path / "pseudo" / "ds_a.zarr")],
+        str(out),
+        settings,
+        threads=1,
+        device="cpu",
+        model=model,
+    )
     after = model.state_dict()
     for key, value in frozen.items():
         assert torch.equal(after[key], value), f"{key} changed during adapter training"
@@ -286,9 +311,14 @@ def test_rotate_sample_rotates_masks_and_redraws_prompts():
 
     labels = torch.zeros(2, 8, 16, 16)
     labels[0, 2:6, 2:5, 4:12] = 1.0  # a bar along W; category 1 absent
-    sample = {"image": labels[:1].clone(), "labels": labels.to(torch.float16),
-              "present": torch.tensor([True, False]), "points": torch.full((2, 21, 3), -1.0),
-              "point_labels": torch.full((2, 21), -1), "boxes": torch.full((2, 6), -1.0)}
+    sample = {
+        "image": labels[:1].clone(),
+        "labels": labels.to(torch.float16),
+        "present": torch.tensor([True, False]),
+        "points": torch.full((2, 21, 3), -1.0),
+        "point_labels": torch.full((2, 21), -1),
+        "boxes": torch.full((2, 6), -1.0),
+    }
     out = rotate_sample(sample, [90.0, 0.0, 0.0], np.random.default_rng(0))
     np.testing.assert_allclose(out["labels"][0].float().numpy(), np.rot90(labels[0].numpy(), 1, (1, 2)), atol=1e-3)
     box = out["boxes"][0].tolist()
@@ -321,14 +351,37 @@ def test_rotation_cli_compares_both_models(tmp_path, monkeypatch):
     path = save_adapter(adapter, tmp_path / "adapter.safetensors")
     store = write_store(tmp_path / "ext.zarr", n_cases=3, dataset="ext")
     out = tmp_path / "r.csv"
-    assert main(["evaluate", "rotation", "--checkpoint", "m", "--equivariant", str(path), "--zarr", str(store),
-                 "--out", str(out), "--per-case", str(tmp_path / "r.parquet"), "--png", str(tmp_path / "r.png"),
-                 "--params", json.dumps({"prompt": "box", "max_cases": 3}), "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "rotation",
+                "--checkpoint",
+                "m",
+                "--equivariant",
+                str(path),
+                "--zarr",
+                str(store),
+                "--out",
+                str(out),
+                "--per-case",
+                str(tmp_path / "r.parquet"),
+                "--png",
+                str(tmp_path / "r.png"),
+                "--params",
+                json.dumps({"prompt": "box", "max_cases": 3}),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = pd.read_csv(out).set_index("category")
     per_case = pd.read_parquet(tmp_path / "r.parquet")
     assert set(per_case["method"]) == {"SegVol", "SegVol + equivariant embedding"}
     rotated = per_case[per_case.variant == "rotated"].pivot_table(
-        index=["case", "category"], columns="method", values="dice")
+        index=["case", "category"], columns="method", values="dice"
+    )
     difference = rotated["SegVol + equivariant embedding"] - rotated["SegVol"]
     assert summary.loc["all", "rotated_difference"] == pytest.approx(float(np.median(difference)), abs=1e-4)
     assert summary.loc["all", "rotated_pairs"] == len(difference)
@@ -344,9 +397,29 @@ def test_rotation_cli_compares_both_models(tmp_path, monkeypatch):
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
     table6 = tmp_path / "t6.csv"
-    assert main(["evaluate", "table6", "--checkpoint", "m", "--equivariant", str(path), "--zarr", str(store),
-                 "--out", str(table6), "--per-case", str(tmp_path / "t6.parquet"), "--threads", "1",
-                 "--params", json.dumps({"max_cases": 1, "methods": ["SegVol"]})]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "table6",
+                "--checkpoint",
+                "m",
+                "--equivariant",
+                str(path),
+                "--zarr",
+                str(store),
+                "--out",
+                str(table6),
+                "--per-case",
+                str(tmp_path / "t6.parquet"),
+                "--threads",
+                "1",
+                "--params",
+                json.dumps({"max_cases": 1, "methods": ["SegVol"]}),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(table6).set_index("method")
     ours, theirs = table.loc["SegVol + equivariant embedding"], table.loc["SegVol"]
     assert ours["parameters"] - theirs["parameters"] == sum(p.numel() for p in adapter.parameters())
@@ -354,9 +427,27 @@ def test_rotation_cli_compares_both_models(tmp_path, monkeypatch):
     assert ours["trainable_parameters_m"] * 1e6 == pytest.approx(sum(p.numel() for p in adapter.parameters()), abs=50)
     assert ours["gmacs_per_case"] > theirs["gmacs_per_case"]
 
-    assert main(["evaluate", "rotation", "--checkpoint", "m", "--equivariant", str(tmp_path / "none.safetensors"),
-                 "--zarr", str(store), "--out", str(tmp_path / "x.csv"), "--per-case", str(tmp_path / "x.parquet"),
-                 "--png", str(tmp_path / "x.png")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "rotation",
+                "--checkpoint",
+                "m",
+                "--equivariant",
+                str(tmp_path / "none.safetensors"),
+                "--zarr",
+                str(store),
+                "--out",
+                str(tmp_path / "x.csv"),
+                "--per-case",
+                str(tmp_path / "x.parquet"),
+                "--png",
+                str(tmp_path / "x.png"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -374,13 +465,24 @@ def test_killed_adapter_training_resumes_exactly(tmp_path):
     from segvol.settings import stage_settings
 
     store = make_store(tmp_path / "zarr" / "ds_a.zarr", "ds_a", ["liver", "spleen"], 3, 2)
-    settings = stage_settings("finetune_equivariant", {
-        "steps": 3, "batch_size": 1, "lr": 1e-2, "prompt_combinations": 1, "pseudo_weight": 0.0,
-        "rotation_probability": 0.5, "kernel_size": 3, "checkpoint_every": 0})
+    settings = stage_settings(
+        "finetune_equivariant",
+        {
+            "steps": 3,
+            "batch_size": 1,
+            "lr": 1e-2,
+            "prompt_combinations": 1,
+            "pseudo_weight": 0.0,
+            "rotation_probability": 0.5,
+            "kernel_size": 3,
+            "checkpoint_every": 0,
+        },
+    )
     straight, resumed = tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors"
     train_adapter("unused", [str(store)], [], str(straight), settings, threads=1, device="cpu", model=_tiny_model())
-    train_adapter("unused", [str(store)], [], str(resumed), settings, threads=1, device="cpu", model=_tiny_model(),
-                  stop_after=2)
+    train_adapter(
+        "unused", [str(store)], [], str(resumed), settings, threads=1, device="cpu", model=_tiny_model(), stop_after=2
+    )
     assert not resumed.exists() and (tmp_path / "resumed.safetensors.ckpt").is_dir()
     train_adapter("unused", [str(store)], [], str(resumed), settings, threads=1, device="cpu", model=_tiny_model())
     a, b = load_file(str(straight)), load_file(str(resumed))

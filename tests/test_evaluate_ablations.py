@@ -33,30 +33,120 @@ def test_fig2_fig3a_fig3b_from_parquet(tmp_path, stub):
     runs = []
     for run in ("first1", "segvol"):
         out = tmp_path / f"{run}.parquet"
-        assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(out),
-                     "--label", run, "--segvol-only"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "cases",
+                    "--checkpoint",
+                    "m",
+                    "--zarr",
+                    str(store),
+                    "--out",
+                    str(out),
+                    "--label",
+                    run,
+                    "--segvol-only",
+                ]
+            )
+            == 0
+        )
         runs.append(str(out))
-    assert main(["evaluate", "fig3a", "--cases", *runs, "--total", "3", "--out", str(tmp_path / "a.csv"),
-                 "--png", str(tmp_path / "a.png")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "fig3a",
+                "--cases",
+                *runs,
+                "--total",
+                "3",
+                "--out",
+                str(tmp_path / "a.csv"),
+                "--png",
+                str(tmp_path / "a.png"),
+            ]
+        )
+        == 0
+    )
     scaling = pd.read_csv(tmp_path / "a.csv")
     assert list(scaling["run"]) == ["first1", "segvol"] and list(scaling["n_datasets"]) == [1, 3]
     expected = pd.read_parquet(runs[0])["dice"].median()
     assert scaling["median_dice"][0] == pytest.approx(expected, abs=1e-4)
 
     prompts = tmp_path / "prompts.parquet"
-    assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(prompts),
-                 "--prompts", "box,box+text", "--segvol-only", "--split", "test"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "cases",
+                "--checkpoint",
+                "m",
+                "--zarr",
+                str(store),
+                "--out",
+                str(prompts),
+                "--prompts",
+                "box,box+text",
+                "--segvol-only",
+                "--split",
+                "test",
+            ]
+        )
+        == 0
+    )
     assert set(pd.read_parquet(prompts)["prompt"]) == {"box", "box+text"}
-    assert main(["evaluate", "fig3b", "--cases", str(prompts), "--out", str(tmp_path / "b.csv"),
-                 "--png", str(tmp_path / "b.png")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "fig3b",
+                "--cases",
+                str(prompts),
+                "--out",
+                str(tmp_path / "b.csv"),
+                "--png",
+                str(tmp_path / "b.png"),
+            ]
+        )
+        == 0
+    )
     combos = pd.read_csv(tmp_path / "b.csv")
     assert set(combos["category"]) == {"liver", "spleen", "All"}
-    assert main(["evaluate", "fig2", "--per-case", runs[1], "--png", str(tmp_path / "v.png"),
-                 "--params", json.dumps({"methods": ["SegVol"]})]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "fig2",
+                "--per-case",
+                runs[1],
+                "--png",
+                str(tmp_path / "v.png"),
+                "--params",
+                json.dumps({"methods": ["SegVol"]}),
+            ]
+        )
+        == 0
+    )
     for name in ("a.png", "b.png", "v.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
-    assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(prompts),
-                 "--prompts", "box,scribble"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "cases",
+                "--checkpoint",
+                "m",
+                "--zarr",
+                str(store),
+                "--out",
+                str(prompts),
+                "--prompts",
+                "box,scribble",
+            ]
+        )
+        == 2
+    )
 
 
 def test_run_number():
@@ -87,8 +177,22 @@ def test_mr_like_keeps_air_and_reorders_contrast():
 def test_rotation_mri_table6(tmp_path, stub):
     store = write_store(tmp_path / "ext.zarr", n_cases=2, dataset="ext")
     common = ["--checkpoint", "m", "--zarr", str(store)]
-    assert main(["evaluate", "rotation", *common, "--out", str(tmp_path / "r.csv"), "--per-case",
-                 str(tmp_path / "r.parquet"), "--png", str(tmp_path / "r.png")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "rotation",
+                *common,
+                "--out",
+                str(tmp_path / "r.csv"),
+                "--per-case",
+                str(tmp_path / "r.parquet"),
+                "--png",
+                str(tmp_path / "r.png"),
+            ]
+        )
+        == 0
+    )
     rotation = pd.read_csv(tmp_path / "r.csv").set_index("category")
     per_case = pd.read_parquet(tmp_path / "r.parquet")
     assert set(per_case["variant"]) == {"original", "rotated"}
@@ -97,12 +201,39 @@ def test_rotation_mri_table6(tmp_path, stub):
     # a box oracle on a cube rotated 45 degrees covers more than the cube: Dice drops
     assert rotation.loc["liver", "dice_drop"] > 0.05
 
-    assert main(["evaluate", "mri", *common, "--stand-in", "--out", str(tmp_path / "m.csv"), "--per-case",
-                 str(tmp_path / "m.parquet"), "--png", str(tmp_path / "m.png")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "mri",
+                *common,
+                "--stand-in",
+                "--out",
+                str(tmp_path / "m.csv"),
+                "--per-case",
+                str(tmp_path / "m.parquet"),
+                "--png",
+                str(tmp_path / "m.png"),
+            ]
+        )
+        == 0
+    )
     assert set(pd.read_csv(tmp_path / "m.csv")["modality"]) == {"CT", "MR-like stand-in"}
 
-    assert main(["evaluate", "table6", *common, "--out", str(tmp_path / "t6.csv"), "--per-case",
-                 str(tmp_path / "t6.parquet")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "table6",
+                *common,
+                "--out",
+                str(tmp_path / "t6.csv"),
+                "--per-case",
+                str(tmp_path / "t6.parquet"),
+            ]
+        )
+        == 0
+    )
     table6 = pd.read_csv(tmp_path / "t6.csv")
     assert table6["parameters"][0] == 15
     assert table6["cases"][0] == 2 and table6["seconds_per_case"][0] > 0
@@ -111,15 +242,40 @@ def test_rotation_mri_table6(tmp_path, stub):
 def test_table6_adds_the_baselines_that_run(tmp_path, stub, monkeypatch):
     from segvol.evaluate.baselines import sam
 
-    small = {**sam.ARCHITECTURES["sam-med3d"], "embed_dim": 32, "depth": 2, "num_heads": 2,
-             "global_attn_indexes": (1,), "window_size": 3, "img_size": 32, "prompt_dim": 48}
+    small = {
+        **sam.ARCHITECTURES["sam-med3d"],
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+        "global_attn_indexes": (1,),
+        "window_size": 3,
+        "img_size": 32,
+        "prompt_dim": 48,
+    }
     monkeypatch.setitem(sam.ARCHITECTURES, "sam-med3d", small)
     checkpoint = tmp_path / "sam_med3d_turbo.pth"
     torch.save({"model_state_dict": sam.build("sam-med3d").state_dict()}, checkpoint)
     store = write_store(tmp_path / "ext.zarr", n_cases=2, dataset="ext")
     params = {"methods": ["SegVol", "SAM", "SAM-Med3D"], "baseline_checkpoints": {"SAM-Med3D": str(checkpoint)}}
-    assert main(["evaluate", "table6", "--checkpoint", "m", "--zarr", str(store), "--out", str(tmp_path / "t6.csv"),
-                 "--per-case", str(tmp_path / "t6.parquet"), "--params", json.dumps(params)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "table6",
+                "--checkpoint",
+                "m",
+                "--zarr",
+                str(store),
+                "--out",
+                str(tmp_path / "t6.csv"),
+                "--per-case",
+                str(tmp_path / "t6.parquet"),
+                "--params",
+                json.dumps(params),
+            ]
+        )
+        == 0
+    )
     table6 = pd.read_csv(tmp_path / "t6.csv").set_index("method")
     assert list(table6.index) == ["SegVol", "SAM-Med3D"]  # SAM has no checkpoint: no row
     assert table6.loc["SAM-Med3D", "parameters"] == sum(p.numel() for p in sam.build("sam-med3d").parameters())
@@ -143,13 +299,30 @@ def test_fig5_identifies_the_category_whose_text_matches_the_box(tmp_path, monke
         for k, prompt in enumerate(prompts):
             if prompt.box is None:
                 for d0, h0, w0, d1, h1, w1 in boxes.get(prompt.text, []):
-                    logits[k, d0:d1 + 1, h0:h1 + 1, w0:w1 + 1] = 1
+                    logits[k, d0 : d1 + 1, h0 : h1 + 1, w0 : w1 + 1] = 1
         return logits
 
     monkeypatch.setattr(segvol.infer, "segment", text_aware)
     out = tmp_path / "f5.csv"
-    assert main(["evaluate", "fig5", "--checkpoint", "m", "--zarr", str(store), "--out", str(out),
-                 "--per-case", str(tmp_path / "f5.parquet"), "--png", str(tmp_path / "f5.png")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "fig5",
+                "--checkpoint",
+                "m",
+                "--zarr",
+                str(store),
+                "--out",
+                str(out),
+                "--per-case",
+                str(tmp_path / "f5.parquet"),
+                "--png",
+                str(tmp_path / "f5.png"),
+            ]
+        )
+        == 0
+    )
     summary = pd.read_csv(out).set_index("top_k")
     assert summary.loc[1, "accuracy"] == 1.0 and summary.loc[1, "examples"] == 4
     rows = pd.read_parquet(tmp_path / "f5.parquet")
@@ -163,10 +336,10 @@ def box_and_click_segment(model, volume, prompts, mode="zoom", **kwargs):
     for k, prompt in enumerate(prompts):
         if prompt.box is not None:
             d0, h0, w0, d1, h1, w1 = prompt.box
-            logits[k, d0:d1 + 1, h0:h1 + 1, w0:w1 + 1] = 1
+            logits[k, d0 : d1 + 1, h0 : h1 + 1, w0 : w1 + 1] = 1
         for point, label in zip(prompt.points or [], prompt.point_labels or []):
             d, h, w = (int(v) for v in point)
-            logits[k, max(d - 2, 0):d + 3, max(h - 2, 0):h + 3, max(w - 2, 0):w + 3] = 1 if label == 1 else -1
+            logits[k, max(d - 2, 0) : d + 3, max(h - 2, 0) : h + 3, max(w - 2, 0) : w + 3] = 1 if label == 1 else -1
     return logits
 
 
@@ -174,8 +347,27 @@ def test_interactive_protocol_and_statistics_commands(tmp_path, stub, monkeypatc
     monkeypatch.setattr(segvol.infer, "segment", box_and_click_segment, raising=False)
     store = write_store(tmp_path / "ext_organs.zarr", n_cases=3, dataset="ext_organs")
     out, steps, png = tmp_path / "interactive.csv", tmp_path / "steps.parquet", tmp_path / "curve.png"
-    assert main(["evaluate", "interactive", "--checkpoint", "m", "--zarr", str(store), "--out", str(out),
-                 "--per-step", str(steps), "--png", str(png), "--params", json.dumps({"methods": ["SegVol"]})]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "interactive",
+                "--checkpoint",
+                "m",
+                "--zarr",
+                str(store),
+                "--out",
+                str(out),
+                "--per-step",
+                str(steps),
+                "--png",
+                str(png),
+                "--params",
+                json.dumps({"methods": ["SegVol"]}),
+            ]
+        )
+        == 0
+    )
     per_step = pd.read_parquet(steps)
     assert set(per_step["step"]) == set(range(6))
     assert per_step.groupby(["case", "category"]).size().eq(6).all()
@@ -184,15 +376,17 @@ def test_interactive_protocol_and_statistics_commands(tmp_path, stub, monkeypatc
     assert (table["n"] == 3).all()
     for category, block in per_step.groupby("category"):
         curves = block.sort_values("step").groupby("case")["dsc"].apply(list)
-        assert all(curve[0] > 0.3 for curve in curves)          # the box step follows the box
+        assert all(curve[0] > 0.3 for curve in curves)  # the box step follows the box
         auc = np.median([np.trapezoid(curve[1:], dx=1.0) for curve in curves])
         assert table.loc[category, "dsc_auc"] == pytest.approx(auc, abs=1e-4)
         assert table.loc[category, "dsc_final"] == pytest.approx(np.median([c[-1] for c in curves]), abs=1e-4)
     assert png.read_bytes()[:4] == b"\x89PNG"
 
     cases = tmp_path / "cases.parquet"
-    assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(cases),
-                 "--segvol-only"]) == 0
+    assert (
+        main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(cases), "--segvol-only"])
+        == 0
+    )
     stats = tmp_path / "stats.csv"
     assert main(["evaluate", "statistics", "--per-case", str(cases), "--out", str(stats)]) == 0
     frame = pd.read_csv(stats)
@@ -203,8 +397,15 @@ def test_interactive_protocol_and_statistics_commands(tmp_path, stub, monkeypatc
 def test_pick_cases_best_median_worst():
     from segvol.evaluate.pictures import pick_cases
 
-    frame = pd.DataFrame({"dataset": "d", "category": "liver", "method": "SegVol",
-                          "case": [f"c{i}" for i in range(5)], "dice": [0.5, 0.9, 0.1, 0.7, 0.3]})
+    frame = pd.DataFrame(
+        {
+            "dataset": "d",
+            "category": "liver",
+            "method": "SegVol",
+            "case": [f"c{i}" for i in range(5)],
+            "dice": [0.5, 0.9, 0.1, 0.7, 0.3],
+        }
+    )
     frame = pd.concat([frame, frame.assign(method="SAM (box)", dice=1.0)])
     picks = pick_cases(frame).set_index("rank")
     assert picks.loc["best", "case"] == "c1" and picks.loc["median", "case"] == "c0"
@@ -214,11 +415,30 @@ def test_pick_cases_best_median_worst():
 def test_gallery_and_fig4(tmp_path, stub, monkeypatch):
     store = write_store(tmp_path / "ext_organs.zarr", n_cases=3, dataset="ext_organs")
     cases = tmp_path / "cases.parquet"
-    assert main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(cases),
-                 "--segvol-only"]) == 0
+    assert (
+        main(["evaluate", "cases", "--checkpoint", "m", "--zarr", str(store), "--out", str(cases), "--segvol-only"])
+        == 0
+    )
     png = tmp_path / "gallery.png"
-    assert main(["evaluate", "gallery", "--checkpoint", "m", "--zarr", str(store), "--per-case", str(cases),
-                 "--png", str(png), "--params", json.dumps({"methods": ["SegVol"]})]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "gallery",
+                "--checkpoint",
+                "m",
+                "--zarr",
+                str(store),
+                "--per-case",
+                str(cases),
+                "--png",
+                str(png),
+                "--params",
+                json.dumps({"methods": ["SegVol"]}),
+            ]
+        )
+        == 0
+    )
     assert png.read_bytes()[:4] == b"\x89PNG"
 
     # A store whose tumour lies inside its liver; the stub reads text as an intensity threshold.
@@ -231,8 +451,16 @@ def test_gallery_and_fig4(tmp_path, stub, monkeypatch):
     group.create_array("image", data=image)
     group.create_array("labels", data=labels)
     group.attrs["spacing"] = [2.0, 1.0, 1.0]
-    root.attrs.update({"dataset": "lesions", "role": "train", "modality": "CT", "categories": ["liver", "liver tumor"],
-                       "cases": ["case_000"], "format_version": 1})
+    root.attrs.update(
+        {
+            "dataset": "lesions",
+            "role": "train",
+            "modality": "CT",
+            "categories": ["liver", "liver tumor"],
+            "cases": ["case_000"],
+            "format_version": 1,
+        }
+    )
 
     def text_segment(model, volume, prompts, mode="zoom", **kwargs):
         logits = -torch.ones(len(prompts), *volume.shape)
@@ -242,13 +470,28 @@ def test_gallery_and_fig4(tmp_path, stub, monkeypatch):
                 logits[k][torch.from_numpy(volume >= threshold)] = 1
             else:
                 d, h, w = prompt.points[0]
-                logits[k, d - 1:d + 2, h - 1:h + 2, w - 1:w + 2] = 1
+                logits[k, d - 1 : d + 2, h - 1 : h + 2, w - 1 : w + 2] = 1
         return logits
 
     monkeypatch.setattr(segvol.infer, "segment", text_segment, raising=False)
     out, png4 = tmp_path / "fig4.csv", tmp_path / "fig4.png"
-    assert main(["evaluate", "fig4", "--checkpoint", "m", "--zarr", str(tmp_path / "lesions.zarr"),
-                 "--out", str(out), "--png", str(png4)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "fig4",
+                "--checkpoint",
+                "m",
+                "--zarr",
+                str(tmp_path / "lesions.zarr"),
+                "--out",
+                str(out),
+                "--png",
+                str(png4),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out).set_index(["prompt", "category"])["dice"]
     assert table["point + 'liver tumor'", "liver tumor"] == 1.0 and table["point + 'liver'", "liver"] == 1.0
     assert table["point + 'liver'", "liver tumor"] < 0.5 and table["point only", "liver"] < 0.2

@@ -35,9 +35,17 @@ def write_store(path, dataset="ext_lesions"):
         group.create_array("image", data=(0.2 + 0.3 * labels[0] + 0.4 * labels[1]).astype(np.float32))
         group.create_array("labels", data=labels)
         group.attrs["spacing"] = [2.0, 1.0, 1.0]
-    root.attrs.update({"dataset": dataset, "role": "external", "modality": "CT", "categories": CATEGORIES,
-                       "cases": cases, "split": {"train": cases, "test": [], "seed": 0, "test_fraction": 0.0},
-                       "format_version": 1})
+    root.attrs.update(
+        {
+            "dataset": dataset,
+            "role": "external",
+            "modality": "CT",
+            "categories": CATEGORIES,
+            "cases": cases,
+            "split": {"train": cases, "test": [], "seed": 0, "test_fraction": 0.0},
+            "format_version": 1,
+        }
+    )
     return path
 
 
@@ -61,11 +69,20 @@ def test_cases_count_lesions_of_lesion_categories_and_table2_pools_them(tmp_path
     rows, _ = score_store(write_store(tmp_path / "ext_lesions.zarr"), [DropsTheSmallest()])
     counts = rows.set_index(["case", "category"])
     liver_tumor = counts.loc[("case_000", "liver tumor")]
-    assert (liver_tumor["lesion_reference"], liver_tumor["lesion_detected"], liver_tumor["lesion_missed"],
-            liver_tumor["lesion_predicted"], liver_tumor["lesion_false_positives"]) == (2, 1, 1, 2, 1)
+    assert (
+        liver_tumor["lesion_reference"],
+        liver_tumor["lesion_detected"],
+        liver_tumor["lesion_missed"],
+        liver_tumor["lesion_predicted"],
+        liver_tumor["lesion_false_positives"],
+    ) == (2, 1, 1, 2, 1)
     liver_tumor = counts.loc[("case_001", "liver tumor")]
-    assert (liver_tumor["lesion_reference"], liver_tumor["lesion_detected"], liver_tumor["lesion_predicted"],
-            liver_tumor["lesion_false_positives"]) == (3, 2, 2, 0)
+    assert (
+        liver_tumor["lesion_reference"],
+        liver_tumor["lesion_detected"],
+        liver_tumor["lesion_predicted"],
+        liver_tumor["lesion_false_positives"],
+    ) == (3, 2, 2, 0)
     kidney_tumor = counts.loc[("case_000", "kidney tumor")]
     assert (kidney_tumor["lesion_reference"], kidney_tumor["lesion_detected"]) == (1, 1)
     assert counts.loc[("case_000", "liver"), list(LESION_COLUMNS)].isna().all()  # an organ is not counted
@@ -74,8 +91,14 @@ def test_cases_count_lesions_of_lesion_categories_and_table2_pools_them(tmp_path
     assert list(table.index) == ["liver tumor", "kidney tumor", "All lesions"]
     assert set(table["method"]) == {"SegVol"}  # a method without rows gets none, never invented numbers
     liver_tumor = table.loc["liver tumor"]
-    assert (liver_tumor["cases"], liver_tumor["reference"], liver_tumor["detected"], liver_tumor["missed"],
-            liver_tumor["predicted"], liver_tumor["false_positives"]) == (2, 5, 3, 2, 4, 1)
+    assert (
+        liver_tumor["cases"],
+        liver_tumor["reference"],
+        liver_tumor["detected"],
+        liver_tumor["missed"],
+        liver_tumor["predicted"],
+        liver_tumor["false_positives"],
+    ) == (2, 5, 3, 2, 4, 1)
     assert liver_tumor["sensitivity"] == pytest.approx(3 / 5)  # pooled; the mean of the cases' rates is 7/12
     assert liver_tumor["precision"] == pytest.approx(3 / 4)
     assert liver_tumor["f1"] == pytest.approx(6 / (6 + 1 + 2))
@@ -91,9 +114,27 @@ def test_table2_csv_is_unchanged_and_old_case_files_get_a_warning(tmp_path, capl
 
     def table2(cases, name):
         out = tmp_path / name
-        assert main(["evaluate", "table2", "--cases", str(cases), "--out", str(out / "table2.csv"),
-                     "--per-case", str(out / "per_case.parquet"), "--methods", str(out / "methods.json"),
-                     "--lesions", str(out / "table2_lesions.csv"), "--params", '{"methods": ["SegVol"]}']) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "table2",
+                    "--cases",
+                    str(cases),
+                    "--out",
+                    str(out / "table2.csv"),
+                    "--per-case",
+                    str(out / "per_case.parquet"),
+                    "--methods",
+                    str(out / "methods.json"),
+                    "--lesions",
+                    str(out / "table2_lesions.csv"),
+                    "--params",
+                    '{"methods": ["SegVol"]}',
+                ]
+            )
+            == 0
+        )
         return out
 
     with caplog.at_level(logging.WARNING, logger="segvol.evaluate"):

@@ -42,10 +42,23 @@ def write_store(path):
         group = root.create_group(case)
         group.create_array("image", data=image)
         group.create_array("labels", data=labels)
-        group.attrs.update({"spacing": [2.5, 0.8, 0.9], "affine": canonical_affine().tolist(),
-                            "categories_present": [c for c, m in zip(CATEGORIES, labels) if m.any()]})
-    root.attrs.update({"dataset": "ext_tiny", "role": "external", "modality": "CT", "categories": CATEGORIES,
-                       "cases": cases, "format_version": 1})
+        group.attrs.update(
+            {
+                "spacing": [2.5, 0.8, 0.9],
+                "affine": canonical_affine().tolist(),
+                "categories_present": [c for c, m in zip(CATEGORIES, labels) if m.any()],
+            }
+        )
+    root.attrs.update(
+        {
+            "dataset": "ext_tiny",
+            "role": "external",
+            "modality": "CT",
+            "categories": CATEGORIES,
+            "cases": cases,
+            "format_version": 1,
+        }
+    )
     return path
 
 
@@ -71,8 +84,26 @@ def solid_centroid(triangles: np.ndarray) -> np.ndarray:
 def test_meshes_of_the_fullest_case_in_world_space_and_a_readable_picture(tmp_path, stub_segvol):
     store = write_store(tmp_path / "ext_tiny.zarr")
     out, png = tmp_path / "meshes", tmp_path / "figures" / "meshes.png"
-    assert main(["evaluate", "meshes", "--checkpoint", "m", "--zarr", str(store), "--out-dir", str(out),
-                 "--png", str(png), "--params", '{"prompt": "box+text"}', "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "meshes",
+                "--checkpoint",
+                "m",
+                "--zarr",
+                str(store),
+                "--out-dir",
+                str(out),
+                "--png",
+                str(png),
+                "--params",
+                '{"prompt": "box+text"}',
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     folder = out / "ext_tiny_case_001"  # the case with the tumour: three categories
     assert sorted(p.name for p in out.iterdir()) == ["ext_tiny_case_001"]
     for kind in ("truth", "segvol"):
@@ -116,6 +147,22 @@ def test_a_store_without_labelled_categories_gives_a_figure_that_says_so(tmp_pat
     for case in root.attrs["cases"]:
         root[case].attrs["categories_present"] = []
     out, png = tmp_path / "meshes", tmp_path / "meshes.png"
-    assert main(["evaluate", "meshes", "--checkpoint", "m", "--zarr", str(store), "--out-dir", str(out),
-                 "--png", str(png), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "meshes",
+                "--checkpoint",
+                "m",
+                "--zarr",
+                str(store),
+                "--out-dir",
+                str(out),
+                "--png",
+                str(png),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert png.read_bytes()[:4] == b"\x89PNG" and out.is_dir() and not any(out.iterdir())

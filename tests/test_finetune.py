@@ -21,8 +21,15 @@ TEST_MODEL = {
     "preset": "tiny",
     "text_encoder": "minilm",
     "overrides": {
-        "spatial_size": [16, 32, 32], "patch_size": [4, 8, 8], "hidden_size": 32, "mlp_dim": 64,
-        "num_layers": 1, "num_heads": 2, "decoder_depth": 1, "decoder_heads": 2, "decoder_mlp_dim": 64,
+        "spatial_size": [16, 32, 32],
+        "patch_size": [4, 8, 8],
+        "hidden_size": 32,
+        "mlp_dim": 64,
+        "num_layers": 1,
+        "num_heads": 2,
+        "decoder_depth": 1,
+        "decoder_heads": 2,
+        "decoder_mlp_dim": 64,
         "iou_head_hidden_dim": 16,
     },
 }
@@ -33,8 +40,15 @@ def _ellipsoid(shape, centre, radii):
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
 
 
-def make_store(path: Path, name: str, categories: list[str], n_cases: int, seed: int,
-               shape=(20, 40, 44), pseudo_path: Path | None = None) -> Path:
+def make_store(
+    path: Path,
+    name: str,
+    categories: list[str],
+    n_cases: int,
+    seed: int,
+    shape=(20, 40, 44),
+    pseudo_path: Path | None = None,
+) -> Path:
     """A tiny labelled store (and its pseudo store) following CONTRIBUTING.md, built with zarr."""
     import zarr
 
@@ -59,27 +73,43 @@ def make_store(path: Path, name: str, categories: list[str], n_cases: int, seed:
         if pseudo_root is not None:
             ids = np.zeros(shape, dtype=np.int32)
             ids[:, : shape[1] // 2] = 1
-            ids[:, shape[1] // 2:] = 2
+            ids[:, shape[1] // 2 :] = 2
             for c in range(len(categories)):
                 ids[labels[c] > 0] = 3 + c
             pgroup = pseudo_root.create_group(case)
             pgroup.create_array("pseudo", data=ids, chunks=(8, 16, 16))
-            pgroup.attrs.update({"n_segments": 2, "segment_sizes": [int((ids == 1).sum()), int((ids == 2).sum())],
-                                 "gt_ids": {n: 3 + c for c, n in enumerate(categories)}})
-    root.attrs.update({
-        "dataset": name, "role": "train", "modality": "CT", "categories": categories, "cases": cases,
-        "split": {"train": cases[:-1], "test": cases[-1:], "seed": 0, "test_fraction": 0.2},
-        "format_version": 1,
-    })
+            pgroup.attrs.update(
+                {
+                    "n_segments": 2,
+                    "segment_sizes": [int((ids == 1).sum()), int((ids == 2).sum())],
+                    "gt_ids": {n: 3 + c for c, n in enumerate(categories)},
+                }
+            )
+    root.attrs.update(
+        {
+            "dataset": name,
+            "role": "train",
+            "modality": "CT",
+            "categories": categories,
+            "cases": cases,
+            "split": {"train": cases[:-1], "test": cases[-1:], "seed": 0, "test_fraction": 0.2},
+            "format_version": 1,
+        }
+    )
     return path
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     base = tmp_path_factory.mktemp("stores")
-    a = make_store(base / "zarr" / "ds_a.zarr", "ds_a", ["liver", "spleen"], 4, 1, pseudo_path=base / "pseudo" / "ds_a.zarr")
+    a = make_store(
+        base / "zarr" / "ds_a.zarr", "ds_a", ["liver", "spleen"], 4, 1, pseudo_path=base / "pseudo" / "ds_a.zarr"
+    )
     b = make_store(base / "zarr" / "ds_b.zarr", "ds_b", ["kidney"], 3, 2, pseudo_path=base / "pseudo" / "ds_b.zarr")
-    return {"zarr": [str(a), str(b)], "pseudo": [str(base / "pseudo" / "ds_a.zarr"), str(base / "pseudo" / "ds_b.zarr")]}
+    return {
+        "zarr": [str(a), str(b)],
+        "pseudo": [str(base / "pseudo" / "ds_a.zarr"), str(base / "pseudo" / "ds_b.zarr")],
+    }
 
 
 def settings(**overrides):
@@ -132,8 +162,7 @@ def test_samples_are_deterministic_and_batches_hold_one_dataset(stores):
         stores_of_batch = {data.reader.cases[k.case].store for k in keys}
         assert len(stores_of_batch) == 1
     # test split never used for training
-    used = {data.reader.cases[k.case].case for keys in batches for k in keys
-            if data.reader.cases[k.case].store == 0}
+    used = {data.reader.cases[k.case].case for keys in batches for k in keys if data.reader.cases[k.case].store == 0}
     assert "case_003" not in used
     first = data[batches[0][0]]
     again = data[batches[0][0]]
@@ -144,7 +173,7 @@ def test_samples_are_deterministic_and_batches_hold_one_dataset(stores):
         if first["present"][c]:
             box = tight_box(first["labels"][c].float())
             assert torch.equal(first["boxes"][c], box)
-            assert (first["point_labels"][c][0] == 1)
+            assert first["point_labels"][c][0] == 1
         else:
             assert (first["point_labels"][c] == -1).all()
 
@@ -213,7 +242,9 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(stores):
 
 
 def test_absent_categories_do_not_contribute(stores):
-    data = FinetuneSamples(stores["zarr"][:1], [], spatial_size=(16, 32, 32), seed=3, settings=settings(pseudo_passes=0))
+    data = FinetuneSamples(
+        stores["zarr"][:1], [], spatial_size=(16, 32, 32), seed=3, settings=settings(pseudo_passes=0)
+    )
     batch = _batch(data, [SampleKey(0, 0, 0), SampleKey(0, 1, 1)])
     batch["present"][:] = True
     objective = FinetuneObjective(_model(), pseudo_weight=0.0)
@@ -229,10 +260,13 @@ def test_absent_categories_do_not_contribute(stores):
     for b in range(2):
         for k in range(2):
             for use_text, use_box, use_points in PROMPT_COMBINATIONS:
-                logits = model.decode(emb[b:b + 1], text=text[k:k + 1] if use_text else None,
-                                      boxes=batch["boxes"][b:b + 1, k] if use_box else None,
-                                      points=(batch["points"][b:b + 1, k], batch["point_labels"][b:b + 1, k]) if use_points else None)
-                per_pair[b, k] += dice_bce(logits[:, 0], batch["labels"][b:b + 1, k])[0].detach()
+                logits = model.decode(
+                    emb[b : b + 1],
+                    text=text[k : k + 1] if use_text else None,
+                    boxes=batch["boxes"][b : b + 1, k] if use_box else None,
+                    points=(batch["points"][b : b + 1, k], batch["point_labels"][b : b + 1, k]) if use_points else None,
+                )
+                per_pair[b, k] += dice_bce(logits[:, 0], batch["labels"][b : b + 1, k])[0].detach()
     assert full.item() == pytest.approx(per_pair.sum().item() / 4, rel=1e-4)
     batch["present"][1, 0] = False
     masked, _ = objective(batch, categories, 3.0, 2.0)
@@ -241,7 +275,9 @@ def test_absent_categories_do_not_contribute(stores):
 
 
 def test_per_category_schedule_matches_shared_loss_for_one_category(stores):
-    data = FinetuneSamples(stores["zarr"][1:], [], spatial_size=(16, 32, 32), seed=3, settings=settings(pseudo_passes=0))
+    data = FinetuneSamples(
+        stores["zarr"][1:], [], spatial_size=(16, 32, 32), seed=3, settings=settings(pseudo_passes=0)
+    )
     batch = _batch(data, [SampleKey(0, 0, 0), SampleKey(0, 1, 1)])
     categories = data.categories[0]
     assert len(categories) == 1
@@ -271,8 +307,9 @@ def test_kill_and_resume_gives_the_same_losses_and_weights(stores, tmp_path):
     assert whole.is_file() and not (tmp_path / "whole" / "model.safetensors.ckpt").exists()
 
     parted = tmp_path / "parted" / "model.safetensors"
-    finetune(stores["zarr"], stores["pseudo"], str(parted), params, TEST_MODEL, seed=7, threads=1, device="cpu",
-             stop_after=3)
+    finetune(
+        stores["zarr"], stores["pseudo"], str(parted), params, TEST_MODEL, seed=7, threads=1, device="cpu", stop_after=3
+    )
     assert not parted.exists() and (parted.parent / "model.safetensors.ckpt" / "state.pt").is_file()
     finetune(stores["zarr"], stores["pseudo"], str(parted), params, TEST_MODEL, seed=7, threads=1, device="cpu")
 
@@ -294,10 +331,21 @@ def test_released_schedule_runs_and_encoder_is_loaded(stores, tmp_path):
 
     model = _model(seed=11)
     encoder = tmp_path / "encoder.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k.startswith("image_encoder.")}, str(encoder))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items() if k.startswith("image_encoder.")}, str(encoder)
+    )
     out = tmp_path / "released" / "model.safetensors"
-    finetune(stores["zarr"], [], str(out), settings(steps=1, shared_embedding=False, lr=0.0), TEST_MODEL,
-             encoder=str(encoder), seed=1, threads=1, device="cpu")
+    finetune(
+        stores["zarr"],
+        [],
+        str(out),
+        settings(steps=1, shared_embedding=False, lr=0.0),
+        TEST_MODEL,
+        encoder=str(encoder),
+        seed=1,
+        threads=1,
+        device="cpu",
+    )
     written = load_file(str(out))
     encoder_keys = [k for k in written if k.startswith("image_encoder.")]
     assert encoder_keys
@@ -363,19 +411,47 @@ def test_resume_with_a_changed_encoder_starts_afresh(stores, tmp_path, caplog):
     params = settings(steps=3, checkpoint_every=1)
     encoder = _encoder_file(tmp_path / "encoder.safetensors", seed=21)
     out = tmp_path / "run" / "model.safetensors"
-    finetune(stores["zarr"], stores["pseudo"], str(out), params, TEST_MODEL, encoder=str(encoder), seed=7,
-             threads=1, device="cpu", stop_after=2)
+    finetune(
+        stores["zarr"],
+        stores["pseudo"],
+        str(out),
+        params,
+        TEST_MODEL,
+        encoder=str(encoder),
+        seed=7,
+        threads=1,
+        device="cpu",
+        stop_after=2,
+    )
     assert (out.parent / "model.safetensors.ckpt" / "state.pt").is_file()
 
     _encoder_file(encoder, seed=22)  # overwritten in place
     with caplog.at_level("WARNING", logger="segvol.training.runtime"):
-        finetune(stores["zarr"], stores["pseudo"], str(out), params, TEST_MODEL, encoder=str(encoder), seed=7,
-                 threads=1, device="cpu")
+        finetune(
+            stores["zarr"],
+            stores["pseudo"],
+            str(out),
+            params,
+            TEST_MODEL,
+            encoder=str(encoder),
+            seed=7,
+            threads=1,
+            device="cpu",
+        )
     assert "encoder changed" in caplog.text and "starting afresh" in caplog.text
 
     fresh = tmp_path / "fresh" / "model.safetensors"
-    finetune(stores["zarr"], stores["pseudo"], str(fresh), params, TEST_MODEL, encoder=str(encoder), seed=7,
-             threads=1, device="cpu")
+    finetune(
+        stores["zarr"],
+        stores["pseudo"],
+        str(fresh),
+        params,
+        TEST_MODEL,
+        encoder=str(encoder),
+        seed=7,
+        threads=1,
+        device="cpu",
+    )
     assert _read_losses(out.with_name("model.metrics.csv")) == _read_losses(fresh.with_name("model.metrics.csv"))
     a, b = load_file(str(out)), load_file(str(fresh))
     assert all(torch.equal(a[key], b[key]) for key in a)
@@ -413,7 +489,7 @@ def test_runs_are_bitwise_identical_and_headers_stable(stores, tmp_path):
             assert torch.get_num_threads() == 2  # the stage's `threads` setting, not the caller's
             data = out.read_bytes()
             digests.append(hashlib.sha256(data).hexdigest())
-            metadata = list(json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"])
+            metadata = list(json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"])
             assert metadata == sorted(metadata)
     finally:
         torch.set_num_threads(1)
@@ -431,9 +507,26 @@ def test_cli_log_has_plain_progress_lines(stores, tmp_path):
     params = {"steps": 3, "batch_size": 1, "pseudo_passes": 0, "checkpoint_every": 0, "threads": 1}
     with open(log, "w") as handle:
         result = subprocess.run(
-            [sys.executable, "-m", "segvol", "finetune", "--zarr", *stores["zarr"], "--out", str(out),
-             "--params", json.dumps(params), "--model", json.dumps(TEST_MODEL), "--device", "cpu"],
-            stdout=handle, stderr=subprocess.STDOUT, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "segvol",
+                "finetune",
+                "--zarr",
+                *stores["zarr"],
+                "--out",
+                str(out),
+                "--params",
+                json.dumps(params),
+                "--model",
+                json.dumps(TEST_MODEL),
+                "--device",
+                "cpu",
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
     text = log.read_text()
     assert result.returncode == 0, text[-3000:]
     assert out.is_file() and "\r" not in text

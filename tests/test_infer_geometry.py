@@ -78,11 +78,11 @@ def test_box_through_crop_and_resize_covers_the_object():
         lo = np.array([rng.integers(start[a], shape[a] - 2) for a in range(3)])
         hi = np.array([rng.integers(lo[a], shape[a]) for a in range(3)])
         volume = np.zeros(shape, np.uint8)
-        volume[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = 1
+        volume[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = 1
         crop_shape = tuple(int(n) for n in np.array(shape) - start)
         voxel_map = VoxelMap.crop(start).then(VoxelMap.resize(crop_shape, out_shape))
         box = voxel_map.map_box(np.concatenate([lo, hi]), out_shape)
-        cropped = volume[start[0]:, start[1]:, start[2]:]
+        cropped = volume[start[0] :, start[1] :, start[2] :]
         idx = [nearest_exact_indices(crop_shape[a], out_shape[a]) for a in range(3)]
         resized = cropped[np.ix_(*idx)]
         inside = np.zeros(out_shape, bool)
@@ -151,8 +151,10 @@ def test_prompt_validation():
 
 def test_prompt_file(tmp_path):
     path = tmp_path / "prompts.yaml"
-    path.write_text("- {name: liver, text: liver, box: [1, 2, 3, 4, 5, 6]}\n"
-                    "- {name: spleen, points: [[1, 1, 1], [2, 2, 2]], point_labels: [1, 0]}\n")
+    path.write_text(
+        "- {name: liver, text: liver, box: [1, 2, 3, 4, 5, 6]}\n"
+        "- {name: spleen, points: [[1, 1, 1], [2, 2, 2]], point_labels: [1, 0]}\n"
+    )
     prompts = load_prompt_file(path)
     assert [p.label for p in prompts] == ["liver", "spleen"]
     np.testing.assert_array_equal(prompts[1].point_labels, [1, 0])
@@ -218,7 +220,7 @@ def test_extract_window_pads_with_zeros():
     patch = extract_window(volume, w)
     assert w.start[0] == -1  # (8 - 5) // 2 voxels of padding in front
     assert torch.all(patch[0] == 0) and torch.all(patch[6:] == 0)
-    assert torch.equal(patch[1:6], volume[:, w.start[1]:w.start[1] + 4, w.start[2]:w.start[2] + 4])
+    assert torch.equal(patch[1:6], volume[:, w.start[1] : w.start[1] + 4, w.start[2] : w.start[2] + 4])
 
 
 @pytest.mark.slow
@@ -238,7 +240,9 @@ def test_window_lattice_matches_monai_sliding_window_positions():
         shape = tuple(int(w + rng.integers(0, 60)) for w in window)
         overlap = float(rng.choice([0.0, 0.25, 0.5, 0.6, 0.75, 0.9]))
         interval = _get_scan_interval(shape, window, 3, (overlap,) * 3)
-        expected = sorted({tuple(int(s.start) for s in slices) for slices in dense_patch_slices(shape, window, interval)})
+        expected = sorted(
+            {tuple(int(s.start) for s in slices) for slices in dense_patch_slices(shape, window, interval)}
+        )
         per_axis = [window_starts(n, w, overlap) for n, w in zip(shape, window)]
         ours = sorted((d, h, w) for d in per_axis[0] for h in per_axis[1] for w in per_axis[2])
         assert ours == expected, (shape, window, overlap)

@@ -26,7 +26,7 @@ def phantom(shape=(30, 70, 90), seed=0) -> torch.Tensor:
 
 def box_mask(shape, box) -> np.ndarray:
     mask = np.zeros(shape, bool)
-    mask[box[0]:box[3] + 1, box[1]:box[4] + 1, box[2]:box[5] + 1] = True
+    mask[box[0] : box[3] + 1, box[1] : box[4] + 1, box[2] : box[5] + 1] = True
     return mask
 
 
@@ -146,8 +146,9 @@ def test_all_prompts_at_once_equal_one_at_a_time():
         together = segment(MixingModel(SIZE), volume, prompts, mode=mode, sw_batch_size=3, decode_batch_size=2)
         for k, prompt in enumerate(prompts):
             alone = segment(MixingModel(SIZE), volume, [prompt], mode=mode, sw_batch_size=1)
-            np.testing.assert_allclose(together[k].numpy(), alone[0].numpy(), rtol=1e-5, atol=1e-5,
-                                       err_msg=f"{mode} prompt {k}")
+            np.testing.assert_allclose(
+                together[k].numpy(), alone[0].numpy(), rtol=1e-5, atol=1e-5, err_msg=f"{mode} prompt {k}"
+            )
 
 
 def test_embeddings_are_shared_between_prompts():
@@ -165,8 +166,9 @@ def test_embeddings_are_shared_between_prompts():
 
 
 def test_window_prompt_keeps_clipped_box_and_negative_points():
-    prompt = Prompt(text="liver", box=(2, 10, 10, 20, 40, 40),
-                    points=[[5, 15, 15], [6, 16, 30], [30, 5, 5]], point_labels=[1, 0, 1])
+    prompt = Prompt(
+        text="liver", box=(2, 10, 10, 20, 40, 40), points=[[5, 15, 15], [6, 16, 30], [30, 5, 5]], point_labels=[1, 0, 1]
+    )
     job = _window_job(prompt, VoxelMap.crop((4, 12, 12)), SIZE, 0, 0, coarse_box=None, use_coarse=True)
     np.testing.assert_array_equal(job.box, [0, 0, 0, 7, 28, 28])
     np.testing.assert_array_equal(job.points, [[1, 3, 3], [2, 4, 18]])

@@ -36,16 +36,22 @@ def test_interactive_edits_equal_the_one_shot_call(mode):
     session.logits("liver")
     session.remove_point("liver", wrong)
     edited = session.logits("liver")
-    one_shot = segment(MixingModel((8, 32, 32)), image, [Prompt(
-        text="liver", box=(4, 10, 8, 14, 50, 40), points=[(9, 30, 20), (5, 12, 12)], point_labels=[1, 0])],
-        mode=mode)[0]
+    one_shot = segment(
+        MixingModel((8, 32, 32)),
+        image,
+        [Prompt(text="liver", box=(4, 10, 8, 14, 50, 40), points=[(9, 30, 20), (5, 12, 12)], point_labels=[1, 0])],
+        mode=mode,
+    )[0]
     np.testing.assert_array_equal(edited, one_shot)
     assert not torch.equal(edited, first)
     session.remove_box("liver")
     session.remove_text("liver")
-    np.testing.assert_array_equal(session.logits("liver"), segment(
-        MixingModel((8, 32, 32)), image, [Prompt(points=[(9, 30, 20), (5, 12, 12)], point_labels=[1, 0])],
-        mode=mode)[0])
+    np.testing.assert_array_equal(
+        session.logits("liver"),
+        segment(
+            MixingModel((8, 32, 32)), image, [Prompt(points=[(9, 30, 20), (5, 12, 12)], point_labels=[1, 0])], mode=mode
+        )[0],
+    )
     session.remove("liver")
     with pytest.raises(ValueError, match="no category 'liver'"):
         session.logits("liver")
@@ -69,6 +75,7 @@ def test_image_embeddings_are_computed_once_per_view():
 
 # -- a click answered fast: decoder outputs of unchanged windows are reused -------------------
 
+
 def windows_of(session):
     """The zoom-in windows a session has encoded: (start, size) in crop voxels."""
     return [(key[1], key[2]) for key in session.embeddings if key[0] == "window"]
@@ -90,9 +97,16 @@ class Counted:
             return encode(image)
 
         def counted_decode(embedding, **prompts):
-            self.decoded += next(v.shape[0] for v in (prompts.get("text"), prompts.get("boxes"),
-                                                      (prompts.get("points") or (None,))[0],
-                                                      prompts.get("mask_prompt")) if v is not None)
+            self.decoded += next(
+                v.shape[0]
+                for v in (
+                    prompts.get("text"),
+                    prompts.get("boxes"),
+                    (prompts.get("points") or (None,))[0],
+                    prompts.get("mask_prompt"),
+                )
+                if v is not None
+            )
             return decode(embedding, **prompts)
 
         model.encode_image, model.decode = counted_encode, counted_decode
@@ -169,10 +183,14 @@ def ct_like(shape=(40, 150, 140), seed=1):
     return torch.from_numpy(np.clip(data, 0, 1))
 
 
-@pytest.mark.parametrize("start", [
-    dict(shape=(40, 150, 140), box=(8, 35, 25, 33, 105, 95), clicks=[(14, 50, 40), (26, 90, 80), (20, 60, 45)]),
-    dict(shape=(36, 100, 90), points=[(20, 50, 45)], clicks=[(14, 40, 30), (26, 70, 60), (20, 55, 40)]),
-], ids=["box", "points"])
+@pytest.mark.parametrize(
+    "start",
+    [
+        dict(shape=(40, 150, 140), box=(8, 35, 25, 33, 105, 95), clicks=[(14, 50, 40), (26, 90, 80), (20, 60, 45)]),
+        dict(shape=(36, 100, 90), points=[(20, 50, 45)], clicks=[(14, 40, 30), (26, 70, 60), (20, 55, 40)]),
+    ],
+    ids=["box", "points"],
+)
 def test_refined_object_equals_a_one_shot_segmentation_with_the_same_prompts(tiny_segvol, start):
     # with points only, every window's box comes from the coarse view, which each click moves
     image = ct_like(start["shape"])
@@ -190,8 +208,9 @@ def test_refined_object_equals_a_one_shot_segmentation_with_the_same_prompts(tin
         refined = session.logits("organ")
         encoded, decoded = count.encoded, count.decoded
         prompt = session.prompt("organ")
-        one_shot = segment(tiny_segvol, image, [Prompt(box=prompt.box, points=prompt.points,
-                                                       point_labels=prompt.point_labels)])[0]
+        one_shot = segment(
+            tiny_segvol, image, [Prompt(box=prompt.box, points=prompt.points, point_labels=prompt.point_labels)]
+        )[0]
         torch.testing.assert_close(refined, one_shot, rtol=0, atol=1e-4)
         assert (refined > 0).sum() > 0
         # no encoder pass for windows already seen; at most the zoom-out view and the click's
@@ -207,6 +226,7 @@ def test_refined_object_equals_a_one_shot_segmentation_with_the_same_prompts(tin
 
 
 # -- an object started from an existing mask ----------------------------------------------------
+
 
 def organ_mask(shape=(20, 70, 60)):
     mask = np.zeros(shape, bool)
@@ -226,10 +246,12 @@ def test_without_a_trained_branch_a_mask_is_the_result_and_clicks_edit_it_nearby
     session.set_mask("organ", mask.astype(np.uint8))
     logits = session.logits("organ")
     assert count.decoded == 0  # the mask alone needs no model
-    np.testing.assert_array_equal(logits[6:12, 20:40, 15:35].numpy(), np.where(mask, MASK_LOGIT_LIMIT,
-                                                                               -MASK_LOGIT_LIMIT)[6:12, 20:40, 15:35])
-    assert (logits[~torch.from_numpy(np.pad(np.ones((6, 20, 20), bool), [(6, 8), (20, 30), (15, 25)]))]
-            == OUTSIDE_LOGIT).all()
+    np.testing.assert_array_equal(
+        logits[6:12, 20:40, 15:35].numpy(), np.where(mask, MASK_LOGIT_LIMIT, -MASK_LOGIT_LIMIT)[6:12, 20:40, 15:35]
+    )
+    assert (
+        logits[~torch.from_numpy(np.pad(np.ones((6, 20, 20), bool), [(6, 8), (20, 30), (15, 25)]))] == OUTSIDE_LOGIT
+    ).all()
     # a positive click beside the mask: the box becomes the mask's box grown to the click, the model
     # (BoxModel: the box is the object) decides within 3 voxels of the click, the mask stays elsewhere
     click = (9, 44, 25)

@@ -36,8 +36,11 @@ def test_reads_equal_the_whole_volume_normalized():
 @pytest.mark.parametrize("mode", ["zoom", "window", "resize"])
 def test_segmenting_normalized_on_read_equals_normalized_up_front(mode):
     hu = ct()
-    prompts = [Prompt(text="liver"), Prompt(box=(4, 10, 8, 14, 50, 40), points=[(9, 30, 20)], point_labels=[1]),
-               Prompt(points=[(6, 40, 30), (12, 20, 20)], point_labels=[1, 0])]
+    prompts = [
+        Prompt(text="liver"),
+        Prompt(box=(4, 10, 8, 14, 50, 40), points=[(9, 30, 20)], point_labels=[1]),
+        Prompt(points=[(6, 40, 30), (12, 20, 20)], point_labels=[1, 0]),
+    ]
     lazy = NormalizedVolume.compact(hu)
     for prompt in prompts:  # the volume's foreground box is found once, then reused
         expected = segment(MixingModel((8, 32, 32)), torch.from_numpy(foreground_normalize(hu)), [prompt], mode=mode)

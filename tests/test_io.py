@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segvol.io import read_image, read_label, same_grid, write_like
-from segvol.io import orientation
+from segvol.io import orientation, read_image, read_label, same_grid, write_like
 
 SHAPE = (7, 9, 11)
 
@@ -38,7 +37,8 @@ AFFINES = {
     # columns permuted (the array's first axis runs along S) and flipped, then tilted 12 degrees
     "oblique_permuted": _affine(
         _rotation(0, 12.0) @ np.array([[0.0, 0.0, -1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]]),
-        (2.0, 1.1, 0.6), (5.0, -7.0, 11.0),
+        (2.0, 1.1, 0.6),
+        (5.0, -7.0, 11.0),
     ),
     "pir": _affine(np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]), (1.0, 1.5, 2.0), (0, 0, 0)),
 }
@@ -233,7 +233,12 @@ def test_real_nifti_case_round_trips(shared_data, tmp_path):
     source = nib.load(folder / "example_ct_sm.nii.gz")
     assert image.shape == source.shape[::-1]  # RAS source: canonical = reversed axes
     assert image.spacing == pytest.approx((3.0, 3.0, 3.0))
-    names = {name: int(k) for k, name in json.loads((shared_data / "totalsegmentator" / "labels_total.json").read_text(encoding="utf-8")).items()}
+    names = {
+        name: int(k)
+        for k, name in json.loads(
+            (shared_data / "totalsegmentator" / "labels_total.json").read_text(encoding="utf-8")
+        ).items()
+    }
     liver_hu = image.array[label.array == names["liver"]].mean()
     assert 20 < liver_hu < 70  # README: 44.5 HU on the full scan
 
@@ -241,7 +246,9 @@ def test_real_nifti_case_round_trips(shared_data, tmp_path):
     write_like(label.array, image, out)
     written = nib.load(out)
     assert np.array_equal(written.affine, source.affine) and written.shape == source.shape
-    assert np.array_equal(np.asanyarray(written.dataobj), np.asanyarray(nib.load(folder / "example_seg.nii.gz").dataobj))
+    assert np.array_equal(
+        np.asanyarray(written.dataobj), np.asanyarray(nib.load(folder / "example_seg.nii.gz").dataobj)
+    )
 
 
 def test_dicom_series_and_its_nifti_label_agree_in_physical_space(shared_data, tmp_path):
@@ -252,7 +259,12 @@ def test_dicom_series_and_its_nifti_label_agree_in_physical_space(shared_data, t
     assert image.spacing == pytest.approx((2.0, 0.9765625, 0.9765625))
     assert same_grid(label, image) is None
     # The two files store rows in opposite directions; after canonicalisation the organs line up.
-    names = {name: int(k) for k, name in json.loads((shared_data / "totalsegmentator" / "labels_total.json").read_text(encoding="utf-8")).items()}
+    names = {
+        name: int(k)
+        for k, name in json.loads(
+            (shared_data / "totalsegmentator" / "labels_total.json").read_text(encoding="utf-8")
+        ).items()
+    }
     expected = {"liver": 89, "spleen": 80, "aorta": 177}  # README sanity figures
     for organ, hu in expected.items():
         assert abs(image.array[label.array == names[organ]].mean() - hu) < 5, organ

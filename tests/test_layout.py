@@ -17,8 +17,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # Data-flow order of the stage packages (docs/architecture.md); equal ranks are siblings.
-STAGE_RANK = {"synth": 0, "download": 0, "normalize": 1, "pseudo": 2, "pretrain": 3, "finetune": 4, "taskspecific": 4,
-              "evaluate": 5, "own_data": 6}
+STAGE_RANK = {
+    "synth": 0,
+    "download": 0,
+    "normalize": 1,
+    "pseudo": 2,
+    "pretrain": 3,
+    "finetune": 4,
+    "taskspecific": 4,
+    "evaluate": 5,
+    "own_data": 6,
+}
 
 
 def module_files(package_dir: Path) -> dict[str, Path]:
@@ -51,8 +60,9 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
                     anchor = name.split(".") if is_package else name.split(".")[:-1]
                     anchor = anchor[: len(anchor) - (node.level - 1)]
                     base = ".".join(anchor + ([base] if base else []))
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-                           for alias in node.names]
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+                ]
             else:
                 continue
             for target in targets:
@@ -73,7 +83,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = 2
@@ -115,12 +125,15 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_graph_helpers_find_a_cycle_through_lazy_and_relative_imports(tmp_path):
-    package = write_package(tmp_path, {
-        "segvol/__init__.py": "",
-        "segvol/model/__init__.py": "from .config import Config\n",
-        "segvol/model/config.py": "def build():\n    from segvol.model.net import Net\n    return Net\n",
-        "segvol/model/net.py": "from segvol.model import config\n",
-    })
+    package = write_package(
+        tmp_path,
+        {
+            "segvol/__init__.py": "",
+            "segvol/model/__init__.py": "from .config import Config\n",
+            "segvol/model/config.py": "def build():\n    from segvol.model.net import Net\n    return Net\n",
+            "segvol/model/net.py": "from segvol.model import config\n",
+        },
+    )
     graph = import_graph(package)
     assert graph["segvol.model"] == {"segvol.model.config"}
     assert graph["segvol.model.net"] == {"segvol.model.config"}
@@ -130,17 +143,20 @@ def test_graph_helpers_find_a_cycle_through_lazy_and_relative_imports(tmp_path):
 
 
 def test_graph_helpers_flag_later_and_sibling_stages_only(tmp_path):
-    package = write_package(tmp_path, {
-        "segvol/__init__.py": "",
-        "segvol/infer/__init__.py": "",
-        "segvol/synth/__init__.py": "from segvol.download import fetch\n",  # sibling
-        "segvol/download/__init__.py": "",
-        "segvol/download/fetch.py": "",
-        "segvol/pseudo/__init__.py": "",
-        "segvol/pseudo/sampling.py": "",
-        "segvol/finetune/__init__.py": "from segvol.pseudo.sampling import pick\nfrom segvol import infer\n",
-        "segvol/pretrain/__init__.py": "import segvol.finetune\n",  # later
-    })
+    package = write_package(
+        tmp_path,
+        {
+            "segvol/__init__.py": "",
+            "segvol/infer/__init__.py": "",
+            "segvol/synth/__init__.py": "from segvol.download import fetch\n",  # sibling
+            "segvol/download/__init__.py": "",
+            "segvol/download/fetch.py": "",
+            "segvol/pseudo/__init__.py": "",
+            "segvol/pseudo/sampling.py": "",
+            "segvol/finetune/__init__.py": "from segvol.pseudo.sampling import pick\nfrom segvol import infer\n",
+            "segvol/pretrain/__init__.py": "import segvol.finetune\n",  # later
+        },
+    )
     assert stage_violations(import_graph(package)) == [
         ("segvol.pretrain", "segvol.finetune"),
         ("segvol.synth", "segvol.download.fetch"),
@@ -225,8 +241,11 @@ def test_predict_command_line_is_only_argparse_to_the_library():
 def test_each_evaluation_is_one_module_listed_in_one_table():
     """`segvol evaluate <name>` is `segvol/evaluate/<module>.py` with add_arguments and run, listed in EVALUATIONS."""
     cli = REPO / "segvol" / "evaluate" / "cli.py"
-    table = next(node.value for node in ast.parse(cli.read_text()).body
-                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "EVALUATIONS")
+    table = next(
+        node.value
+        for node in ast.parse(cli.read_text()).body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "EVALUATIONS"
+    )
     evaluations = ast.literal_eval(table)
     assert {"cases", "table2", "table3", "table6", "fig3a", "fig9", "table7"} <= set(evaluations)
     modules = [module for module, _ in evaluations.values()]
@@ -243,8 +262,12 @@ def test_task_specific_baselines_have_one_spelling():
     """`taskspecific` names the task-specific baselines in every path and identifier: stage, modules, rules,
     config keys, tests (`task_specific` was a second spelling of the same thing)."""
     other = re.compile(r"task_specific")
-    files = [p for folder in ("segvol", "workflow", "tests", "benchmarks", "config") for p in (REPO / folder).rglob("*")
-             if p.is_file() and p.suffix in {".py", ".smk", ".yaml"} and p != Path(__file__).resolve()]
+    files = [
+        p
+        for folder in ("segvol", "workflow", "tests", "benchmarks", "config")
+        for p in (REPO / folder).rglob("*")
+        if p.is_file() and p.suffix in {".py", ".smk", ".yaml"} and p != Path(__file__).resolve()
+    ]
     named = [str(p.relative_to(REPO)) for p in files if other.search(p.name)]
     used = [str(p.relative_to(REPO)) for p in files if other.search(p.read_text())]
     assert named == [] and used == [], f"spell it `taskspecific`: files {named}, text in {used}"
@@ -255,8 +278,11 @@ CATEGORY_NAMES = {"ablations", "utils", "util", "common", "misc", "helpers", "to
 
 
 def test_no_module_is_named_after_a_category_of_unrelated_things():
-    named = [str(path.relative_to(REPO)) for name, path in module_files(REPO / "segvol").items()
-             if name.rpartition(".")[2] in CATEGORY_NAMES]
+    named = [
+        str(path.relative_to(REPO))
+        for name, path in module_files(REPO / "segvol").items()
+        if name.rpartition(".")[2] in CATEGORY_NAMES
+    ]
     assert named == [], f"name a module after what it holds: {named}"
 
 
@@ -272,8 +298,9 @@ def test_snakemake_benchmark_tsvs_land_in_an_ignored_folder():
     assert 'BENCHMARKS = "benchmarks/runs"' in (REPO / "workflow" / "rules" / "common.smk").read_text()
     if not (REPO / ".git").exists() or not shutil.which("git"):
         pytest.skip("not a git checkout")
-    tracked = subprocess.run(["git", "ls-files", "benchmarks"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "benchmarks"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert [name for name in tracked if not name.endswith(".py")] == [], "generated files tracked under benchmarks/"
     ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", "benchmarks/runs/table2.tsv"], cwd=REPO)
     assert ignored.returncode == 0, ".gitignore does not ignore benchmarks/runs/"
@@ -407,8 +434,9 @@ def test_workflow_is_snakefmt_formatted():
     """`snakefmt --check Snakefile workflow/` (the catalog's formatting gate)."""
     snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent)) or shutil.which("snakefmt")
     assert snakefmt, "snakefmt is missing: pip install -e '.[test]'"
-    result = subprocess.run([snakefmt, "--check", "Snakefile", "workflow/"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [snakefmt, "--check", "Snakefile", "workflow/"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 

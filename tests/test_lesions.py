@@ -43,8 +43,9 @@ def test_a_split_prediction_detects_its_lesion_without_false_positives():
     prediction = truth.copy()
     prediction[7] = False  # one slice missing: two predicted pieces on one lesion
     counts = lesion_counts(prediction, truth)
-    assert counts == LesionCounts(reference=1, predicted=2, detected=1, missed=0, true_positives=2,
-                                  false_positives=0, split=1, merged=0)
+    assert counts == LesionCounts(
+        reference=1, predicted=2, detected=1, missed=0, true_positives=2, false_positives=0, split=1, merged=0
+    )
     assert (counts.sensitivity, counts.precision, counts.f1) == (1.0, 1.0, 1.0)
 
 
@@ -62,8 +63,9 @@ def test_a_missed_lesion_and_false_positives():
     cube(prediction, (10, 2, 14), 2)  # and two blobs where there is nothing
     cube(prediction, (2, 15, 3), 3)
     counts = lesion_counts(prediction, truth)
-    assert counts == LesionCounts(reference=2, predicted=3, detected=1, missed=1, true_positives=1,
-                                  false_positives=2, split=0, merged=0)
+    assert counts == LesionCounts(
+        reference=2, predicted=3, detected=1, missed=1, true_positives=1, false_positives=2, split=0, merged=0
+    )
     assert counts.sensitivity == 0.5
     assert counts.precision == pytest.approx(1 / 3)
     assert counts.f1 == pytest.approx(2 * 1 / (2 * 1 + 2 + 1))
@@ -124,8 +126,14 @@ def _brute_force(prediction, truth, min_iou):
     truth_labels, n_truth = ndimage.label(truth, structure)
     prediction_labels, n_prediction = ndimage.label(prediction, structure)
     unassigned_truth, unassigned_prediction = set(range(1, n_truth + 1)), set(range(1, n_prediction + 1))
-    counts = {"reference": n_truth, "predicted": n_prediction, "detected": 0, "true_positives": 0, "split": 0,
-              "merged": 0}
+    counts = {
+        "reference": n_truth,
+        "predicted": n_prediction,
+        "detected": 0,
+        "true_positives": 0,
+        "split": 0,
+        "merged": 0,
+    }
     while unassigned_truth:
         group_truth, group_prediction = {unassigned_truth.pop()}, set()
         grew = True
@@ -174,8 +182,7 @@ def test_real_kidneys_of_a_totalsegmentator_case(shared_data):
     """Kidneys of a real CT as 'lesions': the two kidneys are two components; dropping one is a miss."""
     import nibabel
 
-    labels = np.asarray(nibabel.load(shared_data / "totalsegmentator/abdomen_ct_3mm_small/example_seg.nii.gz")
-                        .dataobj)
+    labels = np.asarray(nibabel.load(shared_data / "totalsegmentator/abdomen_ct_3mm_small/example_seg.nii.gz").dataobj)
     kidneys = (labels == 2) | (labels == 3)  # ids 2, 3 = right and left kidney (labels_total.json)
     assert components(kidneys)[1] == 2
     right_only = labels == 2

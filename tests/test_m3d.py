@@ -10,7 +10,12 @@ import scipy.sparse
 
 from segvol.download.layouts import describe
 from segvol.io.m3d import (
-    mask_file_name, mask_shape, read_m3d_channels, read_m3d_image, read_m3d_mask, write_m3d_case,
+    mask_file_name,
+    mask_shape,
+    read_m3d_channels,
+    read_m3d_image,
+    read_m3d_mask,
+    write_m3d_case,
 )
 
 
@@ -78,10 +83,16 @@ def test_release_folder_to_raw_contract(tmp_path):
         image, stack, _ = _case(rng, shape=(4, 4, 3), channels=2)
         image_path, mask_path = write_m3d_case(code_dir / case, image, stack)
         entries.append({"image": f"0005/{case}/image.npy", "label": f"0005/{case}/{mask_path.name}"})
-    (code_dir / "0005.json").write_text(json.dumps({
-        "name": "KiPA22", "labels": {"0": "background", "1": "renal vein", "2": "kidney"},
-        "train": entries[:2], "test": entries[2:],
-    }))
+    (code_dir / "0005.json").write_text(
+        json.dumps(
+            {
+                "name": "KiPA22",
+                "labels": {"0": "background", "1": "renal vein", "2": "kidney"},
+                "train": entries[:2],
+                "test": entries[2:],
+            }
+        )
+    )
     entry = {"role": "train", "modality": "CT", "layout": {"kind": "m3d", "code": "0005"}, "labels": None}
     document = describe(tmp_path, "KiPA22", entry)
     assert document["categories"] == {"renal vein": [1], "kidney": [2]}

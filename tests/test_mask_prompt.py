@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segvol.model import build_model, model_config
-from segvol.model import checkpoint
+from segvol.model import build_model, checkpoint, model_config
 from segvol.model.checkpoint import load_mask_prompt
 from segvol.model.mask_prompt import MASK_LOGIT_LIMIT, attach_mask_prompt, mask_prompt_is_trained, mask_prompt_path
 
@@ -112,8 +111,12 @@ def test_branch_has_its_own_file_and_the_model_file_keeps_the_released_keys(tmp_
     assert mask_prompt_is_trained(loaded)
     with torch.no_grad():
         embedding = model.encode_image(image[:1])
-        torch.testing.assert_close(loaded.decode(embedding, boxes=boxes[:1], mask_prompt=mask[:1]),
-                                   model.decode(embedding, boxes=boxes[:1], mask_prompt=mask[:1]), rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded.decode(embedding, boxes=boxes[:1], mask_prompt=mask[:1]),
+            model.decode(embedding, boxes=boxes[:1], mask_prompt=mask[:1]),
+            rtol=0,
+            atol=0,
+        )
     # a branch file of another model width is refused by name
     narrow = build_model(model_config("tiny", hidden_size=64))
     with pytest.raises(ValueError, match="model.mask_prompt.safetensors: mask-prompt branch does not fit"):
@@ -143,4 +146,5 @@ def test_untrained_branch_leaves_the_released_base_network_bit_identical(monkeyp
         attach_mask_prompt(model)
         assert torch.equal(model.decode(embedding, boxes=boxes, points=points, mask_prompt=mask), released)
     assert set(model.state_dict()) - released_keys == {
-        "mask_prompt_encoder." + key for key in model.mask_prompt_encoder.state_dict()}
+        "mask_prompt_encoder." + key for key in model.mask_prompt_encoder.state_dict()
+    }

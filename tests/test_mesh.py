@@ -211,14 +211,21 @@ def test_obj_file_has_the_tag_first_and_the_same_surface(tmp_path):
 
 
 def test_one_file_per_non_empty_category(tmp_path):
-    masks = {"liver": np.zeros((6, 6, 6), dtype=bool), "liver tumor": np.zeros((6, 6, 6), dtype=bool),
-             "spleen": np.zeros((6, 6, 6), dtype=bool)}
+    masks = {
+        "liver": np.zeros((6, 6, 6), dtype=bool),
+        "liver tumor": np.zeros((6, 6, 6), dtype=bool),
+        "spleen": np.zeros((6, 6, 6), dtype=bool),
+    }
     masks["liver"][1:5, 1:5, 1:5] = True
     masks["liver tumor"][2:3, 2:3, 2:3] = True
     written = write_category_meshes(masks, np.eye(4), tmp_path / "meshes", formats=("stl", "obj"))
     assert sorted(written) == ["liver", "liver tumor"]  # the empty spleen gets no file
     assert sorted(p.name for p in (tmp_path / "meshes").iterdir()) == [
-        "liver.obj", "liver.stl", "liver_tumor.obj", "liver_tumor.stl"]
+        "liver.obj",
+        "liver.stl",
+        "liver_tumor.obj",
+        "liver_tumor.stl",
+    ]
     assert read_stl(written["liver tumor"][0])[0].shape == (8, 3, 3)  # one voxel: an octahedron
     with pytest.raises(ValueError, match="share a mesh file name"):
         write_category_meshes({"a b": masks["liver"], "a/b": masks["liver"]}, np.eye(4), tmp_path / "x")

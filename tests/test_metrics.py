@@ -15,9 +15,9 @@ def masks(shape=(4, 4, 4)):
 
 def test_dice_counts_overlap_by_hand():
     prediction, truth = masks()
-    truth[0, 0, :4] = True          # 4 voxels
-    prediction[0, 0, 2:4] = True    # 2 voxels, both inside
-    prediction[3, 3, 3] = True      # 1 false positive
+    truth[0, 0, :4] = True  # 4 voxels
+    prediction[0, 0, 2:4] = True  # 2 voxels, both inside
+    prediction[3, 3, 3] = True  # 1 false positive
     # 2 * 2 / (3 + 4)
     assert dice(prediction, truth) == pytest.approx(4 / 7)
     assert dice_official(prediction, truth) == pytest.approx(4 / 8)
@@ -25,11 +25,11 @@ def test_dice_counts_overlap_by_hand():
 
 def test_empty_ground_truth_policy():
     prediction, truth = masks()
-    assert math.isnan(dice(prediction, truth))          # nothing to segment: skipped
-    assert dice_official(prediction, truth) == 0.0      # the released helper gives 0
+    assert math.isnan(dice(prediction, truth))  # nothing to segment: skipped
+    assert dice_official(prediction, truth) == 0.0  # the released helper gives 0
     prediction[1, 1, 1] = True
-    assert dice(prediction, truth) == 0.0               # false positive only
-    assert dice(truth, prediction) == 0.0               # miss only
+    assert dice(prediction, truth) == 0.0  # false positive only
+    assert dice(truth, prediction) == 0.0  # miss only
 
 
 def test_dice_rejects_shape_mismatch():
@@ -41,9 +41,9 @@ def test_nsd_single_voxels_with_anisotropic_spacing():
     prediction, truth = masks((8, 8, 8))
     truth[2, 2, 2] = True
     prediction[3, 2, 2] = True  # one voxel away along D
-    assert normalized_surface_dice(prediction, truth, (2.0, 1.0, 1.0), 1.0) == 0.0   # 2 mm apart
+    assert normalized_surface_dice(prediction, truth, (2.0, 1.0, 1.0), 1.0) == 0.0  # 2 mm apart
     assert normalized_surface_dice(prediction, truth, (2.0, 1.0, 1.0), 2.0) == 1.0
-    assert normalized_surface_dice(prediction, truth, (0.5, 1.0, 1.0), 1.0) == 1.0   # 0.5 mm apart
+    assert normalized_surface_dice(prediction, truth, (0.5, 1.0, 1.0), 1.0) == 1.0  # 0.5 mm apart
     shifted_h = np.zeros_like(truth)
     shifted_h[2, 3, 2] = True  # along H the spacing is 1 mm
     assert normalized_surface_dice(shifted_h, truth, (2.0, 1.0, 1.0), 1.0) == 1.0
@@ -65,10 +65,12 @@ def test_nsd_empty_policy():
 
 
 def test_summarize_medians_skip_nan():
-    scores = pd.DataFrame({
-        "category": ["a", "a", "a", "b"],
-        "dice": [0.2, 0.9, np.nan, 0.5],
-    })
+    scores = pd.DataFrame(
+        {
+            "category": ["a", "a", "a", "b"],
+            "dice": [0.2, 0.9, np.nan, 0.5],
+        }
+    )
     summary = summarize(scores, ["category"]).set_index("category")
     assert summary.loc["a", "median"] == pytest.approx(0.55)
     assert summary.loc["a", "n"] == 2
@@ -79,8 +81,7 @@ def test_nsd_and_dice_on_a_real_liver_shifted_by_one_slice(shared_data):
     """A TotalSegmentator liver (3 mm voxels) moved by one voxel: every surface voxel moves 3 mm."""
     import nibabel
 
-    labels = np.asarray(nibabel.load(shared_data / "totalsegmentator/abdomen_ct_3mm_small/example_seg.nii.gz")
-                        .dataobj)
+    labels = np.asarray(nibabel.load(shared_data / "totalsegmentator/abdomen_ct_3mm_small/example_seg.nii.gz").dataobj)
     liver = np.pad(labels == 5, 2)  # id 5 = liver (labels_total.json); padding keeps the shift inside
     assert liver.sum() > 1000
     shifted = np.roll(liver, 1, axis=0)
@@ -101,8 +102,15 @@ def _whole_volume_nsd(prediction, truth, spacing, tolerance):
         foreground = torch.from_numpy(mask)
         return torch.stack([~foreground, foreground])[None].float()
 
-    return float(compute_surface_dice(one_hot(prediction), one_hot(truth), class_thresholds=[tolerance],
-                                      include_background=False, spacing=list(spacing)).reshape(-1)[0])
+    return float(
+        compute_surface_dice(
+            one_hot(prediction),
+            one_hot(truth),
+            class_thresholds=[tolerance],
+            include_background=False,
+            spacing=list(spacing),
+        ).reshape(-1)[0]
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))

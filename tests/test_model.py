@@ -37,7 +37,12 @@ def test_forward_shapes_and_grid(tiny):
         assert text.shape == (2, cfg.hidden_size)
         boxes = torch.tensor([[2.0, 3, 4, 20, 30, 40], [0, 0, 0, 31, 63, 63]])
         points = (torch.tensor([[[5.0, 6, 7], [9, 9, 9]]] * 2), torch.tensor([[1, 0]] * 2))
-        for prompts in (dict(text=text), dict(boxes=boxes), dict(points=points), dict(text=text, boxes=boxes, points=points)):
+        for prompts in (
+            dict(text=text),
+            dict(boxes=boxes),
+            dict(points=points),
+            dict(text=text, boxes=boxes, points=points),
+        ):
             logits = tiny.decode(embedding, **prompts)
             assert logits.shape == (2, 1, *cfg.spatial_size)
             assert torch.isfinite(logits).all()
@@ -247,20 +252,20 @@ def test_image_skip_packs_mask_resolution_features_into_the_token_of_their_cell(
     with torch.no_grad():
         embedding = model.encode_image(image)
         assert embedding.shape == (1, cfg.embedding_channels, *cfg.grid_size)
-        features = skip.unpack(embedding[:, cfg.hidden_size:])
+        features = skip.unpack(embedding[:, cfg.hidden_size :])
         assert features.shape == (1, 2, *cfg.low_res_size)
         pooled = torch.nn.functional.avg_pool3d(image, skip.pool)
         torch.testing.assert_close(features, skip.conv2(torch.nn.functional.gelu(skip.conv1(pooled))))
         # a token's own channels are its cell's features: cell (1, 2, 3) of the mask grid at the
         # token grid's position (1, 2, 3) (a wrong packing order puts other voxels there)
         cell = features[0, :, 4:8, 8:12, 12:16]
-        packed = embedding[0, cfg.hidden_size:, 1, 2, 3].reshape(2, 4, 4, 4)
+        packed = embedding[0, cfg.hidden_size :, 1, 2, 3].reshape(2, 4, 4, 4)
         torch.testing.assert_close(packed, cell)
         # and the decoder reads it: changing only the skip channels changes the logits
         boxes = torch.tensor([[2.0, 3, 4, 20, 30, 40]])
         before = model.decode(embedding, boxes=boxes)
         changed = embedding.clone()
-        changed[:, cfg.hidden_size:] += 1.0
+        changed[:, cfg.hidden_size :] += 1.0
         assert (model.decode(changed, boxes=boxes) - before).abs().max() > 0
     # off in the paper's network and the plain tiny preset: the released key list is unchanged
     for preset in ("base", "tiny"):

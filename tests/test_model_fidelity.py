@@ -25,11 +25,20 @@ def test_vit_matches_monai_vit():
     pytest.importorskip("einops")
     monai_nets = pytest.importorskip("monai.networks.nets")
     torch.manual_seed(0)
-    kwargs = dict(in_channels=2, img_size=(8, 32, 16), patch_size=(2, 8, 4), hidden_size=32, mlp_dim=64, num_layers=2, num_heads=4)
-    reference = monai_nets.ViT(proj_type="perceptron", classification=False, dropout_rate=0.0, qkv_bias=False, **kwargs).eval()
+    kwargs = dict(
+        in_channels=2, img_size=(8, 32, 16), patch_size=(2, 8, 4), hidden_size=32, mlp_dim=64, num_layers=2, num_heads=4
+    )
+    reference = monai_nets.ViT(
+        proj_type="perceptron", classification=False, dropout_rate=0.0, qkv_bias=False, **kwargs
+    ).eval()
     ours = ImageEncoderViT3D(
-        spatial_size=kwargs["img_size"], patch_size=kwargs["patch_size"], in_channels=2, hidden_size=32,
-        mlp_dim=64, num_layers=2, num_heads=4,
+        spatial_size=kwargs["img_size"],
+        patch_size=kwargs["patch_size"],
+        in_channels=2,
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=2,
+        num_heads=4,
     ).eval()
     # Recent MONAI adds unused cross-attention norms: a documented, tolerated difference.
     checkpoint.load_state_dict(ours, reference.state_dict(), "monai-vit")
@@ -146,4 +155,3 @@ def test_decode_upsamples_low_res_logits_trilinearly(tiny):
     hook.remove()
     expected = F.interpolate(captured["low"], size=tiny.config.spatial_size, mode="trilinear", align_corners=False)
     torch.testing.assert_close(logits, expected)
-

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from segvol.io import intensity
-from segvol.normalize import cli
-from segvol.normalize.convert import fit_chunks, split_cases
 from segvol.io.intensity import foreground_normalize
 from segvol.io.store import open_store
+from segvol.normalize import cli
+from segvol.normalize.convert import fit_chunks, split_cases
 from segvol.vocabulary import canonical_name
 
 # --------------------------------------------------------------------------- intensity
@@ -76,13 +76,23 @@ def test_constant_and_nan_volumes_are_rejected():
 # --------------------------------------------------------------------------- vocabulary
 
 
-@pytest.mark.parametrize("raw, canonical", [
-    ("kidney left", "left kidney"), ("kidney_left", "left kidney"), ("Left_Kidney", "left kidney"),
-    ("postcava", "inferior vena cava"), ("arota", "aorta"), ("gall bladder", "gallbladder"),
-    ("gall_bladder", "gallbladder"), ("liver tumour", "liver tumor"), ("Liver Cancer", "liver tumor"),
-    ("adrenal_gland_right", "right adrenal gland"), ("  Spleen ", "spleen"),
-    ("celiac_trunk", "celiac trunk"),  # unknown: passes through normalized
-])
+@pytest.mark.parametrize(
+    "raw, canonical",
+    [
+        ("kidney left", "left kidney"),
+        ("kidney_left", "left kidney"),
+        ("Left_Kidney", "left kidney"),
+        ("postcava", "inferior vena cava"),
+        ("arota", "aorta"),
+        ("gall bladder", "gallbladder"),
+        ("gall_bladder", "gallbladder"),
+        ("liver tumour", "liver tumor"),
+        ("Liver Cancer", "liver tumor"),
+        ("adrenal_gland_right", "right adrenal gland"),
+        ("  Spleen ", "spleen"),
+        ("celiac_trunk", "celiac trunk"),  # unknown: passes through normalized
+    ],
+)
 def test_vocabulary_maps_synonyms(raw, canonical):
     assert canonical_name(raw) == canonical
 
@@ -152,7 +162,9 @@ def _write_dataset(root, role="train", n_cases=5, bad_case=None):
         cases.append(entry)
         volumes[case_id] = (ct, label, affine)
     spec = {
-        "name": "phantoms", "role": role, "modality": "CT",
+        "name": "phantoms",
+        "role": role,
+        "modality": "CT",
         "categories": {"liver": [1, 2], "liver_tumour": [2], "Kidney_Left": [3], "hepatic tumor": [2]},
         "cases": cases,
     }
@@ -173,8 +185,9 @@ def _normalize(tmp_path, params=None):
     params = {"chunks": [4, 8, 8], "shards": [8, 16, 16]} if params is None else params
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args(["--raw", str(tmp_path / "raw"), "--out", str(out), "--seed", "7",
-                              "--params", json.dumps(params), "--quiet"])
+    args = parser.parse_args(
+        ["--raw", str(tmp_path / "raw"), "--out", str(out), "--seed", "7", "--params", json.dumps(params), "--quiet"]
+    )
     return cli.run(args), out
 
 
@@ -211,6 +224,7 @@ def test_store_layout_attrs_and_labels(tmp_path):
         assert case_attrs["source"].endswith(f"images/{case_id}.nii.gz")
         # to_original puts a canonical array back onto the source grid exactly.
         from segvol.io.orientation import to_original
+
         assert np.array_equal(to_original(labels[2], case_attrs["to_original"]), label == 3)
 
 
@@ -273,13 +287,20 @@ def test_real_cases_normalize(shared_data, tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     spec = {
-        "name": "totalseg", "role": "train",
+        "name": "totalseg",
+        "role": "train",
         "categories": {"liver": [5], "spleen": [1], "kidney_left": [3], "aorta": [52]},
         "cases": [
-            {"id": "abdomen", "image": str(folder / "abdomen_ct_3mm_small" / "example_ct_sm.nii.gz"),
-             "label": str(folder / "abdomen_ct_3mm_small" / "example_seg.nii.gz")},
-            {"id": "dicom", "image": str(folder / "ct_dicom_series" / "dicom"),
-             "label": str(folder / "ct_dicom_series" / "example_seg_dicom.nii.gz")},
+            {
+                "id": "abdomen",
+                "image": str(folder / "abdomen_ct_3mm_small" / "example_ct_sm.nii.gz"),
+                "label": str(folder / "abdomen_ct_3mm_small" / "example_seg.nii.gz"),
+            },
+            {
+                "id": "dicom",
+                "image": str(folder / "ct_dicom_series" / "dicom"),
+                "label": str(folder / "ct_dicom_series" / "example_seg_dicom.nii.gz"),
+            },
         ],
     }
     (raw / "dataset.json").write_text(json.dumps(spec))

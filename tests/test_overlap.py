@@ -29,16 +29,29 @@ def write(path, images, dataset, role):
         labels = (image > 0.7)[None].astype(np.uint8)
         group.create_array("labels", data=labels)
         group.attrs["spacing"] = [2.0, 1.0, 1.0]
-    root.attrs.update({"dataset": dataset, "role": role, "modality": "CT", "categories": ["liver"], "cases": cases,
-                       "split": {"train": cases, "test": [], "seed": 0, "test_fraction": 0.2}, "format_version": 1})
+    root.attrs.update(
+        {
+            "dataset": dataset,
+            "role": role,
+            "modality": "CT",
+            "categories": ["liver"],
+            "cases": cases,
+            "split": {"train": cases, "test": [], "seed": 0, "test_fraction": 0.2},
+            "format_version": 1,
+        }
+    )
     return str(path)
 
 
 def test_identical_and_re_exported_scans_are_flagged_and_others_are_not():
     training = [identity("train", f"t{i}", scan(i)) for i in range(6)]
     re_exported = scan(3)[1:, :-1, 2:] * 0.95 + np.random.default_rng(9).normal(0, 0.005, (23, 39, 38))
-    external = [identity("ext", "copy", scan(2)), identity("ext", "re_exported", re_exported.astype(np.float32)),
-                identity("ext", "new", scan(100)), identity("ext", "new2", scan(101))]
+    external = [
+        identity("ext", "copy", scan(2)),
+        identity("ext", "re_exported", re_exported.astype(np.float32)),
+        identity("ext", "new", scan(100)),
+        identity("ext", "new2", scan(101)),
+    ]
     table = audit(external, training)
     found = {(row.external_case, row.train_case, row.kind) for row in table.itertuples()}
     assert found == {("copy", "t2", "identical"), ("re_exported", "t3", "near-duplicate")}

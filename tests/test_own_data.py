@@ -21,9 +21,18 @@ from segvol.cli import main
 TINY = {"preset": "tiny", "text_encoder": "minilm"}
 # A name no vocabulary of the project knows: it gets its text embedding only from the fine-tuning.
 NEW_NAME = "gastric pouch"
-TRAINING = {"steps": 30, "validate_every": 15, "lr": 3.0e-3, "prompt_combinations": 2, "threads": 1,
-            "checkpoint_every": 0, "prompts": ["box+text"], "test_fraction": 0.3, "validation_fraction": 0.25,
-            "demo": {"n_cases": 6, "labels": ["liver", "stomach"], "domain": "external", "shape_max": [32, 64, 64]}}
+TRAINING = {
+    "steps": 30,
+    "validate_every": 15,
+    "lr": 3.0e-3,
+    "prompt_combinations": 2,
+    "threads": 1,
+    "checkpoint_every": 0,
+    "prompts": ["box+text"],
+    "test_fraction": 0.3,
+    "validation_fraction": 0.25,
+    "demo": {"n_cases": 6, "labels": ["liver", "stomach"], "domain": "external", "shape_max": [32, 64, 64]},
+}
 
 
 def released_checkpoint(path: Path, seed: int = 0) -> Path:
@@ -83,8 +92,23 @@ def test_own_data_path_raises_dice_on_held_out_cases(tmp_path, capsys, caplog, r
     store, model = tmp_path / "own.zarr", tmp_path / "own" / "model.safetensors"
     table, figure = tmp_path / "results" / "before_after.csv", tmp_path / "results" / "before_after.png"
     tiny = json.dumps(TINY)
-    assert run(capsys, "own-data", "prepare", "--source", source, "--out", store, "--seed", 0, "--params", params,
-               "--quiet")[0] == 0
+    assert (
+        run(
+            capsys,
+            "own-data",
+            "prepare",
+            "--source",
+            source,
+            "--out",
+            store,
+            "--seed",
+            0,
+            "--params",
+            params,
+            "--quiet",
+        )[0]
+        == 0
+    )
     from segvol.io.store import open_store
 
     opened = open_store(store)
@@ -94,15 +118,57 @@ def test_own_data_path_raises_dice_on_held_out_cases(tmp_path, capsys, caplog, r
     assert not set(split["train"]) & set(split["test"]) and not set(split["validation"]) & set(split["test"])
     assert ("realct" in opened.cases) == real
 
-    code, err = run(capsys, "own-data", "finetune", "--zarr", store, "--weights", weights, "--out", model,
-                    "--device", "cpu", "--seed", 0, "--params", params, "--model", tiny, "--quiet")
+    code, err = run(
+        capsys,
+        "own-data",
+        "finetune",
+        "--zarr",
+        store,
+        "--weights",
+        weights,
+        "--out",
+        model,
+        "--device",
+        "cpu",
+        "--seed",
+        0,
+        "--params",
+        params,
+        "--model",
+        tiny,
+        "--quiet",
+    )
     assert code == 0, err
     validation = read_rows(model.with_name("model.validation.csv"))
     assert [int(row["step"]) for row in validation] == [0, 15, 30]
     assert sum(int(row["best"]) for row in validation) == 1
-    assert run(capsys, "own-data", "evaluate", "--zarr", store, "--weights", weights, "--checkpoint", model,
-               "--out", table, "--figure", figure, "--device", "cpu", "--seed", 0, "--params", params,
-               "--model", tiny, "--quiet")[0] == 0
+    assert (
+        run(
+            capsys,
+            "own-data",
+            "evaluate",
+            "--zarr",
+            store,
+            "--weights",
+            weights,
+            "--checkpoint",
+            model,
+            "--out",
+            table,
+            "--figure",
+            figure,
+            "--device",
+            "cpu",
+            "--seed",
+            0,
+            "--params",
+            params,
+            "--model",
+            tiny,
+            "--quiet",
+        )[0]
+        == 0
+    )
 
     # Fine-tuning raised Dice on the held-out cases: per (case, category), before and after.
     cases = read_rows(table.with_name("before_after_cases.csv"))
@@ -129,8 +195,22 @@ def test_own_data_path_raises_dice_on_held_out_cases(tmp_path, capsys, caplog, r
     inside = np.argwhere(label == spec["labels"][NEW_NAME])
     box = [*inside.min(0), *inside.max(0)]
     caplog.clear()
-    code, err = run(capsys, "predict", image, "-o", tmp_path / "pred.nii.gz", "--checkpoint", model,
-                    "--text", NEW_NAME, "--box", *box, "--device", "cpu", "--quiet")
+    code, err = run(
+        capsys,
+        "predict",
+        image,
+        "-o",
+        tmp_path / "pred.nii.gz",
+        "--checkpoint",
+        model,
+        "--text",
+        NEW_NAME,
+        "--box",
+        *box,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert code == 0, err
     assert "not a category" not in caplog.text + err
     predicted = np.asanyarray(nib.load(tmp_path / "pred.nii.gz").dataobj)
@@ -163,9 +243,16 @@ def nnunet_folder(root: Path, cases=("case_a", "case_b", "case_c"), shape=(12, 1
         label[7:10, 5:8, 3:6] = 2
         nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"{case}_0000.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"{case}.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "spleen": 2},
-        "numTraining": len(cases), "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "liver": 1, "spleen": 2},
+                "numTraining": len(cases),
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     return root
 
 
@@ -178,8 +265,12 @@ def _edit_json(folder: Path, **changes):
 def _label(folder: Path, case: str, array=None, affine=None):
     path = folder / "labelsTr" / f"{case}.nii.gz"
     old = nib.load(path)
-    nib.save(nib.Nifti1Image(np.asanyarray(old.dataobj) if array is None else array,
-                             old.affine if affine is None else affine), path)
+    nib.save(
+        nib.Nifti1Image(
+            np.asanyarray(old.dataobj) if array is None else array, old.affine if affine is None else affine
+        ),
+        path,
+    )
 
 
 def _missing_label(f):
@@ -236,7 +327,7 @@ def _count_mismatch(f):
 
 def _no_background(f):
     _edit_json(f, labels={"liver": 1, "spleen": 2})
-    return "dataset.json: labels must include \"background\": 0"
+    return 'dataset.json: labels must include "background": 0'
 
 
 def _link_outside(f):
@@ -247,8 +338,19 @@ def _link_outside(f):
     return "imagesTr/case_a_0000.nii.gz: links outside the dataset folder"
 
 
-BAD_DATASETS = [_missing_label, _missing_image, _shape_mismatch, _affine_mismatch, _unknown_id, _mr_channel,
-                _two_channels, _empty, _count_mismatch, _no_background, _link_outside]
+BAD_DATASETS = [
+    _missing_label,
+    _missing_image,
+    _shape_mismatch,
+    _affine_mismatch,
+    _unknown_id,
+    _mr_channel,
+    _two_channels,
+    _empty,
+    _count_mismatch,
+    _no_background,
+    _link_outside,
+]
 
 
 def _snapshot(folder: Path) -> dict:
@@ -288,12 +390,26 @@ def test_valid_dataset_and_the_image_label_pairs_layout(tmp_path, capsys):
     names = tmp_path / "names.yaml"
     names.write_text("liver: 1\n")
     params = json.dumps({"names": str(names)})
-    code, err = run(capsys, "own-data", "prepare", "--source", pairs, "--out", tmp_path / "b.zarr", "--params", params,
-                    "--quiet")
+    code, err = run(
+        capsys, "own-data", "prepare", "--source", pairs, "--out", tmp_path / "b.zarr", "--params", params, "--quiet"
+    )
     assert code == 2 and "labels/case_a.nii.gz: label id(s) [2]" in err and not (tmp_path / "b.zarr").exists()
     names.write_text("liver: 1\nSpleen: [2]\n")
-    assert run(capsys, "own-data", "prepare", "--source", pairs, "--out", tmp_path / "b.zarr", "--params", params,
-               "--quiet")[0] == 0
+    assert (
+        run(
+            capsys,
+            "own-data",
+            "prepare",
+            "--source",
+            pairs,
+            "--out",
+            tmp_path / "b.zarr",
+            "--params",
+            params,
+            "--quiet",
+        )[0]
+        == 0
+    )
     assert open_store(tmp_path / "b.zarr").categories == ["liver", "spleen"]
 
 
@@ -343,8 +459,11 @@ def test_released_weights_from_a_local_file_and_from_the_hub(tmp_path, monkeypat
     reference = torch.load(weights, weights_only=True)["model"]
     model, vocabulary = starting_model(str(weights), TINY)
     assert vocabulary == []
-    assert all(torch.equal(value, reference[f"module.{key}"]) for key, value in model.state_dict().items()
-               if f"module.{key}" in reference)
+    assert all(
+        torch.equal(value, reference[f"module.{key}"])
+        for key, value in model.state_dict().items()
+        if f"module.{key}" in reference
+    )
 
     torch.manual_seed(4)
     hub_state = {f"model.{k}": v for k, v in build_model(model_config("tiny")).state_dict().items()}
@@ -356,8 +475,9 @@ def test_released_weights_from_a_local_file_and_from_the_hub(tmp_path, monkeypat
     endpoint = f"http://127.0.0.1:{httpd.server_address[1]}"
     try:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -366,8 +486,11 @@ def test_released_weights_from_a_local_file_and_from_the_hub(tmp_path, monkeypat
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
-    assert all(torch.equal(value, hub_state[f"model.{key}"]) for key, value in model.state_dict().items()
-               if f"model.{key}" in hub_state)
+    assert all(
+        torch.equal(value, hub_state[f"model.{key}"])
+        for key, value in model.state_dict().items()
+        if f"model.{key}" in hub_state
+    )
 
     with pytest.raises(ValueError, match=r"does not fit the model.*model: \{preset: base, text_encoder: clip\}"):
         starting_model(str(weights), {**TINY, "overrides": {"num_layers": 2}})
@@ -385,8 +508,18 @@ def test_workflow_plans_own_data_on_the_cpu_and_on_slurm_gpus(tmp_path):
     from tests.test_rule_devices import shell_commands
     from tests.test_workflow import REPO, assert_ok, snakemake
 
-    plan = ["-n", "-p", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "run"), "results/own/before_after.csv",
-            "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "own.yaml")]
+    plan = [
+        "-n",
+        "-p",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(tmp_path / "run"),
+        "results/own/before_after.csv",
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(REPO / "config" / "own.yaml"),
+    ]
     demo = shell_commands(assert_ok(snakemake(*plan)))
     assert {"own_data_demo", "own_data_prepare", "own_data_finetune", "own_data_evaluate", "finetune"} <= set(demo)
     assert "--weights models/finetune/segvol/model.safetensors" in demo["own_data_finetune"][0]
@@ -395,8 +528,9 @@ def test_workflow_plans_own_data_on_the_cpu_and_on_slurm_gpus(tmp_path):
     source, weights = nnunet_folder(tmp_path / "Dataset501_Test"), tmp_path / "SegVol_v1.pth"
     weights.write_bytes(b"")  # a dry run does not read it
     own = f"own_data={{source: {source}, weights: {weights}, gpu: 1}}"
-    cluster = shell_commands(assert_ok(snakemake(*plan, "--profile", str(REPO / "profiles" / "slurm"), "--cores", "64",
-                                                 "--config", own)))
+    cluster = shell_commands(
+        assert_ok(snakemake(*plan, "--profile", str(REPO / "profiles" / "slurm"), "--cores", "64", "--config", own))
+    )
     assert set(cluster) == {"own_data_prepare", "own_data_finetune", "own_data_evaluate"}
     assert f"--source {source}" in cluster["own_data_prepare"][0]
     for rule in ("own_data_finetune", "own_data_evaluate"):
@@ -414,15 +548,41 @@ def test_killed_fine_tuning_resumes_with_its_best_weights(tmp_path, capsys):
     from segvol.own_data.train import finetune_own
     from segvol.settings import stage_settings
 
-    settings = stage_settings("own_data", {"steps": 4, "validate_every": 2, "checkpoint_every": 2, "lr": 3.0e-3,
-                                           "prompt_combinations": 1, "threads": 1, "prompts": ["box"],
-                                           "validation_fraction": 0.5, "test_fraction": 0.3})
-    store = prepare(nnunet_folder(tmp_path / "data", cases=("a", "b", "c", "d")), tmp_path / "own.zarr", 0, settings,
-                    stage_settings("normalize", {}), progress=False)
+    settings = stage_settings(
+        "own_data",
+        {
+            "steps": 4,
+            "validate_every": 2,
+            "checkpoint_every": 2,
+            "lr": 3.0e-3,
+            "prompt_combinations": 1,
+            "threads": 1,
+            "prompts": ["box"],
+            "validation_fraction": 0.5,
+            "test_fraction": 0.3,
+        },
+    )
+    store = prepare(
+        nnunet_folder(tmp_path / "data", cases=("a", "b", "c", "d")),
+        tmp_path / "own.zarr",
+        0,
+        settings,
+        stage_settings("normalize", {}),
+        progress=False,
+    )
     weights = str(released_checkpoint(tmp_path / "SegVol_v1.pth"))
     model = stage_settings("model", TINY)
-    whole = finetune_own(str(store), None, tmp_path / "whole" / "model.safetensors", settings, model, weights,
-                         seed=0, threads=1, device="cpu")
+    whole = finetune_own(
+        str(store),
+        None,
+        tmp_path / "whole" / "model.safetensors",
+        settings,
+        model,
+        weights,
+        seed=0,
+        threads=1,
+        device="cpu",
+    )
     resumed = tmp_path / "resumed" / "model.safetensors"
     finetune_own(str(store), None, resumed, settings, model, weights, seed=0, threads=1, device="cpu", stop_after=3)
     assert not resumed.exists() and (tmp_path / "resumed" / "model.safetensors.ckpt" / "best.pt").is_file()

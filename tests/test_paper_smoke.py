@@ -19,8 +19,15 @@ RULES = ["synthesize", "normalize", "pseudo", "pretrain", "finetune", "evaluate_
 
 
 def test_paper_smoke_runs_the_base_model_through_the_paper_rules(tmp_path):
-    args = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-            "--configfile", str(REPO / "config" / "paper.yaml"), str(REPO / "config" / "paper_smoke.yaml")]
+    args = [
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config" / "paper.yaml"),
+        str(REPO / "config" / "paper_smoke.yaml"),
+    ]
     planned = job_counts(assert_ok(snakemake(*args, "-n", "results/table2.csv")))
     assert set(planned) - {"total"} == set(RULES), planned
     assert_ok(snakemake(*args, "--cores", "2", "results/table2.csv", timeout=2700))

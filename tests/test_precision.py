@@ -64,8 +64,27 @@ def test_bad_precision_switches_raise():
 
 def _predict(tmp_path, checkpoint, *extra):
     output = tmp_path / f"seg{len(list(tmp_path.glob('seg*.nii.gz')))}.nii.gz"
-    code = main(["predict", str(tmp_path / "ct.nii.gz"), "-o", str(output), "--checkpoint", str(checkpoint),
-                 "--box", "5", "5", "5", "34", "40", "50", "--device", "cpu", "--quiet", *extra])
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "ct.nii.gz"),
+            "-o",
+            str(output),
+            "--checkpoint",
+            str(checkpoint),
+            "--box",
+            "5",
+            "5",
+            "5",
+            "34",
+            "40",
+            "50",
+            "--device",
+            "cpu",
+            "--quiet",
+            *extra,
+        ]
+    )
     assert code == 0
     manifest = json.loads(output.with_name(output.name.replace(".nii.gz", ".json")).read_text(encoding="utf-8"))
     return np.asarray(nib.load(str(output)).dataobj), manifest
@@ -90,8 +109,18 @@ def test_predict_bf16_label_map_matches_fp32(tmp_path, tiny_checkpoint):
 
 def test_predict_rejects_an_unknown_precision(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "seg.nii.gz"),
-              "--text", "liver", "--precision", "fp16"])
+        main(
+            [
+                "predict",
+                str(tmp_path / "ct.nii.gz"),
+                "-o",
+                str(tmp_path / "seg.nii.gz"),
+                "--text",
+                "liver",
+                "--precision",
+                "fp16",
+            ]
+        )
     assert exit_info.value.code == 2
     assert "--precision" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())

@@ -8,20 +8,22 @@ import pytest
 import torch
 
 from segvol.cli import main
-from segvol.infer.predict import predict_file
 from segvol.infer.geometry import VoxelMap
+from segvol.infer.predict import predict_file
 from segvol.io import read_image, read_label
 from tests.stand_in_models import BoxModel
 
 torch.set_num_threads(1)
 
 # A file stored with permuted, flipped, anisotropic axes (not RAS, not canonical).
-NON_RAS_AFFINE = np.array([
-    [0.0, -2.5, 0.0, 120.0],
-    [0.0, 0.0, 0.8, -40.0],
-    [-1.2, 0.0, 0.0, 60.0],
-    [0.0, 0.0, 0.0, 1.0],
-])
+NON_RAS_AFFINE = np.array(
+    [
+        [0.0, -2.5, 0.0, 120.0],
+        [0.0, 0.0, 0.8, -40.0],
+        [-1.2, 0.0, 0.0, 60.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
 
 
 def write_phantom(path, shape=(50, 24, 70), affine=NON_RAS_AFFINE, seed=0):
@@ -34,7 +36,7 @@ def write_phantom(path, shape=(50, 24, 70), affine=NON_RAS_AFFINE, seed=0):
 
 def box_mask(shape, box):
     mask = np.zeros(shape, bool)
-    mask[box[0]:box[3] + 1, box[1]:box[4] + 1, box[2]:box[5] + 1] = True
+    mask[box[0] : box[3] + 1, box[1] : box[4] + 1, box[2] : box[5] + 1] = True
     return mask
 
 
@@ -58,8 +60,9 @@ def test_box_lands_on_the_input_grid_of_a_non_ras_file(tmp_path, mode):
     hu = write_phantom(path)
     box = [10, 5, 20, 30, 15, 50]  # i, j, k of the file as stored
     out = tmp_path / "out" / "seg.nii.gz"
-    description = predict_file(BoxModel((8, 32, 32)), path, out, [{"name": "thing", "box": box}], mode=mode,
-                               box_limits=mode == "resize")
+    description = predict_file(
+        BoxModel((8, 32, 32)), path, out, [{"name": "thing", "box": box}], mode=mode, box_limits=mode == "resize"
+    )
     written = nib.load(str(out))
     assert written.shape == hu.shape
     np.testing.assert_allclose(written.affine, NON_RAS_AFFINE)
@@ -113,10 +116,13 @@ def liver_box_in_file_indices(image, label):
     return to_file.map_box(canonical_box, image.original_shape)
 
 
-@pytest.mark.parametrize("case,seg", [
-    ("abdomen_ct_3mm/example_ct.nii.gz", "abdomen_ct_3mm/example_seg_fast_force_split.nii.gz"),
-    ("ct_dicom_series/dicom", "ct_dicom_series/example_seg_dicom.nii.gz"),
-])
+@pytest.mark.parametrize(
+    "case,seg",
+    [
+        ("abdomen_ct_3mm/example_ct.nii.gz", "abdomen_ct_3mm/example_seg_fast_force_split.nii.gz"),
+        ("ct_dicom_series/dicom", "ct_dicom_series/example_seg_dicom.nii.gz"),
+    ],
+)
 def test_predict_real_ct_keeps_geometry_and_box(shared_data, tmp_path, case, seg):
     root = shared_data / "totalsegmentator"
     image = read_image(root / case)
@@ -137,9 +143,36 @@ def test_predict_real_ct_keeps_geometry_and_box(shared_data, tmp_path, case, seg
 def test_cli_with_tiny_random_weights(shared_data, tmp_path, tiny_checkpoint):
     path = shared_data / "totalsegmentator" / "abdomen_ct_3mm_small" / "example_ct_sm.nii.gz"
     out = tmp_path / "seg.nii.gz"
-    code = main(["predict", str(path), "-o", str(out), "--checkpoint", str(tiny_checkpoint),
-                 "--text", "liver", "--box", "20", "20", "5", "80", "70", "25", "--point", "50", "45", "15",
-                 "--negative-point", "10", "10", "10", "--probabilities", "--device", "cpu"])
+    code = main(
+        [
+            "predict",
+            str(path),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--text",
+            "liver",
+            "--box",
+            "20",
+            "20",
+            "5",
+            "80",
+            "70",
+            "25",
+            "--point",
+            "50",
+            "45",
+            "15",
+            "--negative-point",
+            "10",
+            "10",
+            "10",
+            "--probabilities",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     source = nib.load(str(path))
     written = nib.load(str(out))
@@ -158,14 +191,17 @@ class TextlessModel(BoxModel):
         raise KeyError(f"no text encoder for {names}")
 
 
-@pytest.mark.parametrize("records,message", [
-    ([{"box": [0, 0, 0, 60, 10, 10]}], "outside"),
-    ([{"box": [10, 10, 10, 5, 20, 20]}], "inverted"),
-    ([{"points": [[5, 5, 5]], "point_labels": [2]}], "1 \\(inside\\) or 0"),
-    ([{"points": [[5, 5, 90]]}], "outside"),
-    ([{"text": "liver", "colour": "red"}], "unknown key"),
-    ([{"box": [0, 0, 0, 2, 1, 3]}], "background"),
-])
+@pytest.mark.parametrize(
+    "records,message",
+    [
+        ([{"box": [0, 0, 0, 60, 10, 10]}], "outside"),
+        ([{"box": [10, 10, 10, 5, 20, 20]}], "inverted"),
+        ([{"points": [[5, 5, 5]], "point_labels": [2]}], "1 \\(inside\\) or 0"),
+        ([{"points": [[5, 5, 90]]}], "outside"),
+        ([{"text": "liver", "colour": "red"}], "unknown key"),
+        ([{"box": [0, 0, 0, 2, 1, 3]}], "background"),
+    ],
+)
 def test_bad_prompts_raise_and_write_nothing(tmp_path, records, message):
     path = tmp_path / "ct.nii.gz"
     write_phantom(path)
@@ -185,8 +221,23 @@ def test_unknown_text_raises(tmp_path):
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, tiny_checkpoint):
     path = tmp_path / "ct.nii.gz"
     write_phantom(path)
-    code = main(["predict", str(path), "-o", str(tmp_path / "s.nii.gz"), "--checkpoint", str(tiny_checkpoint),
-                 "--box", "0", "0", "0", "99", "5", "5"])
+    code = main(
+        [
+            "predict",
+            str(path),
+            "-o",
+            str(tmp_path / "s.nii.gz"),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--box",
+            "0",
+            "0",
+            "0",
+            "99",
+            "5",
+            "5",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "outside" in err and str(path) in err
@@ -202,15 +253,36 @@ def test_cli_loads_our_checkpoint(tmp_path):
     path = tmp_path / "ct.nii.gz"
     hu = write_phantom(path, shape=(40, 30, 50))
     out = tmp_path / "seg.nii.gz"
-    code = main(["predict", str(path), "-o", str(out), "--checkpoint", str(tmp_path / "tiny.safetensors"),
-                 "--box", "10", "5", "10", "30", "20", "40", "--mode", "window", "--device", "cpu"])
+    code = main(
+        [
+            "predict",
+            str(path),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(tmp_path / "tiny.safetensors"),
+            "--box",
+            "10",
+            "5",
+            "10",
+            "30",
+            "20",
+            "40",
+            "--mode",
+            "window",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     written = nib.load(str(out))
     assert written.shape == hu.shape
     np.testing.assert_allclose(written.affine, NON_RAS_AFFINE)
     mask = np.asarray(written.dataobj) == 1
     assert not np.any(mask & ~box_mask(hu.shape, [10, 5, 10, 30, 20, 40]))  # the box limit
-    assert json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))["weights"]["checkpoint"].endswith("tiny.safetensors")
+    assert json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))["weights"]["checkpoint"].endswith(
+        "tiny.safetensors"
+    )
 
 
 def oblique_phantom(path, degrees=20.0):
@@ -245,14 +317,23 @@ def test_world_box_on_an_oblique_image_covers_the_object(tmp_path):
     two_box = np.concatenate([two.min(axis=0), two.max(axis=0)]).astype(int)
     assert not np.all(box_mask(organ.shape, two_box)[organ])
 
-    predict_file(BoxModel((8, 32, 32)), path, tmp_path / "seg.nii.gz", [{"name": "organ", "box": world_box}],
-                 world=True, mode="window")
+    predict_file(
+        BoxModel((8, 32, 32)),
+        path,
+        tmp_path / "seg.nii.gz",
+        [{"name": "organ", "box": world_box}],
+        world=True,
+        mode="window",
+    )
     mask = np.asarray(nib.load(str(tmp_path / "seg.nii.gz")).dataobj) == 1
     assert np.all(mask[organ])
     manifest = json.loads((tmp_path / "seg.json").read_text())
     assert manifest["prompts"][0]["box"] == voxel_box.tolist()
-    np.testing.assert_allclose(manifest["prompts"][0]["box_world"],
-                               nib.affines.apply_affine(affine, voxel_box.reshape(2, 3)).reshape(-1), atol=1e-3)
+    np.testing.assert_allclose(
+        manifest["prompts"][0]["box_world"],
+        nib.affines.apply_affine(affine, voxel_box.reshape(2, 3)).reshape(-1),
+        atol=1e-3,
+    )
 
 
 def test_label_map_built_category_by_category_is_the_most_probable_above_half():
@@ -281,10 +362,26 @@ def test_label_map_from_category_regions_equals_the_all_in_memory_argmax():
 
     rng = np.random.default_rng(5)
     shape = (30, 26, 22)
-    regions = [np.array(r) for r in ([2, 3, 1, 14, 20, 12], [8, 0, 6, 29, 12, 21], [0, 10, 0, 20, 25, 15],
-                                     [5, 5, 5, 25, 20, 18], [20, 20, 18, 29, 25, 21])]
-    claims = [np.array(c) for c in ([4, 5, 3, 12, 15, 10], [9, 4, 7, 16, 12, 14], [6, 11, 4, 14, 18, 12],
-                                    [7, 7, 6, 15, 16, 13], [20, 20, 18, 29, 25, 21])]
+    regions = [
+        np.array(r)
+        for r in (
+            [2, 3, 1, 14, 20, 12],
+            [8, 0, 6, 29, 12, 21],
+            [0, 10, 0, 20, 25, 15],
+            [5, 5, 5, 25, 20, 18],
+            [20, 20, 18, 29, 25, 21],
+        )
+    ]
+    claims = [
+        np.array(c)
+        for c in (
+            [4, 5, 3, 12, 15, 10],
+            [9, 4, 7, 16, 12, 14],
+            [6, 11, 4, 14, 18, 12],
+            [7, 7, 6, 15, 16, 13],
+            [20, 20, 18, 29, 25, 21],
+        )
+    ]
     full = np.full((len(regions), *shape), OUTSIDE_LOGIT, np.float32)
     builder = LabelMapBuilder(shape, len(regions))
     for k, (region, claim) in enumerate(zip(regions, claims)):
@@ -313,9 +410,12 @@ def test_streamed_outputs_equal_the_all_in_memory_computation(tmp_path):
 
     path = tmp_path / "ct.nii.gz"
     write_phantom(path, seed=4)
-    records = [{"name": "a", "box": [8, 4, 14, 34, 18, 56]}, {"name": "b", "text": "spleen"},
-               {"name": "c", "box": [15, 6, 25, 44, 20, 66], "points": [[30, 10, 40]]},
-               {"name": "d", "text": "liver", "box": [5, 2, 5, 40, 15, 40]}]
+    records = [
+        {"name": "a", "box": [8, 4, 14, 34, 18, 56]},
+        {"name": "b", "text": "spleen"},
+        {"name": "c", "box": [15, 6, 25, 44, 20, 66], "points": [[30, 10, 40]]},
+        {"name": "d", "text": "liver", "box": [5, 2, 5, 40, 15, 40]},
+    ]
     model = MixingModel((8, 32, 32))
     predict_file(model, path, tmp_path / "s.nii.gz", records, masks=True, probabilities=True)
 
@@ -325,12 +425,13 @@ def test_streamed_outputs_equal_the_all_in_memory_computation(tmp_path):
     labels = np.asarray(nib.load(str(tmp_path / "s.nii.gz")).dataobj)
     expected = image.to_original(expected_label_map(logits))
     np.testing.assert_array_equal(labels, expected)
-    overlap = ((logits > 0).sum(axis=0) > 1)
+    overlap = (logits > 0).sum(axis=0) > 1
     assert overlap.sum() > 100 and len(np.unique(expected)) == 5  # categories compete for voxels
     for k, name in enumerate("abcd"):
         probability = np.asarray(nib.load(str(tmp_path / "s_probabilities" / f"0{k + 1}_{name}.nii.gz")).dataobj)
         # sigmoid of a region vs of the whole volume: equal up to one float32 ulp (vectorised tails)
-        np.testing.assert_allclose(probability, image.to_original(torch.sigmoid(torch.from_numpy(logits[k])).numpy()),
-                                   rtol=0, atol=1e-7)
+        np.testing.assert_allclose(
+            probability, image.to_original(torch.sigmoid(torch.from_numpy(logits[k])).numpy()), rtol=0, atol=1e-7
+        )
         mask = np.asarray(nib.load(str(tmp_path / "s_masks" / f"0{k + 1}_{name}.nii.gz")).dataobj)
         np.testing.assert_array_equal(mask, image.to_original(logits[k] > 0))

@@ -29,8 +29,20 @@ def loads(monkeypatch):
 @pytest.fixture
 def predict(tiny_checkpoint):
     def run(*args):
-        return main(["predict", *map(str, args), "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
-                     "--mode", "window", "--box", *map(str, BOX)])
+        return main(
+            [
+                "predict",
+                *map(str, args),
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--device",
+                "cpu",
+                "--mode",
+                "window",
+                "--box",
+                *map(str, BOX),
+            ]
+        )
 
     return run
 

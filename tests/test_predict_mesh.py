@@ -67,15 +67,21 @@ def test_meshes_lie_on_the_label_map_in_world_space_and_open_aligned_in_slicer(t
     path = tmp_path / "ct.nii.gz"
     write_ct(path)
     out = tmp_path / "out" / "seg.nii.gz"
-    records = [{"name": "liver", "box": BOX_A}, {"name": "liver tumor", "box": BOX_B},
-               {"name": "spleen", "text": "spleen"}]  # text alone: the stand-in finds nothing
-    manifest = predict_file(BoxModel((8, 32, 32)), path, out, records, mode="window", masks=True,
-                            meshes=("stl", "obj"))
+    records = [
+        {"name": "liver", "box": BOX_A},
+        {"name": "liver tumor", "box": BOX_B},
+        {"name": "spleen", "text": "spleen"},
+    ]  # text alone: the stand-in finds nothing
+    manifest = predict_file(BoxModel((8, 32, 32)), path, out, records, mode="window", masks=True, meshes=("stl", "obj"))
     label_map = nib.load(str(out))
     labels = np.asarray(label_map.dataobj)
     folder = tmp_path / "out" / "seg_meshes"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "01_liver.obj", "01_liver.stl", "02_liver_tumor.obj", "02_liver_tumor.stl"]  # no file for the empty one
+        "01_liver.obj",
+        "01_liver.stl",
+        "02_liver_tumor.obj",
+        "02_liver_tumor.stl",
+    ]  # no file for the empty one
     entries = manifest["meshes"]["categories"]
     assert entries["spleen"] == {"files": [], "triangles": 0, "area_mm2": 0.0, "volume_ml": 0.0}
     assert entries["liver"]["files"] == ["seg_meshes/01_liver.stl", "seg_meshes/01_liver.obj"]
@@ -96,16 +102,18 @@ def test_meshes_lie_on_the_label_map_in_world_space_and_open_aligned_in_slicer(t
         mask = np.asarray(nib.load(str(tmp_path / "out" / "seg_masks" / f"{stem}.nii.gz")).dataobj) > 0
         np.testing.assert_allclose(centroid, world_centroid(mask, label_map.affine), atol=2e-3)
         expected = np.zeros(SHAPE, bool)
-        expected[box[0]:box[3] + 1, box[1]:box[4] + 1, box[2]:box[5] + 1] = True
+        expected[box[0] : box[3] + 1, box[1] : box[4] + 1, box[2] : box[5] + 1] = True
         np.testing.assert_array_equal(mask, expected)
         if k == 0:  # where nothing overlaps it, that is the category's label-map region
-            np.testing.assert_allclose(centroid, world_centroid(expected & ~(labels == 2) | (labels == 1),
-                                                                label_map.affine), atol=2e-3)
+            np.testing.assert_allclose(
+                centroid, world_centroid(expected & ~(labels == 2) | (labels == 1), label_map.affine), atol=2e-3
+            )
 
         # Slicer's reading: each LPS point, mapped by ITK into the CT's own index space, lies on the faces of
         # the box's outer voxels (half a voxel outside their centres), never inside the CT past them.
-        index = np.array([ct.TransformPhysicalPointToContinuousIndex(tuple(map(float, p)))
-                          for p in lps.reshape(-1, 3)[::7]])
+        index = np.array(
+            [ct.TransformPhysicalPointToContinuousIndex(tuple(map(float, p))) for p in lps.reshape(-1, 3)[::7]]
+        )
         low, high = np.array(box[:3]) - 0.5, np.array(box[3:]) + 0.5
         assert (index > low - 1e-3).all() and (index < high + 1e-3).all()
         assert ((np.abs(index - low) < 1e-3) | (np.abs(index - high) < 1e-3)).any(axis=1).all()
@@ -126,13 +134,35 @@ def stand_in_weights(monkeypatch):
     """`segvol predict` with the box stand-in instead of a checkpoint's network."""
     from segvol.infer import predict
 
-    monkeypatch.setattr(predict, "load_model", lambda checkpoint, device, precision="fp32": (
-        BoxModel((8, 32, 32)), {"checkpoint": str(checkpoint), "sha256": None}))
+    monkeypatch.setattr(
+        predict,
+        "load_model",
+        lambda checkpoint, device, precision="fp32": (
+            BoxModel((8, 32, 32)),
+            {"checkpoint": str(checkpoint), "sha256": None},
+        ),
+    )
 
 
 def predict_command(path, out, *extra):
-    return main(["predict", str(path), "-o", str(out), "--checkpoint", "stand-in", "--box", *map(str, BOX_A),
-                 "--mode", "window", "--device", "cpu", "--quiet", *extra])
+    return main(
+        [
+            "predict",
+            str(path),
+            "-o",
+            str(out),
+            "--checkpoint",
+            "stand-in",
+            "--box",
+            *map(str, BOX_A),
+            "--mode",
+            "window",
+            "--device",
+            "cpu",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_cli_mesh_outputs_obey_continue_and_overwrite(tmp_path, capsys, stand_in_weights):

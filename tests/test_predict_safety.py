@@ -4,7 +4,6 @@ import json
 import os
 import stat
 
-import numpy as np
 import pytest
 import torch
 
@@ -103,8 +102,12 @@ def test_bad_prompt_and_bad_image_fail_before_the_model_loads(tmp_path, ct, caps
 
 
 def test_inverted_box_names_the_prompt_and_the_axis(tmp_path, ct, capsys, no_model, predict):
-    assert predict(tmp_path, ct, "-o", tmp_path / "s.nii.gz", "--text", "liver",
-                   "--box", "30", "5", "10", "10", "20", "40") == 2
+    assert (
+        predict(
+            tmp_path, ct, "-o", tmp_path / "s.nii.gz", "--text", "liver", "--box", "30", "5", "10", "10", "20", "40"
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "prompt 0 'liver' (from --box/--point/--negative-point)" in err and "axis 0: 30 > 10" in err
     assert "(?)" not in err
@@ -161,6 +164,10 @@ def test_threads_and_quiet_are_accepted_and_checked(tmp_path, ct, capsys, no_mod
     err = capsys.readouterr().err
     assert "--threads" in err and "at least 1, got 0" in err
     # accepted: the command runs (and stops at the prompt that reaches outside the image)
-    assert predict(tmp_path, ct, "-o", tmp_path / "s.nii.gz", "--box", "0", "0", "0", "99", "5", "5",
-                   "--threads", "1", "-q") == 2
+    assert (
+        predict(
+            tmp_path, ct, "-o", tmp_path / "s.nii.gz", "--box", "0", "0", "0", "99", "5", "5", "--threads", "1", "-q"
+        )
+        == 2
+    )
     assert "outside" in capsys.readouterr().err

@@ -10,8 +10,8 @@ import torch
 
 from segvol.model.image_encoder import PatchFlatten
 from segvol.pretrain.simmim import SimMIM, patchify_mask, random_patch_mask, unpatchify
-from segvol.training.volumes import read_window
 from segvol.settings import stage_settings
+from segvol.training.volumes import read_window
 from tests.test_finetune import TEST_MODEL, make_store
 
 torch.set_num_threads(1)

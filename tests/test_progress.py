@@ -19,7 +19,9 @@ def test_log_gets_a_line_per_tenth_and_a_final_one():
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue()
     assert len(lines) == 10  # 5, 10, ..., 50
-    assert lines[0].startswith("normalize ds: 5/50 case (10%)") and lines[-1].startswith("normalize ds: 50/50 case (100%)")
+    assert lines[0].startswith("normalize ds: 5/50 case (10%)") and lines[-1].startswith(
+        "normalize ds: 50/50 case (100%)"
+    )
 
 
 def test_postfix_initial_and_time_trigger():

@@ -36,7 +36,9 @@ def test_sidecar_records_code_packages_device_and_input_hashes(tmp_path):
     assert record["sha256"] == hashlib.sha256(b"a,b\n1,2\n").hexdigest()
     # the output itself is not an input, although it exists and is named on the command line
     assert record["inputs"] == [{"path": str(weights), "sha256": hashlib.sha256(b"weights v1").hexdigest()}]
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     assert record["git"]["commit"] == head and isinstance(record["git"]["dirty"], bool)
     import torch
 
@@ -111,12 +113,25 @@ def test_provenance_command_tabulates_sidecars_and_benchmarks(tmp_path):
     provenance.write_sidecar(results / "figures" / "fig.png")
     (tmp_path / "benchmarks" / "normalize").mkdir(parents=True)
     (tmp_path / "benchmarks" / "normalize" / "abdomen_a.tsv").write_text(
-        BENCHMARK + "12.5\t0:00:12\t812.5\t2100.0\t800\t805\t1\t2\t90.0\t11.0\n", encoding="utf-8")
+        BENCHMARK + "12.5\t0:00:12\t812.5\t2100.0\t800\t805\t1\t2\t90.0\t11.0\n", encoding="utf-8"
+    )
     (tmp_path / "benchmarks" / "table2.tsv").write_text(
-        BENCHMARK + "1.0\t0:00:01\t150.0\t900.0\t140\t141\t0\t0\t50.0\t0.9\n", encoding="utf-8")
+        BENCHMARK + "1.0\t0:00:01\t150.0\t900.0\t140\t141\t0\t0\t50.0\t0.9\n", encoding="utf-8"
+    )
 
-    code = main(["provenance", "--results", str(results), "--benchmarks", str(tmp_path / "benchmarks"),
-                 "--provenance-out", str(tmp_path / "provenance.csv"), "--runtime-out", str(tmp_path / "runtime.csv")])
+    code = main(
+        [
+            "provenance",
+            "--results",
+            str(results),
+            "--benchmarks",
+            str(tmp_path / "benchmarks"),
+            "--provenance-out",
+            str(tmp_path / "provenance.csv"),
+            "--runtime-out",
+            str(tmp_path / "runtime.csv"),
+        ]
+    )
     assert code == 0
     rows = pd.read_csv(tmp_path / "provenance.csv")
     assert rows["output"].tolist() == ["figures/fig.png"] and rows["device"].tolist() == ["cuda:0"]
@@ -128,8 +143,19 @@ def test_provenance_command_tabulates_sidecars_and_benchmarks(tmp_path):
 def test_provenance_command_names_a_missing_folder(tmp_path, capsys):
     from segvol.cli import main
 
-    code = main(["provenance", "--results", str(tmp_path / "nope"), "--benchmarks", str(tmp_path),
-                 "--provenance-out", str(tmp_path / "p.csv"), "--runtime-out", str(tmp_path / "r.csv")])
+    code = main(
+        [
+            "provenance",
+            "--results",
+            str(tmp_path / "nope"),
+            "--benchmarks",
+            str(tmp_path),
+            "--provenance-out",
+            str(tmp_path / "p.csv"),
+            "--runtime-out",
+            str(tmp_path / "r.csv"),
+        ]
+    )
     assert code == 2
     assert "nope: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()

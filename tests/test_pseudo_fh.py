@@ -10,8 +10,8 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from segvol.pseudo.felzenszwalb import felzenszwalb_3d
 from segvol.pseudo import unionfind
+from segvol.pseudo.felzenszwalb import felzenszwalb_3d
 from segvol.pseudo.graph import FULL_OFFSETS, SEGVOL_OFFSETS, build_graph, offsets_for
 
 
@@ -106,12 +106,15 @@ def random_volume(seed, shape, levels=None):
 
 
 # ---------------------------------------------------------------- equivalence
-@pytest.mark.parametrize("seed,shape,sigma,min_size", [
-    (0, (5, 6, 7), 0.0, 12),
-    (1, (6, 8, 7), 0.8, 25),
-    (2, (4, 9, 9), 0.8, 40),
-    (3, (7, 5, 6), 0.0, 1),
-])
+@pytest.mark.parametrize(
+    "seed,shape,sigma,min_size",
+    [
+        (0, (5, 6, 7), 0.0, 12),
+        (1, (6, 8, 7), 0.8, 25),
+        (2, (4, 9, 9), 0.8, 40),
+        (3, (7, 5, 6), 0.0, 1),
+    ],
+)
 def test_segvol_matches_reference_distinct_weights(seed, shape, sigma, min_size):
     def distinct(volume):
         smoothed = ndimage.gaussian_filter(volume, sigma) if sigma else volume
@@ -134,12 +137,15 @@ def test_segvol_matches_reference_with_ties(seed):
     assert np.array_equal(fast, slow)  # same tie order and same first-appearance numbering
 
 
-@pytest.mark.parametrize("seed,connectivity,k,sigma,min_size", [
-    (6, 6, 0.3, 0.0, 1),
-    (7, 6, 0.1, 0.8, 10),
-    (8, 26, 0.5, 0.0, 5),
-    (9, 26, 0.2, 0.8, 20),
-])
+@pytest.mark.parametrize(
+    "seed,connectivity,k,sigma,min_size",
+    [
+        (6, 6, 0.3, 0.0, 1),
+        (7, 6, 0.1, 0.8, 10),
+        (8, 26, 0.5, 0.0, 5),
+        (9, 26, 0.2, 0.8, 20),
+    ],
+)
 def test_classic_matches_reference(seed, connectivity, k, sigma, min_size):
     volume = random_volume(seed, (5, 6, 7))
     fast = felzenszwalb_3d(volume, "classic", sigma=sigma, min_size=min_size, k=k, connectivity=connectivity)
@@ -198,9 +204,9 @@ def test_graph_edges_are_all_neighbour_pairs():
         coords = list(itertools.product(*map(range, shape)))
         expected = {
             tuple(sorted((np.ravel_multi_index(p, shape), np.ravel_multi_index(q, shape))))
-            for p in coords for q in coords
-            if p != q and max(abs(a - b) for a, b in zip(p, q)) == 1
-            and sum(abs(a - b) for a, b in zip(p, q)) <= reach
+            for p in coords
+            for q in coords
+            if p != q and max(abs(a - b) for a, b in zip(p, q)) == 1 and sum(abs(a - b) for a, b in zip(p, q)) <= reach
         }
         assert found == {tuple(int(x) for x in pair) for pair in expected}
 
@@ -219,12 +225,15 @@ def test_radix_sort_equals_stable_argsort():
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize("volume,message", [
-    (np.zeros((2, 3, 4, 5), np.float32), "3-D"),
-    (np.zeros((0, 3, 4), np.float32), "empty"),
-    (np.full((3, 4, 5), 0.5, np.float32), "constant"),
-    (np.where(np.eye(4, dtype=bool)[None], np.nan, 1.0).astype(np.float32).repeat(2, 0), "NaN"),
-])
+@pytest.mark.parametrize(
+    "volume,message",
+    [
+        (np.zeros((2, 3, 4, 5), np.float32), "3-D"),
+        (np.zeros((0, 3, 4), np.float32), "empty"),
+        (np.full((3, 4, 5), 0.5, np.float32), "constant"),
+        (np.where(np.eye(4, dtype=bool)[None], np.nan, 1.0).astype(np.float32).repeat(2, 0), "NaN"),
+    ],
+)
 def test_bad_volumes_raise(volume, message):
     with pytest.raises(ValueError, match=message):
         felzenszwalb_3d(volume)

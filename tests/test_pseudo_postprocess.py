@@ -16,7 +16,9 @@ torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------- resizing
-@pytest.mark.parametrize("shape_in,shape_out", [((7, 9, 10), (4, 13, 5)), ((5, 6, 7), (5, 6, 7)), ((3, 8, 8), (6, 16, 3))])
+@pytest.mark.parametrize(
+    "shape_in,shape_out", [((7, 9, 10), (4, 13, 5)), ((5, 6, 7), (5, 6, 7)), ((3, 8, 8), (6, 16, 3))]
+)
 def test_resize_nearest_matches_torch(shape_in, shape_out):
     labels = np.random.default_rng(0).integers(0, 1000, shape_in).astype(np.int32)
     expected = torch.nn.functional.interpolate(
@@ -36,7 +38,9 @@ def adaptive_mean(volume, shape):
     return out
 
 
-@pytest.mark.parametrize("shape_in,shape_out", [((9, 12, 10), (4, 6, 7)), ((8, 12, 10), (4, 6, 5)), ((3, 4, 5), (6, 8, 7))])
+@pytest.mark.parametrize(
+    "shape_in,shape_out", [((9, 12, 10), (4, 6, 7)), ((8, 12, 10), (4, 6, 5)), ((3, 4, 5), (6, 8, 7))]
+)
 def test_resize_area_is_adaptive_average(shape_in, shape_out):
     volume = np.random.default_rng(1).random((2,) + shape_in).astype(np.float32)
     result = resize_area(volume, shape_out)
@@ -54,9 +58,9 @@ def cube(shape, corner, size):
 
 def test_small_segments_are_dropped_and_ids_renumbered():
     labels = np.zeros((12, 12, 12), np.int32)
-    labels[cube(labels.shape, (0, 0, 0), 2)] = 1   # 8 voxels: dropped
-    labels[cube(labels.shape, (4, 4, 4), 5)] = 2   # 125 voxels: kept
-    labels[cube(labels.shape, (0, 6, 0), 1)] = 3   # 1 voxel: dropped
+    labels[cube(labels.shape, (0, 0, 0), 2)] = 1  # 8 voxels: dropped
+    labels[cube(labels.shape, (4, 4, 4), 5)] = 2  # 125 voxels: kept
+    labels[cube(labels.shape, (0, 6, 0), 1)] = 3  # 1 voxel: dropped
     cleaned = clean_segments(labels, min_voxels=20)
     assert set(np.unique(cleaned)) == {0, 1}
     # a cross-shaped element rounds off a cube's 8 corners and 12 edges; the body stays
@@ -66,10 +70,10 @@ def test_small_segments_are_dropped_and_ids_renumbered():
 
 def test_opening_removes_thin_spikes_and_closing_fills_holes():
     labels = np.zeros((16, 16, 16), np.int32)
-    body = cube(labels.shape, (3, 3, 3), 7)              # voxels 3..9 on every axis
+    body = cube(labels.shape, (3, 3, 3), 7)  # voxels 3..9 on every axis
     labels[body] = 1
-    labels[6, 6, 10:13] = 1                             # a one-voxel-thin spike out of a face
-    labels[6, 6, 6] = 0                                 # an enclosed one-voxel hole
+    labels[6, 6, 10:13] = 1  # a one-voxel-thin spike out of a face
+    labels[6, 6, 6] = 0  # an enclosed one-voxel hole
     cleaned = clean_segments(labels, min_voxels=10)
     assert not cleaned[6, 6, 11:13].any()
     assert cleaned[6, 6, 6] == 1
@@ -79,7 +83,7 @@ def test_opening_removes_thin_spikes_and_closing_fills_holes():
 def test_small_components_of_a_segment_are_dropped():
     labels = np.zeros((16, 16, 16), np.int32)
     big, small = cube(labels.shape, (1, 1, 1), 6), cube(labels.shape, (10, 10, 10), 3)
-    labels[big | small] = 4                 # one id, two components: 216 and 27 voxels
+    labels[big | small] = 4  # one id, two components: 216 and 27 voxels
     labels[cube(labels.shape, (10, 1, 1), 4)] = 7
     cleaned = clean_segments(labels, min_voxels=20)  # after morphology: 160, 7 and 32 voxels
     smooth = lambda mask: ndimage.binary_closing(ndimage.binary_opening(mask))  # noqa: E731
@@ -113,7 +117,7 @@ def test_cropped_cleaning_equals_whole_volume(seed):
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 9, (4, 5, 5))
     labels = ndimage.zoom(coarse, 4, order=0).astype(np.int32)  # blocks touching every border
-    labels[rng.random(labels.shape) < 0.05] = 0                # speckle for the morphology to fix
+    labels[rng.random(labels.shape) < 0.05] = 0  # speckle for the morphology to fix
     cleaned = clean_segments(labels, min_voxels=30)
     assert np.array_equal(cleaned, full_volume_cleaning(labels, 30))
     assert cleaned.max() > 3
@@ -126,7 +130,7 @@ def test_ground_truth_painted_with_fresh_ids():
     ground_truth = np.zeros((2, 4, 5, 6), np.float32)
     ground_truth[0, 1:3, 1:3, 1:3] = 1.0
     ground_truth[1, 0, 0, :] = 1.0
-    ground_truth[1, 3, 4, 5] = 0.5          # partial coverage after an 'area' resize: not painted
+    ground_truth[1, 3, 4, 5] = 0.5  # partial coverage after an 'area' resize: not painted
     painted, ids = paint_ground_truth(segments, ground_truth)
     assert ids == [3, 4]
     assert np.array_equal(painted == 3, ground_truth[0] == 1)
@@ -166,8 +170,8 @@ def test_case_pseudo_labels_on_a_phantom():
     sizes = np.bincount(pseudo.ravel(), minlength=k + 2)
     assert attrs["segment_sizes"] == sizes[1:].tolist()
     liver = pseudo == k + 1
-    assert (liver & masks[0]).sum() / masks[0].sum() > 0.6   # interior painted (edges lost to 'area')
-    assert (liver & ~masks[0]).sum() / liver.sum() < 0.15   # nearest upsampling blurs a little
+    assert (liver & masks[0]).sum() / masks[0].sum() > 0.6  # interior painted (edges lost to 'area')
+    assert (liver & ~masks[0]).sum() / liver.sum() < 0.15  # nearest upsampling blurs a little
     # the other organ is found by FH itself: mostly covered by one segment of its own
     ids, counts = np.unique(pseudo[masks[1]], return_counts=True)
     organ = ids[counts.argmax()]
@@ -182,13 +186,20 @@ def test_case_pseudo_labels_without_ground_truth():
     assert attrs["gt_ids"] == {} and attrs["n_segments"] == pseudo.max() >= 2
 
 
-@pytest.mark.parametrize("image,labels,message", [
-    (np.zeros((5, 6, 7), np.float32), None, "constant"),
-    (np.random.default_rng(0).random((2, 5, 6, 7)).astype(np.float32), None, "3-D"),
-    (np.random.default_rng(0).random((5, 6, 7)).astype(np.float32), np.zeros((1, 5, 6, 8), np.uint8), "do not match"),
-    (np.random.default_rng(0).random((5, 6, 7)).astype(np.float32), np.zeros((5, 6, 7), np.uint8), "do not match"),
-    (np.full((5, 6, 7), np.nan, np.float32), None, "NaN"),
-])
+@pytest.mark.parametrize(
+    "image,labels,message",
+    [
+        (np.zeros((5, 6, 7), np.float32), None, "constant"),
+        (np.random.default_rng(0).random((2, 5, 6, 7)).astype(np.float32), None, "3-D"),
+        (
+            np.random.default_rng(0).random((5, 6, 7)).astype(np.float32),
+            np.zeros((1, 5, 6, 8), np.uint8),
+            "do not match",
+        ),
+        (np.random.default_rng(0).random((5, 6, 7)).astype(np.float32), np.zeros((5, 6, 7), np.uint8), "do not match"),
+        (np.full((5, 6, 7), np.nan, np.float32), None, "NaN"),
+    ],
+)
 def test_case_bad_input_raises(image, labels, message):
     settings = stage_settings("pseudo", {"grid": [4, 4, 4]})
     with pytest.raises(ValueError, match=message):
@@ -205,7 +216,7 @@ def test_real_ct_gives_a_plausible_segmentation(shared_data):
     # (X, Y, Z) -> (D, H, W); a simple min-max of the HU window stands in for the normalizer
     image = np.clip(hu.transpose(2, 1, 0), -1000, 1000)
     image = (image - image.min()) / (image.max() - image.min())
-    liver = (seg.transpose(2, 1, 0) == 5)[None].astype(np.uint8)   # TotalSegmentator id 5 = liver
+    liver = (seg.transpose(2, 1, 0) == 5)[None].astype(np.uint8)  # TotalSegmentator id 5 = liver
     settings = stage_settings("pseudo", {"grid": [32, 128, 128], "min_size": 300})
     pseudo, attrs = case_pseudo_labels(image, liver, ["liver"], settings, name="example_ct_sm")
     assert 5 <= attrs["n_segments"] <= 300
@@ -213,6 +224,6 @@ def test_real_ct_gives_a_plausible_segmentation(shared_data):
     # every kept FH segment is at least ~0.1 % of the grid (nearest resizing moves sizes a little)
     sizes = np.array(attrs["segment_sizes"][: attrs["n_segments"]])
     assert sizes.min() > 0.0005 * image.size
-    assert (pseudo[image > 0.3] > 0).mean() > 0.8          # the body is almost all labelled
+    assert (pseudo[image > 0.3] > 0).mean() > 0.8  # the body is almost all labelled
     painted = pseudo == attrs["gt_ids"]["liver"]
     assert (painted & (liver[0] == 1)).sum() > 0.8 * painted.sum()

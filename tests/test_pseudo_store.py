@@ -64,8 +64,10 @@ def test_process_pool_gives_the_same_store(toy_store, tmp_path):
     store, images, _ = toy_store
     outs = [tmp_path / "one.zarr", tmp_path / "two.zarr"]
     for out, jobs in zip(outs, ("1", "2")):
-        assert main(["pseudo", "--zarr", str(store), "--out", str(out), "--jobs", jobs,
-                     "--params", json.dumps(PARAMS)]) == 0
+        assert (
+            main(["pseudo", "--zarr", str(store), "--out", str(out), "--jobs", jobs, "--params", json.dumps(PARAMS)])
+            == 0
+        )
     one, two = (zarr.open_group(str(out), mode="r") for out in outs)
     for case in images:
         assert np.array_equal(one[case]["pseudo"][...], two[case]["pseudo"][...])
@@ -79,12 +81,15 @@ def test_unlabelled_store(tmp_path):
     assert group.attrs["gt_ids"] == {} and group["pseudo"][...].max() == group.attrs["n_segments"] >= 1
 
 
-@pytest.mark.parametrize("problem,message", [
-    ("nan", "NaN"),
-    ("constant", "constant"),
-    ("four_d", "3-D"),
-    ("grid", "do not match"),
-])
+@pytest.mark.parametrize(
+    "problem,message",
+    [
+        ("nan", "NaN"),
+        ("constant", "constant"),
+        ("four_d", "3-D"),
+        ("grid", "do not match"),
+    ],
+)
 def test_bad_case_fails_cleanly(tmp_path, capsys, problem, message):
     good = blob_image(3, (10, 16, 16))
     bad = {
@@ -99,7 +104,7 @@ def test_bad_case_fails_cleanly(tmp_path, capsys, problem, message):
     assert main(["pseudo", "--zarr", str(store), "--out", str(out), "--params", json.dumps(PARAMS)]) == 2
     error = capsys.readouterr().err
     assert message in error and "case 'b'" in error and "bad.zarr" in error
-    assert not out.exists() and not list(out.parent.glob(".*"))   # nothing half-written
+    assert not out.exists() and not list(out.parent.glob(".*"))  # nothing half-written
 
 
 def test_bad_store_and_params(tmp_path, capsys):

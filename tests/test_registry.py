@@ -12,7 +12,13 @@ import pytest
 import yaml
 
 from segvol.download.registry import (
-    categories, expand_stores, load_registry, lookup, shard_names, split_shard, validate,
+    categories,
+    expand_stores,
+    load_registry,
+    lookup,
+    shard_names,
+    split_shard,
+    validate,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,12 +26,31 @@ REGISTRY = REPO / "config" / "datasets.yaml"
 
 # M3D-Seg codes 0000-0024 (docs/method.md#m3d-seg-files), i.e. the 25 training datasets of the paper's Table 4.
 M3D_CODES = {
-    "CHAOS": "0000", "HaN-Seg": "0001", "AMOS22": "0002", "AbdomenCT-1k": "0003", "KiTS23": "0004",
-    "KiPA22": "0005", "KiTS19": "0006", "BTCV": "0007", "Pancreas-CT": "0008", "3D-IRCADb": "0009",
-    "FLARE22": "0010", "TotalSegmentator": "0011", "CT-ORG": "0012", "WORD": "0013", "VerSe19": "0014",
-    "VerSe20": "0015", "SLIVER07": "0016", "QUBIQ": "0017", "MSD-colon": "0018",
-    "MSD-hepatic_vessel": "0019", "MSD-liver": "0020", "MSD-lung": "0021", "MSD-pancreas": "0022",
-    "MSD-spleen": "0023", "LUNA16": "0024",
+    "CHAOS": "0000",
+    "HaN-Seg": "0001",
+    "AMOS22": "0002",
+    "AbdomenCT-1k": "0003",
+    "KiTS23": "0004",
+    "KiPA22": "0005",
+    "KiTS19": "0006",
+    "BTCV": "0007",
+    "Pancreas-CT": "0008",
+    "3D-IRCADb": "0009",
+    "FLARE22": "0010",
+    "TotalSegmentator": "0011",
+    "CT-ORG": "0012",
+    "WORD": "0013",
+    "VerSe19": "0014",
+    "VerSe20": "0015",
+    "SLIVER07": "0016",
+    "QUBIQ": "0017",
+    "MSD-colon": "0018",
+    "MSD-hepatic_vessel": "0019",
+    "MSD-liver": "0020",
+    "MSD-lung": "0021",
+    "MSD-pancreas": "0022",
+    "MSD-spleen": "0023",
+    "LUNA16": "0024",
 }
 # The M3D_Seg/ folder of the Hub repository last changed in this commit (2024-04-22).
 M3D_REVISION = "56f7deb4b74ad4bf4b2665baf7509fefdd1e9a73"
@@ -106,7 +131,9 @@ def test_checksums_only_where_verified(registry):
         for item in entry["source"].get("files", []):
             if entry["source"]["verified"]:
                 sha256, md5 = item.get("sha256"), item.get("md5")
-                assert (sha256 and re.fullmatch(r"[0-9a-f]{64}", sha256)) or (md5 and re.fullmatch(r"[0-9a-f]{32}", md5)), name
+                assert (sha256 and re.fullmatch(r"[0-9a-f]{64}", sha256)) or (
+                    md5 and re.fullmatch(r"[0-9a-f]{32}", md5)
+                ), name
                 assert item.get("size") is None or item["size"] > 0, name
                 assert entry["source"].get("evidence"), name
             else:
@@ -173,7 +200,10 @@ def test_unlabelled_total_of_the_paper_config(registry):
 
 
 def test_categories_from_labels_and_regions():
-    entry = {"labels": {"1": "kidney", "2": "kidney tumor", "3": "kidney cyst"}, "regions": {"kidney and masses": [1, 2, 3]}}
+    entry = {
+        "labels": {"1": "kidney", "2": "kidney tumor", "3": "kidney cyst"},
+        "regions": {"kidney and masses": [1, 2, 3]},
+    }
     assert categories(entry) == {"kidney": [1], "kidney tumor": [2], "kidney cyst": [3], "kidney and masses": [1, 2, 3]}
 
 
@@ -195,9 +225,17 @@ def test_vocabulary_merges_registry_synth_and_store_names(tmp_path):
     from segvol.vocabulary import known_categories
 
     store = tmp_path / "mine.zarr"
-    zarr.open_group(str(store), mode="w").attrs.update({
-        "dataset": "mine", "role": "train", "modality": "CT", "categories": ["left kidney", "gallstone"],
-        "cases": [], "split": {"train": [], "test": [], "seed": 0, "test_fraction": 0.2}, "format_version": 1})
+    zarr.open_group(str(store), mode="w").attrs.update(
+        {
+            "dataset": "mine",
+            "role": "train",
+            "modality": "CT",
+            "categories": ["left kidney", "gallstone"],
+            "cases": [],
+            "split": {"train": [], "test": [], "seed": 0, "test_fraction": 0.2},
+            "format_version": 1,
+        }
+    )
     vocabulary = known_categories(REGISTRY, REPO / "config" / "config.yaml", [store])
     # Release spellings become synonyms of one canonical name, with every dataset that carries it.
     assert "arota" in vocabulary["aorta"]["synonyms"]

@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +51,21 @@ def _serve(server, entry: dict, archives: dict[str, bytes]) -> dict:
     files = []
     for filename, data in archives.items():
         server.files[f"/{filename}"] = data
-        files.append({"url": f"{server.url}/{filename}", "sha256": _sha(data),
-                      "md5": hashlib.md5(data).hexdigest(), "size": len(data)})
-    entry["source"] = {"kind": "url", "verified": True, "evidence": "test fixture", "files": files,
-                       "allow_http": True}  # the loopback server speaks plain http
+        files.append(
+            {
+                "url": f"{server.url}/{filename}",
+                "sha256": _sha(data),
+                "md5": hashlib.md5(data).hexdigest(),
+                "size": len(data),
+            }
+        )
+    entry["source"] = {
+        "kind": "url",
+        "verified": True,
+        "evidence": "test fixture",
+        "files": files,
+        "allow_http": True,
+    }  # the loopback server speaks plain http
     return entry
 
 
@@ -63,7 +73,9 @@ def _serve_hub(server, monkeypatch, entry: dict, archives: dict[str, bytes]) -> 
     """Keep the entry's pinned hf:// URLs; the Hub's resolve endpoint is the loopback server."""
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     entry["source"]["allow_http"] = True  # the loopback Hub speaks plain http
     for item in entry["source"]["files"]:
@@ -83,14 +95,24 @@ def _download(tmp_path, name: str, entry: dict, manual: Path | None = None, caps
     params = {"accept_license": [name]}
     if manual is not None:
         params["manual_dir"] = str(manual)
-    rc = _cli("--dataset", name, "--registry", registry, "--out", out, "--downloads", tmp_path / "dl",
-              "--params", json.dumps(params))
+    rc = _cli(
+        "--dataset",
+        name,
+        "--registry",
+        registry,
+        "--out",
+        out,
+        "--downloads",
+        tmp_path / "dl",
+        "--params",
+        json.dumps(params),
+    )
     return rc, out
 
 
 def _normalize(raw: Path, out: Path):
-    from segvol.normalize.convert import build_store
     from segvol.io.store import open_store
+    from segvol.normalize.convert import build_store
     from segvol.settings import stage_settings
 
     build_store(raw, out, 2023, stage_settings("normalize", "{}"), progress=False)
@@ -115,7 +137,7 @@ def _blob_label(shape, values, rng) -> np.ndarray:
     """A label map with one box per value (every category present, no overlap)."""
     label = np.zeros(shape, np.uint8)
     for index, value in enumerate(values):
-        label[1 + index % 3: 4 + index % 3, 1 + 2 * index: 3 + 2 * index, 2:6] = value
+        label[1 + index % 3 : 4 + index % 3, 1 + 2 * index : 3 + 2 * index, 2:6] = value
     return label
 
 
@@ -130,8 +152,9 @@ def _tar_bytes(members: dict[str, bytes]) -> bytes:
 
 
 def _folder_zip(folder: Path, prefix: str = "") -> bytes:
-    return _zip_bytes({prefix + p.relative_to(folder).as_posix(): p.read_bytes()
-                       for p in sorted(folder.rglob("*")) if p.is_file()})
+    return _zip_bytes(
+        {prefix + p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    )
 
 
 # --------------------------------------------------------------------------- M3D-Seg
@@ -145,35 +168,52 @@ def _m3d_archive_members(tmp_path, code: str, names: list[str], cases: list[str]
         image = rng.normal(size=(9, 10, 8)).astype(np.float32)  # (X, Y, Z) after foreground normalization
         channels = np.zeros((len(names), 9, 10, 8), np.uint8)
         for c in range(len(names)):
-            channels[c, 1 + c: 3 + c, 2:5, 1:4] = 1
+            channels[c, 1 + c : 3 + c, 2:5, 1:4] = 1
         image_path, mask_path = write_m3d_case(work / code / case, image, channels)
         per_case[case] = {f"{code}/{case}/{p.name}": p.read_bytes() for p in (image_path, mask_path)}
     split = {"train": cases[:-1], "test": cases[-1:]}
-    meta = {"name": code, "description": "fixture", "tensorImageSize": "4D", "modality": {"0": "CT"},
-            "labels": {"0": "background", **{str(i + 1): n for i, n in enumerate(names)}},
-            "numTraining": len(split["train"]), "numTest": len(split["test"])}
+    meta = {
+        "name": code,
+        "description": "fixture",
+        "tensorImageSize": "4D",
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", **{str(i + 1): n for i, n in enumerate(names)}},
+        "numTraining": len(split["train"]),
+        "numTest": len(split["test"]),
+    }
     for key, chosen in split.items():
-        meta[key] = [{"image": f"{code}/{case}/image.npy",
-                      "label": f"{code}/{case}/" + next(n for n in per_case[case] if "mask_" in n).split("/")[-1]}
-                     for case in chosen]
+        meta[key] = [
+            {
+                "image": f"{code}/{case}/image.npy",
+                "label": f"{code}/{case}/" + next(n for n in per_case[case] if "mask_" in n).split("/")[-1],
+            }
+            for case in chosen
+        ]
     per_case["json"] = {f"{code}/{code}.json": json.dumps(meta).encode()}
     return per_case
 
 
 def test_m3d_seg_single_archive_from_the_pinned_hub_revision(server, tmp_path, monkeypatch, capsys):
-    members = _m3d_archive_members(tmp_path, "0023", ["spleen"], ["case_a", "case_b", "case_c"], np.random.default_rng(0))
+    members = _m3d_archive_members(
+        tmp_path, "0023", ["spleen"], ["case_a", "case_b", "case_c"], np.random.default_rng(0)
+    )
     archive = _zip_bytes({k: v for part in members.values() for k, v in part.items()})
     entry = _serve_hub(server, monkeypatch, _real("MSD-spleen"), {"0023.zip": archive})
     rc, raw = _download(tmp_path, "MSD-spleen", entry)
     assert rc == 0, capsys.readouterr().err
-    assert server.requests[0][0] == "/datasets/GoodBaiBai88/M3D-Seg/resolve/56f7deb4b74ad4bf4b2665baf7509fefdd1e9a73/M3D_Seg/0023.zip"
+    assert (
+        server.requests[0][0]
+        == "/datasets/GoodBaiBai88/M3D-Seg/resolve/56f7deb4b74ad4bf4b2665baf7509fefdd1e9a73/M3D_Seg/0023.zip"
+    )
     store = _normalize(raw, tmp_path / "zarr" / "MSD-spleen.zarr")
     assert store.categories == ["spleen"]
     assert sorted(store.attrs["cases"]) == ["case_a", "case_b", "case_c"]
 
 
 def test_m3d_seg_0024_arrives_as_two_archives_of_one_folder(server, tmp_path, monkeypatch, capsys):
-    members = _m3d_archive_members(tmp_path, "0024", ["lung nodule"], ["c1", "c2", "c3", "c4"], np.random.default_rng(1))
+    members = _m3d_archive_members(
+        tmp_path, "0024", ["lung nodule"], ["c1", "c2", "c3", "c4"], np.random.default_rng(1)
+    )
     first = _zip_bytes({**members["json"], **members["c1"], **members["c2"]})
     second = _zip_bytes({**members["c3"], **members["c4"]})
     entry = _serve_hub(server, monkeypatch, _real("LUNA16"), {"0024_1.zip": first, "0024_2.zip": second})
@@ -186,8 +226,20 @@ def test_m3d_seg_0024_arrives_as_two_archives_of_one_folder(server, tmp_path, mo
 
 
 def test_m3d_seg_0010_is_abdomenct_12organ_with_one_kidney(server, tmp_path, monkeypatch, capsys):
-    organs = ["liver", "kidney", "spleen", "pancreas", "aorta", "inferior vena cava", "right adrenal gland",
-              "left adrenal gland", "gallbladder", "esophagus", "stomach", "duodenum"]
+    organs = [
+        "liver",
+        "kidney",
+        "spleen",
+        "pancreas",
+        "aorta",
+        "inferior vena cava",
+        "right adrenal gland",
+        "left adrenal gland",
+        "gallbladder",
+        "esophagus",
+        "stomach",
+        "duodenum",
+    ]
     members = _m3d_archive_members(tmp_path, "0010", organs, ["a", "b"], np.random.default_rng(2))
     archive = _zip_bytes({k: v for part in members.values() for k, v in part.items()})
     entry = _serve_hub(server, monkeypatch, _real("FLARE22"), {"0010.zip": archive})
@@ -201,7 +253,9 @@ def test_m3d_seg_0010_is_abdomenct_12organ_with_one_kidney(server, tmp_path, mon
 # --------------------------------------------------------------------------- ULS23
 
 
-def _uls23_manual(tmp_path, rng, subsets: dict[str, list[str]], labelled: dict[str, list[str]], commit=ULS23_COMMIT) -> Path:
+def _uls23_manual(
+    tmp_path, rng, subsets: dict[str, list[str]], labelled: dict[str, list[str]], commit=ULS23_COMMIT
+) -> Path:
     manual = tmp_path / "manual" / "ULS23"
     for subset, cases in subsets.items():
         for case in cases:
@@ -222,15 +276,21 @@ def _uls23_manual(tmp_path, rng, subsets: dict[str, list[str]], labelled: dict[s
 
 def test_uls23_zenodo_images_with_zipped_labels_of_the_pinned_commit(tmp_path, capsys):
     rng = np.random.default_rng(3)
-    subsets = {"DeepLesion3D": ["000010_02_02_100_lesion_01", "000026_06_01_257_lesion_01"],
-               "Radboudumc_Bone": ["bone_0001"], "Radboudumc_Pancreas": ["pancreas_0001"]}
+    subsets = {
+        "DeepLesion3D": ["000010_02_02_100_lesion_01", "000026_06_01_257_lesion_01"],
+        "Radboudumc_Bone": ["bone_0001"],
+        "Radboudumc_Pancreas": ["pancreas_0001"],
+    }
     manual = _uls23_manual(tmp_path, rng, subsets, subsets)
     rc, raw = _download(tmp_path, "ULS23", _real("ULS23"), manual)
     assert rc == 0, capsys.readouterr().err
     document = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
     assert [c["id"] for c in document["cases"]] == [
-        "DeepLesion3D_000010_02_02_100_lesion_01", "DeepLesion3D_000026_06_01_257_lesion_01",
-        "Radboudumc_Bone_bone_0001", "Radboudumc_Pancreas_pancreas_0001"]
+        "DeepLesion3D_000010_02_02_100_lesion_01",
+        "DeepLesion3D_000026_06_01_257_lesion_01",
+        "Radboudumc_Bone_bone_0001",
+        "Radboudumc_Pancreas_pancreas_0001",
+    ]
     assert all(c["label"].startswith("labels/") and c["label"].endswith(".nii.gz") for c in document["cases"])
     store = _normalize(raw, tmp_path / "zarr" / "ULS23.zarr")
     assert store.categories == ["lesion"]
@@ -329,9 +389,16 @@ def test_segthor_train_archive(tmp_path, capsys):
 
 def test_msd_task_tarball_with_dataset_json(server, tmp_path, capsys):
     rng = np.random.default_rng(8)
-    members = {"Task09_Spleen/dataset.json": json.dumps({
-        "name": "Spleen", "labels": {"0": "background", "1": "spleen"}, "numTraining": 2,
-        "training": [{"image": "./imagesTr/spleen_2.nii.gz", "label": "./labelsTr/spleen_2.nii.gz"}]}).encode()}
+    members = {
+        "Task09_Spleen/dataset.json": json.dumps(
+            {
+                "name": "Spleen",
+                "labels": {"0": "background", "1": "spleen"},
+                "numTraining": 2,
+                "training": [{"image": "./imagesTr/spleen_2.nii.gz", "label": "./labelsTr/spleen_2.nii.gz"}],
+            }
+        ).encode()
+    }
     for case in ("spleen_2", "spleen_3"):
         members[f"Task09_Spleen/imagesTr/{case}.nii.gz"] = _niigz(_volume(rng))
         members[f"Task09_Spleen/labelsTr/{case}.nii.gz"] = _niigz(_blob_label((10, 9, 8), [1], rng))
@@ -367,9 +434,11 @@ def test_totalsegmentator_v2_zip(server, tmp_path, capsys):
         members[f"{case}/ct.nii.gz"] = _niigz(_volume(rng), affine)
         for index, structure in enumerate(("kidney_left", "liver", "spleen")):
             mask = np.zeros((10, 9, 8), np.uint8)
-            mask[1 + 3 * index: 3 + 3 * index, 2:6, 2:6] = 1
+            mask[1 + 3 * index : 3 + 3 * index, 2:6, 2:6] = 1
             members[f"{case}/segmentations/{structure}.nii.gz"] = _niigz(mask, affine)
-    entry = _serve(server, _real("TotalSegmentator-original"), {"Totalsegmentator_dataset_v201.zip": _zip_bytes(members)})
+    entry = _serve(
+        server, _real("TotalSegmentator-original"), {"Totalsegmentator_dataset_v201.zip": _zip_bytes(members)}
+    )
     rc, raw = _download(tmp_path, "TotalSegmentator-original", entry)
     assert rc == 0, capsys.readouterr().err
     store = _normalize(raw, tmp_path / "zarr" / "TS.zarr")

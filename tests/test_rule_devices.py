@@ -9,8 +9,18 @@ import yaml
 
 from tests.test_workflow import REPO, assert_ok, snakemake
 
-MODEL_RULES = ["pretrain", "finetune", "evaluate_cases", "table3", "scaling_cases", "prompt_cases", "figure5",
-               "table6", "rotation", "mri"]
+MODEL_RULES = [
+    "pretrain",
+    "finetune",
+    "evaluate_cases",
+    "table3",
+    "scaling_cases",
+    "prompt_cases",
+    "figure5",
+    "table6",
+    "rotation",
+    "mri",
+]
 
 
 def shell_commands(output: str) -> dict[str, list[str]]:
@@ -30,8 +40,10 @@ TRAINING_RULES = ["pretrain", "finetune"]
 
 
 def test_every_model_rule_passes_device_and_threads():
-    text = "\n".join((REPO / "workflow" / "rules" / f"{name}.smk").read_text(encoding="utf-8")
-                     for name in ("pretrain", "finetune", "evaluate"))
+    text = "\n".join(
+        (REPO / "workflow" / "rules" / f"{name}.smk").read_text(encoding="utf-8")
+        for name in ("pretrain", "finetune", "evaluate")
+    )
     # evaluation rules get both through common.smk: `params: **model_params()` and `evaluate_command(...)`,
     # whose default flags are MODEL_FLAGS
     common = (REPO / "workflow" / "rules" / "common.smk").read_text(encoding="utf-8")
@@ -85,8 +97,13 @@ def test_the_dry_runs_ignore_what_readme_command_1_made_in_the_clone(tmp_path):
     assert "Nothing to be done" in assert_ok(snakemake("-n", "results/table3.csv", cwd=clone))
     before = run_outputs_state(clone)
     test = "tests/test_rule_devices.py::test_demo_jobs_run_on_the_cpu_unless_given_a_gpu"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], cwd=clone,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert run_outputs_state(clone) == before
 
@@ -98,8 +115,20 @@ def test_slurm_gpu_jobs_get_cuda_and_the_threads_of_their_cpus():
     for rule in gpu_rules:
         assert profile["set-threads"][rule] == profile["set-resources"][rule]["cpus_per_gpu"], rule
     # --cores: a dry run caps threads at the local cores; a Slurm job is capped by its allocation only
-    output = assert_ok(snakemake("-n", "-p", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
-                                 "--cores", "64", "results/table2.csv", "results/table3.csv"))
+    output = assert_ok(
+        snakemake(
+            "-n",
+            "-p",
+            "--profile",
+            "profiles/slurm",
+            "--configfile",
+            "config/paper.yaml",
+            "--cores",
+            "64",
+            "results/table2.csv",
+            "results/table3.csv",
+        )
+    )
     commands = shell_commands(output)
     for rule in ("pretrain", "finetune", "evaluate_cases", "table3"):
         assert commands.get(rule), f"{rule} missing from the dry run"
@@ -108,8 +137,11 @@ def test_slurm_gpu_jobs_get_cuda_and_the_threads_of_their_cpus():
             assert "--device cuda" in command and threads in command, command
 
 
-@pytest.mark.parametrize("options", [[], ["--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
-                                            "--cores", "64"]], ids=["demo", "paper-slurm"])
+@pytest.mark.parametrize(
+    "options",
+    [[], ["--profile", "profiles/slurm", "--configfile", "config/paper.yaml", "--cores", "64"]],
+    ids=["demo", "paper-slurm"],
+)
 def test_every_rule_command_line_parses_with_segvol(options):
     """Each shell command of the whole DAG is accepted by `segvol`'s own parser, so a renamed flag
     (e.g. pseudo's --threads -> --jobs) cannot leave a rule behind."""
@@ -126,7 +158,7 @@ def test_every_rule_command_line_parses_with_segvol(options):
                 continue
             words = shlex.split(line.split(" > ", 1)[0])
             if words[0] == "torchrun":
-                words = ["segvol", *words[words.index("segvol") + 1:]]
+                words = ["segvol", *words[words.index("segvol") + 1 :]]
             assert words[0] == "segvol", f"{rule}: {line}"
             args = build_parser(words[1]).parse_args(words[1:])
             assert args.command == words[1]
@@ -195,7 +227,10 @@ def test_the_work_tree_guard_sees_new_changed_and_removed_files_but_not_ignored_
     (tmp_path / "new" / "deep" / "file.txt").write_text("x")
     state = work_tree_status(tmp_path)
     assert {path: value[0] for path, value in state.items()} == {
-        "kept.py": " M", "gone.py": " D", "new/deep/file.txt": "??"}
+        "kept.py": " M",
+        "gone.py": " D",
+        "new/deep/file.txt": "??",
+    }
     changed = state["kept.py"][2] + 10**9
     (tmp_path / "kept.py").write_text("a = 4\n")  # rewritten again, same size: the time tells
     os.utime(tmp_path / "kept.py", ns=(changed, changed))

@@ -30,31 +30,42 @@ def randomized(model):
     return model
 
 
-@pytest.mark.parametrize("name,millions,shapes", [
-    # Published sizes: SAM-Med2D 271M parameters, SAM-Med3D 100.5M (their papers).
-    ("sam-med2d", 271.2, {
-        "image_encoder.pos_embed": (1, 16, 16, 768),
-        "image_encoder.blocks.0.attn.rel_pos_h": (27, 64),       # windowed block: 14-wide windows
-        "image_encoder.blocks.2.attn.rel_pos_w": (31, 64),       # global block over the 16 x 16 grid
-        "image_encoder.blocks.11.Adapter.spatial.2.weight": (768, 768, 4, 4),
-        "image_encoder.blocks.0.Adapter.channel.0.weight": (192, 768),
-        "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": (2, 128),
-        "prompt_encoder.point_embeddings.3.weight": (1, 256),
-        "mask_decoder.output_upscaling.0.weight": (256, 64, 2, 2),
-    }),
-    ("sam-med3d", 100.5, {
-        "image_encoder.pos_embed": (1, 8, 8, 8, 768),
-        "image_encoder.patch_embed.proj.weight": (768, 1, 16, 16, 16),
-        "image_encoder.blocks.0.attn.rel_pos_d": (27, 64),
-        "image_encoder.blocks.5.attn.rel_pos_d": (15, 64),
-        "image_encoder.neck.0.weight": (384, 768, 1, 1, 1),
-        "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": (3, 128),
-        "prompt_encoder.point_embeddings.1.weight": (1, 384),
-        "prompt_encoder.mask_downscaling.0.weight": (4, 1, 2, 2, 2),
-        "mask_decoder.output_upscaling.3.weight": (96, 48, 2, 2, 2),
-        "mask_decoder.iou_prediction_head.layers.2.weight": (4, 256),
-    }),
-])
+@pytest.mark.parametrize(
+    "name,millions,shapes",
+    [
+        # Published sizes: SAM-Med2D 271M parameters, SAM-Med3D 100.5M (their papers).
+        (
+            "sam-med2d",
+            271.2,
+            {
+                "image_encoder.pos_embed": (1, 16, 16, 768),
+                "image_encoder.blocks.0.attn.rel_pos_h": (27, 64),  # windowed block: 14-wide windows
+                "image_encoder.blocks.2.attn.rel_pos_w": (31, 64),  # global block over the 16 x 16 grid
+                "image_encoder.blocks.11.Adapter.spatial.2.weight": (768, 768, 4, 4),
+                "image_encoder.blocks.0.Adapter.channel.0.weight": (192, 768),
+                "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": (2, 128),
+                "prompt_encoder.point_embeddings.3.weight": (1, 256),
+                "mask_decoder.output_upscaling.0.weight": (256, 64, 2, 2),
+            },
+        ),
+        (
+            "sam-med3d",
+            100.5,
+            {
+                "image_encoder.pos_embed": (1, 8, 8, 8, 768),
+                "image_encoder.patch_embed.proj.weight": (768, 1, 16, 16, 16),
+                "image_encoder.blocks.0.attn.rel_pos_d": (27, 64),
+                "image_encoder.blocks.5.attn.rel_pos_d": (15, 64),
+                "image_encoder.neck.0.weight": (384, 768, 1, 1, 1),
+                "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": (3, 128),
+                "prompt_encoder.point_embeddings.1.weight": (1, 384),
+                "prompt_encoder.mask_downscaling.0.weight": (4, 1, 2, 2, 2),
+                "mask_decoder.output_upscaling.3.weight": (96, 48, 2, 2, 2),
+                "mask_decoder.iou_prediction_head.layers.2.weight": (4, 256),
+            },
+        ),
+    ],
+)
 def test_architectures_match_the_releases(name, millions, shapes):
     with torch.device("meta"):
         model = build(name)
@@ -73,13 +84,24 @@ def test_2d_sam_equals_transformers_sam():
 
     ours = randomized(build("sam-med2d", **dict(TINY_2D, adapter=False)))
     config = SamConfig(
-        vision_config=SamVisionConfig(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
-                                      image_size=64, patch_size=16, window_size=3, global_attn_indexes=[1],
-                                      num_pos_feats=16, mlp_dim=128),
-        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=32, image_size=64, patch_size=16,
-                                                     mask_input_channels=16),
-        mask_decoder_config=SamMaskDecoderConfig(hidden_size=32, mlp_dim=2048, num_hidden_layers=2,
-                                                 num_attention_heads=8, iou_head_hidden_dim=256),
+        vision_config=SamVisionConfig(
+            hidden_size=32,
+            output_channels=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=16,
+            window_size=3,
+            global_attn_indexes=[1],
+            num_pos_feats=16,
+            mlp_dim=128,
+        ),
+        prompt_encoder_config=SamPromptEncoderConfig(
+            hidden_size=32, image_size=64, patch_size=16, mask_input_channels=16
+        ),
+        mask_decoder_config=SamMaskDecoderConfig(
+            hidden_size=32, mlp_dim=2048, num_hidden_layers=2, num_attention_heads=8, iou_head_hidden_dim=256
+        ),
     )
     reference = SamModel(config).eval()
     reference.load_state_dict(_rename_original_sam(ours.state_dict()), strict=True)
@@ -90,13 +112,18 @@ def test_2d_sam_equals_transformers_sam():
         embedding = ours.encode(image)
         torch.testing.assert_close(embedding, reference.get_image_embeddings(image), atol=1e-5, rtol=1e-4)
         masks, iou = ours.decode(embedding, points, labels, multimask=True)
-        expected = reference(image_embeddings=embedding, input_points=points[:, None], input_labels=labels[:, None],
-                             multimask_output=True)
+        expected = reference(
+            image_embeddings=embedding,
+            input_points=points[:, None],
+            input_labels=labels[:, None],
+            multimask_output=True,
+        )
         torch.testing.assert_close(masks, expected.pred_masks[:, 0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(iou, expected.iou_scores[:, 0], atol=1e-4, rtol=1e-4)
         masks, _ = ours.decode(embedding, box=box, mask=mask)
-        expected = reference(image_embeddings=embedding, input_boxes=box[:, None], input_masks=mask,
-                             multimask_output=False)
+        expected = reference(
+            image_embeddings=embedding, input_boxes=box[:, None], input_masks=mask, multimask_output=False
+        )
         torch.testing.assert_close(masks, expected.pred_masks[:, 0], atol=1e-4, rtol=1e-4)
 
 
@@ -118,8 +145,10 @@ def test_3d_relative_positions_against_a_direct_sum():
     for b in (0, 3):
         for i in (0, 7, 23):
             for j in (0, 5, 18):
-                expected = sum(q[b, i] @ table.detach()[coords[i][a] - coords[j][a] + size - 1]
-                               for a, (table, size) in enumerate(zip(tables, (2, 3, 4))))
+                expected = sum(
+                    q[b, i] @ table.detach()[coords[i][a] - coords[j][a] + size - 1]
+                    for a, (table, size) in enumerate(zip(tables, (2, 3, 4)))
+                )
                 assert float(bias[b, i, j]) == pytest.approx(float(expected), abs=1e-5)
 
 
@@ -140,7 +169,9 @@ def test_released_checkpoint_formats_load_and_tampered_ones_do_not(tmp_path):
     source = randomized(build("sam-med3d", **TINY_3D))
     wrapped = {
         "model_state_dict": {"module." + key: value for key, value in source.state_dict().items()},
-        "args": argparse.Namespace(crop_size=128, lr=8e-4), "best_dice": np.float64(0.8), "epoch": 3,
+        "args": argparse.Namespace(crop_size=128, lr=8e-4),
+        "best_dice": np.float64(0.8),
+        "epoch": 3,
     }
     path = tmp_path / "sam_med3d_turbo.pth"
     torch.save(wrapped, path)
@@ -246,8 +277,10 @@ def test_baselines_load_released_checkpoints_and_run(tmp_path, monkeypatch):
     monkeypatch.setitem(sam.ARCHITECTURES, "sam-med3d", {**ARCHITECTURES["sam-med3d"], **TINY_3D})
     torch.save({"model": randomized(build("sam-med2d")).state_dict()}, tmp_path / "sam-med2d_b.pth")
     torch.save({"model_state_dict": randomized(build("sam-med3d")).state_dict()}, tmp_path / "sam_med3d_turbo.pth")
-    runs, reasons = build_baselines(["SegVol", "SAM-Med2D", "SAM-Med3D"], {
-        "SAM-Med2D": str(tmp_path / "sam-med2d_b.pth"), "SAM-Med3D": str(tmp_path / "sam_med3d_turbo.pth")})
+    runs, reasons = build_baselines(
+        ["SegVol", "SAM-Med2D", "SAM-Med3D"],
+        {"SAM-Med2D": str(tmp_path / "sam-med2d_b.pth"), "SAM-Med3D": str(tmp_path / "sam_med3d_turbo.pth")},
+    )
     assert [run.name for run in runs] == ["SAM-Med2D", "SAM-Med3D"]
     assert reasons["SAM-Med3D"].startswith("ran: ") and reasons["SAM-Med3D"].endswith("sam_med3d_turbo.pth")
     volume = np.random.default_rng(0).random((6, 24, 24)).astype(np.float32)

@@ -53,8 +53,9 @@ def request(server, path, payload=None, data=None, headers=None, token=True):
     headers = {"Content-Type": "application/json" if data is None else "application/octet-stream", **(headers or {})}
     if token:
         headers["X-SegVol-Token"] = getattr(server, "token", "")
-    req = urllib.request.Request(server.url.rstrip("/") + path, data=body, headers=headers,
-                                 method="POST" if body is not None else "GET")
+    req = urllib.request.Request(
+        server.url.rstrip("/") + path, data=body, headers=headers, method="POST" if body is not None else "GET"
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as response:
             raw = response.read()
@@ -101,11 +102,13 @@ def test_prompts_segment_undo_and_export_like_predict(served, tmp_path):
     request(server, "/api/open", {"path": "ct.nii.gz"})
     request(server, "/api/object", {"name": "liver"})
     # A box dragged on the axial view (h, w) then on the coronal view (d, w).
-    status, state = request(server, "/api/box", {"object": "liver", "view": "axial", "index": 20,
-                                                 "x0": 10, "y0": 18, "x1": 25, "y1": 33})
+    status, state = request(
+        server, "/api/box", {"object": "liver", "view": "axial", "index": 20, "x0": 10, "y0": 18, "x1": 25, "y1": 33}
+    )
     assert status == 200 and state["waiting"] and state["objects"][0]["voxels"] == 0
-    status, state = request(server, "/api/box", {"object": "liver", "view": "coronal", "index": 24,
-                                                 "x0": 10, "y0": 14, "x1": 25, "y1": 33})
+    status, state = request(
+        server, "/api/box", {"object": "liver", "view": "coronal", "index": 24, "x0": 10, "y0": 14, "x1": 25, "y1": 33}
+    )
     assert status == 200 and state["objects"][0]["voxels"] > 0
     boxed = state["objects"][0]["voxels"]
     status, state = request(server, "/api/text", {"object": "liver", "text": "liver"})
@@ -166,9 +169,11 @@ def hostile_site(target: str):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     target = target.rstrip("/")
-    pages = {"/object": HOSTILE_FORM.format(target=target, path="/api/object", name="pwned"),
-             "/export": HOSTILE_FORM.format(target=target, path="/api/export", name="pwned"),
-             "/fetch": HOSTILE_FETCH.format(target=target)}
+    pages = {
+        "/object": HOSTILE_FORM.format(target=target, path="/api/object", name="pwned"),
+        "/export": HOSTILE_FORM.format(target=target, path="/api/export", name="pwned"),
+        "/fetch": HOSTILE_FETCH.format(target=target),
+    }
 
     class Page(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
@@ -188,8 +193,10 @@ def hostile_site(target: str):
 
 
 # CI installs the browser (.ci/run) and sets SEGVOL_REQUIRE_BROWSER: there a missing browser fails.
-@pytest.mark.skipif(not _chromium() and not os.environ.get("SEGVOL_REQUIRE_BROWSER"),
-                    reason="needs Debian's chromium and chromium-driver (installed by .ci/run)")
+@pytest.mark.skipif(
+    not _chromium() and not os.environ.get("SEGVOL_REQUIRE_BROWSER"),
+    reason="needs Debian's chromium and chromium-driver (installed by .ci/run)",
+)
 def test_the_page_in_a_real_browser(served, tmp_path, caplog):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -202,8 +209,14 @@ def test_the_page_in_a_real_browser(served, tmp_path, caplog):
     server, root = served
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,900",
-                 "--host-resolver-rules=MAP evil.example 127.0.0.1"):  # a DNS-rebinding stand-in
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1600,900",
+        "--host-resolver-rules=MAP evil.example 127.0.0.1",
+    ):  # a DNS-rebinding stand-in
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     waiter = WebDriverWait(driver, 60)
@@ -217,6 +230,7 @@ def test_the_page_in_a_real_browser(served, tmp_path, caplog):
                 status = driver.find_element(By.ID, "status").text
                 message = driver.find_element(By.ID, "message").text
                 raise AssertionError(f"page status {status!r}, message {message!r}") from None
+
     try:
         driver.get(server.url_with_token)
         wait.until(lambda d: d.find_element(By.ID, "status").text == "open an image")
@@ -231,8 +245,14 @@ def test_the_page_in_a_real_browser(served, tmp_path, caplog):
             img = driver.find_element(By.ID, f"view-{view}")
             width, height = img.size["width"], img.size["height"]
             to = lambda f: (int((f[0] - 0.5) * width), int((f[1] - 0.5) * height))  # noqa: E731
-            (ActionChains(driver).move_to_element_with_offset(img, *to(start)).click_and_hold()
-             .move_to_element_with_offset(img, *to(end)).release().perform())
+            (
+                ActionChains(driver)
+                .move_to_element_with_offset(img, *to(start))
+                .click_and_hold()
+                .move_to_element_with_offset(img, *to(end))
+                .release()
+                .perform()
+            )
 
         driver.find_element(By.CSS_SELECTOR, "input[value=box]").click()
         drag("axial", (0.25, 0.3), (0.65, 0.7))
@@ -245,8 +265,12 @@ def test_the_page_in_a_real_browser(served, tmp_path, caplog):
         wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("done"))
         driver.find_element(By.ID, "text").send_keys("liver")
         driver.find_element(By.ID, "set-text").click()
-        wait.until(lambda d: "liver" in d.find_element(By.ID, "objects").text and
-                   d.find_element(By.ID, "status").text.startswith("done"))
+        wait.until(
+            lambda d: (
+                "liver" in d.find_element(By.ID, "objects").text
+                and d.find_element(By.ID, "status").text.startswith("done")
+            )
+        )
         state = server.workspace.describe()["objects"][0]
         assert state["text"] == "liver" and state["voxels"] > 0 and len(state["point_labels"]) == 1
 
@@ -255,12 +279,13 @@ def test_the_page_in_a_real_browser(served, tmp_path, caplog):
 
         from PIL import Image
 
-        colour = np.array([0xff, 0x3b, 0x30])
-        wait.until(lambda d: all(d.execute_script(f"return document.getElementById('view-{v}').complete")
-                                 for v in VIEWS))
+        wait.until(
+            lambda d: all(d.execute_script(f"return document.getElementById('view-{v}').complete") for v in VIEWS)
+        )
         for view in VIEWS:
-            shot = np.asarray(Image.open(io.BytesIO(driver.find_element(By.ID, f"view-{view}").screenshot_as_png))
-                              .convert("RGB")).astype(int)
+            shot = np.asarray(
+                Image.open(io.BytesIO(driver.find_element(By.ID, f"view-{view}").screenshot_as_png)).convert("RGB")
+            ).astype(int)
             reddish = (shot[..., 0] > 150) & (shot[..., 1] < 140) & (shot[..., 2] < 140)
             assert reddish.sum() > 20, f"no overlay colour in the {view} view"
             (tmp_path / f"{view}.png").write_bytes(driver.find_element(By.ID, f"view-{view}").screenshot_as_png)

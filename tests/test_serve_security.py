@@ -50,8 +50,14 @@ def small(tmp_path):
     synthetic_ct(root / "ct.nii.gz")
     uploads = tmp_path / "uploads"
     uploads.mkdir()
-    server = SegVolServer(("127.0.0.1", 0), Workspace(BoxModel(spatial_size=(8, 32, 32)), root),
-                          max_upload_bytes=1_000_000, upload_dir=str(uploads), max_connections=4, idle_timeout=1.0)
+    server = SegVolServer(
+        ("127.0.0.1", 0),
+        Workspace(BoxModel(spatial_size=(8, 32, 32)), root),
+        max_upload_bytes=1_000_000,
+        upload_dir=str(uploads),
+        max_connections=4,
+        idle_timeout=1.0,
+    )
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server
@@ -95,15 +101,25 @@ def state_of(server):
 
 # -- finding 2: Host, Origin, content types, token -------------------------------------------
 
+
 def test_a_foreign_host_gets_nothing(served):
     server, _ = served
-    for host in ("evil.example.com", f"evil.example.com:{port_of(server)}", f"127.0.0.1:{port_of(server) + 1}",
-                 f"127.0.0.1.evil.example:{port_of(server)}", f"localhost:{port_of(server)}@evil"):
+    for host in (
+        "evil.example.com",
+        f"evil.example.com:{port_of(server)}",
+        f"127.0.0.1:{port_of(server) + 1}",
+        f"127.0.0.1.evil.example:{port_of(server)}",
+        f"localhost:{port_of(server)}@evil",
+    ):
         for path in ("/api/files", "/api/state", "/"):
             status, text = raw(server, api_head(server, "GET", path + "?token=" + token_of(server), host=host))
             assert status == 403 and "ct.nii.gz" not in text and "Host" in text, (host, path, text[:300])
-    for host in (f"127.0.0.1:{port_of(server)}", f"localhost:{port_of(server)}", f"[::1]:{port_of(server)}",
-                 f"LOCALHOST:{port_of(server)}"):
+    for host in (
+        f"127.0.0.1:{port_of(server)}",
+        f"localhost:{port_of(server)}",
+        f"[::1]:{port_of(server)}",
+        f"LOCALHOST:{port_of(server)}",
+    ):
         status, text = raw(server, api_head(server, "GET", "/api/files", host=host))
         assert status == 200 and "ct.nii.gz" in text, host
 
@@ -112,10 +128,20 @@ def test_every_api_call_needs_the_launch_token(served):
     server, root = served
     assert len(token_of(server)) >= 32
     request(server, "/api/open", {"path": "ct.nii.gz"})
-    for method, path in (("GET", "/api/files"), ("GET", "/api/state"), ("GET", "/api/categories"),
-                         ("GET", "/api/slice?view=axial&index=3"), ("POST", "/api/object"), ("POST", "/api/undo")):
-        for offered in ("", f"\nX-SegVol-Token: {token_of(server)[:-1]}x", f"\nCookie: {cookie_of(server)}=wrong",
-                        f"\nCookie: segvol-token-{port_of(server) + 1}={token_of(server)}"):
+    for method, path in (
+        ("GET", "/api/files"),
+        ("GET", "/api/state"),
+        ("GET", "/api/categories"),
+        ("GET", "/api/slice?view=axial&index=3"),
+        ("POST", "/api/object"),
+        ("POST", "/api/undo"),
+    ):
+        for offered in (
+            "",
+            f"\nX-SegVol-Token: {token_of(server)[:-1]}x",
+            f"\nCookie: {cookie_of(server)}=wrong",
+            f"\nCookie: segvol-token-{port_of(server) + 1}={token_of(server)}",
+        ):
             body = b'{"name": "intruder"}' if method == "POST" else b""
             extra = f"Content-Type: application/json\nContent-Length: {len(body)}{offered}"
             status, text = raw(server, api_head(server, method, path, token=False, extra=extra), body)
@@ -136,22 +162,34 @@ def test_every_api_call_needs_the_launch_token(served):
     assert raw(server, api_head(server, "GET", "/api/files?token=" + token_of(server), token=False))[0] == 200
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "text/plain;charset=UTF-8",
-                                          "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-                                          "application/jsonx"])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+    ],
+)
 def test_json_calls_take_only_json(served, content_type):
     server, root = served
     request(server, "/api/open", {"path": "ct.nii.gz"})
     before = state_of(server)
-    for path, body in (("/api/object", b'{"name": "pwned"}'), ("/api/export", b'{"name": "pwned"}'),
-                       ("/api/undo", b"{}")):
+    for path, body in (
+        ("/api/object", b'{"name": "pwned"}'),
+        ("/api/export", b'{"name": "pwned"}'),
+        ("/api/undo", b"{}"),
+    ):
         extra = f"Content-Length: {len(body)}" + (f"\nContent-Type: {content_type}" if content_type else "")
         status, text = raw(server, api_head(server, "POST", path, extra=extra), body)
         assert status == 415 and "application/json" in text, (path, text[:300])
     # the upload takes only its own type (a form's types or text/plain never open a file)
     data = (root / "ct.nii.gz").read_bytes()
-    extra = f"Content-Length: {len(data)}\nX-Filename: up.nii.gz" + (f"\nContent-Type: {content_type}"
-                                                                      if content_type else "")
+    extra = f"Content-Length: {len(data)}\nX-Filename: up.nii.gz" + (
+        f"\nContent-Type: {content_type}" if content_type else ""
+    )
     status, text = raw(server, api_head(server, "POST", "/api/upload", extra=extra), data)
     assert status == 415 and "application/octet-stream" in text
     assert state_of(server) == before and server.workspace.source.name == "ct.nii.gz"
@@ -163,9 +201,14 @@ def test_cross_origin_requests_are_refused(served, caplog):
     before = state_of(server)
     body = b'{"name": "pwned"}'
     json_head = f"Content-Type: application/json\nContent-Length: {len(body)}"
-    for foreign in (f"Origin: http://127.0.0.1:{port_of(server) + 1}", "Origin: http://evil.example", "Origin: null",
-                    f"Origin: https://127.0.0.1:{port_of(server)}", "Sec-Fetch-Site: same-site",
-                    "Sec-Fetch-Site: cross-site"):
+    for foreign in (
+        f"Origin: http://127.0.0.1:{port_of(server) + 1}",
+        "Origin: http://evil.example",
+        "Origin: null",
+        f"Origin: https://127.0.0.1:{port_of(server)}",
+        "Sec-Fetch-Site: same-site",
+        "Sec-Fetch-Site: cross-site",
+    ):
         status, text = raw(server, api_head(server, "POST", "/api/object", extra=f"{json_head}\n{foreign}"), body)
         assert status == 403, (foreign, text[:300])
         status, text = raw(server, api_head(server, "GET", "/api/slice?view=axial&index=3", extra=foreign))
@@ -198,9 +241,13 @@ def test_the_command_prints_a_token_address_and_cleans_up_when_stopped(tmp_path)
     (stale / "upload-x").mkdir()
     (stale / "upload-x" / "patient.nii.gz").write_bytes(b"scan")
     env = {**os.environ, "TMPDIR": str(temporary), "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "segvol", "-v", "serve", "--random-weights", "--port", "0",
-                                "--root", str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segvol", "-v", "serve", "--random-weights", "--port", "0", "--root", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     log_lines = []  # read all along: a full pipe would stall the server
     reader = threading.Thread(target=lambda: log_lines.extend(process.stderr), daemon=True)
     reader.start()
@@ -218,8 +265,16 @@ def test_the_command_prints_a_token_address_and_cleans_up_when_stopped(tmp_path)
         with urllib.request.urlopen(base + "?token=" + token, timeout=30) as page:
             cookie = page.headers["Set-Cookie"].split(";")[0]
         data = (root / "ct.nii.gz").read_bytes()
-        upload = urllib.request.Request(base + "api/upload", data=data, method="POST", headers={
-            "Cookie": cookie, "Content-Type": "application/octet-stream", "X-Filename": "patient%20%C3%A9.nii.gz"})
+        upload = urllib.request.Request(
+            base + "api/upload",
+            data=data,
+            method="POST",
+            headers={
+                "Cookie": cookie,
+                "Content-Type": "application/octet-stream",
+                "X-Filename": "patient%20%C3%A9.nii.gz",
+            },
+        )
         with urllib.request.urlopen(upload, timeout=60) as answer:
             assert json.loads(answer.read())["name"] == "patient é.nii.gz"
         assert [p.name for p in folder.glob("upload-*/*")] == ["patient é.nii.gz"]
@@ -238,6 +293,7 @@ def test_the_command_prints_a_token_address_and_cleans_up_when_stopped(tmp_path)
 
 # -- finding 3: what the page may run --------------------------------------------------------
 
+
 def test_responses_forbid_inline_code_framing_and_sniffing(served):
     from html.parser import HTMLParser
 
@@ -255,8 +311,12 @@ def test_responses_forbid_inline_code_framing_and_sniffing(served):
 
         def handle_starttag(self, tag, attrs):
             names = {name for name, _ in attrs}
-            if tag == "style" or "style" in names or any(n.startswith("on") for n in names) or \
-                    (tag == "script" and "src" not in names):
+            if (
+                tag == "style"
+                or "style" in names
+                or any(n.startswith("on") for n in names)
+                or (tag == "script" and "src" not in names)
+            ):
                 self.found.append((tag, attrs))
 
     static = REPO / "segvol" / "serve" / "static"
@@ -270,24 +330,38 @@ def test_responses_forbid_inline_code_framing_and_sniffing(served):
 
 # -- finding 4: bodies, connections, history, temporary files ----------------------------------
 
+
 def test_a_body_needs_one_valid_content_length(small):
     small.workspace.open(small.workspace.root / "ct.nii.gz")
-    cases = {"Content-Length: -1": 400, "Content-Length: abc": 400, "Content-Length: 1_0": 400,
-             "Content-Length: +10": 400, "Content-Length: 10\nContent-Length: 12": 400,
-             "Transfer-Encoding: chunked": 411, "": 411}
+    cases = {
+        "Content-Length: -1": 400,
+        "Content-Length: abc": 400,
+        "Content-Length: 1_0": 400,
+        "Content-Length: +10": 400,
+        "Content-Length: 10\nContent-Length: 12": 400,
+        "Transfer-Encoding: chunked": 411,
+        "": 411,
+    }
     for header, expected in cases.items():
         started = time.monotonic()
         # the socket stays open: a server that reads to the end of the stream would wait here
-        status, text = raw(small, api_head(small, "POST", "/api/object",
-                                           extra=f"Content-Type: application/json\n{header}"), b'{"name": "x"}')
+        status, text = raw(
+            small,
+            api_head(small, "POST", "/api/object", extra=f"Content-Type: application/json\n{header}"),
+            b'{"name": "x"}',
+        )
         assert status == expected, (header, text[:300])
         assert time.monotonic() - started < 2.0
     assert small.workspace.describe()["objects"] == []
 
 
 def test_an_over_limit_body_is_refused_without_being_allocated(small):
-    head = api_head(small, "POST", "/api/upload", extra="Content-Type: application/octet-stream\n"
-                    "X-Filename: big.nii.gz\nContent-Length: 60000000")  # 60x the 1 MB limit
+    head = api_head(
+        small,
+        "POST",
+        "/api/upload",
+        extra="Content-Type: application/octet-stream\nX-Filename: big.nii.gz\nContent-Length: 60000000",
+    )  # 60x the 1 MB limit
     tracemalloc.start()
     try:
         status, text = raw(small, head, b"\0" * 1000, end_body=True)  # claims 60 MB, sends 1 kB, hangs up
@@ -309,7 +383,7 @@ def test_idle_and_half_sent_connections_are_closed_and_capped(small):
     for k in range(12):
         sock = socket.create_connection(("127.0.0.1", port_of(small)), timeout=3.0)
         if k % 3 == 0:  # half-sent: headers and part of the body, then silence
-            sock.sendall(body_head.replace("\n", "\r\n").encode() + b"\r\n\r\n{\"na")
+            sock.sendall(body_head.replace("\n", "\r\n").encode() + b'\r\n\r\n{"na')
         elif k % 3 == 1:
             sock.sendall(b"GET /api/files HTTP/1.1\r\nHost: 127.0.0.1")  # half a request line
         sockets.append(sock)
@@ -352,8 +426,9 @@ def test_undo_history_keeps_packed_masks_and_restores_them_exactly(served):
     steps = []
 
     def now():
-        return [(json.loads(json.dumps(o.record())), None if o.mask is None else o.mask.copy())
-                for o in workspace.objects]
+        return [
+            (json.loads(json.dumps(o.record())), None if o.mask is None else o.mask.copy()) for o in workspace.objects
+        ]
 
     workspace.add_point("liver", "axial", 20, 12, 26, positive=True)  # the first edit imports what it needs
     workspace.undo()
@@ -364,11 +439,20 @@ def test_undo_history_keeps_packed_masks_and_restores_them_exactly(served):
             steps.append(now())
             name = ("liver", "spleen", "kidney")[edit % 3]
             # clicks inside the synthetic CT's foreground (its bright block)
-            workspace.add_point(name, "axial", int(rng.integers(10, 26)), float(rng.uniform(8, 17)),
-                                float(rng.uniform(20, 33)), positive=bool(edit % 4))
+            workspace.add_point(
+                name,
+                "axial",
+                int(rng.integers(10, 26)),
+                float(rng.uniform(8, 17)),
+                float(rng.uniform(20, 33)),
+                positive=bool(edit % 4),
+            )
         steps.append(now())
-        held = tracemalloc.get_traced_memory()[0] - baseline - sum(m.nbytes for step in steps for _, m in step
-                                                                   if m is not None)
+        held = (
+            tracemalloc.get_traced_memory()[0]
+            - baseline
+            - sum(m.nbytes for step in steps for _, m in step if m is not None)
+        )
     finally:
         tracemalloc.stop()
     mask_bytes = workspace.objects[0].mask.nbytes
@@ -405,8 +489,12 @@ def test_uploads_are_removed_when_replaced_and_on_close(tmp_path):
     alive = uploads / "segvol-serve-running"
     alive.mkdir()
     (alive / "owner").write_text(str(os.getpid()))  # another server of this user, still running
-    server = SegVolServer(("127.0.0.1", 0), Workspace(BoxModel(spatial_size=(8, 32, 32)), root),
-                          max_upload_bytes=2_000_000, upload_dir=str(uploads))
+    server = SegVolServer(
+        ("127.0.0.1", 0),
+        Workspace(BoxModel(spatial_size=(8, 32, 32)), root),
+        max_upload_bytes=2_000_000,
+        upload_dir=str(uploads),
+    )
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -428,24 +516,56 @@ def test_uploads_are_removed_when_replaced_and_on_close(tmp_path):
 # -- finding 5: fields, rollback, names, paths, the file list, the port --------------------------
 
 BAD_CALLS = [
-    ("/api/point", {"index": -1}), ("/api/point", {"index": 44}), ("/api/point", {"index": 10**6}),
-    ("/api/point", {"index": "3"}), ("/api/point", {"index": 3.5}), ("/api/point", {"index": True}),
-    ("/api/point", {"x": "1"}), ("/api/point", {"x": -5}), ("/api/point", {"y": 1e9}), ("/api/point", {"x": None}),
-    ("/api/point", {"positive": "false"}), ("/api/point", {"positive": 0}), ("/api/point", {"view": "top"}),
-    ("/api/point", {"view": 1}), ("/api/point", {"object": 5}), ("/api/point", {"object": ["liver"]}),
-    ("/api/point", {"evil": 1}), ("/api/box", {"x1": 41}), ("/api/box", {"index": -3}),
-    ("/api/box", {"y0": "0"}), ("/api/object", {"name": 5}), ("/api/object", {"name": "a" * 300}),
-    ("/api/object", {"name": "a\nb"}), ("/api/object", {"name": "a\u202eb"}), ("/api/object", {"name": {"x": 1}}),
-    ("/api/object", {"name": "liver"}), ("/api/text", {"text": 5}), ("/api/text", {"text": ["liver"]}),
-    ("/api/text", {"text": "x" * 500}), ("/api/text", {"text": "liver\r"}), ("/api/text", {"object": None}),
-    ("/api/export", {"name": "C:evil"}), ("/api/export", {"name": "../evil"}), ("/api/export", {"name": "a/b"}),
-    ("/api/export", {"name": "a\\b"}), ("/api/export", {"name": "e" * 300}), ("/api/export", {"name": "a\nb"}),
-    ("/api/export", {"name": ".hidden"}), ("/api/export", {"name": "CON"}), ("/api/export", {"name": 5}),
-    ("/api/export", {"name": "ct"}), ("/api/open", {"path": 5}), ("/api/open", {}), ("/api/undo", {"x": 1}),
+    ("/api/point", {"index": -1}),
+    ("/api/point", {"index": 44}),
+    ("/api/point", {"index": 10**6}),
+    ("/api/point", {"index": "3"}),
+    ("/api/point", {"index": 3.5}),
+    ("/api/point", {"index": True}),
+    ("/api/point", {"x": "1"}),
+    ("/api/point", {"x": -5}),
+    ("/api/point", {"y": 1e9}),
+    ("/api/point", {"x": None}),
+    ("/api/point", {"positive": "false"}),
+    ("/api/point", {"positive": 0}),
+    ("/api/point", {"view": "top"}),
+    ("/api/point", {"view": 1}),
+    ("/api/point", {"object": 5}),
+    ("/api/point", {"object": ["liver"]}),
+    ("/api/point", {"evil": 1}),
+    ("/api/box", {"x1": 41}),
+    ("/api/box", {"index": -3}),
+    ("/api/box", {"y0": "0"}),
+    ("/api/object", {"name": 5}),
+    ("/api/object", {"name": "a" * 300}),
+    ("/api/object", {"name": "a\nb"}),
+    ("/api/object", {"name": "a\u202eb"}),
+    ("/api/object", {"name": {"x": 1}}),
+    ("/api/object", {"name": "liver"}),
+    ("/api/text", {"text": 5}),
+    ("/api/text", {"text": ["liver"]}),
+    ("/api/text", {"text": "x" * 500}),
+    ("/api/text", {"text": "liver\r"}),
+    ("/api/text", {"object": None}),
+    ("/api/export", {"name": "C:evil"}),
+    ("/api/export", {"name": "../evil"}),
+    ("/api/export", {"name": "a/b"}),
+    ("/api/export", {"name": "a\\b"}),
+    ("/api/export", {"name": "e" * 300}),
+    ("/api/export", {"name": "a\nb"}),
+    ("/api/export", {"name": ".hidden"}),
+    ("/api/export", {"name": "CON"}),
+    ("/api/export", {"name": 5}),
+    ("/api/export", {"name": "ct"}),
+    ("/api/open", {"path": 5}),
+    ("/api/open", {}),
+    ("/api/undo", {"x": 1}),
 ]
-DEFAULTS = {"/api/point": {"object": "liver", "view": "axial", "index": 20, "x": 12, "y": 26, "positive": True},
-            "/api/box": {"object": "liver", "view": "axial", "index": 20, "x0": 10, "y0": 18, "x1": 25, "y1": 33},
-            "/api/text": {"object": "liver", "text": "liver"}}
+DEFAULTS = {
+    "/api/point": {"object": "liver", "view": "axial", "index": 20, "x": 12, "y": 26, "positive": True},
+    "/api/box": {"object": "liver", "view": "axial", "index": 20, "x0": 10, "y0": 18, "x1": 25, "y1": 33},
+    "/api/text": {"object": "liver", "text": "liver"},
+}
 
 
 def test_every_field_of_every_call_is_checked(served, tmp_path):
@@ -533,8 +653,12 @@ def test_the_file_list_skips_loops_and_unreadable_folders(served):
     finally:
         (root / "locked").chmod(0o755)
     assert status == 200
-    assert payload["files"] == ["ct.nii.gz", "deep/alias.nii.gz", "deep/er/two.nii.gz",
-                                *(["locked/hidden.nii.gz"] if readable else [])]
+    assert payload["files"] == [
+        "ct.nii.gz",
+        "deep/alias.nii.gz",
+        "deep/er/two.nii.gz",
+        *(["locked/hidden.nii.gz"] if readable else []),
+    ]
     status, payload = request(server, "/api/open", {"path": "loop"})
     assert status == 400 and "loop" in payload["error"] and str(root) not in payload["error"]
 

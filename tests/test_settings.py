@@ -64,12 +64,18 @@ def test_the_workflow_config_fails_on_the_same_values(stage, given, message):
     assert str(error.value).startswith(message)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"sed": 1}, "unknown key(s) 'sed'"),
-    ({"paths": {"rwa": "data/raw"}}, "paths: unknown key(s) 'rwa'"),
-    ({"datasets": {"trian": []}}, "datasets: unknown key(s) 'trian'"),
-    ({"synth": {"datasets": {"a": {"role": "train", "n_cases": 2, "lables": []}}}}, "synth.datasets.a: unknown key(s) 'lables'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sed": 1}, "unknown key(s) 'sed'"),
+        ({"paths": {"rwa": "data/raw"}}, "paths: unknown key(s) 'rwa'"),
+        ({"datasets": {"trian": []}}, "datasets: unknown key(s) 'trian'"),
+        (
+            {"synth": {"datasets": {"a": {"role": "train", "n_cases": 2, "lables": []}}}},
+            "synth.datasets.a: unknown key(s) 'lables'",
+        ),
+    ],
+)
 def test_top_level_and_paths_typos_are_errors(change, message):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     config.update(change)
@@ -86,8 +92,9 @@ def test_good_values_pass_and_defaults_fill(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = stage_settings("model", '{"text_encoder": "./encoders/my-bert", "overrides": {"num_layers": 6}}')
     assert settings["overrides"] == {"num_layers": 6} and settings["preset"] == "base"
-    config = validated_config({"synth": {"datasets": {"a": {"role": "train", "n_cases": 2}}},
-                               "datasets": {"train": ["a"]}})
+    config = validated_config(
+        {"synth": {"datasets": {"a": {"role": "train", "n_cases": 2}}}, "datasets": {"train": ["a"]}}
+    )
     assert config["synth"]["datasets"]["a"]["labels"] == [] and config["paths"]["raw"] == "data/raw"
 
 
@@ -100,14 +107,20 @@ def test_bad_params_json_names_the_flag():
 
 def test_command_line_overrides_get_their_yaml_types_back():
     # what Snakemake's parse_config makes of --config 'finetune={steps: 50}' ... (YAML BaseLoader)
-    given = {"finetune": yaml.load("{steps: 50, lr: 1e-3, shared_embedding: false}", Loader=yaml.BaseLoader),
-             "pseudo": yaml.load("{grid: [32, 64, 64]}", Loader=yaml.BaseLoader),
-             "model": yaml.load("{preset: tiny, init_checkpoint: null}", Loader=yaml.BaseLoader), "seed": 7}
+    given = {
+        "finetune": yaml.load("{steps: 50, lr: 1e-3, shared_embedding: false}", Loader=yaml.BaseLoader),
+        "pseudo": yaml.load("{grid: [32, 64, 64]}", Loader=yaml.BaseLoader),
+        "model": yaml.load("{preset: tiny, init_checkpoint: null}", Loader=yaml.BaseLoader),
+        "seed": 7,
+    }
     assert given["finetune"]["steps"] == "50"
     typed = typed_command_line(given)
-    assert typed == {"finetune": {"steps": 50, "lr": 1e-3, "shared_embedding": False},
-                     "pseudo": {"grid": [32, 64, 64]}, "model": {"preset": "tiny", "init_checkpoint": None},
-                     "seed": 7}
+    assert typed == {
+        "finetune": {"steps": 50, "lr": 1e-3, "shared_embedding": False},
+        "pseudo": {"grid": [32, 64, 64]},
+        "model": {"preset": "tiny", "init_checkpoint": None},
+        "seed": 7,
+    }
     for stage in ("finetune", "pseudo", "model"):
         stage_settings(stage, typed[stage])
 

@@ -22,8 +22,11 @@ from segvol.pseudo.felzenszwalb import felzenszwalb_3d
 def assert_same_partition(ours: np.ndarray, theirs: np.ndarray) -> None:
     """Equal up to renumbering: the pairs (our id, their id) are as many as either's ids."""
     pairs = np.unique(np.stack([ours.ravel(), theirs.ravel()]), axis=1).shape[1]
-    assert pairs == len(np.unique(ours)) == len(np.unique(theirs)), (pairs, len(np.unique(ours)),
-                                                                      len(np.unique(theirs)))
+    assert pairs == len(np.unique(ours)) == len(np.unique(theirs)), (
+        pairs,
+        len(np.unique(ours)),
+        len(np.unique(theirs)),
+    )
 
 
 def blocky_image(seed: int, shape=(40, 44)) -> np.ndarray:
@@ -44,8 +47,9 @@ def test_classic_fh_on_one_slice_equals_skimage_felzenszwalb(k, sigma, min_size)
     for seed in range(3):
         image = blocky_image(seed)
         theirs = felzenszwalb(image, scale=255 * k, sigma=sigma, min_size=min_size, channel_axis=None)
-        ours = felzenszwalb_3d(image[None].astype(np.float32), "classic", k=k, sigma=sigma, min_size=min_size,
-                               connectivity=26)[0]
+        ours = felzenszwalb_3d(
+            image[None].astype(np.float32), "classic", k=k, sigma=sigma, min_size=min_size, connectivity=26
+        )[0]
         assert len(np.unique(ours)) > 2
         assert_same_partition(ours, theirs)
 
@@ -56,8 +60,9 @@ def test_classic_fh_with_a_tiny_scale_is_connected_components_of_equal_values(co
     the 3-D connected components of each level, which skimage.measure.label computes directly."""
     rng = np.random.default_rng(7)
     levels = (ndimage.gaussian_filter(rng.random((12, 14, 16)), 1.0) * 40).astype(np.int64)
-    ours = felzenszwalb_3d(levels.astype(np.float32), "classic", k=1e-3, sigma=0.0, min_size=1,
-                           connectivity=connectivity)
+    ours = felzenszwalb_3d(
+        levels.astype(np.float32), "classic", k=1e-3, sigma=0.0, min_size=1, connectivity=connectivity
+    )
     theirs = label(levels, background=-1, connectivity=order)
     assert theirs.max() > 20
     assert_same_partition(ours, theirs)
@@ -107,7 +112,8 @@ def test_nsd_equals_the_surface_dice_of_skimage_boundaries(seed):
     shape = (18, 30, 26)
     truth = ndimage.gaussian_filter(rng.random(shape), 2.5) > 0.52
     prediction = ndimage.binary_dilation(truth, iterations=1 + seed % 2) ^ (
-        ndimage.gaussian_filter(rng.random(shape), 1.5) > 0.6)
+        ndimage.gaussian_filter(rng.random(shape), 1.5) > 0.6
+    )
     if seed % 2:
         truth[:, :, -1] |= rng.random(shape[:2]) > 0.5  # touches the volume's edge
     spacing = (2.5, 0.8, 0.7)
@@ -118,4 +124,5 @@ def test_nsd_equals_the_surface_dice_of_skimage_boundaries(seed):
         assert ours == pytest.approx(expected, rel=1e-6)  # MONAI returns float32
     # the check can tell axes apart: the spacing read in the wrong order gives another value
     assert surface_dice_from_boundaries(prediction, truth, spacing[::-1], 1.0) != pytest.approx(
-        normalized_surface_dice(prediction, truth, spacing, 1.0), abs=1e-3)
+        normalized_surface_dice(prediction, truth, spacing, 1.0), abs=1e-3
+    )

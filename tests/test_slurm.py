@@ -50,19 +50,33 @@ def cluster() -> None:
 def _run(work: Path, *extra: str) -> str:
     work.mkdir()
     (work / "ddp.yaml").write_text(DDP_OVERLAY, encoding="utf-8")
-    args = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-            "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "test.yaml"),
-            str(work / "ddp.yaml")]
+    args = [
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(REPO / "config" / "test.yaml"),
+        str(work / "ddp.yaml"),
+    ]
     return assert_ok(snakemake(*args, *extra, TARGET, timeout=1500))
 
 
 def _completed_jobs() -> dict[str, tuple[str, str]]:
     """Job id -> (partition, state) of every job the cluster finished, from its completion log."""
-    listing = subprocess.run(["sacct", "--completion", "--parsable2", "--noheader",
-                              "--format=JobID,Partition,State"], capture_output=True, text=True, timeout=60, check=False)
+    listing = subprocess.run(
+        ["sacct", "--completion", "--parsable2", "--noheader", "--format=JobID,Partition,State"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert listing.returncode == 0, listing.stderr
-    return {job: (partition, state) for job, partition, state in
-            (line.split("|") for line in listing.stdout.splitlines() if line.count("|") == 2)}
+    return {
+        job: (partition, state)
+        for job, partition, state in (line.split("|") for line in listing.stdout.splitlines() if line.count("|") == 2)
+    }
 
 
 def test_table2_through_slurm_equals_the_local_run(cluster, tmp_path):
@@ -72,9 +86,17 @@ def test_table2_through_slurm_equals_the_local_run(cluster, tmp_path):
     slurm = tmp_path / "slurm"
     # Only what a site sets changes: no account (this cluster has no accounting) and the status command
     # that works without an accounting database; status checks start after 2 s instead of 40 s.
-    output = _run(slurm, "--profile", str(REPO / "profiles" / "slurm"), "--slurm-no-account",
-                  "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-                  "--slurm-keep-successful-logs")
+    output = _run(
+        slurm,
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--slurm-no-account",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--slurm-keep-successful-logs",
+    )
 
     check_jobs_went_through_slurm(slurm, output)
     check_same_results(local, slurm)
@@ -94,11 +116,15 @@ def check_jobs_went_through_slurm(slurm: Path, output: str = "") -> None:
             assert job_id in completed, (rule, job_id, completed)
             partition, state = completed[job_id]
             assert state == "COMPLETED", (rule, job_id, state)
-            assert partition == ("gpu" if rule in {"pretrain", "finetune", "evaluate_cases"} else "cpu"), (rule, partition)
+            assert partition == ("gpu" if rule in {"pretrain", "finetune", "evaluate_cases"} else "cpu"), (
+                rule,
+                partition,
+            )
 
     [finetune_job] = job_ids["finetune"]
-    job = subprocess.run(["scontrol", "show", "job", "-o", finetune_job], capture_output=True, text=True, timeout=60,
-                         check=False)
+    job = subprocess.run(
+        ["scontrol", "show", "job", "-o", finetune_job], capture_output=True, text=True, timeout=60, check=False
+    )
     assert "TresPerJob=gres:gpu:2" in job.stdout, job.stdout
     model = read_sidecar(slurm / "models/finetune/segvol/model.safetensors")
     assert (model["slurm_job_id"], model["world_size"], model["device"]) == (finetune_job, 2, "cpu")

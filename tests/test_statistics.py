@@ -12,8 +12,9 @@ from segvol.evaluate.statistics import median_interval, paired_wilcoxon
 def test_interval_matches_scipy_and_is_reproducible():
     values = np.random.default_rng(1).beta(8, 3, size=40)
     interval = median_interval(values, seed=7)
-    reference = stats.bootstrap((values,), np.median, n_resamples=2000, method="percentile",
-                                random_state=np.random.default_rng(7)).confidence_interval
+    reference = stats.bootstrap(
+        (values,), np.median, n_resamples=2000, method="percentile", random_state=np.random.default_rng(7)
+    ).confidence_interval
     assert interval.low == pytest.approx(reference.low) and interval.high == pytest.approx(reference.high)
     assert interval.median == pytest.approx(np.median(values))
     assert interval.low < interval.median < interval.high

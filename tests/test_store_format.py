@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from segvol.io import read_image
-from segvol.normalize.convert import build_store, fit_chunks
 from segvol.io.intensity import foreground_statistics
 from segvol.io.store import open_store
+from segvol.normalize.convert import build_store, fit_chunks
 from segvol.settings import stage_settings
 
 SETTINGS = {"chunks": [4, 8, 8], "shards": [8, 16, 16]}
@@ -72,12 +72,15 @@ def with_metal(volume: np.ndarray) -> np.ndarray:
     return volume
 
 
-@pytest.mark.parametrize("volume, scaled, stored", [
-    (hu_volume(np.int16), False, np.int16),                           # the usual CT
-    (hu_volume(np.int16), True, np.int16),                            # float64 after scl_slope 0.5: integer HU
-    (with_metal(hu_volume(np.uint16, low=0)), False, np.int32),       # too wide for int16
-    (hu_volume(np.float32) + np.float32(0.25), False, np.float32),    # fractional values: no integer type fits
-])
+@pytest.mark.parametrize(
+    "volume, scaled, stored",
+    [
+        (hu_volume(np.int16), False, np.int16),  # the usual CT
+        (hu_volume(np.int16), True, np.int16),  # float64 after scl_slope 0.5: integer HU
+        (with_metal(hu_volume(np.uint16, low=0)), False, np.int32),  # too wide for int16
+        (hu_volume(np.float32) + np.float32(0.25), False, np.float32),  # fractional values: no integer type fits
+    ],
+)
 def test_read_values_are_bit_identical_to_the_old_float32_store(tmp_path, volume, scaled, stored):
     image = nib.Nifti1Image(volume * 2 if scaled else volume, np.diag([0.8, 0.8, 1.5, 1.0]))
     if scaled:
@@ -93,8 +96,7 @@ def test_read_values_are_bit_identical_to_the_old_float32_store(tmp_path, volume
 
 def test_real_ct_is_stored_as_int16_and_reads_bit_identically(shared_data, tmp_path):
     folder = shared_data / "totalsegmentator" / "abdomen_ct_3mm_small"
-    store, path = one_case_store(tmp_path, folder / "example_ct_sm.nii.gz", folder / "example_seg.nii.gz",
-                                 settings={})
+    store, path = one_case_store(tmp_path, folder / "example_ct_sm.nii.gz", folder / "example_seg.nii.gz", settings={})
     array = open_store(store).case("ct")["image"]
     assert array.stored_dtype == np.int16
     assert np.array_equal(array[...], normalize_the_old_way(path, stage_settings("normalize", {})))

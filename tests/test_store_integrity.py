@@ -16,8 +16,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segvol.normalize.convert import build_store
 from segvol.io.store import StoreCorruptError, open_store
+from segvol.normalize.convert import build_store
 from segvol.settings import stage_settings
 
 SHAPE = (18, 24, 20)  # (x, y, z) of the NIfTI files -> canonical (D, H, W) = (20, 24, 18)
@@ -38,8 +38,13 @@ def write_raw(raw: Path, n_cases: int = 2, seed: int = 0) -> None:
         affine = np.diag([1.5, 1.0, 2.0, 1.0])
         nib.save(nib.Nifti1Image(hu, affine), raw / "images" / f"case_{index:03d}.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), raw / "labels" / f"case_{index:03d}.nii.gz")
-        cases.append({"id": f"case_{index:03d}", "image": f"images/case_{index:03d}.nii.gz",
-                      "label": f"labels/case_{index:03d}.nii.gz"})
+        cases.append(
+            {
+                "id": f"case_{index:03d}",
+                "image": f"images/case_{index:03d}.nii.gz",
+                "label": f"labels/case_{index:03d}.nii.gz",
+            }
+        )
     document = {"name": "intact", "role": "train", "categories": {"liver": [1], "spleen": [2]}, "cases": cases}
     (raw / "dataset.json").write_text(json.dumps(document))
 
@@ -139,7 +144,9 @@ def test_emptied_or_truncated_shard_is_refused_even_for_a_crop(store, keep):
 
     shard = store / "case_000" / "image" / "c" / "0" / "0" / "0"
     shard.write_bytes(shard.read_bytes()[:keep])  # zarr reads an empty shard file as fill value
-    with pytest.raises(StoreCorruptError, match=rf"case 'case_000', array 'image': chunk file image/c/0/0/0 has {keep} bytes"):
+    with pytest.raises(
+        StoreCorruptError, match=rf"case 'case_000', array 'image': chunk file image/c/0/0/0 has {keep} bytes"
+    ):
         reader = StoreReader([store], split="all")
         read_image(reader, reader.cases[0], View("crop", (0, 0, 0)), (4, 8, 8))
 
@@ -158,10 +165,13 @@ def test_chunk_swapped_for_another_valid_chunk_is_caught_by_the_statistics(store
     expect_refusal(store, "case_001", "image", "differ from the recorded")
 
 
-@pytest.mark.parametrize("metadata, array", [
-    ("case_000/image/zarr.json", "image"),
-    ("case_000/labels/categories/0/zarr.json", "labels"),
-])
+@pytest.mark.parametrize(
+    "metadata, array",
+    [
+        ("case_000/image/zarr.json", "image"),
+        ("case_000/labels/categories/0/zarr.json", "labels"),
+    ],
+)
 def test_broken_array_metadata_is_refused(store, metadata, array):
     path = store / metadata
     path.write_text(path.read_text()[:-40])
@@ -218,7 +228,10 @@ def test_pseudo_store_chunks_are_checked_too(pristine, tmp_path):
     assert pseudo[...].max() >= 1
     chunk = next(path for path in sorted((out / "case_000" / "pseudo" / "c").rglob("*")) if path.is_file())
     flip_byte(chunk)
-    with pytest.raises(StoreCorruptError, match=rf"{out}: case 'case_000', array 'pseudo': unreadable chunk \(Stored and computed checksum"):
+    with pytest.raises(
+        StoreCorruptError,
+        match=rf"{out}: case 'case_000', array 'pseudo': unreadable chunk \(Stored and computed checksum",
+    ):
         LazyGroup(out).get()["case_000"]["pseudo"][...]
 
 

@@ -129,8 +129,9 @@ def test_dataset_folder_is_complete_and_labels_match_categories(tmp_path):
 
 
 def test_lesion_only_dataset_labels_only_lesions(tmp_path):
-    out = synthesize_dataset("les", tmp_path / "les", 3, params("les", n_cases=3, labels=["liver tumor", "kidney tumor"]),
-                             progress=False)
+    out = synthesize_dataset(
+        "les", tmp_path / "les", 3, params("les", n_cases=3, labels=["liver tumor", "kidney tumor"]), progress=False
+    )
     meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["categories"] == {"liver tumor": [1], "kidney tumor": [2]}
     for case in meta["cases"]:
@@ -142,7 +143,9 @@ def test_lesion_only_dataset_labels_only_lesions(tmp_path):
 
 
 def test_unlabelled_dataset_has_images_only(tmp_path):
-    out = synthesize_dataset("u", tmp_path / "u", 3, params("u", role="unlabelled", labels=[], n_cases=2), progress=False)
+    out = synthesize_dataset(
+        "u", tmp_path / "u", 3, params("u", role="unlabelled", labels=[], n_cases=2), progress=False
+    )
     meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["role"] == "unlabelled" and meta["categories"] == {}
     assert [c["label"] for c in meta["cases"]] == [None, None]
@@ -196,8 +199,10 @@ def test_shape_limits_spacing_and_fov(shape_max):
         np.testing.assert_allclose(np.linalg.norm(phantom.affine[:3, :3], axis=0), phantom.spacing)
         assert phantom.spacing[0] >= min(domain.slice_mm) - 1e-6
         # The whole trunk lies inside the field of view: nothing but air/couch on the in-plane border.
-        border = np.concatenate([phantom.tissue[:, :, 0], phantom.tissue[:, :, -1],
-                                 phantom.tissue[:, 0, :], phantom.tissue[:, -1, :]], axis=1)
+        border = np.concatenate(
+            [phantom.tissue[:, :, 0], phantom.tissue[:, :, -1], phantom.tissue[:, 0, :], phantom.tissue[:, -1, :]],
+            axis=1,
+        )
         assert np.isin(border, (Tissue.AIR, Tissue.TABLE)).all()
 
 
@@ -233,8 +238,10 @@ def test_nifti_affine_matches_header_zooms_and_world_positions(tmp_path, orienta
 @pytest.fixture(scope="module")
 def full_size_phantoms():
     require = ("liver tumor", "kidney tumor")
-    return {role: make_phantom(case_rng(2023, f"hu_{role}", 0), DOMAINS[role], (96, 160, 160), require)
-            for role in ("train", "external")}
+    return {
+        role: make_phantom(case_rng(2023, f"hu_{role}", 0), DOMAINS[role], (96, 160, 160), require)
+        for role in ("train", "external")
+    }
 
 
 # Independent clinical reference ranges (median HU inside the tissue), not the generator's table.
@@ -271,8 +278,10 @@ def test_tissue_hu_inside_labels(full_size_phantoms, role):
     first_inside = np.flatnonzero(np.isin(row, (Tissue.FAT, Tissue.MUSCLE)))[0]
     assert row[first_inside] == Tissue.FAT
     # Lesions differ from their host organ.
-    for tumor, host in ((Tissue.LIVER_TUMOR, (Tissue.LIVER,)),
-                        ((Tissue.KIDNEY_LEFT_TUMOR, Tissue.KIDNEY_RIGHT_TUMOR), (Tissue.KIDNEY_LEFT, Tissue.KIDNEY_RIGHT))):
+    for tumor, host in (
+        (Tissue.LIVER_TUMOR, (Tissue.LIVER,)),
+        ((Tissue.KIDNEY_LEFT_TUMOR, Tissue.KIDNEY_RIGHT_TUMOR), (Tissue.KIDNEY_LEFT, Tissue.KIDNEY_RIGHT)),
+    ):
         lesion = np.isin(phantom.tissue, tumor)
         if lesion.sum() > 30:
             gap = abs(np.median(phantom.hu[lesion]) - np.median(phantom.hu[np.isin(phantom.tissue, host)]))
@@ -306,7 +315,9 @@ def test_external_population_is_shifted():
         stds = []
         for index in range(2):
             phantom = make_phantom(case_rng(9, f"noise_{domain.name}", index), domain, SMALL)
-            far_air = phantom.hu[:, : phantom.hu.shape[1] // 8][phantom.tissue[:, : phantom.hu.shape[1] // 8] == Tissue.AIR]
+            far_air = phantom.hu[:, : phantom.hu.shape[1] // 8][
+                phantom.tissue[:, : phantom.hu.shape[1] // 8] == Tissue.AIR
+            ]
             stds.append(far_air.std())
         noise[domain.name] = stds
     assert min(noise["external"]) > max(noise["train"])
@@ -349,8 +360,9 @@ def test_cli_writes_dataset_and_reports_errors(tmp_path):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     block = json.dumps(params("cli", n_cases=1))
-    args = parser.parse_args(["--dataset", "cli", "--out", str(tmp_path / "cli"), "--seed", "3", "--params", block,
-                              "--quiet"])
+    args = parser.parse_args(
+        ["--dataset", "cli", "--out", str(tmp_path / "cli"), "--seed", "3", "--params", block, "--quiet"]
+    )
     assert cli.run(args) == 0
     assert (tmp_path / "cli" / "dataset.json").is_file()
     assert "segvol synth --dataset" in cli.__doc__  # --help shows an example

@@ -31,18 +31,27 @@ def write_store(path, n_cases=4, shape=(16, 32, 32), dataset="tiny", seed=0):
         tumor = ball(shape, centre + 1, 2) & liver
         spleen = ball(shape, (8, 22, 22) + rng.integers(-2, 3, 3), 4)
         labels = np.stack([liver, tumor, spleen]).astype(np.uint8)
-        image = (0.1 + 0.3 * liver + 0.3 * tumor + 0.6 * spleen + 0.02 * rng.standard_normal(shape))
+        image = 0.1 + 0.3 * liver + 0.3 * tumor + 0.6 * spleen + 0.02 * rng.standard_normal(shape)
         group = root.create_group(case)
         group.create_array("image", data=image.clip(0, 1).astype(np.float32))
         group.create_array("labels", data=labels)
         group.attrs["spacing"] = [2.0, 1.0, 1.0]
-    root.attrs.update({"dataset": dataset, "role": "train", "modality": "CT", "categories": CATEGORIES,
-                       "cases": cases, "split": {"train": cases[1:], "test": cases[:1], "seed": 0,
-                                                 "test_fraction": 0.2}, "format_version": 1})
+    root.attrs.update(
+        {
+            "dataset": dataset,
+            "role": "train",
+            "modality": "CT",
+            "categories": CATEGORIES,
+            "cases": cases,
+            "split": {"train": cases[1:], "test": cases[:1], "seed": 0, "test_fraction": 0.2},
+            "format_version": 1,
+        }
+    )
     return path
 
 
 # --- label maps ---------------------------------------------------------------------------------
+
 
 def test_label_map_keeps_a_lesion_inside_its_organ():
     shape = (8, 12, 12)
@@ -64,6 +73,7 @@ def test_label_map_keeps_a_lesion_inside_its_organ():
 
 # --- networks and the shared loop ---------------------------------------------------------------
 
+
 def test_uxnet_published_configuration_has_the_papers_53_million_parameters():
     from segvol.taskspecific.uxnet import UXNet
 
@@ -72,10 +82,13 @@ def test_uxnet_published_configuration_has_the_papers_53_million_parameters():
     assert abs(count / 1e6 - 53.0) < 0.1, count
 
 
-@pytest.mark.parametrize("architecture,settings", [
-    ("uxnet", {"depths": [1, 1, 1, 1], "widths": [8, 16, 32, 64], "hidden_size": 32}),
-    ("swinunetr", {"feature_size": 12}),
-])
+@pytest.mark.parametrize(
+    "architecture,settings",
+    [
+        ("uxnet", {"depths": [1, 1, 1, 1], "widths": [8, 16, 32, 64], "hidden_size": 32}),
+        ("swinunetr", {"feature_size": 12}),
+    ],
+)
 def test_networks_map_a_patch_to_class_logits_of_the_same_size(architecture, settings):
     from segvol.taskspecific.supervised import build_network
 
@@ -100,27 +113,47 @@ def test_shared_loop_lowers_the_loss_on_a_toy_task():
     for _ in range(3):
         label = np.zeros((32, 16, 16), np.int64)
         d, h, w = rng.integers([8, 5, 5], [24, 11, 11])
-        label[d - 5:d + 5, h - 3:h + 3, w - 3:w + 3] = 1
+        label[d - 5 : d + 5, h - 3 : h + 3, w - 3 : w + 3] = 1
         samples.append(((0.1 * rng.random(label.shape) + 0.8 * label).astype(np.float32), label))
     torch.manual_seed(0)
     network = build_network("uxnet", 2, {"depths": [1, 1, 1, 1], "widths": [4, 8, 16, 32], "hidden_size": 16})
-    losses = train_supervised(network, samples, {"steps": 15, "batch_size": 1, "lr": 1e-2, "weight_decay": 0.0,
-                                                 "patch_size": [32, 16, 16]})
+    losses = train_supervised(
+        network, samples, {"steps": 15, "batch_size": 1, "lr": 1e-2, "weight_decay": 0.0, "patch_size": [32, 16, 16]}
+    )
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
 
 
 # --- the stage command and the Method wrapper -----------------------------------------------------
+
 
 def test_uxnet_model_folder_scores_behind_the_method_interface(tmp_path):
     from segvol.evaluate.baselines.taskspecific import TaskSpecificMethod
     from segvol.evaluate.cases import score_store
 
     store = write_store(tmp_path / "tiny.zarr")
-    params = {"supervised": {"steps": 2, "batch_size": 1, "patch_size": [16, 32, 32]},
-              "uxnet": {"depths": [1, 1, 1, 1], "widths": [8, 16, 32, 64], "hidden_size": 32}}
+    params = {
+        "supervised": {"steps": 2, "batch_size": 1, "patch_size": [16, 32, 32]},
+        "uxnet": {"depths": [1, 1, 1, 1], "widths": [8, 16, 32, 64], "hidden_size": 32},
+    }
     out = tmp_path / "models" / "uxnet" / "tiny"
-    assert main(["taskspecific", "--method", "uxnet", "--zarr", str(store), "--out", str(out),
-                 "--params", json.dumps(params), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "taskspecific",
+                "--method",
+                "uxnet",
+                "--zarr",
+                str(store),
+                "--out",
+                str(out),
+                "--params",
+                json.dumps(params),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["train_cases"] == ["case_001", "case_002", "case_003"] and manifest["name"] == "3D UX-Net"
     method = TaskSpecificMethod(out)
@@ -134,16 +167,50 @@ def test_swinunetr_trains_on_its_own_patch_size_and_refuses_one_monai_cannot_tak
     # architecture's own patch_size overrides the shared one, and a bad one stops before any work.
     store = write_store(tmp_path / "tiny.zarr")
     out = tmp_path / "models" / "swinunetr" / "tiny"
-    params = {"supervised": {"steps": 1, "batch_size": 1, "patch_size": [32, 32, 32]},
-              "swinunetr": {"feature_size": 12}}
-    assert main(["taskspecific", "--method", "swinunetr", "--zarr", str(store), "--out", str(out),
-                 "--params", json.dumps(params), "--device", "cpu"]) == 2
+    params = {
+        "supervised": {"steps": 1, "batch_size": 1, "patch_size": [32, 32, 32]},
+        "swinunetr": {"feature_size": 12},
+    }
+    assert (
+        main(
+            [
+                "taskspecific",
+                "--method",
+                "swinunetr",
+                "--zarr",
+                str(store),
+                "--out",
+                str(out),
+                "--params",
+                json.dumps(params),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "multiples of 32, at least 64" in err and "[32, 32, 32]" in err
     assert not out.exists()
     params["swinunetr"]["patch_size"] = [64, 64, 64]
-    assert main(["taskspecific", "--method", "swinunetr", "--zarr", str(store), "--out", str(out),
-                 "--params", json.dumps(params), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "taskspecific",
+                "--method",
+                "swinunetr",
+                "--zarr",
+                str(store),
+                "--out",
+                str(out),
+                "--params",
+                json.dumps(params),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["patch_size"] == [64, 64, 64] and manifest["loss_last"] is not None
 
@@ -187,8 +254,26 @@ def test_nnunet_plans_preprocesses_trains_and_predicts_through_nnunetv2(tmp_path
     store = write_store(tmp_path / "tiny.zarr")
     out, work = tmp_path / "models" / "nnunet" / "tiny", tmp_path / "work"
     params = {"nnunet": {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1}}
-    assert main(["taskspecific", "--method", "nnunet", "--zarr", str(store), "--out", str(out), "--work", str(work),
-                 "--params", json.dumps(params), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "taskspecific",
+                "--method",
+                "nnunet",
+                "--zarr",
+                str(store),
+                "--out",
+                str(out),
+                "--work",
+                str(work),
+                "--params",
+                json.dumps(params),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "model.json").read_text())
     model_folder = out / manifest["nnunet_model_folder"]
     assert model_folder.name == "nnUNetTrainer__nnUNetPlans__3d_fullres"
@@ -204,16 +289,20 @@ def test_nnunet_plans_preprocesses_trains_and_predicts_through_nnunetv2(tmp_path
 
 # --- Fig 9 and Table 7 --------------------------------------------------------------------------
 
+
 def per_case_rows():
     """SegVol beats nnU-Net by 0.2 on the liver tumour and loses by 0.1 on the kidney tumour."""
     rows = []
     for case, base in (("a", 0.5), ("b", 0.6), ("c", 0.7)):
-        for method, tumour, kidney_tumour, liver in (("SegVol", base + 0.2, base - 0.1, 0.9),
-                                                      ("nnU-Net", base, base, 0.95),
-                                                      ("3D UX-Net", base - 0.3, base - 0.3, 0.8)):
+        for method, tumour, kidney_tumour, liver in (
+            ("SegVol", base + 0.2, base - 0.1, 0.9),
+            ("nnU-Net", base, base, 0.95),
+            ("3D UX-Net", base - 0.3, base - 0.3, 0.8),
+        ):
             for category, value in (("liver tumor", tumour), ("kidney tumor", kidney_tumour), ("liver", liver)):
-                rows.append({"dataset": "ds", "case": case, "category": category, "method": method,
-                             "dice": value, "nsd": value})
+                rows.append(
+                    {"dataset": "ds", "case": case, "category": category, "method": method, "dice": value, "nsd": value}
+                )
     return pd.DataFrame(rows)
 
 
@@ -247,7 +336,20 @@ def test_fig9_and_table7_commands(tmp_path):
 
 def test_fig9_names_a_missing_per_case_file(tmp_path, capsys):
     missing = tmp_path / "absent.parquet"
-    assert main(["evaluate", "fig9", "--cases", str(missing), "--out", str(tmp_path / "f.csv"),
-                 "--png", str(tmp_path / "f.png")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "fig9",
+                "--cases",
+                str(missing),
+                "--out",
+                str(tmp_path / "f.csv"),
+                "--png",
+                str(tmp_path / "f.png"),
+            ]
+        )
+        == 2
+    )
     assert f"{missing}: per-case scores not found" in capsys.readouterr().err
     assert not list(tmp_path.glob("f*"))

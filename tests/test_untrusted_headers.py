@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -75,19 +74,23 @@ def outside_headers(root: Path, secret: Path) -> dict[str, Path]:
         "mhd /dev/zero": hostile.metaimage(root / "zero.mhd", "/dev/zero", shape=(64, 64, 64)),
         "mha /dev/zero": hostile.metaimage(root / "zero.mha", "/dev/zero", shape=(64, 64, 64)),
         "mhd colon separator": _colon_separated(hostile.metaimage(root / "colon.mhd", str(secret), **small)),
-        "mhd LIST": hostile.metaimage(root / "list.mhd", "LIST 2D\ninside.raw\n../secret.txt", shape=(32, 32, 2),
-                                      element_type="MET_UCHAR"),
+        "mhd LIST": hostile.metaimage(
+            root / "list.mhd", "LIST 2D\ninside.raw\n../secret.txt", shape=(32, 32, 2), element_type="MET_UCHAR"
+        ),
         "mhd pattern": hostile.metaimage(root / "pattern.mhd", "../secret%d.txt 1 2 1", **small),
         "nhdr absolute": hostile.nrrd(root / "abs.nhdr", str(secret), shape=(32, 32, 2), type_name="uchar"),
         "nhdr ../": hostile.nrrd(root / "up.nhdr", "../secret.txt", shape=(32, 32, 2), type_name="uchar"),
         "nhdr symlink": hostile.nrrd(root / "link.nhdr", "link.raw", shape=(32, 32, 2), type_name="uchar"),
         "nhdr /dev/zero": hostile.nrrd(root / "zero.nhdr", "/dev/zero", shape=(64, 64, 64)),
-        "nhdr LIST": hostile.nrrd(root / "list.nhdr", "LIST\ninside.raw\n../secret.txt", shape=(32, 32, 2),
-                                  type_name="uchar"),
-        "nhdr pattern": hostile.nrrd(root / "pattern.nhdr", "../secret%d.txt 1 2 1 2", shape=(32, 32, 2),
-                                     type_name="uchar"),
-        "nrrd with a data file": hostile.nrrd(root / "attached.nrrd", "../secret.txt", shape=(32, 32, 2),
-                                              type_name="uchar"),
+        "nhdr LIST": hostile.nrrd(
+            root / "list.nhdr", "LIST\ninside.raw\n../secret.txt", shape=(32, 32, 2), type_name="uchar"
+        ),
+        "nhdr pattern": hostile.nrrd(
+            root / "pattern.nhdr", "../secret%d.txt 1 2 1 2", shape=(32, 32, 2), type_name="uchar"
+        ),
+        "nrrd with a data file": hostile.nrrd(
+            root / "attached.nrrd", "../secret.txt", shape=(32, 32, 2), type_name="uchar"
+        ),
     }
 
 
@@ -102,13 +105,15 @@ def test_detached_data_outside_the_header_folder_is_refused_before_itk_opens_it(
         with pytest.raises(ValueError) as caught:
             read_image(header)
         message = one_line_error(header, caught.value)
-        assert any(word in message for word in ("absolute path", "leaves the header's folder", "leads out of",
-                                                "not a regular file")), (case, message)
+        assert any(
+            word in message
+            for word in ("absolute path", "leaves the header's folder", "leads out of", "not a regular file")
+        ), (case, message)
 
 
 def test_the_audit_case_secret_text_is_not_readable_through_any_header(root, secret):
     """Without the check ITK reads the secret as voxels (the audit recovered it from /api/slice PNGs)."""
-    text = np.frombuffer(secret.read_bytes()[:32 * 32 * 2], np.uint8)
+    text = np.frombuffer(secret.read_bytes()[: 32 * 32 * 2], np.uint8)
     for case, header in outside_headers(root, secret).items():
         try:
             image = read_image(header)
@@ -155,8 +160,16 @@ def test_files_simpleitk_and_nibabel_write_are_read_unchanged(tmp_path):
     volume = rng.integers(-1000, 1000, size=(7, 9, 11)).astype(np.int16)
     volume[:3] = 0  # compressible part
     image = sitk.GetImageFromArray(volume)
-    for name, compress in [("a.mha", False), ("b.mha", True), ("c.mhd", False), ("d.mhd", True), ("e.nrrd", False),
-                           ("f.nrrd", True), ("g.nhdr", False), ("h.nhdr", True)]:
+    for name, compress in [
+        ("a.mha", False),
+        ("b.mha", True),
+        ("c.mhd", False),
+        ("d.mhd", True),
+        ("e.nrrd", False),
+        ("f.nrrd", True),
+        ("g.nhdr", False),
+        ("h.nhdr", True),
+    ]:
         sitk.WriteImage(image, str(tmp_path / name), useCompression=compress)
         assert np.array_equal(np.sort(read_image(tmp_path / name).array.ravel()), np.sort(volume.ravel())), name
     for name, dtype in [("i.nii", np.int16), ("j.nii.gz", np.int16), ("k.nii.gz", np.float64), ("l.nii", np.uint8)]:
@@ -186,11 +199,22 @@ def short_files(folder: Path) -> dict[str, Path]:
     noise = np.random.default_rng(0).integers(0, 256, 2**16, dtype=np.uint8).tobytes()
     # 64 KiB of zlib/gzip data claiming 1 GB: over deflate's largest ratio; claiming 1 MiB: counted, and short
     packed = zlib.compress(noise)
-    compressed = _flag(hostile.metaimage(folder / "z.mha", "LOCAL", shape=(512, 512, 2),
-                                         extra=f"CompressedDataSize = {len(packed)}\n", payload=packed),
-                       b"CompressedData = False", b"CompressedData = True")
-    ascii_text = _flag(hostile.metaimage(folder / "ascii.mha", "LOCAL", shape=(64, 64, 64), payload=b"1 2 3 4"),
-                       b"BinaryData = True", b"BinaryData = False")
+    compressed = _flag(
+        hostile.metaimage(
+            folder / "z.mha",
+            "LOCAL",
+            shape=(512, 512, 2),
+            extra=f"CompressedDataSize = {len(packed)}\n",
+            payload=packed,
+        ),
+        b"CompressedData = False",
+        b"CompressedData = True",
+    )
+    ascii_text = _flag(
+        hostile.metaimage(folder / "ascii.mha", "LOCAL", shape=(64, 64, 64), payload=b"1 2 3 4"),
+        b"BinaryData = True",
+        b"BinaryData = False",
+    )
     (folder / "short.raw").write_bytes(b"\0" * 4096)
     return {
         "nii.gz of 62 bytes": tiny,
@@ -202,10 +226,12 @@ def short_files(folder: Path) -> dict[str, Path]:
         "mha zlib short": compressed,
         "mha ascii short": ascii_text,
         "nrrd raw short": hostile.nrrd(folder / "short.nrrd", None, shape=big, payload=b"\0" * 4096),
-        "nrrd gzip short": hostile.nrrd(folder / "shortgz.nrrd", None, shape=big, encoding="gzip",
-                                        payload=gzip.compress(b"\0" * 4096)),
-        "nrrd gzip counted": hostile.nrrd(folder / "countedgz.nrrd", None, shape=(512, 512, 2), encoding="gzip",
-                                          payload=gzip.compress(noise)),
+        "nrrd gzip short": hostile.nrrd(
+            folder / "shortgz.nrrd", None, shape=big, encoding="gzip", payload=gzip.compress(b"\0" * 4096)
+        ),
+        "nrrd gzip counted": hostile.nrrd(
+            folder / "countedgz.nrrd", None, shape=(512, 512, 2), encoding="gzip", payload=gzip.compress(noise)
+        ),
         "nhdr ascii short": hostile.nrrd(folder / "text.nrrd", None, shape=big, encoding="ascii", payload=b"1 2 3"),
         "npy short": _short_npy(folder / "image.npy", big),
     }
@@ -263,8 +289,14 @@ def test_lying_headers_cost_no_memory(tmp_path):
 
         resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 
-    result = subprocess.run([sys.executable, "-c", CHILD, *map(str, files.values())], capture_output=True, text=True,
-                            cwd=tmp_path, preexec_fn=limit, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, *map(str, files.values())],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=limit,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert all(error == "ValueError" for error in report["errors"].values()), report
@@ -343,10 +375,18 @@ def test_serve_workspace_refuses_detached_headers_that_leave_their_folder(root, 
     # an upload is one file alone in a temporary folder: it cannot bring its detached data along
     (root / "sub").mkdir()
     for name, data in [
-        ("evil.mha", hostile.metaimage(root / "sub" / "u.mha", str(secret), shape=(32, 32, 2),
-                                       element_type="MET_UCHAR").read_bytes()),
-        ("evil.nrrd", hostile.nrrd(root / "sub" / "u.nrrd", "../../secret.txt", shape=(32, 32, 2),
-                                   type_name="uchar").read_bytes()),
+        (
+            "evil.mha",
+            hostile.metaimage(
+                root / "sub" / "u.mha", str(secret), shape=(32, 32, 2), element_type="MET_UCHAR"
+            ).read_bytes(),
+        ),
+        (
+            "evil.nrrd",
+            hostile.nrrd(
+                root / "sub" / "u.nrrd", "../../secret.txt", shape=(32, 32, 2), type_name="uchar"
+            ).read_bytes(),
+        ),
         ("evil.mha", hostile.metaimage(root / "sub" / "z.mha", "/dev/zero", shape=(64, 64, 64)).read_bytes()),
     ]:
         with pytest.raises(ValueError) as caught:

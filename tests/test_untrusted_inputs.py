@@ -79,9 +79,22 @@ def test_a_yaml_alias_bomb_in_a_prompt_file_fails_fast_with_one_line(tmp_path, c
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
     try:
-        result = subprocess.run([sys.executable, "-c", BOMB_CHILD, str(ct), str(tmp_path / "out.nii.gz"),
-                                 str(prompts), str(tiny_checkpoint)], capture_output=True, text=True, timeout=30,
-                                cwd=tmp_path, preexec_fn=limit)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                BOMB_CHILD,
+                str(ct),
+                str(tmp_path / "out.nii.gz"),
+                str(prompts),
+                str(tiny_checkpoint),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+            preexec_fn=limit,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("the alias bomb ran for more than 30 s")
     rc, cpu_seconds = (field.split("=")[1] for field in result.stdout.split())
@@ -91,18 +104,22 @@ def test_a_yaml_alias_bomb_in_a_prompt_file_fails_fast_with_one_line(tmp_path, c
     assert "Traceback" not in result.stderr and not (tmp_path / "out.nii.gz").exists()
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"name": {"nested": "mapping"}, "box": [10, 5, 10, 30, 20, 40]}, "'name' must be a string, got a mapping"),
-    ({"name": 7, "box": [10, 5, 10, 30, 20, 40]}, "'name' must be a string, got 7"),
-    ({"text": ["liver", "spleen"]}, "'text' must be a string, got a list of 2 items"),
-    ({"text": "liver", "box": ["10", 5, 10, 30, 20, 40]}, "'box' must be 6 numbers"),
-    ({"text": "liver", "box": [10, 5, 10, 30, 20, True]}, "'box' must be 6 numbers"),
-    ({"text": "liver", "points": [[1, 2, [3]]]}, "'points' must be a list"),
-    ({"text": "liver", "points": [[1, 2, 3]], "point_labels": ["1"]}, "'point_labels' must be a list of 1"),
-    ({"text": "x" * 5000}, "'text' is 5000 characters long"),
-])
-def test_prompt_file_values_are_type_checked_before_they_are_used(tmp_path, ct, capsys, no_model, predict, record,
-                                                                 message):
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"name": {"nested": "mapping"}, "box": [10, 5, 10, 30, 20, 40]}, "'name' must be a string, got a mapping"),
+        ({"name": 7, "box": [10, 5, 10, 30, 20, 40]}, "'name' must be a string, got 7"),
+        ({"text": ["liver", "spleen"]}, "'text' must be a string, got a list of 2 items"),
+        ({"text": "liver", "box": ["10", 5, 10, 30, 20, 40]}, "'box' must be 6 numbers"),
+        ({"text": "liver", "box": [10, 5, 10, 30, 20, True]}, "'box' must be 6 numbers"),
+        ({"text": "liver", "points": [[1, 2, [3]]]}, "'points' must be a list"),
+        ({"text": "liver", "points": [[1, 2, 3]], "point_labels": ["1"]}, "'point_labels' must be a list of 1"),
+        ({"text": "x" * 5000}, "'text' is 5000 characters long"),
+    ],
+)
+def test_prompt_file_values_are_type_checked_before_they_are_used(
+    tmp_path, ct, capsys, no_model, predict, record, message
+):
     prompts = tmp_path / "organs.json"
     prompts.write_text(json.dumps([record]))
     before = snapshot(tmp_path)
@@ -135,8 +152,14 @@ def test_a_yaml_prompt_file_without_aliases_still_works(tmp_path):
     from segvol.infer.prompts import load_prompt_file
 
     path = tmp_path / "organs.yaml"
-    path.write_text(yaml.safe_dump({"liver": {"text": "liver", "box": [1, 2, 3, 4, 5, 6]},
-                                    "spleen": {"points": [[1, 2, 3]], "point_labels": [1]}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "liver": {"text": "liver", "box": [1, 2, 3, 4, 5, 6]},
+                "spleen": {"points": [[1, 2, 3]], "point_labels": [1]},
+            }
+        )
+    )
     prompts = load_prompt_file(path)
     assert [p.label for p in prompts] == ["liver", "spleen"] and prompts[0].box.tolist() == [1, 2, 3, 4, 5, 6]
 
@@ -181,9 +204,10 @@ def forged_safetensors(path: Path, **config_values) -> Path:
     from segvol.model.config import model_config
 
     values = {**model_config("tiny").to_dict(), **config_values}
-    header = {"__metadata__": {"format": "segvol-workflow", "format_version": "1",
-                               "model_config": json.dumps(values)},
-              "mask_decoder.iou_token.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    header = {
+        "__metadata__": {"format": "segvol-workflow", "format_version": "1", "model_config": json.dumps(values)},
+        "mask_decoder.iou_token.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+    }
     text = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(text)) + text + b"\0" * 4)
     return path
@@ -212,12 +236,15 @@ def test_a_700_byte_checkpoint_claiming_64_layers_of_width_65536_is_refused_in_m
     assert "\n" not in message and str(path) in message and "hidden_size: 65536 is greater than the maximum" in message
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"num_layers": 10**9}, "num_layers: 1000000000 is greater than the maximum"),
-    ({"hidden_size": "128"}, "hidden_size: '128' is not of type 'integer'"),
-    ({"spatial_size": [1024, 1024, 1024], "patch_size": [2, 2, 2]}, "image tokens, over the limit"),
-    ({"dense_box_prompt": "yes"}, "dense_box_prompt: 'yes' is not of type 'boolean'"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"num_layers": 10**9}, "num_layers: 1000000000 is greater than the maximum"),
+        ({"hidden_size": "128"}, "hidden_size: '128' is not of type 'integer'"),
+        ({"spatial_size": [1024, 1024, 1024], "patch_size": [2, 2, 2]}, "image tokens, over the limit"),
+        ({"dense_box_prompt": "yes"}, "dense_box_prompt: 'yes' is not of type 'boolean'"),
+    ],
+)
 def test_checkpoint_config_values_are_bounded(tmp_path, no_build, values, message):
     from segvol.model import checkpoint
 
@@ -230,8 +257,9 @@ def test_tensor_shapes_must_fit_the_config_before_the_model_is_built(tmp_path, n
     tensor: refused from the header's shapes, nothing built."""
     from segvol.model import checkpoint
 
-    path = forged_safetensors(tmp_path / "big.safetensors", num_layers=128, hidden_size=8192, mlp_dim=32768,
-                              num_heads=128, decoder_heads=8)
+    path = forged_safetensors(
+        tmp_path / "big.safetensors", num_layers=128, hidden_size=8192, mlp_dim=32768, num_heads=128, decoder_heads=8
+    )
     started = time.perf_counter()
     with pytest.raises(ValueError, match="checkpoint does not fit the model .* missing") as caught:
         checkpoint.load(path)
@@ -256,15 +284,18 @@ def demo_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("finetune={lr: .nan}", "finetune.lr: nan is not a finite number"),
-    ("pretrain={lr: .inf}", "pretrain.lr: inf is not a finite number"),
-    ("pretrain={steps: 1e23}", "pretrain.steps: 1e+23 is greater than the maximum of 10000000"),
-    ("finetune={batch_size: 100000}", "finetune.batch_size: 100000 is greater than the maximum"),
-    ("datasets={train: []}", "datasets.train: [] should be non-empty"),
-    ("model={text_encoder: /etc}", "model.text_encoder: '/etc' is not a Hugging Face model folder"),
-    ("model={overrides: {hidden_size: 65536}}", "model.overrides.hidden_size: 65536 is greater than the maximum"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("finetune={lr: .nan}", "finetune.lr: nan is not a finite number"),
+        ("pretrain={lr: .inf}", "pretrain.lr: inf is not a finite number"),
+        ("pretrain={steps: 1e23}", "pretrain.steps: 1e+23 is greater than the maximum of 10000000"),
+        ("finetune={batch_size: 100000}", "finetune.batch_size: 100000 is greater than the maximum"),
+        ("datasets={train: []}", "datasets.train: [] should be non-empty"),
+        ("model={text_encoder: /etc}", "model.text_encoder: '/etc' is not a Hugging Face model folder"),
+        ("model={overrides: {hidden_size: 65536}}", "model.overrides.hidden_size: 65536 is greater than the maximum"),
+    ],
+)
 def test_bad_config_values_are_refused_at_config_check_time(override, message):
     """`snakemake -n --config <override>` as the workflow sees it (the same path as its dry run)."""
     from snakemake.cli import parse_config  # what `--config` uses
@@ -294,8 +325,9 @@ def test_a_real_text_encoder_folder_passes(tmp_path):
     from segvol.settings import text_encoder_folder_problem
 
     assert text_encoder_folder_problem(str(minilm_directory())) is None
-    assert "no model weights" in text_encoder_folder_problem(_copy_without(minilm_directory(), tmp_path / "enc",
-                                                                           "model.safetensors"))
+    assert "no model weights" in text_encoder_folder_problem(
+        _copy_without(minilm_directory(), tmp_path / "enc", "model.safetensors")
+    )
 
 
 def _copy_without(folder: Path, target: Path, missing: str) -> str:
@@ -311,5 +343,6 @@ def test_a_dry_run_with_a_text_encoder_that_is_not_one_fails_with_one_line():
     result = snakemake("-n", "--config", "model={text_encoder: /etc}")
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Job stats" not in output
-    assert any(line.startswith("model.text_encoder: '/etc' is not a Hugging Face model folder")
-               for line in output.splitlines()), output[-3000:]
+    assert any(
+        line.startswith("model.text_encoder: '/etc' is not a Hugging Face model folder") for line in output.splitlines()
+    ), output[-3000:]

@@ -30,8 +30,13 @@ def sources_copy() -> Path:
 
 def copy_sources(target: Path) -> Path:
     """Copy the repository's tracked and new (not ignored) files, without `RUN_OUTPUTS`, to `target`."""
-    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                             capture_output=True, timeout=60, check=False)
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     if listing.returncode == 0:
         names = [name for name in listing.stdout.decode().split("\0") if name]
     else:  # not a git checkout: every file outside the run outputs and the environment
@@ -54,9 +59,7 @@ def snakemake(*args: str, cwd: Path | None = None, timeout: int = 600) -> subpro
     env = dict(os.environ)
     # rules call the `segvol` console script of this environment
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(
-        [*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -74,9 +77,29 @@ def assert_ok(result: subprocess.CompletedProcess) -> str:
 
 
 STAGE_RULES = ["synthesize", "normalize", "pseudo", "pretrain", "finetune", "evaluate_cases", "table2"]
-EVALUATION_RULES = ["table2", "table3", "figure2", "scaling_cases", "figure3a", "prompt_cases", "figure3b",
-                    "figure5", "table6", "rotation", "mri", "interactive", "table2_statistics", "gallery", "figure4",
-                    "overlap_audit", "taskspecific_train", "taskspecific_cases", "figure9", "table7", "meshes"]
+EVALUATION_RULES = [
+    "table2",
+    "table3",
+    "figure2",
+    "scaling_cases",
+    "figure3a",
+    "prompt_cases",
+    "figure3b",
+    "figure5",
+    "table6",
+    "rotation",
+    "mri",
+    "interactive",
+    "table2_statistics",
+    "gallery",
+    "figure4",
+    "overlap_audit",
+    "taskspecific_train",
+    "taskspecific_cases",
+    "figure9",
+    "table7",
+    "meshes",
+]
 
 
 def test_lint_is_clean():
@@ -133,9 +156,17 @@ def test_end_to_end_tiny(tmp_path):
     work.mkdir()
     for name in ("config",):
         shutil.copytree(REPO / name, work / name)
-    args = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-            "--configfile", str(work / "config" / "config.yaml"), str(work / "config" / "test.yaml"),
-            "--cores", "2"]
+    args = [
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(work / "config" / "config.yaml"),
+        str(work / "config" / "test.yaml"),
+        "--cores",
+        "2",
+    ]
     assert_ok(snakemake(*args, "results/table2.csv", "results/table3.csv", timeout=1500))
     import pandas as pd
 
@@ -157,8 +188,18 @@ def test_end_to_end_tiny(tmp_path):
     # Every other table and figure (the default target), then one of them forced to rerun alone.
     assert_ok(snakemake(*args, timeout=1500))
     results = work / "results"
-    for name in ("fig3a_scaling.csv", "fig3b_prompts.csv", "fig5_identification.csv", "table6.csv", "rotation.csv",
-                 "mri.csv", "interactive.csv", "table2_statistics.csv", "fig9_taskspecific.csv", "table7.csv"):
+    for name in (
+        "fig3a_scaling.csv",
+        "fig3b_prompts.csv",
+        "fig5_identification.csv",
+        "table6.csv",
+        "rotation.csv",
+        "mri.csv",
+        "interactive.csv",
+        "table2_statistics.csv",
+        "fig9_taskspecific.csv",
+        "table7.csv",
+    ):
         assert len(pd.read_csv(results / name)) > 0, name
     # The tiny config's label spaces hold no category inside another: Fig 4 then says so (an empty table
     # and a figure with the reason) instead of guessing; its logic is tested in test_evaluate_ablations.

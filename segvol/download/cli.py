@@ -57,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="registry name, or <name>.shardNNNN for an unlabelled manifest")
     parser.add_argument("--registry", help="registry YAML (default: download.registry = config/datasets.yaml)")
     parser.add_argument("--out", help="raw dataset folder to create (e.g. data/raw/<dataset>)")
-    parser.add_argument("--downloads", default="data/downloads", help="where verified archives are kept (default: %(default)s)")
+    parser.add_argument(
+        "--downloads", default="data/downloads", help="where verified archives are kept (default: %(default)s)"
+    )
     add_common_arguments(parser, params="download", quiet=True)
     parser.add_argument("--list", action="store_true", help="list the registry and exit")
 
@@ -70,7 +72,7 @@ def _gate(name: str, entry: dict, settings: dict) -> None:
         raise ValueError(
             f"{name}: its license ({license_['name']}) must be accepted before download. Read and "
             f"accept it at {where}, then add '{name}' to download.accept_license in your config "
-            f"(or --params '{{\"accept_license\": [\"{name}\"]}}'). Nothing was downloaded."
+            f'(or --params \'{{"accept_license": ["{name}"]}}\'). Nothing was downloaded.'
         )
 
 
@@ -117,15 +119,18 @@ def _manual(name: str, entry: dict, settings: dict) -> list[Path]:
     return [folder / f for f in expected]
 
 
-def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fetch_kwargs: dict) -> tuple[list[str], Path | None]:
+def _manifest_lines(
+    name: str, entry: dict, settings: dict, downloads: Path, fetch_kwargs: dict
+) -> tuple[list[str], Path | None]:
     """The manifest's volume lines, and the folder its local paths are relative to (None for a
     downloaded manifest: it may not point into this machine's files)."""
     from segvol.download.fetch import RemoteFile, fetch
 
     manifest = entry["source"]["manifest"]
     if manifest.startswith(("http://", "https://", "hf://")):
-        remote = RemoteFile(manifest, manifest.rstrip("/").rsplit("/", 1)[-1],
-                            allow_http=entry["source"].get("allow_http", False))
+        remote = RemoteFile(
+            manifest, manifest.rstrip("/").rsplit("/", 1)[-1], allow_http=entry["source"].get("allow_http", False)
+        )
         path = fetch(remote, downloads / name, **fetch_kwargs)
     else:
         path = Path(settings["manual_dir"]) / name / manifest
@@ -136,7 +141,8 @@ def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fet
                 f"{entry['source'].get('instructions', entry.get('homepage'))}"
             )
     lines = [
-        line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+        line.strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
     if entry["n_cases"] != len(lines):
@@ -147,20 +153,22 @@ def _manifest_lines(name: str, entry: dict, settings: dict, downloads: Path, fet
     return lines, (None if manifest.startswith(("http://", "https://", "hf://")) else path.parent)
 
 
-def _ingest_shard(name: str, index: int, entry: dict, settings: dict, downloads: Path, dest: Path, fetch_kwargs: dict) -> None:
-    from segvol.progress import progress_bar
-
+def _ingest_shard(
+    name: str, index: int, entry: dict, settings: dict, downloads: Path, dest: Path, fetch_kwargs: dict
+) -> None:
     from segvol.download.fetch import RemoteFile, fetch
+    from segvol.progress import progress_bar
 
     lines, base_dir = _manifest_lines(name, entry, settings, downloads, fetch_kwargs)
     size = settings["unlabelled_shard_size"]
-    chosen = lines[index * size:(index + 1) * size]
+    chosen = lines[index * size : (index + 1) * size]
     if not chosen:
         raise ValueError(f"{name}.shard{index:04d}: beyond the {len(lines)} volumes of the manifest")
     images = dest / "images"
     images.mkdir()
-    for offset, line in enumerate(progress_bar(chosen, desc=f"{name} shard {index}", unit="volume",
-                                       disable=not fetch_kwargs["progress"])):
+    for offset, line in enumerate(
+        progress_bar(chosen, desc=f"{name} shard {index}", unit="volume", disable=not fetch_kwargs["progress"])
+    ):
         location, _, checksum = line.partition(" ")
         checksum = checksum.strip() or None
         number = index * size + offset
@@ -168,8 +176,9 @@ def _ingest_shard(name: str, index: int, entry: dict, settings: dict, downloads:
         filename = f"{number:06d}_{stem}"
         if location.startswith(("http://", "https://", "hf://")):
             kind = "md5" if checksum is not None and len(checksum) == 32 else "sha256"
-            remote = RemoteFile(location, filename, allow_http=entry["source"].get("allow_http", False),
-                                **{kind: checksum})
+            remote = RemoteFile(
+                location, filename, allow_http=entry["source"].get("allow_http", False), **{kind: checksum}
+            )
             # Fetched next to the other downloads (resumable across runs, with its .sha256
             # record), then linked into the shard.
             _place(fetch(remote, downloads / name / "volumes", **fetch_kwargs), images, False, None)
@@ -189,8 +198,10 @@ def _list(registry: dict) -> int:
     for name, entry in registry.items():
         source = entry["source"]
         gate = "GONE" if entry.get("unavailable") else "accept" if entry["license"]["acceptance_required"] else "open"
-        print(f"{name:22s} {entry['role']:10s} {source['kind']:8s} verified={str(source['verified']).lower():5s} "
-              f"{gate:6s} {entry['license']['name']}")
+        print(
+            f"{name:22s} {entry['role']:10s} {source['kind']:8s} verified={str(source['verified']).lower():5s} "
+            f"{gate:6s} {entry['license']['name']}"
+        )
     return 0
 
 
@@ -244,8 +255,9 @@ def run(args: argparse.Namespace) -> int:
             _ingest_shard(base, shard, entry, settings, downloads, temporary, fetch_kwargs)
         document = describe(temporary, args.dataset, entry)
         (temporary / "dataset.json").write_text(json.dumps(document, indent=1) + "\n")
-    log.info("%s: %d cases, %d categories -> %s", args.dataset, len(document["cases"]),
-             len(document["categories"]), args.out)
+    log.info(
+        "%s: %d cases, %d categories -> %s", args.dataset, len(document["cases"]), len(document["categories"]), args.out
+    )
     if not settings["keep_archives"] and kind in ("url", "hf"):
         for remote, extract in _remote_files(base, entry):
             archive = downloads / base / remote.filename

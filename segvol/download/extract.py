@@ -143,7 +143,9 @@ class _Plan:
                 continue
             prefix = "/".join(parts)
             if prefix in self.links:
-                raise ValueError(f"{self.archive}: link {link!r} -> {target!r} passes through the link {prefix!r}; refused")
+                raise ValueError(
+                    f"{self.archive}: link {link!r} -> {target!r} passes through the link {prefix!r}; refused"
+                )
             parts.append(part)
         return "/".join(parts)
 
@@ -209,9 +211,13 @@ class _Folder:
         fd, last = self._parent(name)
         try:
             try:
-                out = os.open(last, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
+                out = os.open(
+                    last, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd
+                )
             except FileExistsError:
-                raise ValueError(f"{self.archive}: {name!r} already exists (duplicate member or an earlier file); refused") from None
+                raise ValueError(
+                    f"{self.archive}: {name!r} already exists (duplicate member or an earlier file); refused"
+                ) from None
         finally:
             os.close(fd)
         produced = 0

@@ -159,8 +159,15 @@ def _bar(total: int | None, initial: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(
-        total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-        disable=not enabled, file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30,
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not enabled,
+        file=sys.stderr,
+        mininterval=0.5 if sys.stderr.isatty() else 30,
     )
 
 
@@ -268,8 +275,16 @@ def fetch(
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(dest_dir / f".{remote.filename}.lock"):
-        return _fetch(remote, dest_dir, retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
-                      timeout_s=timeout_s, progress=progress, sleep=sleep)
+        return _fetch(
+            remote,
+            dest_dir,
+            retries=retries,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            timeout_s=timeout_s,
+            progress=progress,
+            sleep=sleep,
+        )
 
 
 @contextlib.contextmanager
@@ -292,8 +307,17 @@ def _exclusive(lock_path: Path):
         os.close(descriptor)
 
 
-def _fetch(remote: RemoteFile, dest_dir: Path, *, retries: int, backoff_s: float, max_backoff_s: float,
-           timeout_s: float, progress: bool, sleep: Callable[[float], None]) -> Path:
+def _fetch(
+    remote: RemoteFile,
+    dest_dir: Path,
+    *,
+    retries: int,
+    backoff_s: float,
+    max_backoff_s: float,
+    timeout_s: float,
+    progress: bool,
+    sleep: Callable[[float], None],
+) -> Path:
     final = dest_dir / remote.filename
     partial = dest_dir / (remote.filename + ".partial")
     if final.exists():
@@ -317,8 +341,14 @@ def _fetch(remote: RemoteFile, dest_dir: Path, *, retries: int, backoff_s: float
         url, checked, source, blob_id, pinned = hub.locate(remote, timeout_s)
     if partial.exists() and checked.size is not None and partial.stat().st_size > checked.size:
         partial.unlink()
-    transfer = {"retries": retries, "backoff_s": backoff_s, "max_backoff_s": max_backoff_s,
-                "timeout_s": timeout_s, "progress": progress, "sleep": sleep}
+    transfer = {
+        "retries": retries,
+        "backoff_s": backoff_s,
+        "max_backoff_s": max_backoff_s,
+        "timeout_s": timeout_s,
+        "progress": progress,
+        "sleep": sleep,
+    }
 
     def attempt() -> tuple[str, str]:
         announced = _download(url, partial, final.name, checked, **transfer)
@@ -328,8 +358,10 @@ def _fetch(remote: RemoteFile, dest_dir: Path, *, retries: int, backoff_s: float
 
                 observed = git_blob_id(partial)
                 if observed != blob_id:
-                    raise ValueError(f"{remote.url}: git blob id mismatch: got {observed}, the Hub lists "
-                                     f"{blob_id} (removed; rerun to fetch it again)")
+                    raise ValueError(
+                        f"{remote.url}: git blob id mismatch: got {observed}, the Hub lists "
+                        f"{blob_id} (removed; rerun to fetch it again)"
+                    )
             return _verify(partial, final.name, checked, announced, progress, source, blob_id is not None)
         except ValueError:
             partial.unlink(missing_ok=True)
@@ -349,8 +381,13 @@ def _fetch(remote: RemoteFile, dest_dir: Path, *, retries: int, backoff_s: float
         advice = [f"url: {pinned}"] if pinned else []
         if not _has_checksum(remote):
             advice += [f"sha256: {sha256}", f"size: {final.stat().st_size}"]
-        log.warning("%s: verified by %s. To pin it, use in its registry entry: %s (recorded in %s)",
-                    remote.url, how, ", ".join(advice), record_path(final))
+        log.warning(
+            "%s: verified by %s. To pin it, use in its registry entry: %s (recorded in %s)",
+            remote.url,
+            how,
+            ", ".join(advice),
+            record_path(final),
+        )
     return final
 
 
@@ -363,8 +400,19 @@ def _finish(path: Path, final: Path, sha256: str) -> None:
     os.replace(path, final)
 
 
-def _download(url: str, partial: Path, name: str, remote: RemoteFile, *, retries: int, backoff_s: float,
-              max_backoff_s: float, timeout_s: float, progress: bool, sleep: Callable[[float], None]) -> int | None:
+def _download(
+    url: str,
+    partial: Path,
+    name: str,
+    remote: RemoteFile,
+    *,
+    retries: int,
+    backoff_s: float,
+    max_backoff_s: float,
+    timeout_s: float,
+    progress: bool,
+    sleep: Callable[[float], None],
+) -> int | None:
     """Fill `partial` until the server has nothing more to send; return the size it announced."""
     from segvol.download.extract import can_check_integrity, check_integrity
 
@@ -410,8 +458,15 @@ def _has_checksum(remote: RemoteFile) -> bool:
     return remote.sha256 is not None or remote.md5 is not None
 
 
-def _verify(path: Path, name: str, remote: RemoteFile, announced: int | None, progress: bool,
-            source: str = "the registry", listed_size: bool = False) -> tuple[str, str]:
+def _verify(
+    path: Path,
+    name: str,
+    remote: RemoteFile,
+    announced: int | None,
+    progress: bool,
+    source: str = "the registry",
+    listed_size: bool = False,
+) -> tuple[str, str]:
     """Raise ValueError unless `path` is complete; return its sha256 and how it was verified.
 
     `source` says where `remote`'s checksums come from; `listed_size`: its size was checked
@@ -422,8 +477,7 @@ def _verify(path: Path, name: str, remote: RemoteFile, announced: int | None, pr
     evidence = []
     if remote.size is not None and size != remote.size:
         raise ValueError(
-            f"{remote.url}: got {size} bytes but {source} expects {remote.size} "
-            f"(truncated or changed file; removed)"
+            f"{remote.url}: got {size} bytes but {source} expects {remote.size} (truncated or changed file; removed)"
         )
     if announced is not None:
         if size != announced:

@@ -86,8 +86,9 @@ def _hub_error(url: str, error: BaseException) -> Exception:
     )
 
     if isinstance(error, GatedRepoError):
-        return ValueError(f"{url}: gated on the Hub: accept its terms there, then log in with "
-                          f"`huggingface-cli login` or set HF_TOKEN")
+        return ValueError(
+            f"{url}: gated on the Hub: accept its terms there, then log in with `huggingface-cli login` or set HF_TOKEN"
+        )
     if isinstance(error, RepositoryNotFoundError):
         return ValueError(f"{url}: no such repository on the Hub (or it is private: log in or set HF_TOKEN)")
     if isinstance(error, RevisionNotFoundError):
@@ -110,12 +111,17 @@ def resolve_commit(url: str, ref: HubFile, endpoint: str | None, token, timeout_
     try:
         metadata = get_hf_file_metadata(
             hf_hub_url(ref.repo_id, ref.path, repo_type=ref.repo_type, revision=ref.revision, endpoint=endpoint),
-            token=token, timeout=timeout_s, endpoint=endpoint, retry_on_errors=False,
+            token=token,
+            timeout=timeout_s,
+            endpoint=endpoint,
+            retry_on_errors=False,
         )
     except Exception as error:  # every Hub failure becomes one line
         raise _hub_error(url, error) from error
     if not metadata.commit_hash:
-        raise ValueError(f"{url}: {endpoint or 'the Hub'} gave no commit for revision {ref.revision!r} (not a Hub endpoint?)")
+        raise ValueError(
+            f"{url}: {endpoint or 'the Hub'} gave no commit for revision {ref.revision!r} (not a Hub endpoint?)"
+        )
     return metadata.commit_hash
 
 
@@ -138,7 +144,9 @@ def with_hub_checksum(url: str, remote, ref: HubFile, commit: str, endpoint: str
     if info is None:
         raise ValueError(f"{url}: no such file in the repository at commit {commit}")
     if remote.size is not None and remote.size != info.size:
-        raise ValueError(f"{url}: the Hub lists {info.size} bytes at commit {commit} but the registry expects {remote.size}")
+        raise ValueError(
+            f"{url}: the Hub lists {info.size} bytes at commit {commit} but the registry expects {remote.size}"
+        )
     if info.lfs is not None:
         return replace(remote, sha256=info.lfs.sha256, size=info.lfs.size), None, "the Hub's LFS sha256"
     return replace(remote, size=info.size), info.blob_id, "the Hub's git blob id"

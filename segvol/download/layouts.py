@@ -47,7 +47,7 @@ def _template_regex(template: str) -> re.Pattern:
         raise ValueError(f"layout template {template!r} must contain {{case}}")
     pattern, seen, position = "", set(), 0
     for match in PLACEHOLDER.finditer(template):
-        pattern += re.escape(template[position:match.start()])
+        pattern += re.escape(template[position : match.start()])
         field = match[1]
         pattern += f"(?P={field})" if field in seen else f"(?P<{field}>[^/]+?)"
         seen.add(field)
@@ -86,8 +86,9 @@ def _document(name: str, entry: dict, cats: dict, cases: list[dict]) -> dict:
         raise ValueError(f"{name}: no cases found for layout {entry['layout']}")
     expected = entry.get("n_cases")
     if expected and entry["role"] != "unlabelled" and len(cases) != expected:
-        log.warning("%s: %d cases found, the registry expects %d (another release or revision?)",
-                    name, len(cases), expected)
+        log.warning(
+            "%s: %d cases found, the registry expects %d (another release or revision?)", name, len(cases), expected
+        )
     return {
         "name": name,
         "role": entry["role"],
@@ -146,11 +147,13 @@ def unzip_label(archive: Path, out_stem: Path) -> Path:
 
     try:
         with zipfile.ZipFile(archive) as bundle:
-            members = [i for i in bundle.infolist()
-                       if not i.is_dir() and not Path(i.filename).name.startswith((".", "__MACOSX"))]
+            members = [
+                i
+                for i in bundle.infolist()
+                if not i.is_dir() and not Path(i.filename).name.startswith((".", "__MACOSX"))
+            ]
             if len(members) != 1:
-                raise ValueError(f"{archive}: expected one zipped label map, found "
-                                 f"{[i.filename for i in members][:5]}")
+                raise ValueError(f"{archive}: expected one zipped label map, found {[i.filename for i in members][:5]}")
             member = members[0]
             if member.file_size > MAX_ZIPPED_LABEL_BYTES:
                 raise ValueError(f"{archive}: {member.file_size} unpacked bytes exceed the limit")
@@ -197,7 +200,8 @@ def _dicom_series_folder(case_dir: Path) -> Path | None:
     best, best_count = None, 0
     for folder in [case_dir, *sorted(p for p in case_dir.rglob("*") if p.is_dir())]:
         count = sum(
-            1 for f in folder.iterdir()
+            1
+            for f in folder.iterdir()
             if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in DICOM_SUFFIXES
         )
         if count > best_count:
@@ -270,8 +274,9 @@ def stack_label_slices(series: Path, slices: Path, ranges: dict, out: Path) -> P
         except Exception as error:
             raise ValueError(f"{path}: unreadable label image ({error})") from error
         if pixels.shape != (height, width):
-            raise ValueError(f"{path}: label image is {pixels.shape[1]}x{pixels.shape[0]}, "
-                             f"its DICOM slice {width}x{height}")
+            raise ValueError(
+                f"{path}: label image is {pixels.shape[1]}x{pixels.shape[0]}, its DICOM slice {width}x{height}"
+            )
         for value, (low, high) in ranges.items():
             stack[index][(pixels >= low) & (pixels <= high)] = int(value)
     label = sitk.GetImageFromArray(stack)
@@ -295,11 +300,15 @@ def per_structure(root: Path, name: str, entry: dict) -> dict:
     images = _filter_cases(match_template(root, layout["image"]), layout)
     mask_dirs = {case: root / fill(layout["masks"], fields) for case, (_, fields) in images.items()}
     value_of = {label: int(v) for v, label in (entry.get("labels") or {}).items()}
-    stems = sorted({
-        p.name[: -len(".nii.gz")]
-        for folder in mask_dirs.values() if folder.is_dir()
-        for p in folder.glob("*.nii.gz") if not p.name.startswith(".")
-    })
+    stems = sorted(
+        {
+            p.name[: -len(".nii.gz")]
+            for folder in mask_dirs.values()
+            if folder.is_dir()
+            for p in folder.glob("*.nii.gz")
+            if not p.name.startswith(".")
+        }
+    )
     next_value = max(value_of.values(), default=0) + 1
     for stem in stems:
         if stem not in value_of:
@@ -320,7 +329,9 @@ def per_structure(root: Path, name: str, entry: dict) -> dict:
             if not mask_path.is_file():
                 continue
             mask_img = nib.load(mask_path)
-            if mask_img.shape[:3] != reference.shape[:3] or not np.allclose(mask_img.affine, reference.affine, atol=1e-3):
+            if mask_img.shape[:3] != reference.shape[:3] or not np.allclose(
+                mask_img.affine, reference.affine, atol=1e-3
+            ):
                 raise ValueError(f"{mask_path}: grid differs from {image} (shape/affine)")
             mask = np.asarray(mask_img.dataobj) > 0
             overlaps += int(np.count_nonzero(mask & (merged > 0)))

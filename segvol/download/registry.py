@@ -48,8 +48,9 @@ def refuse_unavailable(name: str, entry: dict, where: str | os.PathLike = "regis
     """ValueError with the registry's reason when a dataset can no longer be obtained."""
     gone = entry.get("unavailable")
     if gone:
-        raise ValueError(f"{where}: {name} can no longer be obtained: {gone['reason']} "
-                         f"(see {', '.join(gone['evidence'])})")
+        raise ValueError(
+            f"{where}: {name} can no longer be obtained: {gone['reason']} (see {', '.join(gone['evidence'])})"
+        )
 
 
 def expand_stores(names, registry: dict, shard_size: int) -> list[str]:

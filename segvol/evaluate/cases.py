@@ -27,8 +27,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "dataset", "case", "category", "method", "prompt", "mode",
-    "dice", "dice_official", "nsd", "seconds", "case_seconds", "voxels_truth", "voxels_pred",
+    "dataset",
+    "case",
+    "category",
+    "method",
+    "prompt",
+    "mode",
+    "dice",
+    "dice_official",
+    "nsd",
+    "seconds",
+    "case_seconds",
+    "voxels_truth",
+    "voxels_pred",
     *LESION_COLUMNS,  # lesion-wise counts of a lesion category (segvol.evaluate.lesions), NaN for the others
 ]
 
@@ -39,11 +50,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="SegVol checkpoint (safetensors or official)")
     parser.add_argument("--zarr", required=True, help="dataset store (CONTRIBUTING.md contract)")
     parser.add_argument("--out", required=True, help="per-case parquet to write")
-    parser.add_argument("--split", default="all", choices=["all", "test", "train"],
-                        help="cases to score: all (external sets) or the stored test split")
-    parser.add_argument("--prompts", default=None,
-                        help="comma-separated SegVol prompt kinds (Fig 3b), e.g. text,point,box,point+text,box+text;"
-                        " default: evaluate.prompt")
+    parser.add_argument(
+        "--split",
+        default="all",
+        choices=["all", "test", "train"],
+        help="cases to score: all (external sets) or the stored test split",
+    )
+    parser.add_argument(
+        "--prompts",
+        default=None,
+        help="comma-separated SegVol prompt kinds (Fig 3b), e.g. text,point,box,point+text,box+text;"
+        " default: evaluate.prompt",
+    )
     parser.add_argument("--label", default="SegVol", help="method name of SegVol's rows (e.g. the run: first2)")
     parser.add_argument("--segvol-only", action="store_true", help="skip the baselines (ablations)")
     evaluation_flags(parser)
@@ -88,8 +106,14 @@ def score_store(
                 prompt = prompt_from_truth(method.prompt, category, truth, rng)
                 if prompt is None:
                     if method is methods[0]:
-                        skipped.append({"dataset": case.dataset, "case": case.case, "category": category,
-                                        "reason": "empty ground truth"})
+                        skipped.append(
+                            {
+                                "dataset": case.dataset,
+                                "case": case.case,
+                                "category": category,
+                                "reason": "empty ground truth",
+                            }
+                        )
                     continue
                 prompts.append(prompt)
                 names.append(category)
@@ -102,18 +126,31 @@ def score_store(
             seconds = case_seconds / len(prompts)
             for category, truth, mask in zip(names, truths, masks):
                 mask = np.asarray(mask, dtype=bool)
-                rows.append({
-                    "dataset": case.dataset, "case": case.case, "category": category,
-                    "method": method.name, "prompt": method.prompt,
-                    "mode": getattr(method, "mode", ""),
-                    "dice": dice(mask, truth), "dice_official": dice_official(mask, truth),
-                    "nsd": normalized_surface_dice(mask, truth, case.spacing, tolerance_mm),
-                    "seconds": seconds, "case_seconds": case_seconds,
-                    "voxels_truth": int(truth.sum()), "voxels_pred": int(mask.sum()),
-                    **case_columns(mask, truth, category),
-                })
-            log.info("%s %s %s: mean Dice %.3f", case.dataset, case.case, method.name,
-                     float(np.nanmean([r["dice"] for r in rows[-len(names):]])))
+                rows.append(
+                    {
+                        "dataset": case.dataset,
+                        "case": case.case,
+                        "category": category,
+                        "method": method.name,
+                        "prompt": method.prompt,
+                        "mode": getattr(method, "mode", ""),
+                        "dice": dice(mask, truth),
+                        "dice_official": dice_official(mask, truth),
+                        "nsd": normalized_surface_dice(mask, truth, case.spacing, tolerance_mm),
+                        "seconds": seconds,
+                        "case_seconds": case_seconds,
+                        "voxels_truth": int(truth.sum()),
+                        "voxels_pred": int(mask.sum()),
+                        **case_columns(mask, truth, category),
+                    }
+                )
+            log.info(
+                "%s %s %s: mean Dice %.3f",
+                case.dataset,
+                case.case,
+                method.name,
+                float(np.nanmean([r["dice"] for r in rows[-len(names) :]])),
+            )
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame, pd.DataFrame(skipped, columns=["dataset", "case", "category", "reason"])
 
@@ -164,20 +201,32 @@ def run(args, settings) -> int:
     if "SegVol" in settings["methods"] or args.segvol_only:
         model = load_segvol(args.checkpoint, device=args.device)
         for kind in kinds:
-            methods.append(SegVolMethod(model, prompt=kind.strip(), mode="zoom", name=args.label,
-                                        overlap=settings["overlap"]))
+            methods.append(
+                SegVolMethod(model, prompt=kind.strip(), mode="zoom", name=args.label, overlap=settings["overlap"])
+            )
         reasons[args.label] = f"ran: {args.checkpoint} ({', '.join(kinds)}, zoom-out-zoom-in, {args.device})"
     if not args.segvol_only:
-        baselines, baseline_reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"],
-                                                       device=args.device)
+        baselines, baseline_reasons = build_baselines(
+            settings["methods"], settings["baseline_checkpoints"], device=args.device
+        )
         methods += baselines
         reasons.update(baseline_reasons)
     for column, reason in reasons.items():
         log.info("%s: %s", column, reason)
-    rows, skipped = score_store(args.zarr, methods, seed=args.seed, split=args.split,
-                                tolerance_mm=settings["nsd_tolerance_mm"], progress=not args.quiet)
-    metadata = {"store": str(Path(args.zarr)), "methods": reasons, "skipped": skipped.to_dict("records"),
-                "settings": settings}
+    rows, skipped = score_store(
+        args.zarr,
+        methods,
+        seed=args.seed,
+        split=args.split,
+        tolerance_mm=settings["nsd_tolerance_mm"],
+        progress=not args.quiet,
+    )
+    metadata = {
+        "store": str(Path(args.zarr)),
+        "methods": reasons,
+        "skipped": skipped.to_dict("records"),
+        "settings": settings,
+    }
     write_parquet(rows, args.out, metadata)
     log.info("wrote %d rows (%d skipped pairs) to %s", len(rows), len(skipped), args.out)
     return 0

@@ -32,37 +32,58 @@ EVALUATIONS = {
     "fig3b": ("segvol.evaluate.fig3b", "Fig 3b: Dice of each prompt combination"),
     "fig5": ("segvol.evaluate.fig5", "Fig 5: category identification from a spatial prompt"),
     "table6": ("segvol.evaluate.table6", "Table 6: parameters, MACs per case, seconds per case and Dice"),
-    "rotation": ("segvol.evaluate.rotation",
-                 "Rotation robustness: Dice per organ before and after rotating the volume"),
+    "rotation": (
+        "segvol.evaluate.rotation",
+        "Rotation robustness: Dice per organ before and after rotating the volume",
+    ),
     "mri": ("segvol.evaluate.mri", "MRI generalization: Dice on MR (or the MR-like stand-in) next to CT"),
     "fig4": ("segvol.evaluate.fig4", "Fig 4: one point, several text prompts, different masks"),
-    "gallery": ("segvol.evaluate.gallery",
-                "Gallery: best, median and worst case per task, three orthogonal views per case"),
-    "interactive": ("segvol.evaluate.interactive",
-                    "Interactive protocol: a box, then 5 corrective clicks; DSC/NSD per step and AUCs"),
-    "statistics": ("segvol.evaluate.table2_statistics",
-                   "Table 2 statistics: bootstrap confidence intervals of the medians, paired Wilcoxon vs SegVol"),
+    "gallery": (
+        "segvol.evaluate.gallery",
+        "Gallery: best, median and worst case per task, three orthogonal views per case",
+    ),
+    "interactive": (
+        "segvol.evaluate.interactive",
+        "Interactive protocol: a box, then 5 corrective clicks; DSC/NSD per step and AUCs",
+    ),
+    "statistics": (
+        "segvol.evaluate.table2_statistics",
+        "Table 2 statistics: bootstrap confidence intervals of the medians, paired Wilcoxon vs SegVol",
+    ),
     "overlap": ("segvol.evaluate.overlap", "Overlap audit: no external test case may be a training case"),
     "taskspecific": ("segvol.evaluate.taskspecific", "Dice/NSD of SegVol and task-specific models on a test split"),
     "fig9": ("segvol.evaluate.fig9", "Fig 9: per-dataset Dice violins, SegVol vs task-specific models"),
     "table7": ("segvol.evaluate.table7", "Table 7: SegVol vs nnU-Net on lesion categories"),
-    "meshes": ("segvol.evaluate.meshes",
-               "3-D rendering: surface meshes of SegVol's masks and the ground truth of one case"),
+    "meshes": (
+        "segvol.evaluate.meshes",
+        "3-D rendering: surface meshes of SegVol's masks and the ground truth of one case",
+    ),
 }
 
 
 def evaluation_flags(parser: argparse.ArgumentParser, model: bool = True) -> None:
     """The shared flags of an evaluation; one that runs a model also gets --device/--threads/--seed/--quiet."""
-    add_common_arguments(parser, params="evaluate", model=model, device=model, threads=model, quiet=model,
-                         seed="seed of the ground-truth point prompts" if model else None)
+    add_common_arguments(
+        parser,
+        params="evaluate",
+        model=model,
+        device=model,
+        threads=model,
+        quiet=model,
+        seed="seed of the ground-truth point prompts" if model else None,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="evaluation", required=True, metavar="EVALUATION")
     for name, (module_name, summary) in EVALUATIONS.items():
         module = importlib.import_module(module_name)
-        sub = commands.add_parser(name, help=summary, description=(module.__doc__ or summary).strip(),
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=(module.__doc__ or summary).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(sub)
 
 

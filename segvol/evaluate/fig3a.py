@@ -51,20 +51,39 @@ def run(args, settings) -> int:
         for run, block in frame.groupby("method"):
             dice = block["dice"].to_numpy()
             interval = median_interval(dice)
-            rows.append({"run": run, "n_datasets": run_number(run, args.total), "median_dice": np.median(dice),
-                         "ci_low": interval.low, "ci_high": interval.high,
-                         "q25": np.quantile(dice, 0.25), "q75": np.quantile(dice, 0.75),
-                         "mean_dice": dice.mean(), "scores": len(dice)})
-    summary = pd.DataFrame(rows, columns=["run", "n_datasets", "median_dice", "ci_low", "ci_high", "q25", "q75",
-                                          "mean_dice", "scores"])
+            rows.append(
+                {
+                    "run": run,
+                    "n_datasets": run_number(run, args.total),
+                    "median_dice": np.median(dice),
+                    "ci_low": interval.low,
+                    "ci_high": interval.high,
+                    "q25": np.quantile(dice, 0.25),
+                    "q75": np.quantile(dice, 0.75),
+                    "mean_dice": dice.mean(),
+                    "scores": len(dice),
+                }
+            )
+    summary = pd.DataFrame(
+        rows, columns=["run", "n_datasets", "median_dice", "ci_low", "ci_high", "q25", "q75", "mean_dice", "scores"]
+    )
     summary = summary.sort_values("n_datasets", kind="stable").reset_index(drop=True)
     claim = scaling_claim(summary)
     summary["paper_claim"] = claim
     log.info("Fig 3a: %s", claim)
     write_csv(summary, args.out)
-    plots.lines(summary, "n_datasets", "median_dice", args.png,
-                f"Data scaling (Fig 3a): more training datasets\n{claim}", "training datasets",
-                "median Dice (interquartile band)", low="q25", high="q75", label="run")
+    plots.lines(
+        summary,
+        "n_datasets",
+        "median_dice",
+        args.png,
+        f"Data scaling (Fig 3a): more training datasets\n{claim}",
+        "training datasets",
+        "median Dice (interquartile band)",
+        low="q25",
+        high="q75",
+        label="run",
+    )
     return 0
 
 
@@ -77,5 +96,7 @@ def scaling_claim(summary: pd.DataFrame, tolerance: float = 0.02) -> str:
     change = float(last["median_dice"] - first["median_dice"])
     trend = "rises" if change > tolerance else "falls" if change < -tolerance else "is flat"
     verdict = "holds" if trend == "rises" else "does not hold"
-    return (f"paper: Dice rises with more datasets; here it {trend}: {first['median_dice']:.2f} with "
-            f"{int(first['n_datasets'])} -> {last['median_dice']:.2f} with {int(last['n_datasets'])} ({verdict})")
+    return (
+        f"paper: Dice rises with more datasets; here it {trend}: {first['median_dice']:.2f} with "
+        f"{int(first['n_datasets'])} -> {last['median_dice']:.2f} with {int(last['n_datasets'])} ({verdict})"
+    )

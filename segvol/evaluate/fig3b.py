@@ -25,10 +25,16 @@ def run(args, settings) -> int:
     from segvol.evaluate.tables import write_csv
 
     frame = pd.concat([pd.read_parquet(p) for p in args.cases], ignore_index=True).dropna(subset=["dice"])
-    summary = (frame.groupby(["category", "prompt"], sort=False)["dice"]
-               .agg(median_dice="median", mean_dice="mean", scores="count").reset_index())
-    overall = frame.groupby("prompt", sort=False)["dice"].agg(median_dice="median", mean_dice="mean",
-                                                             scores="count").reset_index()
+    summary = (
+        frame.groupby(["category", "prompt"], sort=False)["dice"]
+        .agg(median_dice="median", mean_dice="mean", scores="count")
+        .reset_index()
+    )
+    overall = (
+        frame.groupby("prompt", sort=False)["dice"]
+        .agg(median_dice="median", mean_dice="mean", scores="count")
+        .reset_index()
+    )
     overall.insert(0, "category", "All")
     from segvol.evaluate.statistics import grouped_intervals
 
@@ -37,7 +43,15 @@ def run(args, settings) -> int:
     summary = pd.concat([summary, overall], ignore_index=True)
     order = [k for k in PROMPT_KINDS if k in set(summary["prompt"])]
     write_csv(summary, args.out)
-    plots.grouped_bars(summary, "category", "prompt", "median_dice", args.png,
-                       "Prompt combinations (Fig 3b), internal test splits", "median Dice",
-                       palette=plots.PROMPT_COLOURS, series_order=order)
+    plots.grouped_bars(
+        summary,
+        "category",
+        "prompt",
+        "median_dice",
+        args.png,
+        "Prompt combinations (Fig 3b), internal test splits",
+        "median Dice",
+        palette=plots.PROMPT_COLOURS,
+        series_order=order,
+    )
     return 0

@@ -44,8 +44,9 @@ def run(args, settings) -> int:
         from segvol.evaluate import plots
 
         write_csv(pd.DataFrame(columns=["prompt", "category", "dice"]), args.out)
-        plots.empty_figure(args.png, "Fig 4: semantic prompts disambiguate a point",
-                           "no case has one category nested inside another")
+        plots.empty_figure(
+            args.png, "Fig 4: semantic prompts disambiguate a point", "no case has one category nested inside another"
+        )
         return 0
     case, (inner, outer) = found
     names = [case.categories[inner], case.categories[outer]]
@@ -57,10 +58,26 @@ def run(args, settings) -> int:
     labels = ["point only", *[f"point + '{name}'" for name in names]]
     masks = dict(zip(labels, logits > 0))
     truths = {f"point + '{name}'": case.labels[case.categories.index(name)] for name in names}
-    rows = [{"dataset": case.dataset, "case": case.case, "prompt": label, "category": name,
-             "dice": dice(mask, case.labels[case.categories.index(name)]), "point": point.tolist()}
-            for label, mask in masks.items() for name in names]
+    rows = [
+        {
+            "dataset": case.dataset,
+            "case": case.case,
+            "prompt": label,
+            "category": name,
+            "dice": dice(mask, case.labels[case.categories.index(name)]),
+            "point": point.tolist(),
+        }
+        for label, mask in masks.items()
+        for name in names
+    ]
     write_csv(pd.DataFrame(rows), args.out)
-    pictures.figure4(case.image, case.spacing, point, masks, truths, args.png,
-                     f"Fig 4: one point inside '{names[0]}' (within '{names[1]}'), {case.dataset} {case.case}")
+    pictures.figure4(
+        case.image,
+        case.spacing,
+        point,
+        masks,
+        truths,
+        args.png,
+        f"Fig 4: one point inside '{names[0]}' (within '{names[1]}'), {case.dataset} {case.case}",
+    )
     return 0

@@ -46,11 +46,18 @@ def identify_case(model, case, candidates, seed, mode="resize"):
         probabilities = np.exp(scores - scores.max())
         probabilities /= probabilities.sum()
         rank = int((probabilities > probabilities[candidates.index(category)]).sum()) if category in candidates else -1
-        rows.append({"dataset": case.dataset, "case": case.case, "category": category,
-                     "predicted": candidates[int(np.argmax(probabilities))], "rank": rank,
-                     "probability_true": float(probabilities[candidates.index(category)]) if rank >= 0 else np.nan,
-                     "probabilities": dict(zip(candidates, probabilities.round(5).tolist())),
-                     "seed": category_seed(seed, case.case, category)})
+        rows.append(
+            {
+                "dataset": case.dataset,
+                "case": case.case,
+                "category": category,
+                "predicted": candidates[int(np.argmax(probabilities))],
+                "rank": rank,
+                "probability_true": float(probabilities[candidates.index(category)]) if rank >= 0 else np.nan,
+                "probabilities": dict(zip(candidates, probabilities.round(5).tolist())),
+                "seed": category_seed(seed, case.case, category),
+            }
+        )
     return rows
 
 
@@ -70,13 +77,22 @@ def run(args, settings) -> int:
         for case in iter_cases(store, split=args.split, limit=settings.get("max_cases")):
             rows += identify_case(model, case, candidates, args.seed)
     frame = pd.DataFrame(rows)
-    summary = pd.DataFrame([
-        {"top_k": k, "accuracy": float((frame["rank"].between(0, k - 1)).mean()) if len(frame) else np.nan,
-         "examples": len(frame), "candidates": len(candidates)}
-        for k in settings["identify_top_k"]
-    ])
-    per_case = frame.assign(probabilities=frame["probabilities"].map(lambda p: __import__("json").dumps(p))) \
-        if len(frame) else frame
+    summary = pd.DataFrame(
+        [
+            {
+                "top_k": k,
+                "accuracy": float((frame["rank"].between(0, k - 1)).mean()) if len(frame) else np.nan,
+                "examples": len(frame),
+                "candidates": len(candidates),
+            }
+            for k in settings["identify_top_k"]
+        ]
+    )
+    per_case = (
+        frame.assign(probabilities=frame["probabilities"].map(lambda p: __import__("json").dumps(p)))
+        if len(frame)
+        else frame
+    )
     write_parquet(per_case, args.per_case, {"candidates": candidates})
     write_csv(summary, args.out)
     accuracy = ", ".join(f"top-{r.top_k} {r.accuracy:.0%}" for r in summary.itertuples())

@@ -32,8 +32,9 @@ def fig9_summary(per_case: pd.DataFrame) -> pd.DataFrame:
 
     summary = summarize(per_case, ["dataset", "method"])
     order = {m: i for i, m in enumerate(method_order(per_case))}
-    return summary.sort_values(["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c) \
-        .reset_index(drop=True)
+    return summary.sort_values(
+        ["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c
+    ).reset_index(drop=True)
 
 
 def run(args, settings) -> int:
@@ -42,8 +43,12 @@ def run(args, settings) -> int:
 
     per_case = read_cases(args.cases)
     pooled = per_case.assign(category="all categories")
-    plots.violins(pooled, method_order(per_case), args.png,
-                  "SegVol vs task-specific models: per-case Dice on each test split (Fig 9)")
+    plots.violins(
+        pooled,
+        method_order(per_case),
+        args.png,
+        "SegVol vs task-specific models: per-case Dice on each test split (Fig 9)",
+    )
     summary = fig9_summary(per_case)
     write_csv(summary, args.out)
     log.info("Fig 9:\n%s", summary.to_string(index=False))

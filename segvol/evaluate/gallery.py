@@ -25,8 +25,15 @@ def _segvol_masks(method, case, categories, seed):
     """SegVol's masks of `categories` in `case`, with the prompts Table 2 gave (same seeds)."""
     from segvol.evaluate.prompts import category_seed, prompt_from_truth
 
-    prompts = [prompt_from_truth(method.prompt, c, case.labels[case.categories.index(c)],
-                                 np.random.default_rng(category_seed(seed, case.case, c))) for c in categories]
+    prompts = [
+        prompt_from_truth(
+            method.prompt,
+            c,
+            case.labels[case.categories.index(c)],
+            np.random.default_rng(category_seed(seed, case.case, c)),
+        )
+        for c in categories
+    ]
     return dict(zip(categories, method.predict_many(case.image, case.spacing, prompts)))
 
 
@@ -40,8 +47,14 @@ def run(args, settings) -> int:
 
     picks = pictures.pick_cases(pd.read_parquet(args.per_case))
     stores = {dataset_name(open_store(path), path): path for path in args.zarr}
-    methods = [SegVolMethod(load_segvol(args.checkpoint, device=args.device), prompt=settings["prompt"], mode="zoom",
-                            overlap=settings["overlap"])]
+    methods = [
+        SegVolMethod(
+            load_segvol(args.checkpoint, device=args.device),
+            prompt=settings["prompt"],
+            mode="zoom",
+            overlap=settings["overlap"],
+        )
+    ]
     methods += build_baselines(settings["methods"], settings["baseline_checkpoints"], device=args.device)[0]
     rows = []
     for pick in picks.itertuples():

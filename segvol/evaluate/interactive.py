@@ -51,12 +51,27 @@ CLICK_SEED = 42
 BOX_SEED = 2025
 
 # Categories for which the protocol gives no box (tubular structures a box does not describe).
-VESSELS = frozenset({
-    "aorta", "inferior vena cava", "portal vein and splenic vein", "hepatic vessel", "pulmonary artery",
-    "left common carotid artery", "right common carotid artery", "brachiocephalic trunk", "renal artery",
-    "renal vein", "iliac artery", "iliac vena", "left iliac artery", "right iliac artery",
-    "left iliac vena", "right iliac vena", "vessel",
-})
+VESSELS = frozenset(
+    {
+        "aorta",
+        "inferior vena cava",
+        "portal vein and splenic vein",
+        "hepatic vessel",
+        "pulmonary artery",
+        "left common carotid artery",
+        "right common carotid artery",
+        "brachiocephalic trunk",
+        "renal artery",
+        "renal vein",
+        "iliac artery",
+        "iliac vena",
+        "left iliac artery",
+        "right iliac artery",
+        "left iliac vena",
+        "right iliac vena",
+        "vessel",
+    }
+)
 
 # predict(box | None, points (N, 3) int, labels (N,) in {0, 1}, previous mask | None) -> mask (D, H, W) bool
 StepPredictor = Callable[["tuple[int, ...] | None", np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
@@ -72,8 +87,14 @@ def challenge_box(truth: np.ndarray, rng: np.random.RandomState) -> tuple[int, .
     height, width = truth.shape[1:]
     shift = int(rng.randint(0, 6, 1)[0])
     shift_y, shift_x = int(shift * height / 256), int(shift * width / 256)
-    return (int(z.min()), max(0, int(rows.min()) - shift_y), max(0, int(cols.min()) - shift_x),
-            int(z.max()), min(height - 1, int(rows.max()) + shift_y), min(width - 1, int(cols.max()) + shift_x))
+    return (
+        int(z.min()),
+        max(0, int(rows.min()) - shift_y),
+        max(0, int(cols.min()) - shift_x),
+        int(z.max()),
+        min(height - 1, int(rows.max()) + shift_y),
+        min(width - 1, int(cols.max()) + shift_x),
+    )
 
 
 def challenge_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int] | None:
@@ -155,8 +176,10 @@ def run_protocol(
         previous = prediction if predicted else None
         predicted = True
         start = clock()
-        mask = np.asarray(predict(box, np.array(points, dtype=np.int64).reshape(-1, 3),
-                                  np.array(labels, dtype=np.int64), previous), dtype=bool)
+        mask = np.asarray(
+            predict(box, np.array(points, dtype=np.int64).reshape(-1, 3), np.array(labels, dtype=np.int64), previous),
+            dtype=bool,
+        )
         elapsed = clock() - start
         spent += elapsed
         result.seconds.append(elapsed)
@@ -189,8 +212,9 @@ def run_protocol(
     return result
 
 
-def segvol_step_predictor(model, volume: np.ndarray, text: str | None = None, mode: str = "zoom",
-                          overlap: float = 0.5) -> StepPredictor:
+def segvol_step_predictor(
+    model, volume: np.ndarray, text: str | None = None, mode: str = "zoom", overlap: float = 0.5
+) -> StepPredictor:
     """SegVol as a `StepPredictor`: box and all clicks so far (and `text` if given) as one prompt.
 
     SegVol has no mask prompt, so the previous prediction is not an input; clicks carry the
@@ -201,9 +225,12 @@ def segvol_step_predictor(model, volume: np.ndarray, text: str | None = None, mo
     from segvol.infer import Prompt, segment
 
     def predict(box, points, labels, previous):
-        prompt = Prompt(text=text, box=None if box is None else list(box),
-                        points=points.tolist() if len(points) else None,
-                        point_labels=labels.tolist() if len(points) else None)
+        prompt = Prompt(
+            text=text,
+            box=None if box is None else list(box),
+            points=points.tolist() if len(points) else None,
+            point_labels=labels.tolist() if len(points) else None,
+        )
         with torch.inference_mode():
             logits = segment(model, volume, [prompt], mode=mode, overlap=overlap)
         logits = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
@@ -228,12 +255,22 @@ def method_step_predictor(method, volume: np.ndarray, spacing: Sequence[float], 
 
 def result_rows(result: ProtocolResult, **keys) -> tuple[dict, list[dict]]:
     """(summary row, one row per step) for the protocol's tables."""
-    summary = {**keys, "dsc_auc": result.dsc_auc, "nsd_auc": result.nsd_auc, "dsc_final": result.dsc[-1],
-               "nsd_final": result.nsd[-1], "seconds_per_step": float(np.mean(result.seconds)),
-               "seconds_total": float(np.sum(result.seconds)), "used_box": result.used_box,
-               "over_time_cap": result.over_time_cap, "clicks": len(result.clicks)}
-    steps = [{**keys, "step": index, "dsc": d, "nsd": n, "seconds": s}
-             for index, (d, n, s) in enumerate(zip(result.dsc, result.nsd, result.seconds))]
+    summary = {
+        **keys,
+        "dsc_auc": result.dsc_auc,
+        "nsd_auc": result.nsd_auc,
+        "dsc_final": result.dsc[-1],
+        "nsd_final": result.nsd[-1],
+        "seconds_per_step": float(np.mean(result.seconds)),
+        "seconds_total": float(np.sum(result.seconds)),
+        "used_box": result.used_box,
+        "over_time_cap": result.over_time_cap,
+        "clicks": len(result.clicks),
+    }
+    steps = [
+        {**keys, "step": index, "dsc": d, "nsd": n, "seconds": s}
+        for index, (d, n, s) in enumerate(zip(result.dsc, result.nsd, result.seconds))
+    ]
     return summary, steps
 
 
@@ -276,24 +313,53 @@ def run(args, settings) -> int:
                     predictor = method_step_predictor(method, case.image, case.spacing, truth)
                     result = run_protocol(predictor, truth, case.spacing, category)
                     summary, per_step = result_rows(
-                        result, dataset=case.dataset, case=case.case, category=category, method=method.name)
+                        result, dataset=case.dataset, case=case.case, category=category, method=method.name
+                    )
                     summaries.append(summary)
                     steps += per_step
-                    log.info("%s %s %s %s: DSC per step %s", case.dataset, case.case, category, method.name,
-                             " ".join(f"{v:.2f}" for v in result.dsc))
+                    log.info(
+                        "%s %s %s %s: DSC per step %s",
+                        case.dataset,
+                        case.case,
+                        category,
+                        method.name,
+                        " ".join(f"{v:.2f}" for v in result.dsc),
+                    )
     per_case = pd.DataFrame(summaries)
     per_step = pd.DataFrame(steps, columns=["dataset", "case", "category", "method", "step", "dsc", "nsd", "seconds"])
     metrics = ["dsc_auc", "nsd_auc", "dsc_final", "nsd_final", "seconds_per_step"]
     keys = ["dataset", "category", "method"]
-    table = (per_case.groupby(keys, sort=False)[metrics].median()
-             .join(per_case.groupby(keys, sort=False).size().rename("n"))
-             .reset_index()) if len(per_case) else pd.DataFrame(columns=[*keys, *metrics, "n"])
-    write_parquet(per_step, args.per_step, {"protocol": __doc__.split("\n\n")[0],
-                                            "methods": reasons, "cases": per_case.to_dict("records")})
+    table = (
+        (
+            per_case.groupby(keys, sort=False)[metrics]
+            .median()
+            .join(per_case.groupby(keys, sort=False).size().rename("n"))
+            .reset_index()
+        )
+        if len(per_case)
+        else pd.DataFrame(columns=[*keys, *metrics, "n"])
+    )
+    write_parquet(
+        per_step,
+        args.per_step,
+        {"protocol": __doc__.split("\n\n")[0], "methods": reasons, "cases": per_case.to_dict("records")},
+    )
     write_csv(table, args.out)
-    curve = per_step.groupby(["method", "step"], sort=False)["dsc"].agg(
-        mean_dsc="mean", q25=lambda v: v.quantile(0.25), q75=lambda v: v.quantile(0.75)).reset_index()
-    plots.lines(curve, "step", "mean_dsc", args.png,
-                "Interactive protocol: box (step 0), then corrective clicks", "step (0 = box)",
-                "DSC (mean, interquartile band)", group="method", low="q25", high="q75")
+    curve = (
+        per_step.groupby(["method", "step"], sort=False)["dsc"]
+        .agg(mean_dsc="mean", q25=lambda v: v.quantile(0.25), q75=lambda v: v.quantile(0.75))
+        .reset_index()
+    )
+    plots.lines(
+        curve,
+        "step",
+        "mean_dsc",
+        args.png,
+        "Interactive protocol: box (step 0), then corrective clicks",
+        "step (0 = box)",
+        "DSC (mean, interquartile band)",
+        group="method",
+        low="q25",
+        high="q75",
+    )
     return 0

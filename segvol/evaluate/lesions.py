@@ -62,8 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("segvol.evaluate")
 
 CONNECTIVITY = 3  # skimage's neighbourhood order: 3 = 26-connected in 3-D
-COUNT_FIELDS = ("reference", "predicted", "detected", "missed", "true_positives", "false_positives",
-                "split", "merged")
+COUNT_FIELDS = ("reference", "predicted", "detected", "missed", "true_positives", "false_positives", "split", "merged")
 # Category names that are lesions (Table 2's lesion rows, Table 7's rows): tumours, cancers, nodules, cysts,
 # metastases.
 LESION = re.compile(r"tumou?r|lesion|cancer|nodule|cyst|metasta|neoplasm|carcinoma", re.IGNORECASE)
@@ -146,8 +145,7 @@ def lesion_counts(prediction: np.ndarray, truth: np.ndarray, min_iou: float = 0.
     truth_labels, n_truth = components(truth[window])
     prediction_labels, n_prediction = components(prediction[window])
     if n_truth == 0 or n_prediction == 0:
-        return LesionCounts(reference=n_truth, predicted=n_prediction, missed=n_truth,
-                            false_positives=n_prediction)
+        return LesionCounts(reference=n_truth, predicted=n_prediction, missed=n_truth, false_positives=n_prediction)
 
     truth_sizes = np.bincount(truth_labels.ravel(), minlength=n_truth + 1)[1:]
     prediction_sizes = np.bincount(prediction_labels.ravel(), minlength=n_prediction + 1)[1:]
@@ -177,9 +175,12 @@ def lesion_counts(prediction: np.ndarray, truth: np.ndarray, min_iou: float = 0.
     detected = int(hit[truth_cluster].sum())
     true_positives = int(hit[prediction_cluster].sum())
     return LesionCounts(
-        reference=n_truth, predicted=n_prediction,
-        detected=detected, missed=n_truth - detected,
-        true_positives=true_positives, false_positives=n_prediction - true_positives,
+        reference=n_truth,
+        predicted=n_prediction,
+        detected=detected,
+        missed=n_truth - detected,
+        true_positives=true_positives,
+        false_positives=n_prediction - true_positives,
         split=int((hit & (prediction_per_cluster > 1)).sum()),
         merged=int((hit & (truth_per_cluster > 1)).sum()),
     )
@@ -234,9 +235,15 @@ def lesion_table(per_case: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame
                 if len(mine):
                     total = mine[list(LESION_COLUMNS)].sum()
                     counts = LesionCounts(**{name: int(total[f"lesion_{name}"]) for name in COUNT_FIELDS})
-                    rows.append({"dataset": dataset, "category": category, "method": method,
-                                 "cases": mine["case"].nunique(),
-                                 **counts.row(prefix="")})
+                    rows.append(
+                        {
+                            "dataset": dataset,
+                            "category": category,
+                            "method": method,
+                            "cases": mine["case"].nunique(),
+                            **counts.row(prefix=""),
+                        }
+                    )
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
 
@@ -250,9 +257,12 @@ def write_lesion_table(per_case: pd.DataFrame, methods: Sequence[str], path) -> 
         rows = per_case[per_case["category"].map(is_lesion) & per_case["method"].isin(list(methods))]
         uncounted = len(rows) if not _has_counts(per_case) else int(rows[LESION_COLUMNS[0]].isna().sum())
     if uncounted:
-        log.warning("%d per-case rows of lesion categories have no lesion-wise counts (written by a"
-                    " `segvol evaluate cases` before it counted lesions) and are not in %s; rerun it for them",
-                    uncounted, path)
+        log.warning(
+            "%d per-case rows of lesion categories have no lesion-wise counts (written by a"
+            " `segvol evaluate cases` before it counted lesions) and are not in %s; rerun it for them",
+            uncounted,
+            path,
+        )
     write_csv(table, path)
     return table
 

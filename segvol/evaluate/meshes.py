@@ -92,8 +92,9 @@ def shaded(colour: str, triangles: np.ndarray) -> np.ndarray:
     return np.concatenate([rgb, np.ones((len(rgb), 1))], axis=1)
 
 
-def draw(panels: dict[str, dict[str, np.ndarray]], colours: dict[str, str], labels: dict[str, str], path,
-         title: str) -> None:
+def draw(
+    panels: dict[str, dict[str, np.ndarray]], colours: dict[str, str], labels: dict[str, str], path, title: str
+) -> None:
     """One 3-D panel per entry of `panels` (title -> category -> RAS+ triangles), same view and limits."""
     from matplotlib.patches import Patch
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
@@ -159,27 +160,47 @@ def run(args, settings) -> int:
             raise ValueError(f"{store.path}/{case.case}: no 'affine' attribute; run `segvol normalize` again")
         affine = np.asarray(attrs["affine"], dtype=np.float64)
         truths = {name: case.labels[k] for k, name in enumerate(case.categories) if case.labels[k].any()}
-        method = SegVolMethod(load_segvol(args.checkpoint, device=args.device), prompt=settings["prompt"],
-                              mode="zoom", overlap=settings["overlap"])
-        prompts = [prompt_from_truth(method.prompt, name, truth,
-                                     np.random.default_rng(category_seed(args.seed, case.case, name)))
-                   for name, truth in truths.items()]
+        method = SegVolMethod(
+            load_segvol(args.checkpoint, device=args.device),
+            prompt=settings["prompt"],
+            mode="zoom",
+            overlap=settings["overlap"],
+        )
+        prompts = [
+            prompt_from_truth(
+                method.prompt, name, truth, np.random.default_rng(category_seed(args.seed, case.case, name))
+            )
+            for name, truth in truths.items()
+        ]
         predicted = dict(zip(truths, method.predict_many(case.image, case.spacing, prompts)))
         folder = temporary / f"{case.dataset}_{case.case}"
-        files = {"truth": surface_files(truths, affine, folder / "truth"),
-                 "segvol": surface_files(predicted, affine, folder / "segvol")}
+        files = {
+            "truth": surface_files(truths, affine, folder / "truth"),
+            "segvol": surface_files(predicted, affine, folder / "segvol"),
+        }
         surfaces = {kind: read_surfaces(paths) for kind, paths in files.items()}
-        panels = {"ground truth": surfaces["truth"],
-                  f"SegVol ({method.prompt}, zoom-out-zoom-in)": surfaces["segvol"]}
+        panels = {"ground truth": surfaces["truth"], f"SegVol ({method.prompt}, zoom-out-zoom-in)": surfaces["segvol"]}
         colours = {name: PALETTE[k % len(PALETTE)] for k, name in enumerate(truths)}
         labels = {}
         for name in truths:
             score = dice(predicted[name], truths[name])
             labels[name] = f"{name}: Dice {score:.2f}" if predicted[name].any() else f"{name}: nothing segmented"
-            log.info("%s %s %s: Dice %.3f, %d triangles (ground truth %d)", case.dataset, case.case, name, score,
-                     len(surfaces["segvol"].get(name, ())), len(surfaces["truth"][name]))
-        draw(panels, colours, labels, args.png,
-             f"{TITLE}: {case.dataset} {case.case}\nSTL files in LPS mm as 3D Slicer reads them;"
-             " front view, the patient's right on the left")
+            log.info(
+                "%s %s %s: Dice %.3f, %d triangles (ground truth %d)",
+                case.dataset,
+                case.case,
+                name,
+                score,
+                len(surfaces["segvol"].get(name, ())),
+                len(surfaces["truth"][name]),
+            )
+        draw(
+            panels,
+            colours,
+            labels,
+            args.png,
+            f"{TITLE}: {case.dataset} {case.case}\nSTL files in LPS mm as 3D Slicer reads them;"
+            " front view, the patient's right on the left",
+        )
     log.info("wrote %s and %s", args.png, out_dir)
     return 0

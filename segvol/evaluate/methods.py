@@ -36,8 +36,7 @@ class Method:
 class SegVolMethod(Method):
     """SegVol through `segvol.infer.segment` (mode "zoom" = zoom-out-zoom-in, "resize", "window")."""
 
-    def __init__(self, model, prompt: str = "box+text", mode: str = "zoom", name: str = "SegVol",
-                 overlap: float = 0.5):
+    def __init__(self, model, prompt: str = "box+text", mode: str = "zoom", name: str = "SegVol", overlap: float = 0.5):
         self.model = model
         self.prompt = prompt
         self.mode = mode

@@ -11,7 +11,7 @@ NSD follows the same rule (MONAI returns NaN for two empty masks and 0 when one 
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -68,6 +68,7 @@ def normalized_surface_dice(
     # Only the masks' bounding box (plus one voxel, so that edges and distances inside it are those of
     # the whole volume) reaches MONAI: same value, a fraction of the memory of whole-volume one-hots.
     prediction, truth = _crop_to_union(prediction, truth, margin=1)
+
     # MONAI wants one-hot batches (B, C, ...); channel 0 is a background it is told to ignore.
     def one_hot(mask: np.ndarray) -> torch.Tensor:
         foreground = torch.from_numpy(mask)

@@ -20,8 +20,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="summary CSV")
     parser.add_argument("--per-case", required=True, help="tidy per-case parquet")
     parser.add_argument("--png", required=True)
-    parser.add_argument("--stand-in", action="store_true",
-                        help="the stores are CT: score them as CT and through the MR-like intensity map")
+    parser.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="the stores are CT: score them as CT and through the MR-like intensity map",
+    )
     parser.add_argument("--split", default="all", choices=["all", "test"], help="cases of each store")
     evaluation_flags(parser)
 
@@ -48,20 +51,40 @@ def run(args, settings) -> int:
 
     model = load_segvol(args.checkpoint, device=args.device)
     method = SegVolMethod(model, prompt=settings["prompt"], mode="zoom", overlap=settings["overlap"])
-    variants = ([("CT", None), ("MR-like stand-in", lambda c: replace(c, image=mr_like(c.image)))]
-                if args.stand_in else [("MR", None)])
+    variants = (
+        [("CT", None), ("MR-like stand-in", lambda c: replace(c, image=mr_like(c.image)))]
+        if args.stand_in
+        else [("MR", None)]
+    )
     frames = []
     for store in args.zarr:
         for variant, transform in variants:
-            rows, _ = score_store(store, [method], seed=args.seed, split=args.split, limit=settings.get("max_cases"),
-                                  tolerance_mm=settings["nsd_tolerance_mm"], transform=transform)
+            rows, _ = score_store(
+                store,
+                [method],
+                seed=args.seed,
+                split=args.split,
+                limit=settings.get("max_cases"),
+                tolerance_mm=settings["nsd_tolerance_mm"],
+                transform=transform,
+            )
             frames.append(rows.assign(modality=variant))
     per_case = pd.concat(frames, ignore_index=True)
-    summary = (per_case.groupby(["category", "modality"], sort=False)["dice"]
-               .agg(median_dice="median", mean_dice="mean", scores="count").reset_index())
+    summary = (
+        per_case.groupby(["category", "modality"], sort=False)["dice"]
+        .agg(median_dice="median", mean_dice="mean", scores="count")
+        .reset_index()
+    )
     write_parquet(per_case, args.per_case, {"stand_in": bool(args.stand_in)})
     write_csv(summary, args.out)
-    plots.grouped_bars(summary, "category", "modality", "median_dice", args.png,
-                       "MRI generalization" + (" (demo: MR-like intensity stand-in)" if args.stand_in else ""),
-                       "median Dice", palette={"CT": "#c0392b", "MR-like stand-in": "#2980b9", "MR": "#2980b9"})
+    plots.grouped_bars(
+        summary,
+        "category",
+        "modality",
+        "median_dice",
+        args.png,
+        "MRI generalization" + (" (demo: MR-like intensity stand-in)" if args.stand_in else ""),
+        "median Dice",
+        palette={"CT": "#c0392b", "MR-like stand-in": "#2980b9", "MR": "#2980b9"},
+    )
     return 0

@@ -70,8 +70,9 @@ def store_identities(path: str | Path, split: str = "all") -> list[CaseIdentity]
     return [identity(name, case, read_case(root, case, path).image) for case in select_cases(root, split)]
 
 
-def audit(external: Sequence[CaseIdentity], training: Sequence[CaseIdentity],
-          threshold: float = NEAR_DUPLICATE_CORRELATION):
+def audit(
+    external: Sequence[CaseIdentity], training: Sequence[CaseIdentity], threshold: float = NEAR_DUPLICATE_CORRELATION
+):
     """Every flagged (external, training) pair as a DataFrame, identical pairs first."""
     import pandas as pd
 
@@ -81,8 +82,16 @@ def audit(external: Sequence[CaseIdentity], training: Sequence[CaseIdentity],
         correlation = np.stack([c.fingerprint for c in external]) @ np.stack([c.fingerprint for c in training]).T
         for i, j in zip(*np.nonzero(correlation >= threshold)):
             kind = "identical" if external[i].sha256 == training[j].sha256 else "near-duplicate"
-            rows.append((external[i].dataset, external[i].case, training[j].dataset, training[j].case, kind,
-                         float(correlation[i, j])))
+            rows.append(
+                (
+                    external[i].dataset,
+                    external[i].case,
+                    training[j].dataset,
+                    training[j].case,
+                    kind,
+                    float(correlation[i, j]),
+                )
+            )
         hashes = {}
         for item in training:
             hashes.setdefault(item.sha256, []).append(item)
@@ -97,8 +106,12 @@ def audit(external: Sequence[CaseIdentity], training: Sequence[CaseIdentity],
     return frame.drop(columns="_order").reset_index(drop=True)
 
 
-def run_audit(external_stores: Iterable[str], training_stores: Iterable[str], out: str | Path,
-              threshold: float = NEAR_DUPLICATE_CORRELATION) -> int:
+def run_audit(
+    external_stores: Iterable[str],
+    training_stores: Iterable[str],
+    out: str | Path,
+    threshold: float = NEAR_DUPLICATE_CORRELATION,
+) -> int:
     """Audit the stores and write the table; a byte-identical pair is an error (nothing written)."""
     from segvol.evaluate.tables import write_csv
 
@@ -112,13 +125,24 @@ def run_audit(external_stores: Iterable[str], training_stores: Iterable[str], ou
         raise ValueError(
             f"{len(identical)} external test case(s) are also training cases, e.g. "
             f"{first.external_dataset}/{first.external_case} = {first.train_dataset}/{first.train_case}; "
-            "remove them from one side before scoring Table 2")
+            "remove them from one side before scoring Table 2"
+        )
     for row in table.itertuples():
-        log.warning("near-duplicate: %s/%s ~ %s/%s (correlation %.4f)", row.external_dataset, row.external_case,
-                    row.train_dataset, row.train_case, row.correlation)
+        log.warning(
+            "near-duplicate: %s/%s ~ %s/%s (correlation %.4f)",
+            row.external_dataset,
+            row.external_case,
+            row.train_dataset,
+            row.train_case,
+            row.correlation,
+        )
     write_csv(table, out)
-    log.info("overlap audit: %d external and %d training cases, %d near-duplicate pair(s)",
-             len(external), len(training), len(table))
+    log.info(
+        "overlap audit: %d external and %d training cases, %d near-duplicate pair(s)",
+        len(external),
+        len(training),
+        len(table),
+    )
     return 0
 
 
@@ -128,8 +152,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--external", nargs="+", required=True, help="external test-set stores (all cases)")
     parser.add_argument("--train", nargs="*", default=[], help="training stores (their train split)")
     parser.add_argument("--out", required=True, help="CSV of flagged pairs (identical pairs make it an error)")
-    parser.add_argument("--threshold", type=float, default=0.99,
-                        help="fingerprint correlation above which a pair is a near-duplicate (default 0.99)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.99,
+        help="fingerprint correlation above which a pair is a near-duplicate (default 0.99)",
+    )
     evaluation_flags(parser, model=False)
 
 

@@ -14,7 +14,7 @@ normalization of the paper's Sec. 3.1 maps the 0.5-99.5 % HU range of the body o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,8 +35,15 @@ def pick_cases(per_case, method: str = "SegVol"):
             if index in seen:
                 continue
             seen.add(index)
-            rows.append({"dataset": dataset, "category": category, "rank": rank,
-                         "case": ordered.loc[index, "case"], "dice": float(ordered.loc[index, "dice"])})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "category": category,
+                    "rank": rank,
+                    "case": ordered.loc[index, "case"],
+                    "dice": float(ordered.loc[index, "dice"]),
+                }
+            )
     return pd.DataFrame(rows, columns=["dataset", "category", "rank", "case", "dice"])
 
 
@@ -58,8 +65,12 @@ def draw_row(axes, image, truth, masks: dict, colours: dict, spacing) -> None:
     """One row of three views: image, ground-truth outline, each method's outline."""
     at = centre(truth)
     aspects = [spacing[1] / spacing[2], spacing[0] / spacing[2], spacing[0] / spacing[1]]
-    views = zip(orthogonal_slices(image, at), orthogonal_slices(truth, at),
-                *[orthogonal_slices(m, at) for m in masks.values()], aspects)
+    views = zip(
+        orthogonal_slices(image, at),
+        orthogonal_slices(truth, at),
+        *[orthogonal_slices(m, at) for m in masks.values()],
+        aspects,
+    )
     for axis, (picture, gt, *predictions, aspect) in zip(axes, views):
         axis.imshow(picture, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
         if gt.any():
@@ -133,11 +144,12 @@ def figure4(image, spacing, point, masks: dict, truths: dict, path, title: str) 
     plt = plots.pyplot()
     figure, axes = plt.subplots(1, len(masks), figsize=(3.2 * len(masks), 3.6), squeeze=False)
     d, h, w = (int(v) for v in point)
-    for index, (axis, (label, mask)) in enumerate(zip(axes[0], masks.items())):
+    for axis, (label, mask) in zip(axes[0], masks.items()):
         axis.imshow(image[d], cmap="gray", vmin=0, vmax=1, aspect=spacing[1] / spacing[2])
         if mask[d].any():
-            axis.imshow(np.ma.masked_where(~mask[d], mask[d]), cmap="autumn", alpha=0.55,
-                        aspect=spacing[1] / spacing[2])
+            axis.imshow(
+                np.ma.masked_where(~mask[d], mask[d]), cmap="autumn", alpha=0.55, aspect=spacing[1] / spacing[2]
+            )
         truth = truths.get(label)
         if truth is not None and truth[d].any():
             axis.contour(truth[d].astype(float), levels=[0.5], colors="white", linewidths=1.0)
@@ -145,7 +157,6 @@ def figure4(image, spacing, point, masks: dict, truths: dict, path, title: str) 
         axis.set_title(label, fontsize=11)
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(f"{title}\n{WINDOW_NOTE}; star: the point, white: ground truth of the text's category",
-                    fontsize=10)
+    figure.suptitle(f"{title}\n{WINDOW_NOTE}; star: the point, white: ground truth of the text's category", fontsize=10)
     figure.tight_layout()
     plots.save(figure, path)

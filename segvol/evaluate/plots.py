@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -17,7 +17,11 @@ METHOD_COLOURS = {
     "SAM-Med3D": "#8e44ad",
 }
 PROMPT_COLOURS = {
-    "text": "#f39c12", "point": "#16a085", "box": "#2c3e50", "point+text": "#8e44ad", "box+text": "#c0392b",
+    "text": "#f39c12",
+    "point": "#16a085",
+    "box": "#2c3e50",
+    "point+text": "#8e44ad",
+    "box+text": "#c0392b",
 }
 FALLBACK = ["#e67e22", "#1abc9c", "#9b59b6", "#95a5a6", "#d35400", "#2ecc71"]
 
@@ -33,8 +37,17 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10,
-                         "xtick.labelsize": 10, "ytick.labelsize": 10, "figure.dpi": 110})
+    plt.rcParams.update(
+        {
+            "font.size": 12,
+            "axes.titlesize": 13,
+            "axes.labelsize": 12,
+            "legend.fontsize": 10,
+            "xtick.labelsize": 10,
+            "ytick.labelsize": 10,
+            "figure.dpi": 110,
+        }
+    )
     return plt
 
 
@@ -87,8 +100,7 @@ def violins(per_case, methods: Sequence[str], path, title: str) -> None:
                 for line in ("cbars", "cmins", "cmaxes", "cmedians"):
                     parts[line].set_color("black")
                     parts[line].set_linewidth(1.6 if line == "cmedians" else 0.8)
-            axis.scatter(np.full(len(values), position), values, s=10, color=colour(method, index=position),
-                         zorder=3)
+            axis.scatter(np.full(len(values), position), values, s=10, color=colour(method, index=position), zorder=3)
         axis.set_xticks(range(len(methods)))
         axis.set_xlim(-0.6, len(methods) - 0.4)
         axis.set_xticklabels(methods, rotation=30, ha="right")
@@ -97,29 +109,52 @@ def violins(per_case, methods: Sequence[str], path, title: str) -> None:
         axis.grid(axis="y", alpha=0.3)
     for axis in axes[:, 0]:
         axis.set_ylabel("Dice per case")
-    for axis in list(axes.flat)[len(tasks):]:
+    for axis in list(axes.flat)[len(tasks) :]:
         axis.axis("off")
     figure.suptitle(title)
     figure.tight_layout()
     save(figure, path)
 
 
-def lines(summary, x: str, y: str, path, title: str, xlabel: str, ylabel: str, group: str | None = None,
-          low: str | None = None, high: str | None = None, label: str | None = None) -> None:
+def lines(
+    summary,
+    x: str,
+    y: str,
+    path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    group: str | None = None,
+    low: str | None = None,
+    high: str | None = None,
+    label: str | None = None,
+) -> None:
     """Fig 3a: a metric over an ordered x (e.g. number of training datasets)."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     groups = [(None, summary)] if group is None else list(summary.groupby(group, sort=False))
     for index, (name, block) in enumerate(groups):
-        axis.plot(block[x], block[y], marker="o", lw=2, color=FALLBACK[index % len(FALLBACK)] if name else "#c0392b",
-                  label=name)
+        axis.plot(
+            block[x],
+            block[y],
+            marker="o",
+            lw=2,
+            color=FALLBACK[index % len(FALLBACK)] if name else "#c0392b",
+            label=name,
+        )
         if low and high:
-            axis.fill_between(block[x], block[low], block[high], alpha=0.15,
-                              color=FALLBACK[index % len(FALLBACK)] if name else "#c0392b")
+            axis.fill_between(
+                block[x],
+                block[low],
+                block[high],
+                alpha=0.15,
+                color=FALLBACK[index % len(FALLBACK)] if name else "#c0392b",
+            )
     if label:
         for _, row in summary.iterrows():
-            axis.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(0, 8),
-                          ha="center", fontsize=10)
+            axis.annotate(
+                str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=10
+            )
     from matplotlib.ticker import MaxNLocator
 
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -133,9 +168,18 @@ def lines(summary, x: str, y: str, path, title: str, xlabel: str, ylabel: str, g
     save(figure, path)
 
 
-def grouped_bars(summary, category: str, series: str, value: str, path, title: str, ylabel: str,
-                 palette: dict | None = None, series_order: Sequence[str] | None = None,
-                 error: str | None = None) -> None:
+def grouped_bars(
+    summary,
+    category: str,
+    series: str,
+    value: str,
+    path,
+    title: str,
+    ylabel: str,
+    palette: dict | None = None,
+    series_order: Sequence[str] | None = None,
+    error: str | None = None,
+) -> None:
     """Fig 3b / rotation / MRI: bars per category, one colour per series."""
     plt = pyplot()
     categories = list(dict.fromkeys(summary[category]))
@@ -147,8 +191,15 @@ def grouped_bars(summary, category: str, series: str, value: str, path, title: s
     for index, name in enumerate(order):
         block = summary[summary[series] == name].set_index(category).reindex(categories)
         offsets = np.arange(len(categories)) + (index - (len(order) - 1) / 2) * width
-        axis.bar(offsets, block[value], width, label=name, color=colour(name, palette or {}, index),
-                 yerr=None if error is None else block[error], capsize=2)
+        axis.bar(
+            offsets,
+            block[value],
+            width,
+            label=name,
+            color=colour(name, palette or {}, index),
+            yerr=None if error is None else block[error],
+            capsize=2,
+        )
     axis.set_xticks(range(len(categories)))
     axis.set_xticklabels(categories, rotation=30, ha="right")
     axis.set_ylabel(ylabel)
@@ -175,12 +226,15 @@ def identification_bars(examples, path, title: str, top: int = 5) -> None:
         axis.barh(names, [p for _, p in ranked], color=colours)
         axis.set_xlim(0, 1)
         axis.set_xlabel("probability")
-        rank = sorted(example["probabilities"], key=lambda n: -example["probabilities"][n]).index(example["category"]) \
-            if example["category"] in example["probabilities"] else None
+        rank = (
+            sorted(example["probabilities"], key=lambda n: -example["probabilities"][n]).index(example["category"])
+            if example["category"] in example["probabilities"]
+            else None
+        )
         note = "" if rank is None or rank < top else f" (truth ranked {rank + 1})"
         where = f"{example['dataset']}/{example['case']}" if "dataset" in example else example["case"]
         axis.set_title(f"{where}: {example['category']}{note}", fontsize=11)
-    for axis in list(axes.flat)[len(examples):]:
+    for axis in list(axes.flat)[len(examples) :]:
         axis.axis("off")
     figure.suptitle(title)
     figure.tight_layout()

@@ -21,8 +21,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="summary CSV")
     parser.add_argument("--per-case", required=True, help="tidy per-case parquet")
     parser.add_argument("--png", required=True)
-    parser.add_argument("--equivariant", default=None, metavar="ADAPTER",
-                        help="also score SegVol with this equivariant-embedding adapter (segvol finetune-equivariant)")
+    parser.add_argument(
+        "--equivariant",
+        default=None,
+        metavar="ADAPTER",
+        help="also score SegVol with this equivariant-embedding adapter (segvol finetune-equivariant)",
+    )
     parser.add_argument("--split", default="all", choices=["all", "test"], help="cases of each store")
     evaluation_flags(parser)
 
@@ -40,8 +44,9 @@ def rotate_case(case, degrees_z: float, degrees_x: float, degrees_y: float):
     for angle, axes in ((degrees_z, (1, 2)), (degrees_x, (0, 1)), (degrees_y, (0, 2))):
         if angle:
             image = ndimage.rotate(image, angle, axes=axes, reshape=False, order=1, mode="constant", cval=0.0)
-            labels = ndimage.rotate(labels, angle, axes=(axes[0] + 1, axes[1] + 1), reshape=False, order=0,
-                                    mode="constant", cval=0)
+            labels = ndimage.rotate(
+                labels, angle, axes=(axes[0] + 1, axes[1] + 1), reshape=False, order=0, mode="constant", cval=0
+            )
     return replace(case, image=np.clip(image, 0, 1).astype(np.float32), labels=labels > 0)
 
 
@@ -53,8 +58,9 @@ def rotation_effect(per_case, seed: int):
     from segvol.evaluate.methods import EQUIVARIANT
     from segvol.evaluate.statistics import median_interval, paired_wilcoxon
 
-    wide = per_case.pivot_table(index=["dataset", "case", "category", "variant"], columns="method",
-                                values="dice", aggfunc="first").reset_index()
+    wide = per_case.pivot_table(
+        index=["dataset", "case", "category", "variant"], columns="method", values="dice", aggfunc="first"
+    ).reset_index()
     rows = []
     for category, group in [*wide.groupby("category", sort=True), ("all", wide)]:
         row = {"category": category}
@@ -63,9 +69,15 @@ def rotation_effect(per_case, seed: int):
             ours, theirs = block[EQUIVARIANT].to_numpy(float), block["SegVol"].to_numpy(float)
             interval = median_interval(ours - theirs, seed=seed)
             test = paired_wilcoxon(ours, theirs)
-            row.update({f"{variant}_difference": interval.median, f"{variant}_ci_low": interval.low,
-                        f"{variant}_ci_high": interval.high, f"{variant}_p_value": test.p_value,
-                        f"{variant}_pairs": test.n})
+            row.update(
+                {
+                    f"{variant}_difference": interval.median,
+                    f"{variant}_ci_low": interval.low,
+                    f"{variant}_ci_high": interval.high,
+                    f"{variant}_p_value": test.p_value,
+                    f"{variant}_pairs": test.n,
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -90,18 +102,39 @@ def run(args, settings) -> int:
     from segvol.evaluate.tables import write_csv
 
     angles = settings["rotation_degrees"]
-    methods = [SegVolMethod(load_segvol(args.checkpoint, device=args.device), prompt=settings["prompt"], mode="zoom",
-                            overlap=settings["overlap"])]
+    methods = [
+        SegVolMethod(
+            load_segvol(args.checkpoint, device=args.device),
+            prompt=settings["prompt"],
+            mode="zoom",
+            overlap=settings["overlap"],
+        )
+    ]
     if args.equivariant:
-        methods.append(SegVolMethod(load_segvol_with_adapter(args.checkpoint, args.equivariant, device=args.device),
-                                    prompt=settings["prompt"], mode="zoom", name=EQUIVARIANT,
-                                    overlap=settings["overlap"]))
+        methods.append(
+            SegVolMethod(
+                load_segvol_with_adapter(args.checkpoint, args.equivariant, device=args.device),
+                prompt=settings["prompt"],
+                mode="zoom",
+                name=EQUIVARIANT,
+                overlap=settings["overlap"],
+            )
+        )
     frames = []
     for store in args.zarr:
-        for variant, transform in (("original", None),
-                                   ("rotated", lambda c: rotate_case(c, angles["z"], angles["x"], angles["y"]))):
-            rows, _ = score_store(store, methods, seed=args.seed, split=args.split, limit=settings.get("max_cases"),
-                                  tolerance_mm=settings["nsd_tolerance_mm"], transform=transform)
+        for variant, transform in (
+            ("original", None),
+            ("rotated", lambda c: rotate_case(c, angles["z"], angles["x"], angles["y"])),
+        ):
+            rows, _ = score_store(
+                store,
+                methods,
+                seed=args.seed,
+                split=args.split,
+                limit=settings.get("max_cases"),
+                tolerance_mm=settings["nsd_tolerance_mm"],
+                transform=transform,
+            )
             frames.append(rows.assign(variant=variant))
     per_case = pd.concat(frames, ignore_index=True)
     medians = per_case.groupby(["method", "category", "variant"])["dice"].median().unstack("variant")
@@ -114,26 +147,53 @@ def run(args, settings) -> int:
         ours = medians.loc[EQUIVARIANT].add_prefix("equivariant_").reset_index()
         summary = summary.merge(ours, on="category", how="outer")
         pooled = per_case.groupby(["method", "variant"])["dice"].median()
-        summary = pd.concat([summary, pd.DataFrame([{
-            "category": "all", "original": pooled["SegVol", "original"], "rotated": pooled["SegVol", "rotated"],
-            "equivariant_original": pooled[EQUIVARIANT, "original"],
-            "equivariant_rotated": pooled[EQUIVARIANT, "rotated"]}])], ignore_index=True)
+        summary = pd.concat(
+            [
+                summary,
+                pd.DataFrame(
+                    [
+                        {
+                            "category": "all",
+                            "original": pooled["SegVol", "original"],
+                            "rotated": pooled["SegVol", "rotated"],
+                            "equivariant_original": pooled[EQUIVARIANT, "original"],
+                            "equivariant_rotated": pooled[EQUIVARIANT, "rotated"],
+                        }
+                    ]
+                ),
+            ],
+            ignore_index=True,
+        )
         summary["dice_drop"] = summary["original"] - summary["rotated"]
         summary["equivariant_dice_drop"] = summary["equivariant_original"] - summary["equivariant_rotated"]
         summary = summary.merge(rotation_effect(per_case, args.seed), on="category", how="left")
         total = summary.set_index("category").loc["all"]
-        title += (f"\nequivariant embedding {effect_verdict(total.rotated_ci_low, total.rotated_ci_high)}"
-                  f" on rotated cases: median dDice {total.rotated_difference:+.3f}"
-                  f" (95% CI {total.rotated_ci_low:+.3f} to {total.rotated_ci_high:+.3f},"
-                  f" p={total.rotated_p_value:.2g}, n={int(total.rotated_pairs)});"
-                  f" unrotated {total.original_difference:+.3f}")
+        title += (
+            f"\nequivariant embedding {effect_verdict(total.rotated_ci_low, total.rotated_ci_high)}"
+            f" on rotated cases: median dDice {total.rotated_difference:+.3f}"
+            f" (95% CI {total.rotated_ci_low:+.3f} to {total.rotated_ci_high:+.3f},"
+            f" p={total.rotated_p_value:.2g}, n={int(total.rotated_pairs)});"
+            f" unrotated {total.original_difference:+.3f}"
+        )
         series.update({"equivariant_original": "equivariant", "equivariant_rotated": "equivariant"})
     write_parquet(per_case, args.per_case, {"rotation_degrees": angles})
     write_csv(summary, args.out)
     bars = summary[summary["category"] != "all"]
     long = bars.melt(id_vars="category", value_vars=list(series), var_name="variant", value_name="median_dice")
     long["variant"] = long["variant"].map(lambda v: f"{series[v]}, {v.removeprefix('equivariant_')}")
-    plots.grouped_bars(long, "category", "variant", "median_dice", args.png, title, "median Dice",
-                       palette={"SegVol, original": "#c0392b", "SegVol, rotated": "#2c3e50",
-                                "equivariant, original": "#e67e22", "equivariant, rotated": "#2980b9"})
+    plots.grouped_bars(
+        long,
+        "category",
+        "variant",
+        "median_dice",
+        args.png,
+        title,
+        "median Dice",
+        palette={
+            "SegVol, original": "#c0392b",
+            "SegVol, rotated": "#2c3e50",
+            "equivariant, original": "#e67e22",
+            "equivariant, rotated": "#2980b9",
+        },
+    )
     return 0

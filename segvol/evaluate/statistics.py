@@ -43,8 +43,15 @@ def median_interval(values, seed: int = 0, confidence: float = CONFIDENCE, resam
     median = float(np.median(values))
     if n < 2 or np.all(values == values[0]):
         return Interval(median, math.nan if n < 2 else median, math.nan if n < 2 else median, n)
-    result = bootstrap((values,), np.median, confidence_level=confidence, n_resamples=resamples,
-                       method="percentile", random_state=np.random.default_rng(seed), vectorized=True)
+    result = bootstrap(
+        (values,),
+        np.median,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+        vectorized=True,
+    )
     return Interval(median, float(result.confidence_interval.low), float(result.confidence_interval.high), n)
 
 

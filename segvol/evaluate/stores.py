@@ -3,9 +3,9 @@ through the checked read path of `segvol.io.store` (a corrupt chunk is an error,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

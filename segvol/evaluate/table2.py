@@ -25,9 +25,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="table CSV")
     parser.add_argument("--per-case", required=True, help="all per-case rows, one parquet")
     parser.add_argument("--methods", required=True, help="JSON sidecar: per column ran/not run and why, means")
-    parser.add_argument("--lesions", default=None,
-                        help="CSV of the lesion rows, lesion-wise: detected/missed lesions, false positives,"
-                        " sensitivity, precision, F1 per method (segvol.evaluate.lesions); not written when omitted")
+    parser.add_argument(
+        "--lesions",
+        default=None,
+        help="CSV of the lesion rows, lesion-wise: detected/missed lesions, false positives,"
+        " sensitivity, precision, F1 per method (segvol.evaluate.lesions); not written when omitted",
+    )
     evaluation_flags(parser, model=False)
 
 
@@ -50,10 +53,11 @@ def run(args, settings) -> int:
         "columns": {c: reasons.get(c, {"-": "not run: not evaluated"}) for c in columns},
         "skipped": skipped,
         "aggregation": "cell = median Dice over cases; Average = mean of the dataset's category medians;"
-                       " both-empty masks are skipped (NaN), see segvol.evaluate.metrics",
+        " both-empty masks are skipped (NaN), see segvol.evaluate.metrics",
         "means": summarize(per_case, ["dataset", "category", "method"]).to_dict("records") if len(per_case) else [],
         "nsd_medians": summarize(per_case, ["dataset", "category", "method"], "nsd").to_dict("records")
-        if len(per_case) else [],
+        if len(per_case)
+        else [],
     }
     write_parquet(per_case, args.per_case)
     write_json(sidecar, args.methods)

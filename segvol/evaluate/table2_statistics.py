@@ -40,17 +40,30 @@ def table2_statistics(per_case: pd.DataFrame, reference: str = "SegVol", seed: i
     keys = ["dataset", "category", "method"]
     for (dataset, category, method), block in per_case.groupby(keys, sort=False):
         interval = median_interval(block["dice"].to_numpy(), seed=seed)
-        row = {"dataset": dataset, "category": category, "method": method, "median": interval.median,
-               "ci_low": interval.low, "ci_high": interval.high, "n": interval.n,
-               "median_difference": np.nan, "wilcoxon_p": np.nan, "n_pairs": 0}
+        row = {
+            "dataset": dataset,
+            "category": category,
+            "method": method,
+            "median": interval.median,
+            "ci_low": interval.low,
+            "ci_high": interval.high,
+            "n": interval.n,
+            "median_difference": np.nan,
+            "wilcoxon_p": np.nan,
+            "n_pairs": 0,
+        }
         if method != reference:
             mine = block.set_index("case")["dice"]
-            theirs = per_case[(per_case["dataset"] == dataset) & (per_case["category"] == category)
-                              & (per_case["method"] == reference)].set_index("case")["dice"]
+            theirs = per_case[
+                (per_case["dataset"] == dataset)
+                & (per_case["category"] == category)
+                & (per_case["method"] == reference)
+            ].set_index("case")["dice"]
             common = mine.index.intersection(theirs.index)
             if len(common):
                 test = paired_wilcoxon(theirs.loc[common].to_numpy(), mine.loc[common].to_numpy())
                 row.update(median_difference=test.median_difference, wilcoxon_p=test.p_value, n_pairs=test.n)
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*keys, "median", "ci_low", "ci_high", "n", "median_difference",
-                                       "wilcoxon_p", "n_pairs"])
+    return pd.DataFrame(
+        rows, columns=[*keys, "median", "ci_low", "ci_high", "n", "median_difference", "wilcoxon_p", "n_pairs"]
+    )

@@ -33,12 +33,20 @@ def run(args, settings) -> int:
     from segvol.evaluate.tables import write_csv
 
     model = load_segvol(args.checkpoint, device=args.device)
-    methods = [SegVolMethod(model, prompt="box+text", mode=mode, name=f"SegVol {mode}", overlap=settings["overlap"])
-               for mode in ("resize", "window", "zoom")]
+    methods = [
+        SegVolMethod(model, prompt="box+text", mode=mode, name=f"SegVol {mode}", overlap=settings["overlap"])
+        for mode in ("resize", "window", "zoom")
+    ]
     frames = []
     for store in args.zarr:
-        rows, _ = score_store(store, methods, seed=args.seed, tolerance_mm=settings["nsd_tolerance_mm"],
-                              limit=args.limit or settings["max_cases"], progress=not args.quiet)
+        rows, _ = score_store(
+            store,
+            methods,
+            seed=args.seed,
+            tolerance_mm=settings["nsd_tolerance_mm"],
+            limit=args.limit or settings["max_cases"],
+            progress=not args.quiet,
+        )
         frames.append(rows)
     per_case = pd.concat(frames, ignore_index=True)
     table = table3(per_case)
@@ -68,17 +76,19 @@ def table3(per_case: pd.DataFrame) -> pd.DataFrame:
     for mode, block in per_case.groupby("mode"):
         per_case_time = block.drop_duplicates(["dataset", "case"])["case_seconds"]
         interval = median_interval(block["dice"].to_numpy())
-        rows.append({
-            "strategy": labels.get(mode, mode),
-            "mode": mode,
-            "median_dice": float(np.nanmedian(block["dice"])),
-            "ci_low": interval.low,
-            "ci_high": interval.high,
-            "mean_dice": float(np.nanmean(block["dice"])),
-            "median_ms_per_case": float(np.median(per_case_time) * 1000.0),
-            "cases": int(block[["dataset", "case"]].drop_duplicates().shape[0]),
-            "scores": int(block["dice"].notna().sum()),
-        })
+        rows.append(
+            {
+                "strategy": labels.get(mode, mode),
+                "mode": mode,
+                "median_dice": float(np.nanmedian(block["dice"])),
+                "ci_low": interval.low,
+                "ci_high": interval.high,
+                "mean_dice": float(np.nanmean(block["dice"])),
+                "median_ms_per_case": float(np.median(per_case_time) * 1000.0),
+                "cases": int(block[["dataset", "case"]].drop_duplicates().shape[0]),
+                "scores": int(block["dice"].notna().sum()),
+            }
+        )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -99,6 +109,8 @@ def zoom_claim(table: pd.DataFrame) -> str:
     zoom, window = row.loc["zoom", "median_dice"], row.loc["window", "median_dice"]
     cheaper = row.loc["zoom", "median_ms_per_case"] < row.loc["window", "median_ms_per_case"]
     holds = zoom > window
-    return (f"paper: zoom-out-zoom-in {PAPER_TABLE3['zoom']:.4f} > sliding window {PAPER_TABLE3['window']:.4f}; "
-            f"here: {zoom:.4f} {'>' if holds else '<='} {window:.4f} ({'holds' if holds else 'does not hold'}),"
-            f" {'cheaper' if cheaper else 'not cheaper'} per case")
+    return (
+        f"paper: zoom-out-zoom-in {PAPER_TABLE3['zoom']:.4f} > sliding window {PAPER_TABLE3['window']:.4f}; "
+        f"here: {zoom:.4f} {'>' if holds else '<='} {window:.4f} ({'holds' if holds else 'does not hold'}),"
+        f" {'cheaper' if cheaper else 'not cheaper'} per case"
+    )

@@ -21,8 +21,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--zarr", nargs="+", required=True)
     parser.add_argument("--out", required=True, help="summary CSV")
     parser.add_argument("--per-case", required=True, help="tidy per-case parquet")
-    parser.add_argument("--equivariant", default=None, metavar="ADAPTER",
-                        help="also score SegVol with this equivariant-embedding adapter (segvol finetune-equivariant)")
+    parser.add_argument(
+        "--equivariant",
+        default=None,
+        metavar="ADAPTER",
+        help="also score SegVol with this equivariant-embedding adapter (segvol finetune-equivariant)",
+    )
     parser.add_argument("--split", default="all", choices=["all", "test"], help="cases of each store")
     evaluation_flags(parser)
 
@@ -36,11 +40,24 @@ def run(args, settings) -> int:
     from segvol.evaluate.methods import EQUIVARIANT, SegVolMethod, load_segvol, load_segvol_with_adapter
     from segvol.evaluate.tables import write_csv
 
-    methods = [SegVolMethod(load_segvol(args.checkpoint, device=args.device), prompt="box+text", mode="zoom",
-                            overlap=settings["overlap"])]
+    methods = [
+        SegVolMethod(
+            load_segvol(args.checkpoint, device=args.device),
+            prompt="box+text",
+            mode="zoom",
+            overlap=settings["overlap"],
+        )
+    ]
     if args.equivariant:
-        methods.append(SegVolMethod(load_segvol_with_adapter(args.checkpoint, args.equivariant, device=args.device),
-                                    prompt="box+text", mode="zoom", name=EQUIVARIANT, overlap=settings["overlap"]))
+        methods.append(
+            SegVolMethod(
+                load_segvol_with_adapter(args.checkpoint, args.equivariant, device=args.device),
+                prompt="box+text",
+                mode="zoom",
+                name=EQUIVARIANT,
+                overlap=settings["overlap"],
+            )
+        )
     baselines, reasons = build_baselines(settings["methods"], settings["baseline_checkpoints"], device=args.device)
     for column, reason in reasons.items():
         log.info("%s: %s", column, reason)
@@ -66,24 +83,40 @@ def _complexity(method, args, settings):
     from segvol.evaluate.prompts import prompt_from_truth
     from segvol.evaluate.stores import iter_cases
 
-    frames = [score_store(store, [method], seed=args.seed, split=args.split, limit=settings.get("max_cases"),
-                          tolerance_mm=settings["nsd_tolerance_mm"])[0] for store in args.zarr]
+    frames = [
+        score_store(
+            store,
+            [method],
+            seed=args.seed,
+            split=args.split,
+            limit=settings.get("max_cases"),
+            tolerance_mm=settings["nsd_tolerance_mm"],
+        )[0]
+        for store in args.zarr
+    ]
     per_case = pd.concat(frames, ignore_index=True)
     case = next(iter_cases(args.zarr[0], split=args.split, limit=1))
-    prompts = [prompt_from_truth(method.prompt, category, truth, np.random.default_rng(0))
-               for category, truth in zip(case.categories, case.labels)]
+    prompts = [
+        prompt_from_truth(method.prompt, category, truth, np.random.default_rng(0))
+        for category, truth in zip(case.categories, case.labels)
+    ]
     prompts = [prompt for prompt in prompts if prompt is not None]
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         method.predict_many(case.image, case.spacing, prompts)
     parameters = list(method.model.parameters())
     seconds = per_case.drop_duplicates(["dataset", "case"])["case_seconds"]
     row = {
-        "method": method.name, "prompt": method.prompt, "parameters": sum(p.numel() for p in parameters),
+        "method": method.name,
+        "prompt": method.prompt,
+        "parameters": sum(p.numel() for p in parameters),
         "parameters_m": sum(p.numel() for p in parameters) / 1e6,
         "trainable_parameters_m": sum(p.numel() for p in parameters if p.requires_grad) / 1e6,
-        "gmacs_per_case": counter.get_total_flops() / 2e9, "macs_case": f"{case.dataset}/{case.case}",
-        "macs_categories": len(prompts), "seconds_per_case": float(np.median(seconds)),
-        "median_dice": float(np.nanmedian(per_case["dice"])), "cases": len(seconds),
+        "gmacs_per_case": counter.get_total_flops() / 2e9,
+        "macs_case": f"{case.dataset}/{case.case}",
+        "macs_categories": len(prompts),
+        "seconds_per_case": float(np.median(seconds)),
+        "median_dice": float(np.nanmedian(per_case["dice"])),
+        "cases": len(seconds),
         "threads": torch.get_num_threads(),
     }
     return row, per_case

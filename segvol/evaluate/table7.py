@@ -43,8 +43,14 @@ def table7(per_case: pd.DataFrame, reference: str = "SegVol", other: str = "nnU-
     table = grouped.median().reset_index()
     table["difference"] = table[reference] - table[other]
     table["n"] = grouped.size().to_numpy()
-    average = {"dataset": "Average", "category": "", reference: table[reference].mean(),
-               other: table[other].mean(), "difference": table["difference"].mean(), "n": int(table["n"].sum())}
+    average = {
+        "dataset": "Average",
+        "category": "",
+        reference: table[reference].mean(),
+        other: table[other].mean(),
+        "difference": table["difference"].mean(),
+        "n": int(table["n"].sum()),
+    }
     return pd.concat([table, pd.DataFrame([average])], ignore_index=True)[columns]
 
 

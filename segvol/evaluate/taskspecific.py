@@ -44,10 +44,13 @@ def run(args, settings) -> int:
     for method, folder in zip(baselines, args.models):
         if method.dataset != store_name:
             raise ValueError(f"{folder}: trained on {method.dataset!r}, not on {store_name!r} ({args.zarr})")
-    methods = [SegVolMethod(load_segvol(args.checkpoint), prompt=settings["prompt"], mode="zoom",
-                            overlap=settings["overlap"]), *baselines]
-    rows, skipped = score_store(args.zarr, methods, seed=args.seed, split="test",
-                                tolerance_mm=settings["nsd_tolerance_mm"], progress=True)
+    methods = [
+        SegVolMethod(load_segvol(args.checkpoint), prompt=settings["prompt"], mode="zoom", overlap=settings["overlap"]),
+        *baselines,
+    ]
+    rows, skipped = score_store(
+        args.zarr, methods, seed=args.seed, split="test", tolerance_mm=settings["nsd_tolerance_mm"], progress=True
+    )
     metadata = {"store": str(Path(args.zarr)), "models": list(args.models), "skipped": skipped.to_dict("records")}
     write_parquet(rows, args.out, metadata)
     log.info("wrote %d rows to %s", len(rows), args.out)

@@ -22,13 +22,26 @@ from segvol.cli_options import add_common_arguments
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--zarr", nargs="+", required=True, metavar="STORE", help="labelled Zarr stores (data/zarr/<ds>.zarr)")
-    parser.add_argument("--pseudo", nargs="*", default=[], metavar="STORE",
-                        help="pseudo-label stores (data/pseudo/<ds>.zarr), matched to --zarr by name")
+    parser.add_argument(
+        "--zarr", nargs="+", required=True, metavar="STORE", help="labelled Zarr stores (data/zarr/<ds>.zarr)"
+    )
+    parser.add_argument(
+        "--pseudo",
+        nargs="*",
+        default=[],
+        metavar="STORE",
+        help="pseudo-label stores (data/pseudo/<ds>.zarr), matched to --zarr by name",
+    )
     parser.add_argument("--encoder", default=None, help="SimMIM encoder .safetensors (image_encoder.* tensors)")
     parser.add_argument("--out", required=True, metavar="MODEL", help="output model .safetensors")
-    add_common_arguments(parser, params="finetune", model=True, device=True, threads=True,
-                         seed="seed of batches, views, prompts and initialisation")
+    add_common_arguments(
+        parser,
+        params="finetune",
+        model=True,
+        device=True,
+        threads=True,
+        seed="seed of batches, views, prompts and initialisation",
+    )
 
 
 def run(args) -> int:
@@ -37,6 +50,15 @@ def run(args) -> int:
 
     settings = stage_settings("finetune", args.params)
     model_settings = stage_settings("model", args.model, flag="--model")
-    finetune(args.zarr, args.pseudo, args.out, settings, model_settings, encoder=args.encoder, seed=args.seed,
-             threads=args.threads, device=args.device)
+    finetune(
+        args.zarr,
+        args.pseudo,
+        args.out,
+        settings,
+        model_settings,
+        encoder=args.encoder,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+    )
     return 0

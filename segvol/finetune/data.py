@@ -17,9 +17,9 @@ resumed run or a different split over DDP ranks sees exactly the same samples.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -95,7 +95,8 @@ class FinetuneSamples(Dataset):
             if shape != expected:
                 raise ValueError(
                     f"{self.reader.paths[ref.store]}/{ref.case}/labels: shape {shape} does not match "
-                    f"the image grid and categories {expected}")
+                    f"the image grid and categories {expected}"
+                )
             store = self.pseudo_stores[ref.store]
             if store is not None:
                 group = store.get()
@@ -103,7 +104,9 @@ class FinetuneSamples(Dataset):
                     raise ValueError(f"{store.path}: case '{ref.case}' has no 'pseudo' array")
                 shape = tuple(group[ref.case]["pseudo"].shape)
                 if shape != ref.shape:
-                    raise ValueError(f"{store.path}/{ref.case}/pseudo: grid {shape} differs from the image grid {ref.shape}")
+                    raise ValueError(
+                        f"{store.path}/{ref.case}/pseudo: grid {shape} differs from the image grid {ref.shape}"
+                    )
         # handles opened while checking belong to this process only (workers reopen lazily)
         self.reader._groups, self.reader._pid = [], None
         for store in self.pseudo_stores:
@@ -132,7 +135,9 @@ class FinetuneSamples(Dataset):
             labels = np.asarray(self.reader.group(ref)["labels"][...])
             voxels = np.argwhere(labels.any(axis=0))
             if len(voxels) > FOREGROUND_SAMPLES:
-                pick = np.random.default_rng([self.seed, 5, index]).choice(len(voxels), FOREGROUND_SAMPLES, replace=False)
+                pick = np.random.default_rng([self.seed, 5, index]).choice(
+                    len(voxels), FOREGROUND_SAMPLES, replace=False
+                )
                 voxels = voxels[np.sort(pick)]
             self._foreground[index] = voxels
         return self._foreground[index]
@@ -205,7 +210,8 @@ class FinetuneSamples(Dataset):
                 continue  # absent category: its loss is masked out, no empty prompt is fed
             present[c] = True
             points[c], point_labels[c] = sample_points(
-                labels[c], rng, int(rng.integers(0, 11)), int(rng.integers(0, 11)))
+                labels[c], rng, int(rng.integers(0, 11)), int(rng.integers(0, 11))
+            )
             boxes[c] = tight_box(labels[c], jitter=self.box_jitter, rng=rng)
 
         sample = {
@@ -242,7 +248,8 @@ class FinetuneSamples(Dataset):
             if p % 2 == 0:  # point pass: 1 + U{4..10} positives, U{0..10} negatives
                 target = torch.from_numpy(ids == segment)
                 out["pseudo_points"][p], out["pseudo_point_labels"][p] = sample_points(
-                    target.float(), rng, int(rng.integers(4, 11)), int(rng.integers(0, 11)))
+                    target.float(), rng, int(rng.integers(4, 11)), int(rng.integers(0, 11))
+                )
             else:  # box pass: target = segment + segments >90 % inside its tight box
                 box, covered = box_target(ids, segment)
                 target = torch.from_numpy(np.asarray(covered, dtype=bool))
@@ -260,8 +267,9 @@ class DatasetBatches(Sampler):
     are then shuffled. Micro-batch m is batch (m mod per_epoch) of epoch (m div per_epoch).
     """
 
-    def __init__(self, dataset: FinetuneSamples, *, batch_size: int, rank: int, world_size: int,
-                 start: int, stop: int, seed: int):
+    def __init__(
+        self, dataset: FinetuneSamples, *, batch_size: int, rank: int, world_size: int, start: int, stop: int, seed: int
+    ):
         self.dataset = dataset
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.start, self.stop, self.seed = start, stop, seed
@@ -281,7 +289,7 @@ class DatasetBatches(Sampler):
                 continue
             order = cases[rng.permutation(len(cases))]
             for first in range(0, len(order) - global_batch + 1, global_batch):
-                batches.append(list(order[first:first + global_batch]))
+                batches.append(list(order[first : first + global_batch]))
         order = np.random.default_rng([self.seed, 3, epoch]).permutation(len(batches))
         batches = [batches[i] for i in order]
         self._epoch_cache = (epoch, batches)

@@ -24,8 +24,8 @@ example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,20 +40,36 @@ SAMPLE_KEYS = ("pseudo_weight", "pseudo_passes", "resize_probability")
 def add_arguments(parser) -> None:
     from segvol.cli_options import add_common_arguments
 
-    parser.add_argument("--checkpoint", required=True, metavar="MODEL", help="fine-tuned SegVol (.safetensors) to start from")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="MODEL", help="fine-tuned SegVol (.safetensors) to start from"
+    )
     parser.add_argument("--zarr", nargs="+", required=True, metavar="STORE", help="labelled Zarr stores")
     parser.add_argument("--pseudo", nargs="*", default=[], metavar="STORE", help="pseudo-label stores, matched by name")
     parser.add_argument("--out", required=True, metavar="ADAPTER", help="output adapter .safetensors")
-    add_common_arguments(parser, params="finetune_equivariant", device=True, threads=True,
-                         seed="seed of batches, views, rotations and prompts", quiet=True)
+    add_common_arguments(
+        parser,
+        params="finetune_equivariant",
+        device=True,
+        threads=True,
+        seed="seed of batches, views, rotations and prompts",
+        quiet=True,
+    )
 
 
 def run(args) -> int:
     from segvol.settings import stage_settings
 
     settings = stage_settings("finetune_equivariant", args.params)
-    train_adapter(args.checkpoint, args.zarr, args.pseudo, args.out, settings, seed=args.seed,
-                  threads=args.threads, device=args.device)
+    train_adapter(
+        args.checkpoint,
+        args.zarr,
+        args.pseudo,
+        args.out,
+        settings,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+    )
     return 0
 
 
@@ -77,8 +93,10 @@ def rotate_sample(sample: dict, degrees: Sequence[float], rng: np.random.Generat
         present = bool(sample["present"][c]) and bool((labels[c] > 0.5).any())
         out["present"][c] = present
         out["points"][c], out["point_labels"][c] = (
-            sample_points(labels[c], rng, int(rng.integers(0, 11)), int(rng.integers(0, 11))) if present
-            else (torch.full_like(sample["points"][c], -1.0), torch.full_like(sample["point_labels"][c], -1)))
+            sample_points(labels[c], rng, int(rng.integers(0, 11)), int(rng.integers(0, 11)))
+            if present
+            else (torch.full_like(sample["points"][c], -1.0), torch.full_like(sample["point_labels"][c], -1))
+        )
         out["boxes"][c] = tight_box(labels[c], jitter=box_jitter, rng=rng) if present else -1.0
     if "pseudo_targets" in sample and sample["pseudo_targets"].shape[0]:
         targets = torch.from_numpy(turn(sample["pseudo_targets"].numpy(), 0))
@@ -90,7 +108,8 @@ def rotate_sample(sample: dict, degrees: Sequence[float], rng: np.random.Generat
                 continue
             if p % 2 == 0:
                 out["pseudo_points"][p], out["pseudo_point_labels"][p] = sample_points(
-                    targets[p].float(), rng, int(rng.integers(4, 11)), int(rng.integers(0, 11)))
+                    targets[p].float(), rng, int(rng.integers(4, 11)), int(rng.integers(0, 11))
+                )
             else:
                 out["pseudo_boxes"][p] = tight_box(targets[p].float())
     return out
@@ -151,18 +170,26 @@ def train_adapter(
     adapter = attach(model, settings)
     objective = FinetuneObjective(model, settings["pseudo_weight"])
     steps = int(settings["steps"])
-    optimisation = Optimisation(adapter.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"],
-                                steps=steps, warmup_steps=int(round(settings["warmup_fraction"] * steps)))
-    tag = rt.fingerprint("finetune_equivariant", settings, seed, str(checkpoint), list(map(str, stores)),
-                         list(map(str, pseudo_stores)))
+    optimisation = Optimisation(
+        adapter.parameters(),
+        lr=settings["lr"],
+        weight_decay=settings["weight_decay"],
+        steps=steps,
+        warmup_steps=int(round(settings["warmup_fraction"] * steps)),
+    )
+    tag = rt.fingerprint(
+        "finetune_equivariant", settings, seed, str(checkpoint), list(map(str, stores)), list(map(str, pseudo_stores))
+    )
     sample_settings = stage_settings("finetune", {key: settings[key] for key in SAMPLE_KEYS})
-    samples = FinetuneSamples(stores, pseudo_stores, spatial_size=model.config.spatial_size, seed=seed,
-                              settings=sample_settings)
+    samples = FinetuneSamples(
+        stores, pseudo_stores, spatial_size=model.config.spatial_size, seed=seed, settings=sample_settings
+    )
     dataset = RotatedSamples(samples, settings["rotation_probability"], settings["rotation_max_degrees"], seed)
 
     def batches(start: int) -> DataLoader:
-        sampler = DatasetBatches(samples, batch_size=settings["batch_size"], rank=0, world_size=1, start=start,
-                                 stop=steps, seed=seed)
+        sampler = DatasetBatches(
+            samples, batch_size=settings["batch_size"], rank=0, world_size=1, start=start, stop=steps, seed=seed
+        )
         model.train()
         return DataLoader(dataset, batch_sampler=sampler, num_workers=0)
 
@@ -172,14 +199,32 @@ def train_adapter(
         categories = samples.categories[int(batch["store"][0])]
         optimizer.zero_grad(set_to_none=True)
         with rt.autocast(runtime.device):
-            loss, parts = objective(batch, categories, float(batch["present"].sum()),
-                                    float(batch["image"].shape[0]), combinations=combinations)
+            loss, parts = objective(
+                batch,
+                categories,
+                float(batch["present"].sum()),
+                float(batch["image"].shape[0]),
+                combinations=combinations,
+            )
         loss.backward()
         optimizer.step()
-        return StepResult({"loss": float(loss.detach()), **parts}, batch["image"].shape[0],
-                          postfix={"loss": f"{float(loss.detach()):.3f}"})
+        return StepResult(
+            {"loss": float(loss.detach()), **parts},
+            batch["image"].shape[0],
+            postfix={"loss": f"{float(loss.detach()):.3f}"},
+        )
 
-    return train("finetune-equivariant", out, runtime, state=adapter, optimisation=optimisation, batches=batches,
-                 step=step, save_output=lambda: save_adapter(adapter, out),
-                 metrics=["loss", "supervised", "pseudo"], tag=tag,
-                 checkpoint_every=int(settings["checkpoint_every"]), stop_after=stop_after)
+    return train(
+        "finetune-equivariant",
+        out,
+        runtime,
+        state=adapter,
+        optimisation=optimisation,
+        batches=batches,
+        step=step,
+        save_output=lambda: save_adapter(adapter, out),
+        metrics=["loss", "supervised", "pseudo"],
+        tag=tag,
+        checkpoint_every=int(settings["checkpoint_every"]),
+        stop_after=stop_after,
+    )

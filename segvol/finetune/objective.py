@@ -26,12 +26,12 @@ from segvol.finetune.losses import dice_bce
 
 # (text, box, points) switches of the six prompt combinations trained every step
 PROMPT_COMBINATIONS: tuple[tuple[bool, bool, bool], ...] = (
-    (True, False, True),   # points + text
-    (True, True, False),   # box + text
+    (True, False, True),  # points + text
+    (True, True, False),  # box + text
     (True, False, False),  # text
     (False, True, False),  # box
     (False, False, True),  # points
-    (False, True, True),   # box + points
+    (False, True, True),  # box + points
 )
 
 
@@ -132,7 +132,8 @@ class FinetuneObjective(nn.Module):
             weight = valid[:, p].to(embedding.dtype)
             if p % 2 == 0:
                 logits = self.model.decode(
-                    embedding, points=(batch["pseudo_points"][:, p], batch["pseudo_point_labels"][:, p]))
+                    embedding, points=(batch["pseudo_points"][:, p], batch["pseudo_point_labels"][:, p])
+                )
             else:
                 logits = self.model.decode(embedding, boxes=batch["pseudo_boxes"][:, p])
             total = total + (dice_bce(logits[:, 0], batch["pseudo_targets"][:, p]) * weight).sum()

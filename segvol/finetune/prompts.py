@@ -58,8 +58,9 @@ def sample_points(
     return torch.from_numpy(coords), torch.from_numpy(label_array)
 
 
-def tight_box(mask: torch.Tensor, threshold: float = 0.5, jitter: int = 0,
-              rng: np.random.Generator | None = None) -> torch.Tensor:
+def tight_box(
+    mask: torch.Tensor, threshold: float = 0.5, jitter: int = 0, rng: np.random.Generator | None = None
+) -> torch.Tensor:
     """(D, H, W) mask -> (6,) float inclusive box of voxels above `threshold`; all -1 if empty.
 
     With `jitter` > 0 every coordinate moves by an integer in [-jitter, jitter], clamped to the

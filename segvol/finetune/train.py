@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,25 +131,47 @@ def finetune(
         )
     steps = int(settings["steps"])
     groups = hooks.param_groups(model) if hooks.param_groups else [p for p in model.parameters() if p.requires_grad]
-    optimisation = Optimisation(groups, lr=settings["lr"], weight_decay=settings["weight_decay"], steps=steps,
-                                warmup_steps=int(round(settings["warmup_fraction"] * steps)))
-    tag = rt.fingerprint("finetune", settings, model_settings, seed, runtime.world_size, torch.get_num_threads(),
-                         *hooks.tag)
-    inputs = rt.input_keys(zarr=list(stores), pseudo=list(pseudo_stores), encoder=encoder,
-                           init_checkpoint=model_settings.get("init_checkpoint"))
+    optimisation = Optimisation(
+        groups,
+        lr=settings["lr"],
+        weight_decay=settings["weight_decay"],
+        steps=steps,
+        warmup_steps=int(round(settings["warmup_fraction"] * steps)),
+    )
+    tag = rt.fingerprint(
+        "finetune", settings, model_settings, seed, runtime.world_size, torch.get_num_threads(), *hooks.tag
+    )
+    inputs = rt.input_keys(
+        zarr=list(stores),
+        pseudo=list(pseudo_stores),
+        encoder=encoder,
+        init_checkpoint=model_settings.get("init_checkpoint"),
+    )
 
     shared = bool(settings["shared_embedding"])
     accum = int(settings["grad_accum"]) if shared else 1
     dataset = FinetuneSamples(stores, pseudo_stores, spatial_size=spatial_size, seed=seed, settings=settings)
 
     def batches(start: int) -> DataLoader:
-        sampler = DatasetBatches(dataset, batch_size=settings["batch_size"], rank=runtime.rank,
-                                 world_size=runtime.world_size, start=start * accum, stop=steps * accum, seed=seed)
+        sampler = DatasetBatches(
+            dataset,
+            batch_size=settings["batch_size"],
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            start=start * accum,
+            stop=steps * accum,
+            seed=seed,
+        )
         workers = int(settings["workers"])
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                            multiprocessing_context="spawn" if workers > 0 else None,
-                            persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
-                            pin_memory=runtime.device.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            multiprocessing_context="spawn" if workers > 0 else None,
+            persistent_workers=workers > 0,
+            prefetch_factor=2 if workers > 0 else None,
+            pin_memory=runtime.device.type == "cuda",
+        )
         model.train()
         return loader
 
@@ -166,8 +189,9 @@ def finetune(
                 sync = micro == accum - 1 or not runtime.distributed
                 context = trained.no_sync() if not sync else contextlib.nullcontext()
                 with context, rt.autocast(runtime.device):
-                    loss, parts = trained(batch, categories, float(pairs), count, runtime.world_size,
-                                          combinations=combinations)
+                    loss, parts = trained(
+                        batch, categories, float(pairs), count, runtime.world_size, combinations=combinations
+                    )
                 (loss / accum).backward()
                 _accumulate(totals, loss, parts, 1.0 / accum)
                 samples += batch["image"].shape[0] * runtime.world_size
@@ -181,8 +205,15 @@ def finetune(
             for k in present:
                 optimizer.zero_grad(set_to_none=True)
                 with rt.autocast(runtime.device):
-                    loss, parts = trained(batch, categories, float(per_category[k]), count,
-                                          runtime.world_size, category=k, combinations=combinations)
+                    loss, parts = trained(
+                        batch,
+                        categories,
+                        float(per_category[k]),
+                        count,
+                        runtime.world_size,
+                        category=k,
+                        combinations=combinations,
+                    )
                 loss.backward()
                 optimizer.step()
                 _accumulate(totals, loss, parts, 1.0 / max(len(present), 1))
@@ -191,10 +222,22 @@ def finetune(
 
     save_output = hooks.save_output or save_model
     after_step = (lambda done: hooks.after_step(done, model)) if hooks.after_step else None
-    return train("finetune", out, runtime, state=model, optimisation=optimisation, batches=batches, step=step,
-                 save_output=lambda: save_output(model, Path(out)), metrics=["loss", "supervised", "pseudo"], tag=tag,
-                 inputs=inputs, checkpoint_every=int(settings["checkpoint_every"]), stop_after=stop_after,
-                 after_step=after_step)
+    return train(
+        "finetune",
+        out,
+        runtime,
+        state=model,
+        optimisation=optimisation,
+        batches=batches,
+        step=step,
+        save_output=lambda: save_output(model, Path(out)),
+        metrics=["loss", "supervised", "pseudo"],
+        tag=tag,
+        inputs=inputs,
+        checkpoint_every=int(settings["checkpoint_every"]),
+        stop_after=stop_after,
+        after_step=after_step,
+    )
 
 
 def _accumulate(totals: dict, loss: torch.Tensor, parts: dict, weight: float) -> None:

@@ -8,7 +8,8 @@ Outputs per input, next to each other: the label map <stem>.nii.gz on exactly th
 (category i -> value i+1; where categories overlap the most probable wins) and the run manifest
 <stem>.json (labels, prompts in voxel and world coordinates, segvol version, checkpoint sha256,
 device, timings, the files written). On request: --masks (<stem>_masks/NN_<name>.nii.gz, one
-binary mask per category, probability > 0.5, overlaps kept), --probabilities (<stem>_probabilities/NN_<name>.nii.gz, float32),
+binary mask per category, probability > 0.5, overlaps kept),
+--probabilities (<stem>_probabilities/NN_<name>.nii.gz, float32),
 --mesh (<stem>_meshes/NN_<name>.stl, one surface per category, see below),
 --dicom-seg (<stem>.seg.dcm, a DICOM Segmentation referencing the series; DICOM input only).
 With one input, -o names the label map; with several, -o is a folder.
@@ -56,48 +57,98 @@ from segvol.infer.outputs import mesh_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="CT image file(s) (.nii/.nii.gz/.nrrd/.mha/.mhd), DICOM series folder(s), "
-                             "a glob, or a folder of image files")
-    parser.add_argument("-o", "--output", required=True,
-                        help="label map to write (.nii.gz) for one input; a folder for several")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="CT image file(s) (.nii/.nii.gz/.nrrd/.mha/.mhd), DICOM series folder(s), "
+        "a glob, or a folder of image files",
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, help="label map to write (.nii.gz) for one input; a folder for several"
+    )
     prompts = parser.add_argument_group("prompts (0-based input voxel indices i j k unless --world)")
-    prompts.add_argument("--text", action="append", default=[], metavar="NAME",
-                         help="category name, e.g. liver; repeat for several text-only categories")
-    prompts.add_argument("--box", nargs=6, type=float, metavar=("I0", "J0", "K0", "I1", "J1", "K1"),
-                         help="inclusive bounding box around the object")
-    prompts.add_argument("--point", nargs=3, type=float, action="append", default=[], metavar=("I", "J", "K"),
-                         help="a voxel inside the object (repeatable)")
-    prompts.add_argument("--negative-point", nargs=3, type=float, action="append", default=[],
-                         metavar=("I", "J", "K"), help="a voxel outside the object (repeatable)")
+    prompts.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="category name, e.g. liver; repeat for several text-only categories",
+    )
+    prompts.add_argument(
+        "--box",
+        nargs=6,
+        type=float,
+        metavar=("I0", "J0", "K0", "I1", "J1", "K1"),
+        help="inclusive bounding box around the object",
+    )
+    prompts.add_argument(
+        "--point",
+        nargs=3,
+        type=float,
+        action="append",
+        default=[],
+        metavar=("I", "J", "K"),
+        help="a voxel inside the object (repeatable)",
+    )
+    prompts.add_argument(
+        "--negative-point",
+        nargs=3,
+        type=float,
+        action="append",
+        default=[],
+        metavar=("I", "J", "K"),
+        help="a voxel outside the object (repeatable)",
+    )
     prompts.add_argument("--prompts", metavar="FILE", help="JSON/YAML list of prompts for many categories")
     prompts.add_argument("--world", action="store_true", help="coordinates are RAS+ mm, not voxel indices")
-    prompts.add_argument("--strict", action="store_true", help="refuse a --text outside `segvol categories` (default: warn)")
+    prompts.add_argument(
+        "--strict", action="store_true", help="refuse a --text outside `segvol categories` (default: warn)"
+    )
     model = parser.add_argument_group("model")
-    model.add_argument("--checkpoint", help="weights: ours (.safetensors), SegVol_v1.pth, pytorch_model.bin "
-                                            "or hf://BAAI/SegVol")
+    model.add_argument(
+        "--checkpoint", help="weights: ours (.safetensors), SegVol_v1.pth, pytorch_model.bin or hf://BAAI/SegVol"
+    )
     run = parser.add_argument_group("inference")
-    run.add_argument("--mode", choices=("zoom", "resize", "window"), default="zoom",
-                     help="zoom: zoom-out-zoom-in (default); resize: zoom-out only; window: sliding window only")
+    run.add_argument(
+        "--mode",
+        choices=("zoom", "resize", "window"),
+        default="zoom",
+        help="zoom: zoom-out-zoom-in (default); resize: zoom-out only; window: sliding window only",
+    )
     run.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     run.add_argument("--sw-batch-size", type=int, default=2, help="windows per image-encoder call")
-    run.add_argument("--soft-box", action="store_true",
-                     help="treat the box as a hint: allow foreground outside it (default: nothing outside the box)")
+    run.add_argument(
+        "--soft-box",
+        action="store_true",
+        help="treat the box as a hint: allow foreground outside it (default: nothing outside the box)",
+    )
     run.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     add_common_arguments(run, device=True, threads=True, quiet=False)
     out = parser.add_argument_group("outputs")
     out.add_argument("--masks", action="store_true", help="also write one binary mask per category")
-    out.add_argument("--probabilities", action="store_true",
-                     help="also write one float32 probability map per category")
-    out.add_argument("--mesh", type=mesh_option, default=(), metavar="FORMATS",
-                     help="also write one surface mesh per category in world coordinates (LPS, as 3D Slicer "
-                          "reads them): stl, obj or stl,obj")
-    out.add_argument("--dicom-seg", action="store_true",
-                     help="also write a DICOM Segmentation <stem>.seg.dcm (DICOM series input only)")
-    out.add_argument("--overwrite", action="store_true",
-                     help="replace existing output files even if segvol did not write them (never an input)")
-    out.add_argument("--continue", dest="resume", action="store_true",
-                     help="skip inputs whose manifest says they are finished")
+    out.add_argument("--probabilities", action="store_true", help="also write one float32 probability map per category")
+    out.add_argument(
+        "--mesh",
+        type=mesh_option,
+        default=(),
+        metavar="FORMATS",
+        help="also write one surface mesh per category in world coordinates (LPS, as 3D Slicer "
+        "reads them): stl, obj or stl,obj",
+    )
+    out.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="also write a DICOM Segmentation <stem>.seg.dcm (DICOM series input only)",
+    )
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files even if segvol did not write them (never an input)",
+    )
+    out.add_argument(
+        "--continue", dest="resume", action="store_true", help="skip inputs whose manifest says they are finished"
+    )
     add_common_arguments(out, quiet=True)
 
 
@@ -106,13 +157,29 @@ def run(args) -> int:
     from segvol.infer.predict import predict_files
     from segvol.infer.prompts import command_line_records
 
-    records = command_line_records(args.text, args.box, args.point, args.negative_point, args.prompts, args.strict,
-                                   checkpoint=args.checkpoint)
+    records = command_line_records(
+        args.text, args.box, args.point, args.negative_point, args.prompts, args.strict, checkpoint=args.checkpoint
+    )
     never_written = [Path(args.prompts)] if args.prompts and "://" not in args.prompts else []
-    predict_files(args.inputs, args.output, records, checkpoint=args.checkpoint, device=args.device,
-                  precision=args.precision, world=args.world, mode=args.mode, overlap=args.overlap,
-                  sw_batch_size=args.sw_batch_size, box_limits=not args.soft_box, masks=args.masks,
-                  probabilities=args.probabilities, dicom_seg=args.dicom_seg,
-                  meshes=args.mesh, overwrite=args.overwrite,
-                  resume=args.resume, protected=never_written, progress=not getattr(args, "quiet", False))
+    predict_files(
+        args.inputs,
+        args.output,
+        records,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        world=args.world,
+        mode=args.mode,
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch_size,
+        box_limits=not args.soft_box,
+        masks=args.masks,
+        probabilities=args.probabilities,
+        dicom_seg=args.dicom_seg,
+        meshes=args.mesh,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        protected=never_written,
+        progress=not getattr(args, "quiet", False),
+    )
     return 0

@@ -14,8 +14,8 @@ boxes use it everywhere (zoom-out prompts, per-window prompts, CLI input indices
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -41,18 +41,18 @@ class VoxelMap:
 
     # -- constructors -------------------------------------------------------------------
     @classmethod
-    def identity(cls) -> "VoxelMap":
+    def identity(cls) -> VoxelMap:
         return cls(np.eye(4))
 
     @classmethod
-    def crop(cls, start: Sequence[float]) -> "VoxelMap":
+    def crop(cls, start: Sequence[float]) -> VoxelMap:
         """Into a sub-grid whose voxel 0 is voxel ``start`` of the parent (negative = padding)."""
         matrix = np.eye(4)
         matrix[:3, 3] = -np.asarray(start, dtype=np.float64)
         return cls(matrix)
 
     @classmethod
-    def resize(cls, in_shape: Sequence[int], out_shape: Sequence[int]) -> "VoxelMap":
+    def resize(cls, in_shape: Sequence[int], out_shape: Sequence[int]) -> VoxelMap:
         """Into a grid resampled from ``in_shape`` to ``out_shape`` (same field of view)."""
         scale = np.asarray(out_shape, dtype=np.float64) / np.asarray(in_shape, dtype=np.float64)
         matrix = np.diag([*scale, 1.0])
@@ -60,7 +60,7 @@ class VoxelMap:
         return cls(matrix)
 
     @classmethod
-    def from_affines(cls, source_affine: np.ndarray, target_affine: np.ndarray) -> "VoxelMap":
+    def from_affines(cls, source_affine: np.ndarray, target_affine: np.ndarray) -> VoxelMap:
         """From voxels of one grid to voxels of another grid through world space.
 
         ``source_affine`` and ``target_affine`` map voxel indices to world mm (NIfTI style). For a
@@ -72,11 +72,11 @@ class VoxelMap:
         return cls(np.linalg.inv(target) @ source)
 
     # -- algebra --------------------------------------------------------------------------
-    def then(self, other: "VoxelMap") -> "VoxelMap":
+    def then(self, other: VoxelMap) -> VoxelMap:
         """This map followed by ``other``."""
         return VoxelMap(other.matrix @ self.matrix)
 
-    def inverse(self) -> "VoxelMap":
+    def inverse(self) -> VoxelMap:
         return VoxelMap(np.linalg.inv(self.matrix))
 
     # -- application ----------------------------------------------------------------------
@@ -112,9 +112,7 @@ class VoxelMap:
         """
         box = np.asarray(box, dtype=np.float64).reshape(2, 3)
         lower, upper = box[0] - 0.5, box[1] + 0.5
-        corners = np.array(
-            [[(upper if (c >> axis) & 1 else lower)[axis] for axis in range(3)] for c in range(8)]
-        )
+        corners = np.array([[(upper if (c >> axis) & 1 else lower)[axis] for axis in range(3)] for c in range(8)])
         mapped = self.apply(corners)
         low, high = mapped.min(axis=0), mapped.max(axis=0)
         first = np.floor(low - 0.5 + _EDGE_EPS).astype(np.int64) + 1

@@ -16,7 +16,7 @@ outside the stored box the mask reads ``-MASK_LOGIT_LIMIT`` (outside the object)
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -87,5 +87,9 @@ class MaskPrompt:
     def zoom_out(self, crop_box: Sequence[int], size: Sequence[int]) -> torch.Tensor:
         """``size`` logits of the zoom-out view: the crop ``crop_box`` (volume voxels) resized nearest-exact."""
         crop_box = np.asarray(crop_box, dtype=np.int64)
-        return self._sampled([int(crop_box[a]) + nearest_exact_indices(int(crop_box[a + 3] - crop_box[a] + 1),
-                                                                        int(size[a])) for a in range(3)])
+        return self._sampled(
+            [
+                int(crop_box[a]) + nearest_exact_indices(int(crop_box[a + 3] - crop_box[a] + 1), int(size[a]))
+                for a in range(3)
+            ]
+        )

@@ -68,8 +68,15 @@ class OutputPlan:
         return [*self.masks, *self.probabilities, *meshes, *extra, self.label_map, self.manifest]
 
 
-def plan_outputs(input_path: Path, label_map: Path, names: list[str], masks: bool, probabilities: bool,
-                 dicom_seg: bool, meshes: tuple[str, ...] = ()) -> OutputPlan:
+def plan_outputs(
+    input_path: Path,
+    label_map: Path,
+    names: list[str],
+    masks: bool,
+    probabilities: bool,
+    dicom_seg: bool,
+    meshes: tuple[str, ...] = (),
+) -> OutputPlan:
     """Every path to write for one input; `meshes`: mesh formats (`MESH_FORMATS`), none for no meshes."""
     if not label_map.name.endswith((".nii", ".nii.gz")):
         raise ValueError(f"{label_map}: the label map is written as NIfTI; use a .nii.gz name")
@@ -167,8 +174,10 @@ def check_outputs(plan: OutputPlan, protected: list[Path], overwrite: bool) -> N
         if (path.exists() or path.is_symlink()) and not overwrite:
             relative = os.path.relpath(path, plan.manifest.parent)
             if relative not in ours:
-                raise ValueError(f"{path}: exists and was not written by segvol predict; "
-                                 "remove it, choose another -o, or pass --overwrite")
+                raise ValueError(
+                    f"{path}: exists and was not written by segvol predict; "
+                    "remove it, choose another -o, or pass --overwrite"
+                )
 
 
 def label_paths(inputs: list[Path], output: str) -> list[Path]:
@@ -235,10 +244,10 @@ class LabelMapBuilder:
         labels = self.labels[box_slices(claimed)]
         best_all = self.best[box_slices(claimed - np.tile(self.best_box[:3], 2))]
         for first in range(0, logits.shape[0], self.SLAB):
-            part, best = logits[first:first + self.SLAB], best_all[first:first + self.SLAB]
+            part, best = logits[first : first + self.SLAB], best_all[first : first + self.SLAB]
             wins = part > best
             best[wins] = part[wins]
-            labels[first:first + self.SLAB][wins.numpy()] = k + 1
+            labels[first : first + self.SLAB][wins.numpy()] = k + 1
 
     def _positive_box(self, logits):
         """Inclusive bounding box of ``logits > 0`` (None when empty), slab by slab."""
@@ -247,8 +256,8 @@ class LabelMapBuilder:
 
         hits = [torch.zeros(n, dtype=torch.bool) for n in logits.shape]
         for first in range(0, logits.shape[0], self.SLAB):
-            part = logits[first:first + self.SLAB] > 0
-            hits[0][first:first + self.SLAB] = part.flatten(1).any(dim=1)
+            part = logits[first : first + self.SLAB] > 0
+            hits[0][first : first + self.SLAB] = part.flatten(1).any(dim=1)
             hits[1] |= part.any(dim=0).any(dim=1)
             hits[2] |= part.any(dim=0).any(dim=0)
         if not hits[0].any():
@@ -281,13 +290,27 @@ def label_counts(labels, categories: int, slab: int = 16) -> list[int]:
 
     counts = np.zeros(categories + 1, dtype=np.int64)
     for first in range(0, labels.shape[0], slab):
-        counts += np.bincount(labels[first:first + slab].ravel(), minlength=categories + 1)[:categories + 1]
+        counts += np.bincount(labels[first : first + slab].ravel(), minlength=categories + 1)[: categories + 1]
     return [int(n) for n in counts]
 
 
-def build_manifest(plan: OutputPlan, image, prompts: list, labels, written: list[Path], *, mode: str,
-                   overlap: float, box_limits: bool, weights, device, precision: str, world: bool,
-                   seconds: dict, meshes: dict | None = None) -> dict:
+def build_manifest(
+    plan: OutputPlan,
+    image,
+    prompts: list,
+    labels,
+    written: list[Path],
+    *,
+    mode: str,
+    overlap: float,
+    box_limits: bool,
+    weights,
+    device,
+    precision: str,
+    world: bool,
+    seconds: dict,
+    meshes: dict | None = None,
+) -> dict:
     """The run manifest of one input: labels, prompts in voxel and world coordinates, settings, weights,
     device, voxel counts, timings, the files written, the meshes (`meshes`: category -> its surface's
     files, triangles, area and volume) and the provenance record of the label map."""
@@ -298,8 +321,10 @@ def build_manifest(plan: OutputPlan, image, prompts: list, labels, written: list
         extra["meshes"] = {
             "surface": "0.5 iso-surface of each category's mask (probability > 0.5, overlaps kept), marching cubes",
             "space": "LPS mm (x, y of RAS+ negated), tagged SPACE=LPS in each file: 3D Slicer places it on the input",
-            "categories": {name: {**entry, "files": [os.path.relpath(p, plan.manifest.parent) for p in entry["files"]]}
-                           for name, entry in meshes.items()},
+            "categories": {
+                name: {**entry, "files": [os.path.relpath(p, plan.manifest.parent) for p in entry["files"]]}
+                for name, entry in meshes.items()
+            },
         }
     return {
         "format": MANIFEST_FORMAT,
@@ -308,8 +333,9 @@ def build_manifest(plan: OutputPlan, image, prompts: list, labels, written: list
         "input": str(plan.input),
         "labels": {"0": "background", **{str(k + 1): p.label for k, p in enumerate(prompts)}},
         "prompts": [_prompt_record(p, image) for p in prompts],
-        "coordinates": "0-based input voxel indices (i, j, k)" + (", converted from RAS+ mm" if world else "")
-                       + "; 'world': RAS+ mm of the same voxels",
+        "coordinates": "0-based input voxel indices (i, j, k)"
+        + (", converted from RAS+ mm" if world else "")
+        + "; 'world': RAS+ mm of the same voxels",
         "mode": mode,
         "overlap": overlap,
         "box_limits": box_limits,

@@ -50,7 +50,11 @@ def load_model(checkpoint: str | None, device, precision: str = "fp32"):
     weights = {"checkpoint": str(checkpoint), "sha256": sha256_file(Path(path))}
     model = load(path)
     model.image_encoder.set_precision(precision)
-    if precision == "bf16" and device.type == "cpu" and not getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)():
+    if (
+        precision == "bf16"
+        and device.type == "cpu"
+        and not getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)()
+    ):
         log.warning("--precision bf16: this CPU has no bf16 instructions (AVX512-BF16/AMX); expect it slower than fp32")
     return model.to(device).eval(), weights
 
@@ -80,12 +84,28 @@ def expand_inputs(specs: list[str]) -> list[Path]:
     return unique
 
 
-def predict_files(inputs: list[str], output: str | Path, records: list[dict], *, checkpoint: str | None,
-                  device: str | None = None, precision: str = "fp32", world: bool = False, mode: str = "zoom",
-                  overlap: float = 0.5, sw_batch_size: int = 2, box_limits: bool = True, masks: bool = False,
-                  probabilities: bool = False, dicom_seg: bool = False, meshes: tuple[str, ...] = (),
-                  overwrite: bool = False, resume: bool = False, protected: list[Path] = (),
-                  progress: bool = True) -> int:
+def predict_files(
+    inputs: list[str],
+    output: str | Path,
+    records: list[dict],
+    *,
+    checkpoint: str | None,
+    device: str | None = None,
+    precision: str = "fp32",
+    world: bool = False,
+    mode: str = "zoom",
+    overlap: float = 0.5,
+    sw_batch_size: int = 2,
+    box_limits: bool = True,
+    masks: bool = False,
+    probabilities: bool = False,
+    dicom_seg: bool = False,
+    meshes: tuple[str, ...] = (),
+    overwrite: bool = False,
+    resume: bool = False,
+    protected: list[Path] = (),
+    progress: bool = True,
+) -> int:
     """Segment every input (files, folders, globs) for the prompt records; returns how many were segmented.
 
     `output`: the label map for one input, a folder for several. Everything a user can get wrong (prompts,
@@ -101,8 +121,10 @@ def predict_files(inputs: list[str], output: str | Path, records: list[dict], *,
     names = [p.label for p in checked]
     paths = expand_inputs(inputs)
     protected = [*paths, *protected, *([Path(checkpoint)] if checkpoint and "://" not in str(checkpoint) else [])]
-    plans = [plan_outputs(path, label, names, masks, probabilities, dicom_seg, meshes)
-             for path, label in zip(paths, label_paths(paths, output))]
+    plans = [
+        plan_outputs(path, label, names, masks, probabilities, dicom_seg, meshes)
+        for path, label in zip(paths, label_paths(paths, output))
+    ]
     todo = []
     for plan in plans:
         if resume and finished(plan):
@@ -113,8 +135,13 @@ def predict_files(inputs: list[str], output: str | Path, records: list[dict], *,
     if not todo:
         log.info("nothing to do: every input is finished")
         return 0
-    log.info("%d input(s) to segment (%d finished before); %d categor%s", len(todo), len(plans) - len(todo),
-             len(names), "y" if len(names) == 1 else "ies")
+    log.info(
+        "%d input(s) to segment (%d finished before); %d categor%s",
+        len(todo),
+        len(plans) - len(todo),
+        len(names),
+        "y" if len(names) == 1 else "ies",
+    )
     device = resolve_device(device)  # imports torch: after the first line the user sees
     model = weights = None
     for number, plan in enumerate(todo, 1):
@@ -129,9 +156,20 @@ def predict_files(inputs: list[str], output: str | Path, records: list[dict], *,
 
             release_text_backbone(model, [p.text for p in checked if p.text is not None])
             trace("loading the model")
-        predict_image(model, image, prompts, canonical, plan, mode=mode, overlap=overlap,
-                      sw_batch_size=sw_batch_size, weights=weights, box_limits=box_limits, world=world,
-                      progress=progress)
+        predict_image(
+            model,
+            image,
+            prompts,
+            canonical,
+            plan,
+            mode=mode,
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+            weights=weights,
+            box_limits=box_limits,
+            world=world,
+            progress=progress,
+        )
     log.info("%d input(s) done in %.1f s", len(todo), time.perf_counter() - started)
     return len(todo)
 
@@ -145,10 +183,23 @@ def prepare(input_path: Path, records: list[dict], world: bool):
     return (image, *prompts_on_image(records, image, world))
 
 
-def predict_file(model, input_path, output, records: list[dict], world: bool = False, mode: str = "zoom",
-                 overlap: float = 0.5, sw_batch_size: int = 2, masks: bool = False, probabilities: bool = False,
-                 dicom_seg: bool = False, weights: dict | str | None = None, box_limits: bool = True,
-                 overwrite: bool = False, meshes: tuple[str, ...] = ()) -> dict:
+def predict_file(
+    model,
+    input_path,
+    output,
+    records: list[dict],
+    world: bool = False,
+    mode: str = "zoom",
+    overlap: float = 0.5,
+    sw_batch_size: int = 2,
+    masks: bool = False,
+    probabilities: bool = False,
+    dicom_seg: bool = False,
+    weights: dict | str | None = None,
+    box_limits: bool = True,
+    overwrite: bool = False,
+    meshes: tuple[str, ...] = (),
+) -> dict:
     """Segment one image file for prompt records (input-file coordinates) and write the outputs.
 
     Writes the label map ``output`` (NIfTI on the input grid), its manifest ``<stem>.json`` and
@@ -161,12 +212,35 @@ def predict_file(model, input_path, output, records: list[dict], world: bool = F
     plan = plan_outputs(input_path, output, names, masks, probabilities, dicom_seg, meshes)
     check_outputs(plan, [input_path], overwrite)
     image, prompts, canonical = prepare(input_path, records, world)
-    return predict_image(model, image, prompts, canonical, plan, mode=mode, overlap=overlap,
-                         sw_batch_size=sw_batch_size, weights=weights, box_limits=box_limits, world=world)
+    return predict_image(
+        model,
+        image,
+        prompts,
+        canonical,
+        plan,
+        mode=mode,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        weights=weights,
+        box_limits=box_limits,
+        world=world,
+    )
 
 
-def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom", overlap=0.5, sw_batch_size=2,
-                  weights=None, box_limits=True, world=False, progress=True) -> dict:
+def predict_image(
+    model,
+    image,
+    prompts,
+    canonical,
+    plan: OutputPlan,
+    mode="zoom",
+    overlap=0.5,
+    sw_batch_size=2,
+    weights=None,
+    box_limits=True,
+    world=False,
+    progress=True,
+) -> dict:
     """Segment `image` (a `segvol.io` image) for `canonical` prompts (`prompts` in its file voxels, for the
     manifest) and write what `plan` lists, category by category; all or nothing. Returns the manifest."""
     import numpy as np
@@ -178,18 +252,29 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
 
     timings = {"inference": 0.0, "write": 0.0}
     started = time.perf_counter()
-    session = Session(model, image, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size,
-                      box_limits=box_limits, progress=progress)
+    session = Session(
+        model, image, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size, box_limits=box_limits, progress=progress
+    )
     timings["normalize"] = round(time.perf_counter() - started, 3)
     trace("normalizing")
     device = next(model.parameters()).device
-    log.info("segmenting %d categor%s of %s (%s) on %s, mode %s", len(prompts), "y" if len(prompts) == 1 else "ies",
-             plan.input, "x".join(map(str, session.volume.shape)), device, mode)
+    log.info(
+        "segmenting %d categor%s of %s (%s) on %s, mode %s",
+        len(prompts),
+        "y" if len(prompts) == 1 else "ies",
+        plan.input,
+        "x".join(map(str, session.volume.shape)),
+        device,
+        mode,
+    )
     builder = LabelMapBuilder(session.volume.shape, len(prompts))
     written: list[Path] = []
     surfaces: dict[str, dict] = {}
-    folders = {path.parent for path in [*plan.masks, *plan.probabilities, *(p for ps in plan.meshes for p in ps)]
-               if not path.parent.exists()}
+    folders = {
+        path.parent
+        for path in [*plan.masks, *plan.probabilities, *(p for ps in plan.meshes for p in ps)]
+        if not path.parent.exists()
+    }
     try:
         # One category at a time (image embeddings cached by the session): peak memory holds one
         # category's logits, not K of them; per-category files are written as they come.
@@ -214,8 +299,9 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
                 written.append(plan.probabilities[k])
                 del probability
             if plan.meshes:
-                surfaces[prompt.label] = write_meshes((logits > 0).numpy(), image.affine, region, plan.meshes[k],
-                                                      prompt.label)
+                surfaces[prompt.label] = write_meshes(
+                    (logits > 0).numpy(), image.affine, region, plan.meshes[k], prompt.label
+                )
                 written += surfaces[prompt.label]["files"]
             del logits
             timings["write"] += time.perf_counter() - step
@@ -237,10 +323,21 @@ def predict_image(model, image, prompts, canonical, plan: OutputPlan, mode="zoom
         for path in (p for paths in plan.meshes for p in paths if p not in written):
             path.unlink(missing_ok=True)  # an empty category's mesh of an earlier run (checked: ours, or --overwrite)
         manifest = build_manifest(
-            plan, image, prompts, labels, written, mode=mode, overlap=overlap, box_limits=box_limits,
-            weights=weights, device=device, world=world, seconds=timings,
+            plan,
+            image,
+            prompts,
+            labels,
+            written,
+            mode=mode,
+            overlap=overlap,
+            box_limits=box_limits,
+            weights=weights,
+            device=device,
+            world=world,
+            seconds=timings,
             precision=getattr(getattr(model, "image_encoder", None), "precision", "fp32"),
-            meshes=surfaces if plan.meshes else None)
+            meshes=surfaces if plan.meshes else None,
+        )
         write_manifest(plan, manifest)
         trace("writing the manifest")
     except BaseException:
@@ -270,8 +367,12 @@ def write_meshes(mask, affine, region, paths: list[Path], name: str) -> dict:
     to_region = np.eye(4)
     to_region[:3, 3] = np.asarray(region[:3], dtype=np.float64)
     mesh = mask_mesh(mask, np.asarray(affine, dtype=np.float64) @ to_region)
-    entry = {"files": [], "triangles": int(len(mesh.faces)), "area_mm2": round(mesh.area(), 3),
-             "volume_ml": round(mesh.volume() / 1000.0, 6)}
+    entry = {
+        "files": [],
+        "triangles": int(len(mesh.faces)),
+        "area_mm2": round(mesh.area(), 3),
+        "volume_ml": round(mesh.volume() / 1000.0, 6),
+    }
     if len(mesh.faces) == 0:
         log.warning("%s: empty mask, no mesh written", name)
         return entry

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,8 +56,10 @@ class Prompt:
             if box_is_empty(box):
                 axes = [a for a in range(3) if box[a] > box[a + 3]]
                 detail = ", ".join(f"axis {a}: {box[a]} > {box[a + 3]}" for a in axes)
-                raise ValueError(f"box {box.tolist()} is inverted ({detail}); give the lower corner first, "
-                                 "i.e. (first0, first1, first2, last0, last1, last2), inclusive")
+                raise ValueError(
+                    f"box {box.tolist()} is inverted ({detail}); give the lower corner first, "
+                    "i.e. (first0, first1, first2, last0, last1, last2), inclusive"
+                )
             self.box = box
         if self.points is not None:
             points = np.asarray(self.points, dtype=np.float64)
@@ -100,7 +102,7 @@ class Prompt:
                     f"{where} of shape {shape.tolist()}"
                 )
 
-    def mapped(self, voxel_map: VoxelMap, shape: Sequence[int]) -> "Prompt":
+    def mapped(self, voxel_map: VoxelMap, shape: Sequence[int]) -> Prompt:
         """The same prompt in another grid (box covered, points rounded, both clipped to ``shape``)."""
         box = None if self.box is None else voxel_map.map_box(self.box, shape)
         if box is not None and box_is_empty(box):
@@ -181,11 +183,14 @@ def _check_nesting(box, points, point_labels) -> None:
         raise ValueError(f"box must be 6 numbers (d0, h0, w0, d1, h1, w1), got {_kind(box)}")
     if isinstance(points, (list, tuple)):
         flat = len(points) == 3 and all(_scalar_like(v) for v in points)
-        if not flat and not (len(points) <= MAX_POINTS and all(
-                _scalar_like(p) or (len(p) == 3 and all(_scalar_like(v) for v in p)) for p in points)):
+        if not flat and not (
+            len(points) <= MAX_POINTS
+            and all(_scalar_like(p) or (len(p) == 3 and all(_scalar_like(v) for v in p)) for p in points)
+        ):
             raise ValueError(f"points must be (N, 3) voxel indices (N <= {MAX_POINTS:,}), got {_kind(points)}")
-    if isinstance(point_labels, (list, tuple)) and not (len(point_labels) <= MAX_POINTS
-                                                        and all(_scalar_like(v) for v in point_labels)):
+    if isinstance(point_labels, (list, tuple)) and not (
+        len(point_labels) <= MAX_POINTS and all(_scalar_like(v) for v in point_labels)
+    ):
         raise ValueError(f"point labels must be 1 (inside) or 0 (outside), got {_kind(point_labels)}")
 
 
@@ -206,13 +211,18 @@ def check_record_types(record: dict, where: str) -> None:
     if points is not None:
         if _is_list(points) and len(points) == 3 and all(_is_number(v) for v in points):
             points = [points]  # one point given flat
-        if not (_is_list(points) and 0 < len(points) <= MAX_POINTS
-                and all(_is_list(p) and len(p) == 3 and all(_is_number(v) for v in p) for p in points)):
-            raise ValueError(f"{where}: 'points' must be a list of up to {MAX_POINTS:,} points of 3 numbers, "
-                             f"got {_kind(points)}")
+        if not (
+            _is_list(points)
+            and 0 < len(points) <= MAX_POINTS
+            and all(_is_list(p) and len(p) == 3 and all(_is_number(v) for v in p) for p in points)
+        ):
+            raise ValueError(
+                f"{where}: 'points' must be a list of up to {MAX_POINTS:,} points of 3 numbers, got {_kind(points)}"
+            )
     labels = record.get("point_labels")
-    if labels is not None and not (_is_list(labels) and len(labels) <= MAX_POINTS
-                                   and all(_is_number(v) and v in (0, 1) for v in labels)):
+    if labels is not None and not (
+        _is_list(labels) and len(labels) <= MAX_POINTS and all(_is_number(v) and v in (0, 1) for v in labels)
+    ):
         raise ValueError(f"{where}: 'point_labels' must be a list of 1 (inside) or 0 (outside), got {_kind(labels)}")
 
 
@@ -237,7 +247,8 @@ def _no_aliases_loader():
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
                 raise yaml.composer.ComposerError(
-                    None, None, f"YAML aliases (*{event.anchor}) are not allowed in prompt files", event.start_mark)
+                    None, None, f"YAML aliases (*{event.anchor}) are not allowed in prompt files", event.start_mark
+                )
             return super().compose_node(parent, index)
 
     return PromptLoader
@@ -249,8 +260,9 @@ def read_prompt_records(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
     if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
-        raise ValueError(f"prompt file {path} is {path.stat().st_size:,} bytes; prompt files are at most "
-                         f"{MAX_PROMPT_FILE_BYTES:,}")
+        raise ValueError(
+            f"prompt file {path} is {path.stat().st_size:,} bytes; prompt files are at most {MAX_PROMPT_FILE_BYTES:,}"
+        )
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix.lower() in (".yaml", ".yml"):
@@ -275,10 +287,15 @@ def load_prompt_file(path: str | Path) -> list[Prompt]:
 # ------------------------------------------------------------------------------- records of `segvol predict`
 
 
-def command_line_records(text: Sequence[str] = (), box: Sequence[float] | None = None,
-                         points: Sequence[Sequence[float]] = (), negative_points: Sequence[Sequence[float]] = (),
-                         prompt_file: str | Path | None = None, strict: bool = False,
-                         checkpoint: str | Path | None = None) -> list[dict]:
+def command_line_records(
+    text: Sequence[str] = (),
+    box: Sequence[float] | None = None,
+    points: Sequence[Sequence[float]] = (),
+    negative_points: Sequence[Sequence[float]] = (),
+    prompt_file: str | Path | None = None,
+    strict: bool = False,
+    checkpoint: str | Path | None = None,
+) -> list[dict]:
     """Prompt records from `segvol predict`'s --text/--box/--point/--negative-point/--prompts, coordinates as given.
 
     Text outside the vocabulary (plus what a local `checkpoint` records it was trained on) warns (`strict`:
@@ -289,8 +306,10 @@ def command_line_records(text: Sequence[str] = (), box: Sequence[float] | None =
         records.extend({**r, "_origin": f"prompt file {prompt_file}"} for r in read_prompt_records(prompt_file))
     if box is not None or points or negative_points:
         if len(text) > 1:
-            raise ValueError("--box/--point describe one category: give at most one --text with them "
-                             "(use --prompts FILE for several)")
+            raise ValueError(
+                "--box/--point describe one category: give at most one --text with them "
+                "(use --prompts FILE for several)"
+            )
         record = {"text": text[0] if text else None, "box": box, "_origin": "--box/--point/--negative-point"}
         if points or negative_points:
             record["points"] = [*points, *negative_points]

@@ -40,7 +40,7 @@ no decoder outputs (one pass per category, least memory).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -65,11 +65,21 @@ class Session:
             trained mask-prompt branch (voxels count as 1 mm when ``image`` has no spacing).
     """
 
-    def __init__(self, model, image, mode: str = "zoom", overlap: float = 0.5, sw_batch_size: int = 2,
-                 box_limits: bool = True, progress: bool = False, edit_radius_mm: float = 20.0) -> None:
+    def __init__(
+        self,
+        model,
+        image,
+        mode: str = "zoom",
+        overlap: float = 0.5,
+        sw_batch_size: int = 2,
+        box_limits: bool = True,
+        progress: bool = False,
+        edit_radius_mm: float = 20.0,
+    ) -> None:
         self.model = model
-        self.options = dict(mode=mode, overlap=overlap, sw_batch_size=sw_batch_size, box_limits=box_limits,
-                            progress=progress)
+        self.options = dict(
+            mode=mode, overlap=overlap, sw_batch_size=sw_batch_size, box_limits=box_limits, progress=progress
+        )
         spacing = getattr(image, "spacing", None)
         self.spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0, 1.0, 1.0)
         if not edit_radius_mm > 0:
@@ -140,8 +150,13 @@ class Session:
         """The current prompt of an object (ValueError when it has none left); without its mask."""
         category = self._known(name)
         points = category["points"] or None
-        return Prompt(text=category["text"], box=category["box"], points=points,
-                      point_labels=category["labels"] if points else None, name=name)
+        return Prompt(
+            text=category["text"],
+            box=category["box"],
+            points=points,
+            point_labels=category["labels"] if points else None,
+            name=name,
+        )
 
     def _known(self, name: str) -> dict:
         if name not in self.prompts:
@@ -151,8 +166,9 @@ class Session:
     # -- results --------------------------------------------------------------------------
     def segment(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """``(K, D, H, W)`` float32 logits for canonical prompts, reusing cached embeddings and decodes."""
-        return segment(self.model, self.volume, list(prompts), embeddings=self.embeddings, decodes=self.decodes,
-                       **self.options)
+        return segment(
+            self.model, self.volume, list(prompts), embeddings=self.embeddings, decodes=self.decodes, **self.options
+        )
 
     def segment_region(self, prompts: Sequence[Prompt]) -> tuple[np.ndarray, torch.Tensor]:
         """`segvol.infer.zoom.segment_region` with cached embeddings: ``(region box, logits there)``.
@@ -182,13 +198,24 @@ class Session:
             mask_prompt = None
             if trained:  # the previous round's logits, else the starting mask
                 mask_prompt = kept["mask_prompt"] if kept is not None else mask
-            region, logits = segment_region(self.model, self.volume, [prompt], embeddings=self.embeddings,
-                                            decodes=self.decodes, masks=[mask_prompt], **self.options)
+            region, logits = segment_region(
+                self.model,
+                self.volume,
+                [prompt],
+                embeddings=self.embeddings,
+                decodes=self.decodes,
+                masks=[mask_prompt],
+                **self.options,
+            )
             logits = logits[0]
             if mask is not None and not trained:
                 region, logits = self._edit_near_clicks(mask, prompt, region, logits)
-        self.results[name] = {"state": state, "region": region, "logits": logits,
-                              "mask_prompt": MaskPrompt(region, logits)}
+        self.results[name] = {
+            "state": state,
+            "region": region,
+            "logits": logits,
+            "mask_prompt": MaskPrompt(region, logits),
+        }
         return region, logits
 
     def logits(self, name: str) -> torch.Tensor:
@@ -218,16 +245,22 @@ class Session:
                 corners = [np.minimum(corners[0], clicks.min(axis=0)), np.maximum(corners[1], clicks.max(axis=0))]
             box = [int(v) for v in (*corners[0], *corners[1])]
         points = category["points"] or None
-        return Prompt(text=category["text"], box=box, points=points,
-                      point_labels=category["labels"] if points else None, name=name)
+        return Prompt(
+            text=category["text"],
+            box=box,
+            points=points,
+            point_labels=category["labels"] if points else None,
+            name=name,
+        )
 
-    def _edit_near_clicks(self, mask: MaskPrompt, prompt: Prompt, region: np.ndarray,
-                          logits: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    def _edit_near_clicks(
+        self, mask: MaskPrompt, prompt: Prompt, region: np.ndarray, logits: torch.Tensor
+    ) -> tuple[np.ndarray, torch.Tensor]:
         """The mask, with the model's logits within ``edit_radius_mm`` of each click (inside the
         model's region): ``(region, logits)`` covering both."""
         radius = self.edit_radius_mm / np.asarray(self.spacing)
         zones = []
-        for point in ([] if prompt.points is None else prompt.points):
+        for point in [] if prompt.points is None else prompt.points:
             low = np.maximum(np.ceil(point - radius), region[:3]).astype(np.int64)
             high = np.minimum(np.floor(point + radius), region[3:]).astype(np.int64)
             if np.all(low <= high):
@@ -236,8 +269,9 @@ class Session:
         for _, low, high in zones:
             corners = [np.minimum(corners[0], low), np.maximum(corners[1], high)]
         combined_region = np.concatenate(corners).astype(np.int64)
-        combined = torch.full(tuple(int(n) for n in combined_region[3:] - combined_region[:3] + 1), OUTSIDE_LOGIT,
-                              dtype=torch.float32)
+        combined = torch.full(
+            tuple(int(n) for n in combined_region[3:] - combined_region[:3] + 1), OUTSIDE_LOGIT, dtype=torch.float32
+        )
         combined[box_slices(mask.region - np.tile(combined_region[:3], 2))] = mask.logits()
         for point, low, high in zones:
             grid = np.ogrid[tuple(slice(int(a), int(b) + 1) for a, b in zip(low, high))]
@@ -251,8 +285,13 @@ class Session:
 def _state(category: dict) -> tuple:
     """What an object's result depends on."""
     mask = category["mask"]
-    return (category["text"], None if category["box"] is None else tuple(category["box"]),
-            tuple(map(tuple, category["points"])), tuple(category["labels"]), None if mask is None else mask.token)
+    return (
+        category["text"],
+        None if category["box"] is None else tuple(category["box"]),
+        tuple(map(tuple, category["points"])),
+        tuple(category["labels"]),
+        None if mask is None else mask.token,
+    )
 
 
 def _normalized_volume(image):

@@ -24,8 +24,10 @@ class ReleasedBackbone(nn.Module):
         self.texts = sorted(set(texts))
 
     def forward(self, *args, **kwargs):
-        raise RuntimeError(f"the text backbone was released after embedding {self.texts}; "
-                           "no other category name can be embedded by this model")
+        raise RuntimeError(
+            f"the text backbone was released after embedding {self.texts}; "
+            "no other category name can be embedded by this model"
+        )
 
 
 def release_text_backbone(model: nn.Module, texts: Sequence[str]) -> None:

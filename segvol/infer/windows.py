@@ -8,8 +8,8 @@ positions exactly (tested against MONAI in tests/test_infer_geometry.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -53,8 +53,9 @@ def window_lattice(shape: Sequence[int], window: Sequence[int], overlap: float =
     shape, window = tuple(int(s) for s in shape), tuple(int(w) for w in window)
     padded = tuple(max(s, w) for s, w in zip(shape, window))
     pad_before = tuple((p - s) // 2 for p, s in zip(padded, shape))
-    per_axis = [[start - pad for start in window_starts(p, w, overlap)]
-                for p, w, pad in zip(padded, window, pad_before)]
+    per_axis = [
+        [start - pad for start in window_starts(p, w, overlap)] for p, w, pad in zip(padded, window, pad_before)
+    ]
     return [Window((d, h, w), window) for d in per_axis[0] for h in per_axis[1] for w in per_axis[2]]
 
 
@@ -101,8 +102,11 @@ class LogitStitcher:
             self.count[volume_slices] += 1
             target[volume_slices] = -0.0
             box = np.array([s.start for s in volume_slices] + [s.stop - 1 for s in volume_slices])
-            self.reached = box if self.reached is None else np.concatenate(
-                [np.minimum(self.reached[:3], box[:3]), np.maximum(self.reached[3:], box[3:])])
+            self.reached = (
+                box
+                if self.reached is None
+                else np.concatenate([np.minimum(self.reached[:3], box[:3]), np.maximum(self.reached[3:], box[3:])])
+            )
 
     def add(self, window: Window, logits: torch.Tensor) -> None:
         """Add a window's ``(d, h, w)`` logits (one of the windows given at construction, once)."""

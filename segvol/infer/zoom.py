@@ -34,8 +34,8 @@ from __future__ import annotations
 import functools
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -77,14 +77,24 @@ class DecodeJob:
     @property
     def signature(self) -> tuple[bool, bool, int, bool]:
         """Jobs with equal signatures can share one batched decoder call without padding."""
-        return (self.text is not None, self.box is not None, 0 if self.points is None else len(self.points),
-                self.mask is not None)
+        return (
+            self.text is not None,
+            self.box is not None,
+            0 if self.points is None else len(self.points),
+            self.mask is not None,
+        )
 
     @property
     def key(self) -> tuple:
         """Everything the decoder's output depends on: the view and the prompts mapped into it."""
-        return (self.view, self.text, _frozen(self.box), _frozen(self.points), _frozen(self.point_labels),
-                self.mask_token)
+        return (
+            self.view,
+            self.text,
+            _frozen(self.box),
+            _frozen(self.points),
+            _frozen(self.point_labels),
+            self.mask_token,
+        )
 
 
 def _frozen(array) -> tuple | None:
@@ -133,22 +143,29 @@ def model_input_size(model) -> tuple[int, int, int]:
     raise ValueError("the model does not tell its input size (no spatial_size on it or its config)")
 
 
-def resize_nearest_exact(volume: torch.Tensor, size: Sequence[int], out: torch.Tensor | None = None,
-                         slab: int = 16, region: np.ndarray | None = None) -> torch.Tensor:
+def resize_nearest_exact(
+    volume: torch.Tensor,
+    size: Sequence[int],
+    out: torch.Tensor | None = None,
+    slab: int = 16,
+    region: np.ndarray | None = None,
+) -> torch.Tensor:
     """Nearest-exact resize of a ``(D, H, W)`` tensor, slab by slab so that large outputs need no temporaries.
 
     With ``region`` (an inclusive box of the output grid) only that part of the output is made.
     """
-    indices = [torch.from_numpy(nearest_exact_indices(n_in, n_out)).to(volume.device)
-               for n_in, n_out in zip(volume.shape, size)]
+    indices = [
+        torch.from_numpy(nearest_exact_indices(n_in, n_out)).to(volume.device)
+        for n_in, n_out in zip(volume.shape, size)
+    ]
     if region is not None:
-        indices = [index[int(region[a]):int(region[a + 3]) + 1] for a, index in enumerate(indices)]
+        indices = [index[int(region[a]) : int(region[a + 3]) + 1] for a, index in enumerate(indices)]
         size = [len(index) for index in indices]
     if out is None:
         out = volume.new_empty(tuple(size))
     for first in range(0, size[0], slab):
-        part = volume.index_select(0, indices[0][first:first + slab])
-        out[first:first + slab] = part.index_select(1, indices[1]).index_select(2, indices[2])
+        part = volume.index_select(0, indices[0][first : first + slab])
+        out[first : first + slab] = part.index_select(1, indices[1]).index_select(2, indices[2])
     return out
 
 
@@ -159,8 +176,8 @@ def foreground_box(volume: torch.Tensor, slab: int = 16) -> np.ndarray:
     """
     hits = [torch.zeros(n, dtype=torch.bool) for n in volume.shape]
     for first in range(0, volume.shape[0], slab):
-        part = volume[first:first + slab] > 0
-        hits[0][first:first + slab] = part.flatten(1).any(dim=1)
+        part = volume[first : first + slab] > 0
+        hits[0][first : first + slab] = part.flatten(1).any(dim=1)
         hits[1] |= part.any(dim=0).any(dim=1)
         hits[2] |= part.any(dim=0).any(dim=0)
     box = None
@@ -182,14 +199,17 @@ def _into_crop(prompt: Prompt, to_crop: VoxelMap, crop_shape) -> Prompt:
     if prompt.box is not None:
         box = to_crop.map_box(prompt.box, crop_shape)
         if box_is_empty(box):
-            raise ValueError(f"prompt '{prompt.label}': box {list(prompt.box)} lies entirely in the image "
-                             "background (no voxel above the air level)")
+            raise ValueError(
+                f"prompt '{prompt.label}': box {list(prompt.box)} lies entirely in the image "
+                "background (no voxel above the air level)"
+            )
     if prompt.points is not None:
         mapped = to_crop.map_points(prompt.points)
         inside = np.all((mapped >= 0) & (mapped < np.asarray(crop_shape)), axis=1)
         if not inside.all():
-            log.warning("prompt '%s': %d point(s) in the image background were ignored", prompt.label,
-                        int((~inside).sum()))
+            log.warning(
+                "prompt '%s': %d point(s) in the image background were ignored", prompt.label, int((~inside).sum())
+            )
         if inside.any():
             points, labels = mapped[inside], prompt.point_labels[inside]
         elif prompt.text is None and box is None:
@@ -245,9 +265,18 @@ def roi_windows(crop_shape: Sequence[int], window: Sequence[int], overlap: float
     return [Window((d, h, w), size) for d in per_axis[0] for h in per_axis[1] for w in per_axis[2]]
 
 
-def _window_job(prompt: Prompt, to_window: VoxelMap, window_size: Sequence[int], view_index: int,
-                prompt_index: int, coarse_box: np.ndarray | None, use_coarse: bool, view: tuple = (),
-                mask: Callable[[], torch.Tensor] | None = None, mask_token: int | None = None) -> DecodeJob | None:
+def _window_job(
+    prompt: Prompt,
+    to_window: VoxelMap,
+    window_size: Sequence[int],
+    view_index: int,
+    prompt_index: int,
+    coarse_box: np.ndarray | None,
+    use_coarse: bool,
+    view: tuple = (),
+    mask: Callable[[], torch.Tensor] | None = None,
+    mask_token: int | None = None,
+) -> DecodeJob | None:
     """The prompt of one window (see the module docstring), or None when the window is skipped."""
     box = None
     if prompt.box is not None:
@@ -273,9 +302,12 @@ class _Decoder:
     def __init__(self, model, texts: dict[str, torch.Tensor], device: torch.device, batch_size: int) -> None:
         self.model, self.texts, self.device, self.batch_size = model, texts, device, batch_size
 
-    def run(self, embeddings: Callable[[], torch.Tensor], jobs: list[DecodeJob],
-            known: Callable[[DecodeJob], torch.Tensor | None] = lambda job: None,
-            ) -> Iterator[tuple[DecodeJob, torch.Tensor]]:
+    def run(
+        self,
+        embeddings: Callable[[], torch.Tensor],
+        jobs: list[DecodeJob],
+        known: Callable[[DecodeJob], torch.Tensor | None] = lambda job: None,
+    ) -> Iterator[tuple[DecodeJob, torch.Tensor]]:
         """Yield ``(job, logits)`` for every job, logits ``(D, H, W)`` float32 on the CPU.
 
         ``embeddings()`` gives the batch's image embeddings (called only when something is
@@ -293,7 +325,7 @@ class _Decoder:
             for job, value in zip(group, remembered):
                 if value is None:
                     if id(job) not in decoded:  # the next chunk of missing jobs, in order
-                        chunk, missing = missing[:self.batch_size], missing[self.batch_size:]
+                        chunk, missing = missing[: self.batch_size], missing[self.batch_size :]
                         decoded = dict(zip(map(id, chunk), self._decode(embeddings(), chunk)))
                     value = decoded.pop(id(job))
                 yield job, value
@@ -301,15 +333,14 @@ class _Decoder:
     def _decode(self, embeddings: torch.Tensor, chunk: list[DecodeJob]) -> torch.Tensor:
         has_text, has_box, n_points, has_mask = chunk[0].signature
         views = torch.tensor([job.view_index for job in chunk], device=embeddings.device)
-        text = boxes = points = masks = None
+        text = boxes = points = None
         if has_text:
             text = torch.stack([self.texts[job.text] for job in chunk])
         if has_box:
             boxes = torch.tensor(np.stack([job.box for job in chunk]), dtype=torch.float32, device=self.device)
         if n_points:
             coords = torch.tensor(np.stack([job.points for job in chunk]), dtype=torch.float32, device=self.device)
-            labels = torch.tensor(np.stack([job.point_labels for job in chunk]), dtype=torch.long,
-                                  device=self.device)
+            labels = torch.tensor(np.stack([job.point_labels for job in chunk]), dtype=torch.long, device=self.device)
             points = (coords, labels)
         prompts = dict(text=text, boxes=boxes, points=points)
         if has_mask:  # passed only when there is one: models without the branch keep their signature
@@ -331,11 +362,21 @@ def _embed_texts(model, prompts: Sequence[Prompt], device: torch.device) -> dict
     return {name: embedded[i].to(device) for i, name in enumerate(names)}
 
 
-def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
-                   overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
-                   device: str | torch.device | None = None, progress: bool = False,
-                   box_limits: bool = True, embeddings: dict | None = None, decodes: DecodeMemo | None = None,
-                   masks: Sequence[MaskPrompt | None] | None = None) -> tuple[np.ndarray, torch.Tensor]:
+def segment_region(
+    model,
+    volume: torch.Tensor | np.ndarray,
+    prompts: Sequence[Prompt],
+    mode: str = "zoom",
+    overlap: float = 0.5,
+    sw_batch_size: int = 2,
+    decode_batch_size: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    box_limits: bool = True,
+    embeddings: dict | None = None,
+    decodes: DecodeMemo | None = None,
+    masks: Sequence[MaskPrompt | None] | None = None,
+) -> tuple[np.ndarray, torch.Tensor]:
     """Segment a canonical volume for K prompts, returning ``(region, logits)``: the inclusive
     box ``region`` (voxel indices of ``volume``) outside which every logit is ``OUTSIDE_LOGIT``
     and the ``(K, *region size)`` logits inside it. The region is the foreground crop, or with
@@ -374,7 +415,7 @@ def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[P
         if volume.ndim != 3:
             raise ValueError(f"segment needs a (D, H, W) volume, got shape {tuple(volume.shape)}")
         volume = volume.to(device="cpu", dtype=torch.float32)
-        if not all(torch.isfinite(volume[first:first + 16]).all() for first in range(0, volume.shape[0], 16)):
+        if not all(torch.isfinite(volume[first : first + 16]).all() for first in range(0, volume.shape[0], 16)):
             raise ValueError("the volume contains NaN or infinite values")  # checked slab by slab: no 157 MB mask
     for prompt in prompts:
         prompt.check_inside(volume.shape)
@@ -394,10 +435,22 @@ def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[P
         model.eval()
     try:
         with torch.no_grad():
-            region, logits = _segment(model, volume, list(prompts), mode, overlap, sw_batch_size, decode_batch_size,
-                                      device, window_size, progress, box_limits,
-                                      _Embeddings(model, device, {} if embeddings is None else embeddings),
-                                      _Recall(decodes, prompts), masks)
+            region, logits = _segment(
+                model,
+                volume,
+                list(prompts),
+                mode,
+                overlap,
+                sw_batch_size,
+                decode_batch_size,
+                device,
+                window_size,
+                progress,
+                box_limits,
+                _Embeddings(model, device, {} if embeddings is None else embeddings),
+                _Recall(decodes, prompts),
+                masks,
+            )
     finally:
         if switch:
             model.train(was_training)
@@ -408,19 +461,41 @@ def segment_region(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[P
     return region, logits
 
 
-def segment(model, volume: torch.Tensor | np.ndarray, prompts: Sequence[Prompt], mode: str = "zoom",
-            overlap: float = 0.5, sw_batch_size: int = 2, decode_batch_size: int = 8,
-            device: str | torch.device | None = None, progress: bool = False,
-            box_limits: bool = True, embeddings: dict | None = None, decodes: DecodeMemo | None = None,
-            masks: Sequence[MaskPrompt | None] | None = None) -> torch.Tensor:
+def segment(
+    model,
+    volume: torch.Tensor | np.ndarray,
+    prompts: Sequence[Prompt],
+    mode: str = "zoom",
+    overlap: float = 0.5,
+    sw_batch_size: int = 2,
+    decode_batch_size: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    box_limits: bool = True,
+    embeddings: dict | None = None,
+    decodes: DecodeMemo | None = None,
+    masks: Sequence[MaskPrompt | None] | None = None,
+) -> torch.Tensor:
     """Segment a canonical volume for K prompts: ``(K, D, H, W)`` float32 logits on the CPU
     (sigmoid > 0.5 = inside), ``OUTSIDE_LOGIT`` outside the foreground crop (and, with
     ``box_limits``, outside a prompt's box). Arguments as `segment_region`, which returns only the
     part that can differ from ``OUTSIDE_LOGIT`` and needs far less memory.
     """
-    region, part = segment_region(model, volume, prompts, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size,
-                                  decode_batch_size=decode_batch_size, device=device, progress=progress,
-                                  box_limits=box_limits, embeddings=embeddings, decodes=decodes, masks=masks)
+    region, part = segment_region(
+        model,
+        volume,
+        prompts,
+        mode=mode,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        decode_batch_size=decode_batch_size,
+        device=device,
+        progress=progress,
+        box_limits=box_limits,
+        embeddings=embeddings,
+        decodes=decodes,
+        masks=masks,
+    )
     logits = torch.full((len(prompts), *volume.shape), OUTSIDE_LOGIT, dtype=torch.float32)
     logits[(slice(None), *box_slices(region))] = part
     return logits
@@ -489,9 +564,22 @@ class _Recall:
                 self.memo.keep(owner, outputs)
 
 
-def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_size, device, window_size,
-             progress, box_limits, cache: _Embeddings, recall: _Recall,
-             masks: list[MaskPrompt | None]) -> tuple[np.ndarray, torch.Tensor]:
+def _segment(
+    model,
+    volume,
+    prompts,
+    mode,
+    overlap,
+    sw_batch_size,
+    decode_batch_size,
+    device,
+    window_size,
+    progress,
+    box_limits,
+    cache: _Embeddings,
+    recall: _Recall,
+    masks: list[MaskPrompt | None],
+) -> tuple[np.ndarray, torch.Tensor]:
     decoder = _Decoder(model, _embed_texts(model, prompts, device), device, decode_batch_size)
     if isinstance(volume, NormalizedVolume):  # reading every voxel costs a normalization pass: once per volume
         if volume.foreground is None:
@@ -533,8 +621,9 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
         if mode == "window":
             needed_windows = lattice
         else:
-            limit = np.asarray(local[k].box) - np.tile(region_start, 2) if box_limits and local[k].box is not None \
-                else None
+            limit = (
+                np.asarray(local[k].box) - np.tile(region_start, 2) if box_limits and local[k].box is not None else None
+            )
             roi = _coarse_roi(region_logits[k], limit)
             if roi is None:
                 log.info("zoom-out found nothing for '%s'; keeping the coarse result", prompts[k].label)
@@ -558,8 +647,18 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
             mask, token = None, None
             if masks[k] is not None:
                 mask, token = functools.partial(masks[k].window, in_volume_start, window.size), masks[k].token
-            job = _window_job(local[k], to_window, window_size, 0, k, coarse_box, use_coarse=coarse is not None,
-                              view=view, mask=mask, mask_token=token)
+            job = _window_job(
+                local[k],
+                to_window,
+                window_size,
+                0,
+                k,
+                coarse_box,
+                use_coarse=coarse is not None,
+                view=view,
+                mask=mask,
+                mask_token=token,
+            )
             if job is not None:
                 jobs.append(job)
         if jobs:
@@ -568,8 +667,10 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
     def in_region(window: Window) -> Window:
         """The window's part inside the crop (all that is stitched, or kept), in region voxels."""
         volume_slices, _ = window.overlap(crop_shape)
-        return Window(tuple(int(s.start - b) for s, b in zip(volume_slices, region_start)),
-                      tuple(s.stop - s.start for s in volume_slices))
+        return Window(
+            tuple(int(s.start - b) for s, b in zip(volume_slices, region_start)),
+            tuple(s.stop - s.start for s in volume_slices),
+        )
 
     parts: dict[int, list[Window]] = defaultdict(list)
     for window, jobs in work:
@@ -582,15 +683,20 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
 
         bar = progress_bar(total=len(work), desc="windows", unit="window", leave=False)
     for first in range(0, len(work), sw_batch_size):
-        batch = work[first:first + sw_batch_size]
+        batch = work[first : first + sw_batch_size]
         jobs = []
         for view_index, (_, window_jobs) in enumerate(batch):
             for job in window_jobs:
                 job.view_index = view_index
                 jobs.append(job)
         by_key = {("window", window.start, window.size): window for window, _ in batch}
-        embeddings = functools.cache(functools.partial(cache.get, list(by_key), lambda keys: torch.stack(
-            [extract_window(crop, by_key[key]) for key in keys])[:, None]))
+        embeddings = functools.cache(
+            functools.partial(
+                cache.get,
+                list(by_key),
+                lambda keys, by_key=by_key: torch.stack([extract_window(crop, by_key[key]) for key in keys])[:, None],
+            )
+        )
         for job, window_logits in decoder.run(embeddings, jobs, recall.known):
             window = batch[job.view_index][0]
             part = in_region(window)
@@ -608,8 +714,16 @@ def _segment(model, volume, prompts, mode, overlap, sw_batch_size, decode_batch_
     return in_volume, region_logits
 
 
-def _zoom_out(cache: _Embeddings, decoder: _Decoder, crop: torch.Tensor, prompts: list[Prompt], window_size,
-              recall: _Recall, masks: list[MaskPrompt | None], crop_box: np.ndarray):
+def _zoom_out(
+    cache: _Embeddings,
+    decoder: _Decoder,
+    crop: torch.Tensor,
+    prompts: list[Prompt],
+    window_size,
+    recall: _Recall,
+    masks: list[MaskPrompt | None],
+    crop_box: np.ndarray,
+):
     """Zoom-out pass: ``(K, *window_size)`` coarse logits (CPU) of the crop resized to the model size."""
     to_zoom = VoxelMap.resize(crop.shape, window_size)
     jobs = []
@@ -618,11 +732,13 @@ def _zoom_out(cache: _Embeddings, decoder: _Decoder, crop: torch.Tensor, prompts
         mask, token = None, None
         if masks[k] is not None:
             mask, token = functools.partial(masks[k].zoom_out, crop_box, window_size), masks[k].token
-        jobs.append(DecodeJob(0, k, mapped.text, mapped.box, mapped.points, mapped.point_labels, ("zoom-out",),
-                              mask, token))
+        jobs.append(
+            DecodeJob(0, k, mapped.text, mapped.box, mapped.points, mapped.point_labels, ("zoom-out",), mask, token)
+        )
     coarse = torch.empty((len(prompts), *window_size), dtype=torch.float32)
-    embedding = functools.cache(functools.partial(cache.get, [("zoom-out",)],
-                                                  lambda keys: resize_nearest_exact(crop, window_size)[None, None]))
+    embedding = functools.cache(
+        functools.partial(cache.get, [("zoom-out",)], lambda keys: resize_nearest_exact(crop, window_size)[None, None])
+    )
     for job, value in decoder.run(embedding, jobs, recall.known):
         coarse[job.prompt_index] = recall.note(job, value)
     return coarse

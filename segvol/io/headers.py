@@ -179,16 +179,21 @@ def contained_data_file(header: Path, name: str, what: str = "data file") -> Pat
         raise ValueError(f"{header}: empty {what} name")
     parts = re.split(r"[/\\]", name)
     if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise ValueError(f"{header}: {what} {name!r} is an absolute path; detached data must lie next to its header "
-                         "(a relative name in the same folder)")
+        raise ValueError(
+            f"{header}: {what} {name!r} is an absolute path; detached data must lie next to its header "
+            "(a relative name in the same folder)"
+        )
     if ".." in parts:
-        raise ValueError(f"{header}: {what} {name!r} leaves the header's folder ('..'); detached data must lie next "
-                         "to its header")
+        raise ValueError(
+            f"{header}: {what} {name!r} leaves the header's folder ('..'); detached data must lie next to its header"
+        )
     folder = header.parent.resolve()
     candidate = (header.parent / name).resolve()
     if candidate != folder and folder not in candidate.parents:
-        raise ValueError(f"{header}: {what} {name!r} leads out of the header's folder (a symbolic link to "
-                         f"somewhere else); detached data must lie next to its header")
+        raise ValueError(
+            f"{header}: {what} {name!r} leads out of the header's folder (a symbolic link to "
+            f"somewhere else); detached data must lie next to its header"
+        )
     try:
         mode = candidate.stat().st_mode
     except OSError:
@@ -248,8 +253,18 @@ def _lines_with_offsets(data: bytes):
 # ----------------------------------------------------------------------------- MetaImage
 
 METAIMAGE_TYPES = {  # MetaIO's MET_ValueTypeSize
-    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_ASCII_CHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
-    "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_ASCII_CHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
     "MET_DOUBLE": 8,
 }
 
@@ -296,8 +311,9 @@ def _metaimage_header(path: Path, data: bytes, complete: bool):
 def check_metaimage(path: str | os.PathLike) -> None:
     """Check a MetaImage (`.mha`, `.mhd`) header, its detached data files and its data size."""
     path = Path(path)
-    fields, data_file, data_offset, names = _parse_header(path, lambda data, complete: _metaimage_header(
-        path, data, complete))
+    fields, data_file, data_offset, names = _parse_header(
+        path, lambda data, complete: _metaimage_header(path, data, complete)
+    )
     dims = _words_to_ints(path, "DimSize", fields.get("dimsize", ""))
     ndims = _words_to_ints(path, "NDims", fields.get("ndims", str(len(dims))))
     if not dims or ndims != [len(dims)]:
@@ -356,15 +372,46 @@ def check_metaimage(path: str | os.PathLike) -> None:
 
 NRRD_TYPES = {
     1: ("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"),
-    2: ("short", "short int", "signed short", "signed short int", "int16", "int16_t", "ushort", "unsigned short",
-        "unsigned short int", "uint16", "uint16_t"),
+    2: (
+        "short",
+        "short int",
+        "signed short",
+        "signed short int",
+        "int16",
+        "int16_t",
+        "ushort",
+        "unsigned short",
+        "unsigned short int",
+        "uint16",
+        "uint16_t",
+    ),
     4: ("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t", "float"),
-    8: ("longlong", "long long", "long long int", "signed long long", "signed long long int", "int64", "int64_t",
-        "ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t", "double"),
+    8: (
+        "longlong",
+        "long long",
+        "long long int",
+        "signed long long",
+        "signed long long int",
+        "int64",
+        "int64_t",
+        "ulonglong",
+        "unsigned long long",
+        "unsigned long long int",
+        "uint64",
+        "uint64_t",
+        "double",
+    ),
 }
 NRRD_TYPE_SIZE = {name: size for size, names in NRRD_TYPES.items() for name in names}
-NRRD_ENCODINGS = {"raw": "raw", "txt": "text", "text": "text", "ascii": "text", "hex": "hex", "gz": "gzip",
-                  "gzip": "gzip"}
+NRRD_ENCODINGS = {
+    "raw": "raw",
+    "txt": "text",
+    "text": "text",
+    "ascii": "text",
+    "hex": "hex",
+    "gz": "gzip",
+    "gzip": "gzip",
+}
 
 
 def _nrrd_header(path: Path, data: bytes, complete: bool):
@@ -391,7 +438,7 @@ def _nrrd_header(path: Path, data: bytes, complete: bool):
         if field == "datafile" and value.strip().startswith("LIST"):  # the rest of the file: one name per line
             if not complete:
                 raise _NeedMore
-            names = [rest.decode("latin-1").strip() for rest, _ in lines[index + 1:]]
+            names = [rest.decode("latin-1").strip() for rest, _ in lines[index + 1 :]]
             return fields, None, [name for name in names if name]
     if not complete:
         raise _NeedMore
@@ -437,8 +484,10 @@ def check_nrrd(path: str | os.PathLike) -> None:
             first, last, step = (int(w) for w in words[1:4])
             names = _pattern_names(path, words[0], first, last, step)
         elif "%" in data_file:
-            raise ValueError(f"{path}: unsupported NRRD data file pattern {data_file!r} "
-                             "(expected '<format> <min> <max> <step> [<subdim>]')")
+            raise ValueError(
+                f"{path}: unsupported NRRD data file pattern {data_file!r} "
+                "(expected '<format> <min> <max> <step> [<subdim>]')"
+            )
         else:
             names = [data_file]
         regions = [_Region(contained_data_file(path, name)) for name in names]
@@ -490,7 +539,7 @@ def _nifti_header_fields(path: Path, head: bytes) -> tuple[list[int], int, int]:
 def _nifti_shape(path: Path, dims) -> list[int]:
     if not 1 <= dims[0] <= 7:
         raise ValueError(f"{path}: NIfTI header has {dims[0]} dimensions (expected 1 to 7)")
-    return [int(n) for n in dims[1: dims[0] + 1]]
+    return [int(n) for n in dims[1 : dims[0] + 1]]
 
 
 def check_nifti(path: str | os.PathLike) -> None:
@@ -546,8 +595,9 @@ def check_npy(path: str | os.PathLike) -> None:
     count = check_voxel_count(path, shape or [1])
     needed = offset + count * dtype.itemsize
     if path.stat().st_size < needed:
-        raise ValueError(f"{path}: the header claims {shape} {dtype} ({_gib(needed)}) but the file holds "
-                         f"{_gib(path.stat().st_size)}")
+        raise ValueError(
+            f"{path}: the header claims {shape} {dtype} ({_gib(needed)}) but the file holds {_gib(path.stat().st_size)}"
+        )
 
 
 NATIVE_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
@@ -559,7 +609,7 @@ def check_dicom_series(folder: str | os.PathLike, files: list[str]) -> None:
     import pydicom
 
     folder = Path(folder)
-    claimed, sizes, compressed_bytes, compressed_claim, grid = 0, 0, 0, 0, None
+    claimed, compressed_bytes, compressed_claim, grid = 0, 0, 0, None
     for name in files:
         try:
             dataset = pydicom.dcmread(name, stop_before_pixels=True, force=True, defer_size=1 << 16)
@@ -569,25 +619,32 @@ def check_dicom_series(folder: str | os.PathLike, files: list[str]) -> None:
             bits = int(dataset.BitsAllocated)
             syntax = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2"))
         except Exception as error:  # pydicom raises many types for broken files
-            raise ValueError(f"{folder}: {Path(name).name}: unreadable DICOM header "
-                             f"({type(error).__name__}: {error})") from None
+            raise ValueError(
+                f"{folder}: {Path(name).name}: unreadable DICOM header ({type(error).__name__}: {error})"
+            ) from None
         if grid is None:
             grid = (rows, columns)
         elif (rows, columns) != grid:
-            raise ValueError(f"{folder}: {Path(name).name} has {rows}x{columns} pixels, the series' first file "
-                             f"{grid[0]}x{grid[1]}; slices of one volume must have one size")
+            raise ValueError(
+                f"{folder}: {Path(name).name} has {rows}x{columns} pixels, the series' first file "
+                f"{grid[0]}x{grid[1]}; slices of one volume must have one size"
+            )
         count = check_voxel_count(f"{folder}: {Path(name).name}", [rows, columns, frames, samples])
         nbytes = -(-count * bits // 8)
         size = os.path.getsize(name)
         if syntax in NATIVE_TRANSFER_SYNTAXES:
             if size < nbytes:
-                raise ValueError(f"{folder}: {Path(name).name} claims {rows}x{columns}x{frames} pixels "
-                                 f"({_gib(nbytes)}) but the file holds {_gib(size)}; truncated or forged")
+                raise ValueError(
+                    f"{folder}: {Path(name).name} claims {rows}x{columns}x{frames} pixels "
+                    f"({_gib(nbytes)}) but the file holds {_gib(size)}; truncated or forged"
+                )
         else:
             compressed_bytes += size
             compressed_claim += nbytes
         claimed += count
     check_voxel_count(folder, [claimed], what="the series")
     if compressed_claim > DICOM_MAX_RATIO * compressed_bytes:
-        raise ValueError(f"{folder}: compressed DICOM files of {_gib(compressed_bytes)} claim {_gib(compressed_claim)} "
-                         f"of pixels (over {DICOM_MAX_RATIO}:1); forged headers?")
+        raise ValueError(
+            f"{folder}: compressed DICOM files of {_gib(compressed_bytes)} claim {_gib(compressed_claim)} "
+            f"of pixels (over {DICOM_MAX_RATIO}:1); forged headers?"
+        )

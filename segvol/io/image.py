@@ -61,7 +61,8 @@ class CanonicalImage:
         """Source-order (..., I, J, K) -> canonical (..., D, H, W)."""
         if tuple(array_ijk.shape[-3:]) != tuple(self.original_shape):
             raise ValueError(
-                f"array of shape {tuple(array_ijk.shape)} is not on the source grid {self.original_shape} of {self.source}"
+                f"array of shape {tuple(array_ijk.shape)} is not on the source grid "
+                f"{self.original_shape} of {self.source}"
             )
         return orientation.to_canonical(array_ijk, self.reorientation)
 
@@ -219,8 +220,9 @@ def _output_dtype(array: np.ndarray) -> np.dtype:
     raise ValueError(f"values in [{low}, {high}] do not fit a NIfTI int32")
 
 
-def write_like(array_dhw: np.ndarray, image: CanonicalImage, out_path: str | os.PathLike,
-               dtype: np.dtype | str | None = None) -> Path:
+def write_like(
+    array_dhw: np.ndarray, image: CanonicalImage, out_path: str | os.PathLike, dtype: np.dtype | str | None = None
+) -> Path:
     """Write a canonical (D, H, W) array as NIfTI on exactly `image`'s source grid, atomically.
 
     The file has the source's shape and affine (for NRRD/MHA/DICOM sources the equivalent RAS

@@ -90,8 +90,14 @@ def _generic_statistics(hu: np.ndarray) -> dict:
         squares += float(np.dot(deviation, deviation))
     # overwrite_input: `kept` is our own temporary, so percentile may partition it in place.
     lower, upper = np.percentile(kept, [LOWER_PERCENTILE, UPPER_PERCENTILE], overwrite_input=True)
-    return {"threshold": threshold, "lower": float(lower), "upper": float(upper), "mean": mean,
-            "std": float(np.sqrt(squares / kept.size)), "kept": int(kept.size)}
+    return {
+        "threshold": threshold,
+        "lower": float(lower),
+        "upper": float(upper),
+        "mean": mean,
+        "std": float(np.sqrt(squares / kept.size)),
+        "kept": int(kept.size),
+    }
 
 
 def foreground_statistics(hu: np.ndarray) -> dict:

@@ -75,8 +75,9 @@ class Mesh:
 
     def area(self) -> float:
         corners = self.triangles
-        return float(np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]),
-                                    axis=1).sum() / 2.0)
+        return float(
+            np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1).sum() / 2.0
+        )
 
 
 def mask_mesh(mask: np.ndarray, affine: np.ndarray) -> Mesh:
@@ -205,6 +206,7 @@ def write_category_meshes(
         if len(mesh.faces) == 0:
             continue
         writers = {"stl": write_stl, "obj": write_obj}
-        written[category] = [writers[kind](mesh, out_dir / f"{stems[category]}.{kind}", name=category, space=space)
-                             for kind in formats]
+        written[category] = [
+            writers[kind](mesh, out_dir / f"{stems[category]}.{kind}", name=category, space=space) for kind in formats
+        ]
     return written

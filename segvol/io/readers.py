@@ -60,8 +60,9 @@ def read_nifti(path: Path) -> SourceVolume:
         raise ValueError(f"{path}: cannot read NIfTI file ({type(error).__name__}: {error})") from error
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ValueError(f"{path}: not a NIfTI image ({type(image).__name__})")
-    return SourceVolume(array=np.asarray(array), affine=image.affine.astype(np.float64), kind="nifti",
-                        nifti_header=image.header.copy())
+    return SourceVolume(
+        array=np.asarray(array), affine=image.affine.astype(np.float64), kind="nifti", nifti_header=image.header.copy()
+    )
 
 
 def itk_message(error: Exception) -> str:
@@ -140,8 +141,13 @@ def dicom_series_files(folder: Path) -> tuple[str, list[str]]:
     files_by_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
     series_id = max(files_by_series, key=lambda sid: len(files_by_series[sid]))
     if len(series_ids) > 1:
-        log.warning("%s holds %d DICOM series; reading the largest (%s, %d files)",
-                    folder, len(series_ids), series_id, len(files_by_series[series_id]))
+        log.warning(
+            "%s holds %d DICOM series; reading the largest (%s, %d files)",
+            folder,
+            len(series_ids),
+            series_id,
+            len(files_by_series[series_id]),
+        )
     return series_id, list(files_by_series[series_id])
 
 

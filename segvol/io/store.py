@@ -152,11 +152,16 @@ def ngff_image(name: str, path: str, spacing, channel: bool = False) -> dict:
     if channel:
         axes = [{"name": "c", "type": "channel"}, *axes]
         scale = [1.0, *scale]
-    return {"version": NGFF_VERSION, "multiscales": [{
-        "name": name,
-        "axes": axes,
-        "datasets": [{"path": path, "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-    }]}
+    return {
+        "version": NGFF_VERSION,
+        "multiscales": [
+            {
+                "name": name,
+                "axes": axes,
+                "datasets": [{"path": path, "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+            }
+        ],
+    }
 
 
 def spatial_dimension_names(channel: bool = False) -> tuple[str, ...]:
@@ -286,7 +291,8 @@ class CheckedArray:
         if not same:
             where = f"volume {index} " if self.ndim > 3 else ""
             raise self._case.corrupt(
-                self.name, f"{where}min/max/sum {found} differ from the recorded {tuple(expected)}")
+                self.name, f"{where}min/max/sum {found} differ from the recorded {tuple(expected)}"
+            )
 
 
 class CheckedCase:
@@ -321,12 +327,17 @@ class CheckedCase:
 
     def corrupt(self, array: str, problem: str) -> StoreCorruptError:
         return StoreCorruptError(
-            f"{self.store.path}: case '{self.id}', array '{array}': {problem}; the store is corrupt, re-run the stage that wrote it")
+            f"{self.store.path}: case '{self.id}', array '{array}': {problem}; "
+            "the store is corrupt, re-run the stage that wrote it"
+        )
 
     def _check_layout(self, name: str, array, record: dict) -> None:
         if [int(n) for n in array.shape] != record["shape"] or str(np.dtype(array.dtype)) != record["dtype"]:
-            raise self.corrupt(name, f"shape/dtype {list(array.shape)} {array.dtype} differ from the recorded "
-                                     f"{record['shape']} {record['dtype']}")
+            raise self.corrupt(
+                name,
+                f"shape/dtype {list(array.shape)} {array.dtype} differ from the recorded "
+                f"{record['shape']} {record['dtype']}",
+            )
         found = stored_chunks(self.path / record["path"])
         missing = [key for key in record["chunks"] if key not in found]
         if missing:
@@ -337,8 +348,10 @@ class CheckedCase:
         resized = [key for key, size in record["chunks"].items() if found[key] != size]
         if resized:
             key = resized[0]
-            raise self.corrupt(name, f"chunk file {record['path']}/c/{key} has {found[key]} bytes, "
-                                     f"{record['chunks'][key]} were written")
+            raise self.corrupt(
+                name,
+                f"chunk file {record['path']}/c/{key} has {found[key]} bytes, {record['chunks'][key]} were written",
+            )
 
     def _transform(self, name: str):
         return None
@@ -369,15 +382,23 @@ class CheckedStore:
         self.attrs: dict = root.get("attributes", {})
         version = self.attrs.get("format_version", 1)
         if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ValueError(f"{self.path}: format_version {version!r} is newer than this segvol reads ({FORMAT_VERSION})")
+            raise ValueError(
+                f"{self.path}: format_version {version!r} is newer than this segvol reads ({FORMAT_VERSION})"
+            )
         self.format_version = version
         if version < 2:
-            log.warning("%s: format_version %s store, read without integrity checks; re-run the stage "
-                        "that wrote it to get them", self.path, version)
+            log.warning(
+                "%s: format_version %s store, read without integrity checks; re-run the stage "
+                "that wrote it to get them",
+                self.path,
+                version,
+            )
         if "cases" not in self.attrs and version < 2 and "cases" not in self.required:
             # format 1 pseudo-label stores written by hand had no root attrs: their groups are the cases
-            self.attrs = {**self.attrs, "cases": sorted(
-                entry.name for entry in self.path.iterdir() if (entry / "zarr.json").is_file())}
+            self.attrs = {
+                **self.attrs,
+                "cases": sorted(entry.name for entry in self.path.iterdir() if (entry / "zarr.json").is_file()),
+            }
         for key in self.required:
             if key not in self.attrs:
                 raise ValueError(f"{self.path}: missing root attribute '{key}' (not a {self.kind})")

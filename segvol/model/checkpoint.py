@@ -208,9 +208,18 @@ def _read_raw(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     raise ValueError(f"{path}: not a checkpoint (neither safetensors nor a torch.save file)")
 
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def _mapped_safetensors(path: Path) -> dict[str, torch.Tensor] | None:
@@ -227,7 +236,7 @@ def _mapped_safetensors(path: Path) -> dict[str, torch.Tensor] | None:
         storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
     except (OSError, RuntimeError):  # a file system without memory maps: read it whole instead
         return None
-    data = torch.empty(0, dtype=torch.uint8).set_(storage)[8 + length:]
+    data = torch.empty(0, dtype=torch.uint8).set_(storage)[8 + length :]
     tensors = {}
     for name, entry in header.items():
         begin, end = entry["data_offsets"]
@@ -381,8 +390,9 @@ def check_shapes_fit(config: ModelConfig, state: dict[str, torch.Tensor], source
 
     with torch.device("meta"):
         parts = build_vision_parts(config)
-    expected = {prefix + key: value for prefix, part in zip(_VISION_PREFIXES, parts)
-                for key, value in part.state_dict().items()}
+    expected = {
+        prefix + key: value for prefix, part in zip(_VISION_PREFIXES, parts) for key, value in part.state_dict().items()
+    }
     vision = {key: value for key, value in state.items() if key.startswith(_VISION_PREFIXES)}
     problems = key_differences(expected, vision, lambda key: bool(_OPTIONAL_KEYS.match(key)))
     if problems:
@@ -452,8 +462,9 @@ def load_state_dict(model: nn.Module, state: dict[str, Any], source: str = "<sta
     return model
 
 
-def _load_normalized(model: nn.Module, state: dict[str, torch.Tensor], source, optional_prefix: str = "",
-                     mapped: Path | None = None) -> None:
+def _load_normalized(
+    model: nn.Module, state: dict[str, torch.Tensor], source, optional_prefix: str = "", mapped: Path | None = None
+) -> None:
     """Copy ``state`` into ``model`` strictly. ``mapped``: the file ``state`` was just read from
     by this module, memory-mapped (torch zip, safetensors) and seen by no one else: its pages are
     given back as the copy goes, so the peak is the model plus ~64 MB, not model plus file."""
@@ -488,8 +499,9 @@ def _load_normalized(model: nn.Module, state: dict[str, torch.Tensor], source, o
             module.clear_cache()
 
 
-def key_differences(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
-                    optional=lambda key: False) -> list[str]:
+def key_differences(
+    expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], optional=lambda key: False
+) -> list[str]:
     """Why `state` does not fit a model whose state dict is `expected`: missing, unexpected and
     wrongly shaped keys, a readable part each (empty when it fits)."""
     missing = [k for k in expected if k not in state and not optional(k)]
@@ -551,11 +563,15 @@ def save_mask_prompt(model: nn.Module, model_path: str | os.PathLike) -> Path | 
     if branch is None:
         return None
     path = mask_prompt_path(model_path)
-    tensors = {MASK_PROMPT_PREFIX + key: value.detach().to("cpu").contiguous()
-               for key, value in branch.state_dict().items()}
-    metadata = {"format": MASK_PROMPT_FORMAT, "embed_dim": str(model.config.hidden_size),
-                "grid_size": ",".join(map(str, model.config.grid_size)),
-                "mask_in_chans": str(model.config.mask_in_chans)}
+    tensors = {
+        MASK_PROMPT_PREFIX + key: value.detach().to("cpu").contiguous() for key, value in branch.state_dict().items()
+    }
+    metadata = {
+        "format": MASK_PROMPT_FORMAT,
+        "embed_dim": str(model.config.hidden_size),
+        "grid_size": ",".join(map(str, model.config.grid_size)),
+        "mask_in_chans": str(model.config.mask_in_chans),
+    }
     write_safetensors(tensors, path, metadata)
     provenance.write_sidecar(path)
     return path
@@ -570,8 +586,7 @@ def load_mask_prompt(model: nn.Module, model_path: str | os.PathLike) -> MaskPro
     if not path.is_file():
         return None
     state = read_weights(path)
-    expected = {MASK_PROMPT_PREFIX + key: value
-                for key, value in build_mask_prompt(model.config).state_dict().items()}
+    expected = {MASK_PROMPT_PREFIX + key: value for key, value in build_mask_prompt(model.config).state_dict().items()}
     problems = key_differences(expected, state)
     if problems:
         raise ValueError(f"{path}: mask-prompt branch does not fit the model: " + "; ".join(problems))

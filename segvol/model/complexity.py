@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,9 @@ def seconds_per_case(model, repeats: int = 3, warmup: int = 1, clock=time.perf_c
     """Median seconds of encode_image and of one box+text decode for one case (no gradient)."""
     config = model.config
     image = torch.rand(1, config.in_channels, *config.spatial_size, device=model.device)
-    box = torch.tensor([[2.0, 4.0, 4.0, config.spatial_size[0] / 2, config.spatial_size[1] / 2, config.spatial_size[2] / 2]])
+    box = torch.tensor(
+        [[2.0, 4.0, 4.0, config.spatial_size[0] / 2, config.spatial_size[1] / 2, config.spatial_size[2] / 2]]
+    )
     model.eval()
     with torch.no_grad():
         text = model.encode_text(["liver"])

@@ -105,11 +105,16 @@ class ModelConfig:
                 raise ValueError(
                     f"ModelConfig: spatial_size {self.spatial_size} is not divisible by patch_size {self.patch_size}"
                 )
-        tokens = (self.spatial_size[0] // self.patch_size[0]) * (self.spatial_size[1] // self.patch_size[1]) * (
-            self.spatial_size[2] // self.patch_size[2])
+        tokens = (
+            (self.spatial_size[0] // self.patch_size[0])
+            * (self.spatial_size[1] // self.patch_size[1])
+            * (self.spatial_size[2] // self.patch_size[2])
+        )
         if tokens > MAX_TOKENS:
-            raise ValueError(f"ModelConfig: spatial_size {self.spatial_size} / patch_size {self.patch_size} gives "
-                             f"{tokens} image tokens, over the limit of {MAX_TOKENS}")
+            raise ValueError(
+                f"ModelConfig: spatial_size {self.spatial_size} / patch_size {self.patch_size} gives "
+                f"{tokens} image tokens, over the limit of {MAX_TOKENS}"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"ModelConfig: hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
         internal = self.hidden_size // self.attention_downsample_rate
@@ -154,7 +159,7 @@ class ModelConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -26,8 +26,14 @@ ARCHITECTURE_KEYS = ("irreps", "kernel_size", "radial_basis")
 class EquivariantAdapter(nn.Module):
     """(B, 1, D, H, W) -> (B, n_tokens, hidden) additive token correction, zero when untrained."""
 
-    def __init__(self, patch_size, hidden_size: int, irreps: str = "8x0e + 4x1o + 2x2e", kernel_size: int = 5,
-                 radial_basis: int = 3) -> None:
+    def __init__(
+        self,
+        patch_size,
+        hidden_size: int,
+        irreps: str = "8x0e + 4x1o + 2x2e",
+        kernel_size: int = 5,
+        radial_basis: int = 3,
+    ) -> None:
         super().__init__()
         self.settings = {"irreps": str(irreps), "kernel_size": int(kernel_size), "radial_basis": int(radial_basis)}
         self.embedding = EquivariantPatchEmbedding(patch_size, irreps, kernel_size, radial_basis)
@@ -44,8 +50,9 @@ class EquivariantAdapter(nn.Module):
 def attach(model: nn.Module, settings: dict) -> EquivariantAdapter:
     """Add a fresh adapter (architecture keys of `settings`) to a SegVol model and freeze the rest."""
     config = model.config
-    adapter = EquivariantAdapter(config.patch_size, config.hidden_size,
-                                 **{key: settings[key] for key in ARCHITECTURE_KEYS if key in settings})
+    adapter = EquivariantAdapter(
+        config.patch_size, config.hidden_size, **{key: settings[key] for key in ARCHITECTURE_KEYS if key in settings}
+    )
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     model.image_encoder.extra_embedding = adapter.to(model.device)
@@ -83,11 +90,13 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> EquivariantAdapte
         raise ValueError(f"{path}: not an equivariant adapter (format {metadata.get('format')!r}, expected {FORMAT!r})")
     adapter = attach(model, json.loads(metadata["settings"]))
     prefix = "adapter."
-    weights = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    weights = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     expected = set(adapter.state_dict())
     if set(weights) != expected or len(weights) != len(state):
-        raise ValueError(f"{path}: adapter keys do not match (missing {sorted(expected - set(weights))[:5]}, "
-                         f"unexpected {sorted(set(state) - {prefix + k for k in expected})[:5]})")
+        raise ValueError(
+            f"{path}: adapter keys do not match (missing {sorted(expected - set(weights))[:5]}, "
+            f"unexpected {sorted(set(state) - {prefix + k for k in expected})[:5]})"
+        )
     try:
         adapter.load_state_dict(weights)
     except RuntimeError as error:

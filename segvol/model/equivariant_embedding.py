@@ -72,7 +72,8 @@ class SteerableVoxelConvolution(nn.Module):
         self.kernel_size = int(kernel_size)
         self.radial_basis = int(radial_basis)
         self.tensor_product = o3.FullyConnectedTensorProduct(
-            self.irreps_in, self.irreps_sh, self.irreps_out, shared_weights=False, compile_right=True)
+            self.irreps_in, self.irreps_sh, self.irreps_out, shared_weights=False, compile_right=True
+        )
         # (radial basis, tensor-product weights): the learned radial profile of every path
         self.radial_weight = nn.Parameter(torch.randn(self.radial_basis, self.tensor_product.weight_numel))
         self.bias = nn.Parameter(torch.zeros(self.irreps_out.count("0e")))
@@ -97,8 +98,12 @@ class SteerableVoxelConvolution(nn.Module):
         # normal (not inference-mode) tensors, so a later call outside inference mode may use them
         with torch.inference_mode(False), torch.no_grad():
             built_from, entries = self._reused_weight, self._reused
-            if (built_from is None or built_from.device != weight.device or built_from.dtype != weight.dtype
-                    or not torch.equal(built_from, weight)):
+            if (
+                built_from is None
+                or built_from.device != weight.device
+                or built_from.dtype != weight.dtype
+                or not torch.equal(built_from, weight)
+            ):
                 entries = {}  # a fresh dict, not cleared in place: a concurrent caller keeps its own
                 self._reused, self._reused_weight = entries, weight.detach().clone()
             value = entries.get(key)
@@ -123,13 +128,15 @@ class SteerableVoxelConvolution(nn.Module):
             # the centre voxel has no direction: only its l = 0 harmonic is defined
             harmonics = torch.where(
                 (length[:, None] > 0) | (torch.arange(harmonics.shape[1], device=offsets.device) == 0),
-                harmonics, torch.zeros_like(harmonics))
+                harmonics,
+                torch.zeros_like(harmonics),
+            )
             weights = radial @ self.radial_weight / math.sqrt(self.radial_basis)  # (k^3, weight_numel)
             kernel = self.tensor_product.right(harmonics, weights)  # (k^3, 1, irreps_out.dim)
         k = self.kernel_size
         # contiguous: with a permuted weight oneDNN writes the field channels-last and then copies it
         # back (a third of the embedding's time on the tiny preset)
-        return (kernel.reshape(k, k, k, 1, -1).permute(4, 3, 0, 1, 2) / k ** 1.5).contiguous()
+        return (kernel.reshape(k, k, k, 1, -1).permute(4, 3, 0, 1, 2) / k**1.5).contiguous()
 
     def bias_vector(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(irreps_out.dim,): `bias` on the invariant (0e) channels, zero on the others."""
@@ -151,8 +158,12 @@ class SteerableVoxelConvolution(nn.Module):
         kernel = self.kernel() if kernel is None else kernel
         patch_kernel = self.reused(("patch_kernel", patch_size), lambda: _box_mean(kernel, patch_size))
         half = self.kernel_size // 2
-        return F.conv3d(F.pad(image, (half,) * 6), patch_kernel.to(image.dtype),
-                        self.bias_vector(image.dtype, image.device), stride=patch_size)
+        return F.conv3d(
+            F.pad(image, (half,) * 6),
+            patch_kernel.to(image.dtype),
+            self.bias_vector(image.dtype, image.device),
+            stride=patch_size,
+        )
 
 
 class EquivariantPatchEmbedding(nn.Module):
@@ -162,8 +173,9 @@ class EquivariantPatchEmbedding(nn.Module):
     per-patch mean (B, irreps.dim, d, h, w), both of which rotate with the Wigner-D matrices.
     """
 
-    def __init__(self, patch_size, irreps: str = "8x0e + 4x1o + 2x2e", kernel_size: int = 5,
-                 radial_basis: int = 3) -> None:
+    def __init__(
+        self, patch_size, irreps: str = "8x0e + 4x1o + 2x2e", kernel_size: int = 5, radial_basis: int = 3
+    ) -> None:
         super().__init__()
         self.patch_size = tuple(int(p) for p in patch_size)
         self.convolution = SteerableVoxelConvolution(irreps, kernel_size, radial_basis)
@@ -200,7 +212,7 @@ class EquivariantPatchEmbedding(nn.Module):
         parts, start = [], 0
         for mul, ir in self.irreps:
             if ir.l > 0:
-                parts.append(means[:, start:start + mul * ir.dim].reshape(b, mul, ir.dim, *grid).sum(dim=2))
+                parts.append(means[:, start : start + mul * ir.dim].reshape(b, mul, ir.dim, *grid).sum(dim=2))
                 start += mul * ir.dim
         return torch.cat(parts, dim=1)
 
@@ -209,17 +221,16 @@ class EquivariantPatchEmbedding(nn.Module):
         kernel = self.convolution.kernel()
         mean = self.convolution.patch_mean(image, self.patch_size, kernel)  # (B, irreps.dim, d, h, w)
         # root of the patch-mean squared norm: the field's energy, independent of orientation
-        energy = (self.patch_energy(image, kernel).clamp_min(1e-12).sqrt() if _has_oriented_irreps(self.irreps)
-                  else None)
+        energy = self.patch_energy(image, kernel).clamp_min(1e-12).sqrt() if _has_oriented_irreps(self.irreps) else None
         b, _, *grid = mean.shape
         parts, start, oriented = [], 0, 0
         for mul, ir in self.irreps:
             width = mul * ir.dim
             if ir.l == 0:
-                parts.append(mean[:, start:start + width])
+                parts.append(mean[:, start : start + width])
             else:
-                parts.append(mean[:, start:start + width].reshape(b, mul, ir.dim, *grid).norm(dim=2))
-                parts.append(energy[:, oriented:oriented + mul])
+                parts.append(mean[:, start : start + width].reshape(b, mul, ir.dim, *grid).norm(dim=2))
+                parts.append(energy[:, oriented : oriented + mul])
                 oriented += mul
             start += width
         invariants = torch.cat(parts, dim=1)  # (B, n_invariants, d, h, w)
@@ -245,8 +256,10 @@ def _has_oriented_irreps(irreps) -> bool:
 
 def _check_divisible(image: torch.Tensor, patch_size) -> None:
     if any(size % patch for size, patch in zip(image.shape[2:], patch_size)):
-        raise ValueError(f"equivariant patch embedding: image size {tuple(image.shape[2:])} is not a multiple "
-                         f"of the patch size {tuple(patch_size)}")
+        raise ValueError(
+            f"equivariant patch embedding: image size {tuple(image.shape[2:])} is not a multiple "
+            f"of the patch size {tuple(patch_size)}"
+        )
 
 
 def _scalar_channels(irreps) -> torch.Tensor:

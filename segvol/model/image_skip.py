@@ -24,12 +24,14 @@ UPSCALE = 4  # the decoder's mask logits are 4x the token grid per axis
 class ImageSkip(nn.Module):
     """(B, 1, D, H, W) image -> (B, 64 k, d, h, w) packed features; `unpack` gives (B, k, 4d, 4h, 4w)."""
 
-    def __init__(self, channels: int, spatial_size: tuple[int, int, int], patch_size: tuple[int, int, int],
-                 in_channels: int = 1) -> None:
+    def __init__(
+        self, channels: int, spatial_size: tuple[int, int, int], patch_size: tuple[int, int, int], in_channels: int = 1
+    ) -> None:
         super().__init__()
         if any(p % UPSCALE for p in patch_size):
-            raise ValueError(f"ModelConfig: image_skip_channels needs a patch_size divisible by {UPSCALE}, "
-                             f"got {tuple(patch_size)}")
+            raise ValueError(
+                f"ModelConfig: image_skip_channels needs a patch_size divisible by {UPSCALE}, got {tuple(patch_size)}"
+            )
         self.channels = int(channels)
         self.pool = tuple(p // UPSCALE for p in patch_size)
         self.grid_size = tuple(s // p for s, p in zip(spatial_size, patch_size))
@@ -38,7 +40,7 @@ class ImageSkip(nn.Module):
 
     @property
     def packed_channels(self) -> int:
-        return self.channels * UPSCALE ** 3
+        return self.channels * UPSCALE**3
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = F.avg_pool3d(image, self.pool) if max(self.pool) > 1 else image
@@ -46,7 +48,7 @@ class ImageSkip(nn.Module):
         b, k = x.shape[:2]
         d, h, w = self.grid_size
         x = x.reshape(b, k, d, UPSCALE, h, UPSCALE, w, UPSCALE).permute(0, 1, 3, 5, 7, 2, 4, 6)
-        return x.reshape(b, k * UPSCALE ** 3, d, h, w)
+        return x.reshape(b, k * UPSCALE**3, d, h, w)
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
         """(B, 64 k, d, h, w) -> (B, k, 4d, 4h, 4w)."""

@@ -108,7 +108,7 @@ class PromptEncoder3D(nn.Module):
             start = torch.arange(cells, device=boxes.device, dtype=torch.float32) * patch
             low = boxes[:, axis, None].float()
             high = boxes[:, axis + 3, None].float() + 1
-            share = ((torch.minimum(high, start + patch) - torch.maximum(low, start)).clamp(min=0) / patch)
+            share = (torch.minimum(high, start + patch) - torch.maximum(low, start)).clamp(min=0) / patch
             share = share.reshape(share.shape[0], *[cells if a == axis else 1 for a in range(3)])
             coverage = share if coverage is None else coverage * share
         return coverage

@@ -12,7 +12,7 @@ expand it to K yourself.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -152,7 +152,8 @@ class SegVol(nn.Module):
             coords, labels = points
             if coords.ndim != 3 or coords.shape[2] != 3 or labels.shape != coords.shape[:2]:
                 raise ValueError(
-                    f"points must be coords (B, N, 3) and labels (B, N), got {tuple(coords.shape)} and {tuple(labels.shape)}"
+                    "points must be coords (B, N, 3) and labels (B, N), "
+                    f"got {tuple(coords.shape)} and {tuple(labels.shape)}"
                 )
             if not torch.isfinite(coords).all():
                 raise ValueError("point coordinates contain NaN or infinite values")
@@ -161,8 +162,10 @@ class SegVol(nn.Module):
             sizes["points"] = coords.shape[0]
         if mask_prompt is not None:
             if self.mask_prompt_encoder is None:
-                raise ValueError("decode got a mask_prompt but the model has no mask-prompt branch "
-                                 "(segvol.model.mask_prompt.attach_mask_prompt)")
+                raise ValueError(
+                    "decode got a mask_prompt but the model has no mask-prompt branch "
+                    "(segvol.model.mask_prompt.attach_mask_prompt)"
+                )
             if mask_prompt.ndim != 5 or mask_prompt.shape[1] != 1:
                 raise ValueError(f"mask_prompt must be (B, 1, D, H, W) logits, got {tuple(mask_prompt.shape)}")
             if not torch.isfinite(mask_prompt).all():

@@ -82,7 +82,7 @@ class TextEncoder(nn.Module):
         """State-dict prefix (inside this module) of the frozen backbone."""
         return "clip_text_model." if self.kind == "clip" else "backbone."
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
         self.language_model.eval()  # frozen: no dropout, ever
         return self
@@ -168,7 +168,9 @@ def build_text_encoder(kind: str, out_dim: int, template: str = TEXT_TEMPLATE) -
         from segvol.model.tokenizer import ClipTokenizer
 
         tower = ClipTextTower()
-        return TextEncoder("clip", tower, _clip_tokenize(ClipTokenizer()), tower.text_model.config.hidden_size, out_dim, template)
+        return TextEncoder(
+            "clip", tower, _clip_tokenize(ClipTokenizer()), tower.text_model.config.hidden_size, out_dim, template
+        )
 
     folder = minilm_directory() if kind == "minilm" else Path(kind)
     if not (folder / "config.json").is_file():
@@ -198,4 +200,6 @@ def build_text_encoder(kind: str, out_dim: int, template: str = TEXT_TEMPLATE) -
     hidden = model.config.hidden_size
     if model_type in ("clip", "clip_text_model"):
         return TextEncoder("hf-clip", model, _hf_tokenize(tokenizer, str(folder)), hidden, out_dim, template)
-    return TextEncoder(kind if kind == "minilm" else "hf", model, _hf_tokenize(tokenizer, str(folder)), hidden, out_dim, template)
+    return TextEncoder(
+        kind if kind == "minilm" else "hf", model, _hf_tokenize(tokenizer, str(folder)), hidden, out_dim, template
+    )

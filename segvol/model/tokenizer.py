@@ -57,7 +57,8 @@ def find_bpe_file(path: str | os.PathLike | None = None) -> Path:
             if candidate.is_file():
                 return candidate
     raise FileNotFoundError(
-        f"CLIP BPE merges file {BPE_FILE_NAME} not found (looked in: {', '.join(searched) or 'no open_clip/clip package'}); "
+        f"CLIP BPE merges file {BPE_FILE_NAME} not found "
+        f"(looked in: {', '.join(searched) or 'no open_clip/clip package'}); "
         "reinstall segvol or set SEGVOL_CLIP_BPE to the file"
     )
 

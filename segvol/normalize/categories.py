@@ -18,11 +18,19 @@ from __future__ import annotations
 
 def add_arguments(parser):
     parser.add_argument("contains", nargs="?", help="show only categories whose name or synonym contains this text")
-    parser.add_argument("--registry", default=None, help="dataset registry (default: the repository's config/datasets.yaml)")
-    parser.add_argument("--config", default=None, help="workflow config with synth.datasets (default: config/config.yaml)")
+    parser.add_argument(
+        "--registry", default=None, help="dataset registry (default: the repository's config/datasets.yaml)"
+    )
+    parser.add_argument(
+        "--config", default=None, help="workflow config with synth.datasets (default: config/config.yaml)"
+    )
     parser.add_argument("--zarr", nargs="*", default=[], help="normalized stores whose categories to add")
-    parser.add_argument("--checkpoint", nargs="*", default=[],
-                        help="models whose recorded vocabulary to add (e.g. one fine-tuned on your own data)")
+    parser.add_argument(
+        "--checkpoint",
+        nargs="*",
+        default=[],
+        help="models whose recorded vocabulary to add (e.g. one fine-tuned on your own data)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON {name: {synonyms, datasets}}")
 
 
@@ -31,12 +39,16 @@ def run(args) -> int:
 
     from segvol.vocabulary import DEFAULT_CONFIG, DEFAULT_REGISTRY, known_categories, normalize_text
 
-    vocabulary = known_categories(args.registry or DEFAULT_REGISTRY, args.config or DEFAULT_CONFIG, args.zarr,
-                                  args.checkpoint)
+    vocabulary = known_categories(
+        args.registry or DEFAULT_REGISTRY, args.config or DEFAULT_CONFIG, args.zarr, args.checkpoint
+    )
     if args.contains:
         needle = normalize_text(args.contains)
-        vocabulary = {name: entry for name, entry in vocabulary.items()
-                      if any(needle in spelling for spelling in (name, *entry["synonyms"]))}
+        vocabulary = {
+            name: entry
+            for name, entry in vocabulary.items()
+            if any(needle in spelling for spelling in (name, *entry["synonyms"]))
+        }
     if args.json:
         print(json.dumps(vocabulary, indent=1))
         return 0

@@ -68,8 +68,10 @@ def load_dataset(raw: Path) -> dict:
         raise ValueError(f"{manifest}: 'categories' must map a name to a list of label ids")
     for name, values in raw_categories.items():
         values = [values] if isinstance(values, int) else values
-        if not isinstance(values, list) or not values or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
         ):
             raise ValueError(f"{manifest}: category {name!r} needs a non-empty list of positive label ids")
         # Two spellings of one structure (e.g. "gall_bladder" and "gallbladder") share a channel.
@@ -145,9 +147,7 @@ def fit_chunks(shape: tuple[int, ...], chunks: list[int], shards: list[int]) -> 
     if min(chunks) < 1 or min(shards) < 1:
         raise ValueError(f"chunks {chunks} and shards {shards} must be positive")
     fitted_chunks = tuple(min(c, n) for c, n in zip(chunks, shape))
-    fitted_shards = tuple(
-        math.ceil(min(s, n) / c) * c for s, n, c in zip(shards, shape, fitted_chunks)
-    )
+    fitted_shards = tuple(math.ceil(min(s, n) / c) * c for s, n, c in zip(shards, shape, fitted_chunks))
     return fitted_chunks, fitted_shards
 
 
@@ -178,8 +178,10 @@ def _category_mask(labelmap: np.ndarray, values: list[int], boxes: list | None):
     found = [boxes[value - 1] for value in values if value <= len(boxes) and boxes[value - 1] is not None]
     if not found:
         return None, None
-    region = tuple(slice(min(box[axis].start for box in found), max(box[axis].stop for box in found))
-                   for axis in range(labelmap.ndim))
+    region = tuple(
+        slice(min(box[axis].start for box in found), max(box[axis].stop for box in found))
+        for axis in range(labelmap.ndim)
+    )
     lookup = np.zeros(len(boxes) + 1, dtype=np.uint8)
     lookup[[value for value in values if value <= len(boxes)]] = 1
     return region, lookup[labelmap[region]]
@@ -198,8 +200,14 @@ def write_case(group, image, labelmap, categories: dict[str, list[int]], setting
     chunks, shards = fit_chunks(image.shape, settings["chunks"], settings["shards"])
     dtype = storage_dtype(image.array)
     array = group.create_array(
-        "image", shape=image.shape, dtype=dtype, chunks=chunks, shards=shards,
-        compressors=codecs, fill_value=0, dimension_names=spatial_dimension_names(),
+        "image",
+        shape=image.shape,
+        dtype=dtype,
+        chunks=chunks,
+        shards=shards,
+        compressors=codecs,
+        fill_value=0,
+        dimension_names=spatial_dimension_names(),
     )
     image_statistics = VolumeStatistics(1)
     for start in range(0, image.shape[0], shards[0]):  # one slab of whole shards at a time
@@ -220,8 +228,13 @@ def write_case(group, image, labelmap, categories: dict[str, list[int]], setting
             "image-label": {"source": {"image": "../../"}},
         }
         labels = label_image.create_array(
-            "0", shape=(len(names), *labelmap.shape), dtype="uint8",
-            chunks=(1, *chunks), shards=(1, *shards), compressors=codecs, fill_value=0,
+            "0",
+            shape=(len(names), *labelmap.shape),
+            dtype="uint8",
+            chunks=(1, *chunks),
+            shards=(1, *shards),
+            compressors=codecs,
+            fill_value=0,
             dimension_names=spatial_dimension_names(channel=True),
         )
         label_statistics = VolumeStatistics(len(names))
@@ -251,18 +264,19 @@ def build_store(raw: str | Path, out: str | Path, seed: int, settings: dict, pro
     return write_store(dataset, out, split, settings, progress=progress)
 
 
-def write_store(dataset: dict, out: str | Path, split: dict, settings: dict, progress: bool = True,
-                strict_labels: bool = False) -> Path:
+def write_store(
+    dataset: dict, out: str | Path, split: dict, settings: dict, progress: bool = True, strict_labels: bool = False
+) -> Path:
     """Write `dataset` (as `load_dataset` returns it) with its `split` as the Zarr store `out`, atomically.
 
     `strict_labels`: a label id that belongs to no category is an error naming the file (by default
     such voxels are background, as when a registry keeps only some of a dataset's labels).
     """
     import zarr
-    from segvol.progress import progress_bar
 
     from segvol.io import read_image, read_label
     from segvol.io.atomic import atomic_path
+    from segvol.progress import progress_bar
 
     out = Path(out)
     case_ids = [case["id"] for case in dataset["cases"]]
@@ -270,22 +284,25 @@ def write_store(dataset: dict, out: str | Path, split: dict, settings: dict, pro
     known_ids = {0, *(value for values in categories.values() for value in values)}
     with atomic_path(out) as temporary:
         root = zarr.open_group(str(temporary), mode="w", zarr_format=3)
-        root.attrs.update({
-            "dataset": dataset["name"],
-            "role": dataset["role"],
-            "modality": dataset["modality"],
-            "categories": list(categories),
-            "category_label_ids": categories,
-            "cases": case_ids,
-            "split": split,
-            "format_version": FORMAT_VERSION,
-            "intensity": "stored as source intensities (HU); SegVol's foreground normalization "
-                         "(docs/method.md#intensity-normalization) then min-max to [0, 1] is applied on read "
-                         "(parameters in each case's 'intensity')",
-            "orientation": "canonical (D, H, W) = (S, A, R): RAS+ closest axes, reversed",
-        })
-        for case in progress_bar(dataset["cases"], desc=f"normalize {dataset['name']}", unit="case",
-                         disable=not progress):
+        root.attrs.update(
+            {
+                "dataset": dataset["name"],
+                "role": dataset["role"],
+                "modality": dataset["modality"],
+                "categories": list(categories),
+                "category_label_ids": categories,
+                "cases": case_ids,
+                "split": split,
+                "format_version": FORMAT_VERSION,
+                "intensity": "stored as source intensities (HU); SegVol's foreground normalization "
+                "(docs/method.md#intensity-normalization) then min-max to [0, 1] is applied on read "
+                "(parameters in each case's 'intensity')",
+                "orientation": "canonical (D, H, W) = (S, A, R): RAS+ closest axes, reversed",
+            }
+        )
+        for case in progress_bar(
+            dataset["cases"], desc=f"normalize {dataset['name']}", unit="case", disable=not progress
+        ):
             try:
                 image = read_image(case["image"])
                 labelmap = None
@@ -296,8 +313,10 @@ def write_store(dataset: dict, out: str | Path, split: dict, settings: dict, pro
                     if strict_labels:
                         unknown = sorted(set(np.unique(labelmap).tolist()) - known_ids)
                         if unknown:
-                            raise ValueError(f"{case['label']}: label id(s) {unknown} belong to no category "
-                                             f"(known ids: {sorted(known_ids)})")
+                            raise ValueError(
+                                f"{case['label']}: label id(s) {unknown} belong to no category "
+                                f"(known ids: {sorted(known_ids)})"
+                            )
                 group = root.create_group(case["id"])
                 group.attrs.update(write_case(group, image, labelmap, categories, settings))
             except (ValueError, FileNotFoundError) as error:

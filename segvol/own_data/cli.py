@@ -34,50 +34,72 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     fmt = argparse.RawDescriptionHelpFormatter
 
-    demo = actions.add_parser("demo", formatter_class=fmt, help="write the demo's synthetic nnU-Net v2 raw dataset",
-                              description="Synthetic abdominal CT phantoms (own_data.demo: n_cases, labels, domain,"
-                              " shape_max) in nnU-Net v2's raw layout.")
+    demo = actions.add_parser(
+        "demo",
+        formatter_class=fmt,
+        help="write the demo's synthetic nnU-Net v2 raw dataset",
+        description="Synthetic abdominal CT phantoms (own_data.demo: n_cases, labels, domain,"
+        " shape_max) in nnU-Net v2's raw layout.",
+    )
     demo.add_argument("--out", required=True, help="dataset folder to write (replaced atomically)")
     add_common_arguments(demo, params="own_data", seed="seed of the phantoms")
 
-    prepare = actions.add_parser("prepare", formatter_class=fmt, help="check and normalize your dataset into one store",
-                                 description="Check an nnU-Net v2 raw dataset (or images/ + labels/ with "
-                                 "own_data.names) and write one normalized store\nwith a seeded train/validation/test "
-                                 "split (own_data.test_fraction, own_data.validation_fraction).")
-    prepare.add_argument("--source", required=True,
-                         help="nnU-Net v2 raw dataset folder, or a folder of images/ + labels/")
+    prepare = actions.add_parser(
+        "prepare",
+        formatter_class=fmt,
+        help="check and normalize your dataset into one store",
+        description="Check an nnU-Net v2 raw dataset (or images/ + labels/ with "
+        "own_data.names) and write one normalized store\nwith a seeded train/validation/test "
+        "split (own_data.test_fraction, own_data.validation_fraction).",
+    )
+    prepare.add_argument(
+        "--source", required=True, help="nnU-Net v2 raw dataset folder, or a folder of images/ + labels/"
+    )
     prepare.add_argument("--out", required=True, help="store to write, e.g. data/zarr/own.zarr")
-    prepare.add_argument("--normalize", default="{}", metavar="JSON",
-                         help="the `normalize:` config block (chunks, shards, compression)")
+    prepare.add_argument(
+        "--normalize", default="{}", metavar="JSON", help="the `normalize:` config block (chunks, shards, compression)"
+    )
     add_common_arguments(prepare, params="own_data", seed="seed of the split")
 
-    train = actions.add_parser("finetune", formatter_class=fmt, help="fine-tune released weights on the train split",
-                               description="Fine-tune --weights on the train split of the store (the finetune "
-                               "stage's step:\n"
-                               "text/box/point prompts, optional pseudo labels). own_data.freeze_encoder: true, false"
-                               " or auto\n(= frozen on a CPU); a trained encoder learns at lr x encoder_lr_scale. "
-                               "Every validate_every steps the\nmean Dice on the validation split is measured "
-                               "(<out stem>.validation.csv) and the best weights are kept.")
+    train = actions.add_parser(
+        "finetune",
+        formatter_class=fmt,
+        help="fine-tune released weights on the train split",
+        description="Fine-tune --weights on the train split of the store (the finetune "
+        "stage's step:\n"
+        "text/box/point prompts, optional pseudo labels). own_data.freeze_encoder: true, false"
+        " or auto\n(= frozen on a CPU); a trained encoder learns at lr x encoder_lr_scale. "
+        "Every validate_every steps the\nmean Dice on the validation split is measured "
+        "(<out stem>.validation.csv) and the best weights are kept.",
+    )
     train.add_argument("--zarr", required=True, help="the store of `prepare`")
     train.add_argument("--pseudo", default=None, help="its pseudo-label store (own_data.pseudo_weight > 0)")
-    train.add_argument("--weights", required=True,
-                       help="starting weights: SegVol_v1.pth, pytorch_model.bin, hf://BAAI/SegVol or ours "
-                            "(.safetensors)")
+    train.add_argument(
+        "--weights",
+        required=True,
+        help="starting weights: SegVol_v1.pth, pytorch_model.bin, hf://BAAI/SegVol or ours (.safetensors)",
+    )
     train.add_argument("--out", required=True, metavar="MODEL", help="output model .safetensors")
-    add_common_arguments(train, params="own_data", model=True, device=True, threads=True,
-                         seed="seed of batches, views and prompts")
+    add_common_arguments(
+        train, params="own_data", model=True, device=True, threads=True, seed="seed of batches, views and prompts"
+    )
 
-    evaluate = actions.add_parser("evaluate", formatter_class=fmt, help="before vs after on the held-out cases",
-                                  description="Dice/NSD of --weights (before) and --checkpoint (after) on the test "
-                                  "split, per category and prompt kind\n(own_data.prompts) with bootstrap CIs; writes "
-                                  "--out, <out stem>_cases.csv and --figure.")
+    evaluate = actions.add_parser(
+        "evaluate",
+        formatter_class=fmt,
+        help="before vs after on the held-out cases",
+        description="Dice/NSD of --weights (before) and --checkpoint (after) on the test "
+        "split, per category and prompt kind\n(own_data.prompts) with bootstrap CIs; writes "
+        "--out, <out stem>_cases.csv and --figure.",
+    )
     evaluate.add_argument("--zarr", required=True, help="the store of `prepare`")
     evaluate.add_argument("--weights", required=True, help="the starting weights (as given to finetune)")
     evaluate.add_argument("--checkpoint", required=True, help="the fine-tuned model")
     evaluate.add_argument("--out", required=True, help="summary CSV, e.g. results/own/before_after.csv")
     evaluate.add_argument("--figure", required=True, help="figure PNG")
-    add_common_arguments(evaluate, params="own_data", model=True, device=True, threads=True,
-                         seed="seed of the point prompts")
+    add_common_arguments(
+        evaluate, params="own_data", model=True, device=True, threads=True, seed="seed of the point prompts"
+    )
 
 
 def run(args) -> int:
@@ -97,12 +119,30 @@ def run(args) -> int:
         from segvol.own_data.train import finetune_own
 
         model = stage_settings("model", args.model, flag="--model")
-        finetune_own(args.zarr, args.pseudo, args.out, settings, model, args.weights, seed=args.seed,
-                     threads=args.threads, device=args.device)
+        finetune_own(
+            args.zarr,
+            args.pseudo,
+            args.out,
+            settings,
+            model,
+            args.weights,
+            seed=args.seed,
+            threads=args.threads,
+            device=args.device,
+        )
     else:
         from segvol.own_data.evaluation import before_after
 
         model = stage_settings("model", args.model, flag="--model")
-        before_after(args.zarr, args.weights, args.checkpoint, args.out, args.figure, settings, model,
-                     seed=args.seed, device=args.device)
+        before_after(
+            args.zarr,
+            args.weights,
+            args.checkpoint,
+            args.out,
+            args.figure,
+            settings,
+            model,
+            seed=args.seed,
+            device=args.device,
+        )
     return 0

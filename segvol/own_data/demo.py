@@ -39,8 +39,9 @@ def write_demo(out: str | Path, seed: int, demo: dict, progress: bool = True) ->
         (folder / "labelsTr").mkdir()
         for index in progress_bar(range(spec["n_cases"]), desc="own-data demo", unit="case", disable=not progress):
             case = f"owndemo_{index:03d}"
-            phantom = make_phantom(case_rng(seed, DEMO_NAME, index), DOMAINS[spec["domain"]], shape_max,
-                                   require_lesion=required)
+            phantom = make_phantom(
+                case_rng(seed, DEMO_NAME, index), DOMAINS[spec["domain"]], shape_max, require_lesion=required
+            )
             nib.save(to_nifti(phantom.hu, phantom.affine), folder / "imagesTr" / f"{case}_0000.nii.gz")
             nib.save(to_nifti(lookup[phantom.tissue], phantom.affine), folder / "labelsTr" / f"{case}.nii.gz")
         labels = {"background": 0}
@@ -52,7 +53,7 @@ def write_demo(out: str | Path, seed: int, demo: dict, progress: bool = True) ->
             "file_ending": ".nii.gz",
             "name": DEMO_NAME,
             "description": "Synthetic abdominal CT phantoms (segvol.synth) in nnU-Net v2's raw layout: "
-                           "the own-data demo's stand-in for your labelled CTs.",
+            "the own-data demo's stand-in for your labelled CTs.",
         }
         (folder / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
     log.info("own-data demo: %d cases, labels %s -> %s", spec["n_cases"], spec["labels"], out)

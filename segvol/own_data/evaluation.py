@@ -22,9 +22,12 @@ log = logging.getLogger(__name__)
 ALL = "all categories"
 MODELS = ("before", "after")
 METRICS = ("dice", "nsd")
-COLUMNS = ["prompt", "category", "cases"] + [
-    f"{metric}_{model}{part}" for metric in METRICS for model in MODELS for part in ("", "_ci_low", "_ci_high")
-] + [f"{metric}_change" for metric in METRICS] + [f"{metric}_p_value" for metric in METRICS]
+COLUMNS = (
+    ["prompt", "category", "cases"]
+    + [f"{metric}_{model}{part}" for metric in METRICS for model in MODELS for part in ("", "_ci_low", "_ci_high")]
+    + [f"{metric}_change" for metric in METRICS]
+    + [f"{metric}_p_value" for metric in METRICS]
+)
 CASE_COLUMNS = ["case", "category", "prompt", "model", "dice", "nsd", "voxels_truth", "voxels_pred"]
 
 
@@ -57,10 +60,16 @@ def summarize(cases, seed: int = 0):
                 for model in MODELS:
                     values = paired[(metric, model)].to_numpy(dtype=float)
                     interval = median_interval(values, seed=seed)
-                    row.update({f"{metric}_{model}": interval.median, f"{metric}_{model}_ci_low": interval.low,
-                                f"{metric}_{model}_ci_high": interval.high})
-                test = paired_wilcoxon(paired[(metric, "after")].to_numpy(float),
-                                       paired[(metric, "before")].to_numpy(float))
+                    row.update(
+                        {
+                            f"{metric}_{model}": interval.median,
+                            f"{metric}_{model}_ci_low": interval.low,
+                            f"{metric}_{model}_ci_high": interval.high,
+                        }
+                    )
+                test = paired_wilcoxon(
+                    paired[(metric, "after")].to_numpy(float), paired[(metric, "before")].to_numpy(float)
+                )
                 row[f"{metric}_change"], row[f"{metric}_p_value"] = test.median_difference, test.p_value
             rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -98,8 +107,16 @@ def figure(summary, cases, path: str | Path, title: str) -> Path:
             median = summary[f"{metric}_{model}"].to_numpy(float)
             low = np.nan_to_num(median - summary[f"{metric}_{model}_ci_low"].to_numpy(float))
             high = np.nan_to_num(summary[f"{metric}_{model}_ci_high"].to_numpy(float) - median)
-            axis.bar(x + offset, median, width=0.38, color=colours[model], label=model,
-                     yerr=[low, high], capsize=3, error_kw={"elinewidth": 1})
+            axis.bar(
+                x + offset,
+                median,
+                width=0.38,
+                color=colours[model],
+                label=model,
+                yerr=[low, high],
+                capsize=3,
+                error_kw={"elinewidth": 1},
+            )
             for index, row in enumerate(summary.itertuples()):
                 block = cases[(cases.model == model) & (cases.prompt == row.prompt)]
                 if row.category != ALL:
@@ -122,8 +139,17 @@ def figure(summary, cases, path: str | Path, title: str) -> Path:
     return path
 
 
-def before_after(store: str, weights: str, model_path: str, out: str | Path, figure_path: str | Path,
-                 settings: dict, model_settings: dict, seed: int = 2023, device: str | None = None) -> Path:
+def before_after(
+    store: str,
+    weights: str,
+    model_path: str,
+    out: str | Path,
+    figure_path: str | Path,
+    settings: dict,
+    model_settings: dict,
+    seed: int = 2023,
+    device: str | None = None,
+) -> Path:
     """Score `weights` (before) and `model_path` (after) on the test split; write the CSVs and the figure."""
     from segvol.device import resolve_device
     from segvol.model import checkpoint
@@ -139,6 +165,12 @@ def before_after(store: str, weights: str, model_path: str, out: str | Path, fig
     figure(summary, cases, figure_path, f"Fine-tuning on {Path(store).stem}: before vs after (held-out cases)")
     write_csv(summary, out)
     for row in summary[summary.category == ALL].itertuples():
-        log.info("%s: median Dice %.3f -> %.3f, NSD %.3f -> %.3f", row.prompt, row.dice_before, row.dice_after,
-                 row.nsd_before, row.nsd_after)
+        log.info(
+            "%s: median Dice %.3f -> %.3f, NSD %.3f -> %.3f",
+            row.prompt,
+            row.dice_before,
+            row.dice_after,
+            row.nsd_before,
+            row.nsd_after,
+        )
     return out

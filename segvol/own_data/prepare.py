@@ -26,8 +26,10 @@ def own_split(case_ids: list[str], seed: int, test_fraction: float, validation_f
     """
     ids = sorted(case_ids)
     if len(ids) < 2:
-        raise ValueError(f"{len(ids)} labelled case(s): fine-tuning needs at least 2 (one to train on, one held "
-                         "out to score before and after)")
+        raise ValueError(
+            f"{len(ids)} labelled case(s): fine-tuning needs at least 2 (one to train on, one held "
+            "out to score before and after)"
+        )
     split = split_cases(ids, "train", seed, test_fraction)
     rest = split["train"]
     count = math.floor(len(rest) * validation_fraction + 0.5)
@@ -35,18 +37,25 @@ def own_split(case_ids: list[str], seed: int, test_fraction: float, validation_f
         count = max(count, 1)
     count = min(count, len(rest) - 1)
     chosen = {rest[i] for i in np.random.default_rng([seed, 1]).permutation(len(rest))[:count]}
-    return {"train": [c for c in rest if c not in chosen], "validation": sorted(chosen), "test": split["test"],
-            "seed": int(seed), "test_fraction": float(test_fraction),
-            "validation_fraction": float(validation_fraction)}
+    return {
+        "train": [c for c in rest if c not in chosen],
+        "validation": sorted(chosen),
+        "test": split["test"],
+        "seed": int(seed),
+        "test_fraction": float(test_fraction),
+        "validation_fraction": float(validation_fraction),
+    }
 
 
-def prepare(source: str | Path, out: str | Path, seed: int, settings: dict, normalize_settings: dict,
-            progress: bool = True) -> Path:
+def prepare(
+    source: str | Path, out: str | Path, seed: int, settings: dict, normalize_settings: dict, progress: bool = True
+) -> Path:
     """Check `source` (`settings["names"]` for the pairs layout) and write the store `out` atomically;
     any problem is one line naming the file, and nothing is left at `out`."""
     dataset = read_source(source, settings.get("names"))
-    split = own_split([case["id"] for case in dataset["cases"]], seed, settings["test_fraction"],
-                      settings["validation_fraction"])
+    split = own_split(
+        [case["id"] for case in dataset["cases"]], seed, settings["test_fraction"], settings["validation_fraction"]
+    )
     out = Path(out)
     created = [folder for folder in out.parents if not folder.exists()]
     try:

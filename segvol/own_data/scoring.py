@@ -36,13 +36,23 @@ def truth_prompt(kind: str, category: str, truth: np.ndarray, seed: int, case: s
         rng = np.random.default_rng((int(seed) * 1_000_003 + zlib.crc32(f"{case}\x00{category}".encode())) % 2**32)
         inside = np.argwhere(truth)
         points = inside[rng.choice(len(inside), size=1 + EXTRA_POINTS, replace=len(inside) < 1 + EXTRA_POINTS)]
-    return Prompt(text=category if "text" in parts else None, box=box.tolist() if "box" in parts else None,
-                  points=None if points is None else points.tolist(),
-                  point_labels=None if points is None else [1] * len(points))
+    return Prompt(
+        text=category if "text" in parts else None,
+        box=box.tolist() if "box" in parts else None,
+        points=None if points is None else points.tolist(),
+        point_labels=None if points is None else [1] * len(points),
+    )
 
 
-def score_split(model, store_path: str | Path, split: str, kinds, seed: int, nsd_tolerance_mm: float | None = 1.0,
-                limit: int | None = None) -> list[dict]:
+def score_split(
+    model,
+    store_path: str | Path,
+    split: str,
+    kinds,
+    seed: int,
+    nsd_tolerance_mm: float | None = 1.0,
+    limit: int | None = None,
+) -> list[dict]:
     """One row {"case", "category", "prompt", "dice", "nsd", "voxels_truth", "voxels_pred"} per (case, category
     present, prompt kind) of the store's `split` (NSD skipped when `nsd_tolerance_mm` is None)."""
     import torch
@@ -72,12 +82,21 @@ def score_split(model, store_path: str | Path, split: str, kinds, seed: int, nsd
                 logits = segment(model, image, prompts, mode="zoom")
             for (channel, category), channel_logits in zip(names, logits):
                 mask, truth = channel_logits.numpy() > 0, labels[channel]
-                rows.append({
-                    "case": case, "category": category, "prompt": kind, "dice": dice(mask, truth),
-                    "nsd": (normalized_surface_dice(mask, truth, spacing, nsd_tolerance_mm)
-                            if nsd_tolerance_mm is not None else float("nan")),
-                    "voxels_truth": int(truth.sum()), "voxels_pred": int(mask.sum()),
-                })
+                rows.append(
+                    {
+                        "case": case,
+                        "category": category,
+                        "prompt": kind,
+                        "dice": dice(mask, truth),
+                        "nsd": (
+                            normalized_surface_dice(mask, truth, spacing, nsd_tolerance_mm)
+                            if nsd_tolerance_mm is not None
+                            else float("nan")
+                        ),
+                        "voxels_truth": int(truth.sum()),
+                        "voxels_pred": int(mask.sum()),
+                    }
+                )
     store.close()
     return rows
 

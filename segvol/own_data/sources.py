@@ -42,15 +42,18 @@ def read_source(source: str | Path, names: str | Path | None = None) -> dict:
         raise FileNotFoundError(f"{folder}: own-data source folder not found")
     if (folder / "dataset.json").is_file() and (folder / "imagesTr").exists():
         if names:
-            raise ValueError(f"{names}: an nnU-Net dataset names its labels in {folder / 'dataset.json'}; "
-                             "give no names file")
+            raise ValueError(
+                f"{names}: an nnU-Net dataset names its labels in {folder / 'dataset.json'}; give no names file"
+            )
         return nnunet_dataset(folder)
     if (folder / "images").is_dir() and (folder / "labels").is_dir():
         if not names:
             raise ValueError(f"{folder}: a folder of images/ and labels/ needs a names file (own_data.names)")
         return paired_dataset(folder, Path(names))
-    raise ValueError(f"{folder}: neither an nnU-Net v2 raw dataset (dataset.json, imagesTr/, labelsTr/) "
-                     "nor a folder of images/ and labels/")
+    raise ValueError(
+        f"{folder}: neither an nnU-Net v2 raw dataset (dataset.json, imagesTr/, labelsTr/) "
+        "nor a folder of images/ and labels/"
+    )
 
 
 # ----------------------------------------------------------------------------------------- nnU-Net v2
@@ -61,19 +64,23 @@ def nnunet_dataset(folder: Path) -> dict:
     manifest = folder / "dataset.json"
     spec = _read_mapping(manifest)
     if "modality" in spec and "channel_names" not in spec:
-        raise ValueError(f"{manifest}: an nnU-Net v1 dataset.json ('modality'); convert it with nnU-Net v2's "
-                         "nnUNetv2_convert_old_nnUNet_dataset first")
+        raise ValueError(
+            f"{manifest}: an nnU-Net v1 dataset.json ('modality'); convert it with nnU-Net v2's "
+            "nnUNetv2_convert_old_nnUNet_dataset first"
+        )
     for key in NNUNET_KEYS:
         if key not in spec:
             raise ValueError(f"{manifest}: missing key '{key}' (nnU-Net v2 dataset.json)")
     if "dataset" in spec:
-        raise ValueError(f"{manifest}: explicit file lists ('dataset') are not supported; put the files in "
-                         "imagesTr/ and labelsTr/")
+        raise ValueError(
+            f"{manifest}: explicit file lists ('dataset') are not supported; put the files in imagesTr/ and labelsTr/"
+        )
     _check_channels(spec["channel_names"], manifest)
     ending = spec["file_ending"]
     if ending not in FILE_ENDINGS:
-        raise ValueError(f"{manifest}: file_ending {ending!r} is not a 3-D format SegVol reads "
-                         f"({', '.join(FILE_ENDINGS)})")
+        raise ValueError(
+            f"{manifest}: file_ending {ending!r} is not a 3-D format SegVol reads ({', '.join(FILE_ENDINGS)})"
+        )
     categories = label_categories(spec["labels"], manifest, background=True)
     images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
     for directory in (images_dir, labels_dir):
@@ -85,8 +92,9 @@ def nnunet_dataset(folder: Path) -> dict:
         if not match:
             raise ValueError(f"{path}: not named <case>_0000{ending} (nnU-Net's channel suffix)")
         if match["channel"] != "0000":
-            raise ValueError(f"{path}: channel {match['channel']}: SegVol fine-tunes on one CT channel "
-                             f"(<case>_0000{ending} only)")
+            raise ValueError(
+                f"{path}: channel {match['channel']}: SegVol fine-tunes on one CT channel (<case>_0000{ending} only)"
+            )
         images[match["case"]] = path
     labels = {path.name[: -len(ending)]: path for path in _files(labels_dir, ending, folder)}
     for case, path in sorted(images.items()):
@@ -106,14 +114,15 @@ def nnunet_dataset(folder: Path) -> dict:
 
 def _check_channels(channels, manifest: Path) -> None:
     if not isinstance(channels, dict) or not channels:
-        raise ValueError(f"{manifest}: channel_names must map a channel index to its name, e.g. {{\"0\": \"CT\"}}")
+        raise ValueError(f'{manifest}: channel_names must map a channel index to its name, e.g. {{"0": "CT"}}')
     if len(channels) > 1:
         listed = ", ".join(map(str, channels.values()))
-        raise ValueError(f"{manifest}: channel_names lists {len(channels)} channels ({listed}); SegVol fine-tunes "
-                         "on one CT channel")
-    (index, name), = channels.items()
+        raise ValueError(
+            f"{manifest}: channel_names lists {len(channels)} channels ({listed}); SegVol fine-tunes on one CT channel"
+        )
+    ((index, name),) = channels.items()
     if str(index) not in ("0", "0000"):
-        raise ValueError(f"{manifest}: channel_names: the one channel must be \"0\", got {index!r}")
+        raise ValueError(f'{manifest}: channel_names: the one channel must be "0", got {index!r}')
     if str(name).casefold() != "ct":
         raise ValueError(f"{manifest}: channel 0 is {name!r}, not CT; SegVol is a CT model (intensities in HU)")
 
@@ -133,8 +142,10 @@ def paired_dataset(folder: Path, names: Path) -> dict:
     labels = {_case_of(path): path for path in _files(labels_dir, FILE_ENDINGS, folder)}
     for case, path in sorted(images.items()):
         if case not in labels:
-            raise FileNotFoundError(f"{labels_dir / path.name}: label map of {path.name} not found "
-                                    "(labels/ must hold a file of the same name)")
+            raise FileNotFoundError(
+                f"{labels_dir / path.name}: label map of {path.name} not found "
+                "(labels/ must hold a file of the same name)"
+            )
     for case, path in sorted(labels.items()):
         if case not in images:
             raise FileNotFoundError(f"{images_dir / path.name}: image of label map {path.name} not found")
@@ -162,11 +173,16 @@ def label_categories(table, where: Path, background: bool) -> dict[str, list[int
                 raise ValueError(f"{where}: 'background' must be label 0, got {values!r}")
             continue
         if str(name).strip().lower() == "ignore":
-            raise ValueError(f"{where}: nnU-Net's 'ignore' label (sparse annotations) is not supported: SegVol's "
-                             "loss treats every unlabelled voxel as background")
+            raise ValueError(
+                f"{where}: nnU-Net's 'ignore' label (sparse annotations) is not supported: SegVol's "
+                "loss treats every unlabelled voxel as background"
+            )
         values = [values] if isinstance(values, int) and not isinstance(values, bool) else values
-        if not isinstance(values, (list, tuple)) or not values or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        if (
+            not isinstance(values, (list, tuple))
+            or not values
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+        ):
             raise ValueError(f"{where}: label {name!r} needs a positive id or a list of them, got {values!r}")
         try:
             canonical = canonical_name(str(name))
@@ -174,7 +190,7 @@ def label_categories(table, where: Path, background: bool) -> dict[str, list[int
             raise ValueError(f"{where}: {error}") from None
         categories.setdefault(canonical, set()).update(values)
     if background and not any(str(name).strip().lower() == "background" for name in table):
-        raise ValueError(f"{where}: labels must include \"background\": 0 (nnU-Net v2)")
+        raise ValueError(f'{where}: labels must include "background": 0 (nnU-Net v2)')
     if not categories:
         raise ValueError(f"{where}: no category besides the background")
     return {name: sorted(values) for name, values in categories.items()}
@@ -206,8 +222,9 @@ def _read_mapping(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
         value = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML/JSON'} "
-                         f"({' '.join(str(error).split())})") from None
+        raise ValueError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML/JSON'} ({' '.join(str(error).split())})"
+        ) from None
     if not isinstance(value, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return value
@@ -217,8 +234,10 @@ def _dataset(name: str, categories: dict, pairs: dict, images_dir: Path) -> dict
     cases = []
     for case in sorted(pairs):
         if not CASE_ID.match(case):
-            raise ValueError(f"{pairs[case][0]}: case id {case!r} has characters other than letters, digits, "
-                             "'_', '-', '.' (or does not start with a letter or digit)")
+            raise ValueError(
+                f"{pairs[case][0]}: case id {case!r} has characters other than letters, digits, "
+                "'_', '-', '.' (or does not start with a letter or digit)"
+            )
         image, label = pairs[case]
         cases.append({"id": case, "image": image, "label": label})
     return {"name": name, "role": "train", "modality": "CT", "categories": categories, "cases": cases}

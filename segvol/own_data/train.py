@@ -35,10 +35,24 @@ from segvol.training import runtime as rt
 log = logging.getLogger(__name__)
 
 # Keys of the `own_data:` block that are the finetune stage's own settings (same meaning).
-FINETUNE_KEYS = ("steps", "batch_size", "lr", "weight_decay", "warmup_fraction", "prompt_combinations",
-                 "pseudo_weight", "pseudo_passes", "resize_probability", "checkpoint_every", "workers", "threads")
-RELEASE_HINT = ("a released-layout file is read with the `model:` block; SegVol_v1.pth and pytorch_model.bin "
-                "need model: {preset: base, text_encoder: clip}")
+FINETUNE_KEYS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_fraction",
+    "prompt_combinations",
+    "pseudo_weight",
+    "pseudo_passes",
+    "resize_probability",
+    "checkpoint_every",
+    "workers",
+    "threads",
+)
+RELEASE_HINT = (
+    "a released-layout file is read with the `model:` block; SegVol_v1.pth and pytorch_model.bin "
+    "need model: {preset: base, text_encoder: clip}"
+)
 
 
 def starting_model(weights: str, model_settings: dict):
@@ -51,8 +65,10 @@ def starting_model(weights: str, model_settings: dict):
     if kind == checkpoint.FORMAT:
         return checkpoint.load(path), checkpoint.read_vocabulary(path)
     if kind in ("simmim", checkpoint.ENCODER_ONLY):
-        raise ValueError(f"{weights}: holds only image-encoder weights; own-data fine-tuning starts from a whole "
-                         "SegVol (SegVol_v1.pth, hf://BAAI/SegVol or a model of ours)")
+        raise ValueError(
+            f"{weights}: holds only image-encoder weights; own-data fine-tuning starts from a whole "
+            "SegVol (SegVol_v1.pth, hf://BAAI/SegVol or a model of ours)"
+        )
     model = build_model(model_config_from_settings(model_settings))
     try:
         checkpoint.load_state_dict(model, state, str(weights))
@@ -132,10 +148,20 @@ class KeepBest:
             with atomic_path(self.directory / "best.pt") as temporary:
                 torch.save(self.best_state, temporary)
         with atomic_path(self.directory / "best.json") as temporary:
-            temporary.write_text(json.dumps({"tag": self.tag, "history": self.history, "best_step": self.best_step,
-                                             "best_score": self.best_score}), encoding="utf-8")
-        log.info("validation at step %d: mean Dice %.4f (best %.4f at step %d)", step, value, self.best_score,
-                 self.best_step)
+            temporary.write_text(
+                json.dumps(
+                    {
+                        "tag": self.tag,
+                        "history": self.history,
+                        "best_step": self.best_step,
+                        "best_score": self.best_score,
+                    }
+                ),
+                encoding="utf-8",
+            )
+        log.info(
+            "validation at step %d: mean Dice %.4f (best %.4f at step %d)", step, value, self.best_score, self.best_step
+        )
         self.write_log()
 
     def write_log(self) -> None:
@@ -150,9 +176,18 @@ class KeepBest:
                 writer.writerow([entry["step"], f"{entry['validation_dice']:.6g}", best])
 
 
-def finetune_own(store: str, pseudo: str | None, out: str | Path, settings: dict, model_settings: dict,
-                 weights: str, seed: int = 2023, threads: int | None = None, device: str | None = None,
-                 stop_after: int | None = None) -> Path:
+def finetune_own(
+    store: str,
+    pseudo: str | None,
+    out: str | Path,
+    settings: dict,
+    model_settings: dict,
+    weights: str,
+    seed: int = 2023,
+    threads: int | None = None,
+    device: str | None = None,
+    stop_after: int | None = None,
+) -> Path:
     """Fine-tune `weights` on the train split of `store` (module docstring); the best validated weights go to `out`."""
     from segvol.device import resolve_device
     from segvol.io.store import open_store
@@ -165,15 +200,29 @@ def finetune_own(store: str, pseudo: str | None, out: str | Path, settings: dict
     frozen = encoder_frozen(settings["freeze_encoder"], chosen)
     for parameter in model.image_encoder.parameters():
         parameter.requires_grad_(not frozen)
-    log.info("own-data fine-tuning from %s: categories %s, image encoder %s", weights, categories,
-             "frozen" if frozen else f"trained at lr x {settings['encoder_lr_scale']}")
+    log.info(
+        "own-data fine-tuning from %s: categories %s, image encoder %s",
+        weights,
+        categories,
+        "frozen" if frozen else f"trained at lr x {settings['encoder_lr_scale']}",
+    )
     finetune_settings = stage_settings("finetune", {key: settings[key] for key in FINETUNE_KEYS})
-    own = {key: settings[key] for key in ("freeze_encoder", "encoder_lr_scale", "validate_every", "prompts",
-                                          "validation_fraction", "test_fraction")}
+    own = {
+        key: settings[key]
+        for key in (
+            "freeze_encoder",
+            "encoder_lr_scale",
+            "validate_every",
+            "prompts",
+            "validation_fraction",
+            "test_fraction",
+        )
+    }
     tag = rt.fingerprint("own_data", own, frozen)
     inputs = rt.input_keys(zarr=store, pseudo=pseudo, weights=weights)
-    run = rt.fingerprint("finetune", finetune_settings, model_settings, seed, tag,
-                         threads or finetune_settings["threads"], inputs)
+    run = rt.fingerprint(
+        "finetune", finetune_settings, model_settings, seed, tag, threads or finetune_settings["threads"], inputs
+    )
     keep = KeepBest(out, store, settings, seed, run, int(finetune_settings["steps"]))
     validating = keep.enabled
     if validating and not keep.restore():
@@ -189,7 +238,20 @@ def finetune_own(store: str, pseudo: str | None, out: str | Path, settings: dict
 
     hooks = FinetuneHooks(
         param_groups=lambda m: parameter_groups(m, settings["lr"], settings["encoder_lr_scale"], frozen),
-        after_step=keep if validating else None, save_output=save_best, tag=(tag,))
-    return finetune([store], [pseudo] if pseudo else [], str(out), finetune_settings,
-                    {**model_settings, "init_checkpoint": str(weights)}, seed=seed, threads=threads,
-                    device=device, stop_after=stop_after, model=model, hooks=hooks)
+        after_step=keep if validating else None,
+        save_output=save_best,
+        tag=(tag,),
+    )
+    return finetune(
+        [store],
+        [pseudo] if pseudo else [],
+        str(out),
+        finetune_settings,
+        {**model_settings, "init_checkpoint": str(weights)},
+        seed=seed,
+        threads=threads,
+        device=device,
+        stop_after=stop_after,
+        model=model,
+        hooks=hooks,
+    )

@@ -18,10 +18,18 @@ from segvol.cli_options import add_common_arguments
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--zarr", nargs="+", required=True, metavar="STORE", help="normalized Zarr stores (data/zarr/<ds>.zarr)")
+    parser.add_argument(
+        "--zarr", nargs="+", required=True, metavar="STORE", help="normalized Zarr stores (data/zarr/<ds>.zarr)"
+    )
     parser.add_argument("--out", required=True, metavar="ENCODER", help="output encoder .safetensors")
-    add_common_arguments(parser, params="pretrain", model=True, device=True, threads=True,
-                         seed="seed of batches, masks, views and initialisation")
+    add_common_arguments(
+        parser,
+        params="pretrain",
+        model=True,
+        device=True,
+        threads=True,
+        seed="seed of batches, masks, views and initialisation",
+    )
 
 
 def run(args) -> int:
@@ -30,6 +38,14 @@ def run(args) -> int:
 
     settings = stage_settings("pretrain", args.params)
     model_settings = stage_settings("model", args.model, flag="--model")
-    pretrain(args.zarr, args.out, settings, model_settings, seed=args.seed, threads=args.threads,
-             device=args.device, workers=settings["workers"])
+    pretrain(
+        args.zarr,
+        args.out,
+        settings,
+        model_settings,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        workers=settings["workers"],
+    )
     return 0

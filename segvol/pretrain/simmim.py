@@ -12,7 +12,7 @@ itself stays exactly the module that fine-tuning and inference use.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -109,7 +109,10 @@ class SimMIM(nn.Module):
         mask_patch_size = tuple(mask_patch_size or self.patch_size)
         for m, p in zip(mask_patch_size, self.patch_size):
             if m % p:
-                raise ValueError(f"mask_patch_size {list(mask_patch_size)} must be a multiple of the ViT patch {list(self.patch_size)}")
+                raise ValueError(
+                    f"mask_patch_size {list(mask_patch_size)} must be a multiple of "
+                    f"the ViT patch {list(self.patch_size)}"
+                )
         self.mask_units = tuple(m // p for m, p in zip(mask_patch_size, self.patch_size))
         self.mask_ratio = float(mask_ratio)
         self.grid = tuple(s // p for s, p in zip(self.spatial_size, self.patch_size))

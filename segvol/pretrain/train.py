@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,14 @@ log = logging.getLogger(__name__)
 class PretrainViews(Dataset):
     """Map-style dataset indexed by the global sample number; returns (1, *spatial_size) images."""
 
-    def __init__(self, reader: StoreReader, spatial_size: Sequence[int], seed: int,
-                 resize_probability: float = 0.5, flip_probability: float = 0.2):
+    def __init__(
+        self,
+        reader: StoreReader,
+        spatial_size: Sequence[int],
+        seed: int,
+        resize_probability: float = 0.5,
+        flip_probability: float = 0.2,
+    ):
         if len(reader) == 0:
             raise ValueError(f"no training cases in {', '.join(map(str, reader.paths))}")
         self.reader = reader
@@ -135,10 +141,16 @@ def pretrain(
     trained = simmim
     if runtime.distributed:
         trained = torch.nn.parallel.DistributedDataParallel(
-            simmim, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+            simmim, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
     steps = int(settings["steps"])
-    optimisation = Optimisation(simmim.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"],
-                                steps=steps, warmup_steps=max(steps // 20, 1))
+    optimisation = Optimisation(
+        simmim.parameters(),
+        lr=settings["lr"],
+        weight_decay=settings["weight_decay"],
+        steps=steps,
+        warmup_steps=max(steps // 20, 1),
+    )
     tag = rt.fingerprint("pretrain", settings, model_settings, seed, runtime.world_size, torch.get_num_threads())
     inputs = rt.input_keys(zarr=list(stores), init_checkpoint=model_settings.get("init_checkpoint"))
 
@@ -165,9 +177,22 @@ def pretrain(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return StepResult({"loss": loss.item()}, images.shape[0] * runtime.world_size,
-                          postfix={"loss": f"{loss.item():.4f}"})
+        return StepResult(
+            {"loss": loss.item()}, images.shape[0] * runtime.world_size, postfix={"loss": f"{loss.item():.4f}"}
+        )
 
-    return train("pretrain", out, runtime, state=simmim, optimisation=optimisation, batches=batches, step=step,
-                 save_output=lambda: save_encoder(simmim, cfg, out), metrics=["loss"], tag=tag, inputs=inputs,
-                 checkpoint_every=int(settings["checkpoint_every"]), stop_after=stop_after)
+    return train(
+        "pretrain",
+        out,
+        runtime,
+        state=simmim,
+        optimisation=optimisation,
+        batches=batches,
+        step=step,
+        save_output=lambda: save_encoder(simmim, cfg, out),
+        metrics=["loss"],
+        tag=tag,
+        inputs=inputs,
+        checkpoint_every=int(settings["checkpoint_every"]),
+        stop_after=stop_after,
+    )

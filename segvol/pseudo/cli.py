@@ -21,13 +21,14 @@ from segvol.cli_options import add_common_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zarr", required=True, metavar="STORE", help="dataset store (data/zarr/<dataset>.zarr)")
-    parser.add_argument("--out", required=True, metavar="PSEUDO_STORE", help="output store (data/pseudo/<dataset>.zarr)")
+    parser.add_argument(
+        "--out", required=True, metavar="PSEUDO_STORE", help="output store (data/pseudo/<dataset>.zarr)"
+    )
     add_common_arguments(parser, params="pseudo", jobs=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from segvol.progress import progress_bar
-
     from segvol.pseudo.store import open_dataset, write_pseudo_store
     from segvol.settings import stage_settings
 
@@ -41,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     counts = list(summary.values())
     logging.getLogger("segvol.pseudo").info(
         "%d cases -> %s (FH segments per case: %s..%s)",
-        len(counts), args.out, min(counts, default=0), max(counts, default=0),
+        len(counts),
+        args.out,
+        min(counts, default=0),
+        max(counts, default=0),
     )
     return 0

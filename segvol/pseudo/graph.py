@@ -20,11 +20,11 @@ import numpy as np
 
 # Released variant: X, Y, the two (X, Y) diagonals, Z -- written in our (D, H, W) axes.
 SEGVOL_OFFSETS: tuple[tuple[int, int, int], ...] = (
-    (0, 0, 1),   # along X (W)
-    (0, 1, 0),   # along Y (H)
-    (0, 1, 1),   # (x+1, y+1)
+    (0, 0, 1),  # along X (W)
+    (0, 1, 0),  # along Y (H)
+    (0, 1, 1),  # (x+1, y+1)
     (0, 1, -1),  # (x-1, y+1): the anti-diagonal of the same plane
-    (1, 0, 0),   # along Z (D, slices)
+    (1, 0, 0),  # along Z (D, slices)
 )
 
 FACE_OFFSETS: tuple[tuple[int, int, int], ...] = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
@@ -141,4 +141,3 @@ def build_graph(volume: np.ndarray, offsets: tuple[tuple[int, int, int], ...]) -
         bases=bases,
         weights=weights,
     )
-

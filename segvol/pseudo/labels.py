@@ -67,9 +67,7 @@ def case_pseudo_labels(
         "n_segments": n_segments,
         "segment_sizes": [int(count) for count in sizes[1:]],
         "gt_ids": {
-            category: int(gt_id)
-            for category, gt_id in zip(categories, ids)
-            if gt_id < sizes.size and sizes[gt_id] > 0
+            category: int(gt_id) for category, gt_id in zip(categories, ids) if gt_id < sizes.size and sizes[gt_id] > 0
         },
     }
     return pseudo.astype(np.int32, copy=False), attrs

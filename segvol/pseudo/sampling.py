@@ -1,7 +1,8 @@
 """Training-side helpers for the pseudo-label branch (docs/method.md#pseudo-labels, "use in training").
 
 Pure functions on one sample's pseudo-label map, numpy or torch alike (the result has the type
-of the input; ids are non-negative, 0 = no segment): choose a target segment, its tight box, and the box prompt's target, which also
+of the input; ids are non-negative, 0 = no segment):
+choose a target segment, its tight box, and the box prompt's target, which also
 takes in every other segment lying mostly inside the box.
 """
 
@@ -36,7 +37,9 @@ def pick_segment(pseudo, generator) -> int:
     elif isinstance(generator, np.random.Generator):
         index = int(generator.integers(len(ids)))
     else:
-        raise ValueError(f"generator must be a numpy.random.Generator or torch.Generator, got {type(generator).__name__}")
+        raise ValueError(
+            f"generator must be a numpy.random.Generator or torch.Generator, got {type(generator).__name__}"
+        )
     return int(ids[index])
 
 

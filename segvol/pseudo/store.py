@@ -132,17 +132,25 @@ def write_pseudo_store(
         for case, pseudo, attrs in results:
             group = target.create_group(case)
             chunks = tuple(min(c, n) for c, n in zip(CHUNKS, pseudo.shape))
-            array = group.create_array("pseudo", shape=pseudo.shape, dtype="int32", chunks=chunks, fill_value=0,
-                                       compressors=checked_codecs(COMPRESSION_LEVEL),
-                                       dimension_names=spatial_dimension_names())
+            array = group.create_array(
+                "pseudo",
+                shape=pseudo.shape,
+                dtype="int32",
+                chunks=chunks,
+                fill_value=0,
+                compressors=checked_codecs(COMPRESSION_LEVEL),
+                dimension_names=spatial_dimension_names(),
+            )
             array[...] = pseudo
             statistics = VolumeStatistics(1)
             statistics.add(0, pseudo)
             spacing = dataset.case_attrs(case).get("spacing", [1.0, 1.0, 1.0])
-            group.attrs.update({
-                **attrs,
-                "integrity": {"pseudo": integrity_record(temporary / case, "pseudo", array, statistics)},
-                "ome": ngff_image(case, "pseudo", spacing),
-            })
+            group.attrs.update(
+                {
+                    **attrs,
+                    "integrity": {"pseudo": integrity_record(temporary / case, "pseudo", array, statistics)},
+                    "ome": ngff_image(case, "pseudo", spacing),
+                }
+            )
             summary[case] = attrs["n_segments"]
     return summary

@@ -31,13 +31,17 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", help="model weights: our .safetensors, an official file or hf://BAAI/SegVol")
-    parser.add_argument("--root", default=".",
-                        help="folder whose images can be opened and where exports go (default: .)")
+    parser.add_argument(
+        "--root", default=".", help="folder whose images can be opened and where exports go (default: .)"
+    )
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--allow-remote", action="store_true",
-                        help="allow a --host other than loopback (anyone with the printed token and a route to the "
-                             "port can read --root's images; the traffic is not encrypted)")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host other than loopback (anyone with the printed token and a route to the "
+        "port can read --root's images; the traffic is not encrypted)",
+    )
     parser.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest accepted upload (default 1024 MB)")
     parser.add_argument("--mode", choices=("zoom", "resize", "window"), default="zoom", help="inference mode")
     add_device_argument(parser)
@@ -67,8 +71,12 @@ def run(args) -> int:
     if not is_loopback(args.host):
         if not args.allow_remote:
             raise ValueError(f"--host {args.host}: not a loopback address; add --allow-remote to serve others")
-        log.warning("serving on %s: anyone with the token who can reach this port can open the images under %s "
-                    "(unencrypted; an SSH tunnel to 127.0.0.1 is safer)", args.host, Path(args.root).resolve())
+        log.warning(
+            "serving on %s: anyone with the token who can reach this port can open the images under %s "
+            "(unencrypted; an SSH tunnel to 127.0.0.1 is safer)",
+            args.host,
+            Path(args.root).resolve(),
+        )
     root = Path(args.root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: --root must be an existing folder")
@@ -79,8 +87,10 @@ def run(args) -> int:
     try:  # the port first: a port in use is reported before the model loads
         server = SegVolServer((args.host, args.port), None, max_upload_bytes=int(args.max_upload_mb * 2**20))
     except OSError as error:
-        raise RuntimeError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}; "
-                           "choose another --port (0 picks a free one)") from None
+        raise RuntimeError(
+            f"cannot listen on {args.host}:{args.port}: {error.strerror or error}; "
+            "choose another --port (0 picks a free one)"
+        ) from None
     previous = signal.getsignal(signal.SIGTERM)
     try:
         device = resolve_device(args.device)

@@ -58,8 +58,11 @@ from segvol.serve.workspace import plain_text
 
 log = logging.getLogger(__name__)
 
-STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-          "/style.css": ("style.css", "text/css; charset=utf-8")}
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 TOKEN_HEADER = "X-SegVol-Token"
@@ -76,8 +79,10 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-NO_TOKEN_PAGE = (b"segvol serve: this page needs the token of this launch. Open the address that `segvol serve` "
-                 b"printed in its terminal (http://.../?token=...).\n")
+NO_TOKEN_PAGE = (
+    b"segvol serve: this page needs the token of this launch. Open the address that `segvol serve` "
+    b"printed in its terminal (http://.../?token=...).\n"
+)
 
 
 class ClientError(Exception):
@@ -95,8 +100,9 @@ class Fields:
         unknown = [key for key in payload if key not in allowed]
         if unknown:
             shown = ", ".join(repr(key[:40]) for key in unknown[:3])
-            raise ClientError(HTTPStatus.BAD_REQUEST, f"unknown field {shown}; this call takes "
-                              f"{', '.join(allowed) or 'no fields'}")
+            raise ClientError(
+                HTTPStatus.BAD_REQUEST, f"unknown field {shown}; this call takes {', '.join(allowed) or 'no fields'}"
+            )
         self.payload = payload
 
     def _get(self, key, default):
@@ -138,14 +144,27 @@ _REQUIRED = object()
 ROUTES = {
     "/api/open": (("path",), lambda w, f: w.open(w.inside_root(f.string("path", _REQUIRED)))),
     "/api/object": (("name",), lambda w, f: w.add_object(f.string("name", ""))),
-    "/api/point": (("object", "view", "index", "x", "y", "positive"),
-                   lambda w, f: w.add_point(f.string("object", _REQUIRED), f.string("view", _REQUIRED),
-                                            f.integer("index"), f.number("x"), f.number("y"),
-                                            f.boolean("positive", True))),
-    "/api/box": (("object", "view", "index", "x0", "y0", "x1", "y1"),
-                 lambda w, f: w.set_box_range(f.string("object", _REQUIRED), f.string("view", _REQUIRED),
-                                              f.integer("index"), (f.number("x0"), f.number("y0")),
-                                              (f.number("x1"), f.number("y1")))),
+    "/api/point": (
+        ("object", "view", "index", "x", "y", "positive"),
+        lambda w, f: w.add_point(
+            f.string("object", _REQUIRED),
+            f.string("view", _REQUIRED),
+            f.integer("index"),
+            f.number("x"),
+            f.number("y"),
+            f.boolean("positive", True),
+        ),
+    ),
+    "/api/box": (
+        ("object", "view", "index", "x0", "y0", "x1", "y1"),
+        lambda w, f: w.set_box_range(
+            f.string("object", _REQUIRED),
+            f.string("view", _REQUIRED),
+            f.integer("index"),
+            (f.number("x0"), f.number("y0")),
+            (f.number("x1"), f.number("y1")),
+        ),
+    ),
     "/api/text": (("object", "text"), lambda w, f: w.set_text(f.string("object", _REQUIRED), f.string("text", ""))),
     "/api/undo": ((), lambda w, f: w.undo()),
     "/api/export": (("name",), lambda w, f: w.export(f.string("name", _REQUIRED))),
@@ -163,7 +182,7 @@ def media_type(value: str | None) -> str:
 
 
 class Handler(BaseHTTPRequestHandler):
-    server: "SegVolServer"
+    server: SegVolServer
     server_version = "segvol-serve"
     sys_version = ""
 
@@ -224,8 +243,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _refuse(self, status: int, why: str) -> None:
         """Refuse a request of someone this server does not serve; the refusal is logged (no token)."""
-        log.warning("refused %s %s from %s: %s", self.command, redact(urlparse(self.path).path)[:200],
-                    self.client_address[0], why)
+        log.warning(
+            "refused %s %s from %s: %s",
+            self.command,
+            redact(urlparse(self.path).path)[:200],
+            self.client_address[0],
+            why,
+        )
         raise ClientError(status, why)
 
     # -- who may ask -------------------------------------------------------------------------
@@ -233,8 +257,10 @@ class Handler(BaseHTTPRequestHandler):
     def _admit(self, api: bool) -> None:
         hosts = self.headers.get_all("Host") or []
         if len(hosts) != 1 or not self.server.allowed_host(hosts[0]):
-            self._refuse(HTTPStatus.FORBIDDEN, "the Host header does not name this server (open the address that "
-                         "segvol serve printed)")
+            self._refuse(
+                HTTPStatus.FORBIDDEN,
+                "the Host header does not name this server (open the address that segvol serve printed)",
+            )
         origin = self.headers.get_all("Origin") or []
         if origin and (len(origin) > 1 or origin[0].strip().lower() != "http://" + hosts[0].strip().lower()):
             self._refuse(HTTPStatus.FORBIDDEN, "cross-origin request refused")
@@ -242,8 +268,10 @@ class Handler(BaseHTTPRequestHandler):
         if api and site is not None and site not in ("same-origin", "none"):
             self._refuse(HTTPStatus.FORBIDDEN, f"a {site} request refused")
         if api and not self._has_token():
-            self._refuse(HTTPStatus.FORBIDDEN, "missing or wrong token: open the address with ?token=... that "
-                         "segvol serve printed")
+            self._refuse(
+                HTTPStatus.FORBIDDEN,
+                "missing or wrong token: open the address with ?token=... that segvol serve printed",
+            )
 
     def _tokens(self) -> list[str]:
         """The tokens this request offers: header, query, cookie."""
@@ -274,8 +302,9 @@ class Handler(BaseHTTPRequestHandler):
             raise ClientError(HTTPStatus.BAD_REQUEST, "Content-Length must be one non-negative integer")
         length = int(values[0])
         if length > limit:
-            raise ClientError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                              f"a body of {length} bytes is over the limit of {limit} bytes")
+            raise ClientError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a body of {length} bytes is over the limit of {limit} bytes"
+            )
         return length
 
     def _chunks(self, length: int):
@@ -285,8 +314,9 @@ class Handler(BaseHTTPRequestHandler):
             piece = self.rfile.read(min(remaining, CHUNK))
             if not piece:
                 self._body_done = True
-                raise ClientError(HTTPStatus.BAD_REQUEST, f"the body ended after {length - remaining} of "
-                                  f"{length} bytes")
+                raise ClientError(
+                    HTTPStatus.BAD_REQUEST, f"the body ended after {length - remaining} of {length} bytes"
+                )
             remaining -= len(piece)
             self._body_read += len(piece)
             yield piece
@@ -297,8 +327,11 @@ class Handler(BaseHTTPRequestHandler):
         kept), so that the client reads the answer rather than a reset; then close the connection."""
         self.close_connection = True
         values = self.headers.get_all("Content-Length") or []
-        if len(values) == 1 and re.fullmatch(r"[0-9]{1,18}", values[0].strip()) \
-                and int(values[0]) - self._body_read <= DRAIN_LIMIT:
+        if (
+            len(values) == 1
+            and re.fullmatch(r"[0-9]{1,18}", values[0].strip())
+            and int(values[0]) - self._body_read <= DRAIN_LIMIT
+        ):
             try:
                 for _ in self._chunks(int(values[0])):
                     pass
@@ -335,13 +368,15 @@ class Handler(BaseHTTPRequestHandler):
             return
         if url.path in STATIC:
             name, content_type = STATIC[url.path]
-            self._send(HTTPStatus.OK, resources.files("segvol.serve").joinpath("static", name).read_bytes(),
-                       content_type)
+            self._send(
+                HTTPStatus.OK, resources.files("segvol.serve").joinpath("static", name).read_bytes(), content_type
+            )
             return
         workspace = self.server.workspace
         routes = {
-            "/api/state": lambda: self._json({**workspace.describe(),
-                                              "max_upload_bytes": self.server.max_upload_bytes}),
+            "/api/state": lambda: self._json(
+                {**workspace.describe(), "max_upload_bytes": self.server.max_upload_bytes}
+            ),
             "/api/files": lambda: self._json({"files": workspace.files()}),
             "/api/categories": lambda: self._json({"categories": self.server.categories()}),
             "/api/slice": lambda: self._slice(parse_qs(url.query)),
@@ -403,8 +438,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _upload(self) -> None:
         if media_type(self.headers.get("Content-Type")) != "application/octet-stream":
-            raise ClientError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                              "send the file's bytes with Content-Type: application/octet-stream")
+            raise ClientError(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the file's bytes with Content-Type: application/octet-stream"
+            )
         name = upload_name(self.headers.get("X-Filename"))
         length = self._content_length(self.server.max_upload_bytes)
         folder = self.server.new_upload_folder()
@@ -452,8 +488,9 @@ def upload_name(header: str | None) -> str:
         raise ClientError(HTTPStatus.BAD_REQUEST, f"upload file name: {error}") from None
     name = PurePosixPath(name.replace("\\", "/")).name
     if not name.lower().endswith(UPLOAD_SUFFIXES) or name.startswith("."):
-        raise ClientError(HTTPStatus.BAD_REQUEST, f"{name[:60]}: upload a NIfTI, NRRD or MHA file "
-                          f"({', '.join(UPLOAD_SUFFIXES)})")
+        raise ClientError(
+            HTTPStatus.BAD_REQUEST, f"{name[:60]}: upload a NIfTI, NRRD or MHA file ({', '.join(UPLOAD_SUFFIXES)})"
+        )
     return name
 
 
@@ -468,8 +505,17 @@ class SegVolServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64  # connections beyond the cap are answered 503, not left waiting in the backlog
 
-    def __init__(self, address, workspace, max_upload_bytes: int, upload_dir: str | None = None, *,
-                 token: str | None = None, max_connections: int = 32, idle_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        address,
+        workspace,
+        max_upload_bytes: int,
+        upload_dir: str | None = None,
+        *,
+        token: str | None = None,
+        max_connections: int = 32,
+        idle_timeout: float = 30.0,
+    ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
@@ -598,8 +644,10 @@ class SegVolServer(ThreadingHTTPServer):
 def _answer_busy(request) -> None:
     """503 straight from the accepting thread: no thread, no waiting for a slow client."""
     body = b'{"error": "the server is busy: too many connections"}'
-    head = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            b"Retry-After: 1\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n\r\n" % len(body))
+    head = (
+        b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Retry-After: 1\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
     _discard_waiting(request)
     try:
         request.sendall(head + body)

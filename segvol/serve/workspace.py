@@ -72,16 +72,24 @@ def plain_text(value, what: str, max_length: int) -> str:
 
 
 def _json_type(value) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def export_file_name(name) -> str:
     """The label map's file name for an export name (ValueError for anything but a plain name)."""
     name = plain_text(name, "export name", MAX_EXPORT_NAME)
     if not EXPORT_NAME.fullmatch(name) or name.endswith("."):
-        raise ValueError("export name: use letters, digits, spaces and . _ + - ( ) only, starting with a letter or "
-                         "digit (no folders, drive letters or control characters)")
+        raise ValueError(
+            "export name: use letters, digits, spaces and . _ + - ( ) only, starting with a letter or "
+            "digit (no folders, drive letters or control characters)"
+        )
     if name.split(".")[0].strip().lower() in WINDOWS_RESERVED:
         raise ValueError(f"export name {name!r} is reserved on Windows; choose another")
     return name if name.endswith((".nii.gz", ".nii")) else name + ".nii.gz"
@@ -108,8 +116,12 @@ class ViewGeometry:
             raise ValueError(f"{view} slice index {index!r} is outside 0..{count - 1}")
         columns, rows = self.size(view)
         for value, limit, what in ((column, columns, "x"), (row, rows, "y")):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value) \
-                    or not 0 <= value <= limit:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float, np.number))
+                or not math.isfinite(value)
+                or not 0 <= value <= limit
+            ):
                 raise ValueError(f"{what} = {value!r} is outside the {view} view (0..{limit})")
 
     def slice(self, array: np.ndarray, view: str, index: int) -> np.ndarray:
@@ -154,37 +166,62 @@ class SegmentedObject:
     points: list[list[int]] = field(default_factory=list)
     point_labels: list[int] = field(default_factory=list)
     mask: np.ndarray | None = field(default=None, repr=False)
-    packed: "PackedMask | None" = field(default=None, repr=False)  # `mask` packed, once asked for
+    packed: PackedMask | None = field(default=None, repr=False)  # `mask` packed, once asked for
 
     def prompt(self):
         from segvol.infer.prompts import Prompt
 
-        return Prompt(text=self.text, box=self.box, points=self.points or None,
-                      point_labels=self.point_labels or None, name=self.name)
+        return Prompt(
+            text=self.text,
+            box=self.box,
+            points=self.points or None,
+            point_labels=self.point_labels or None,
+            name=self.name,
+        )
 
     def has_prompt(self) -> bool:
         return bool(self.text or self.box or self.points)
 
     def record(self) -> dict:
-        return {"name": self.name, "colour": self.colour, "text": self.text, "box": self.box,
-                "points": self.points, "point_labels": self.point_labels,
-                "voxels": 0 if self.mask is None else int(self.mask.sum())}
+        return {
+            "name": self.name,
+            "colour": self.colour,
+            "text": self.text,
+            "box": self.box,
+            "points": self.points,
+            "point_labels": self.point_labels,
+            "voxels": 0 if self.mask is None else int(self.mask.sum()),
+        }
 
-    def snapshot(self) -> "ObjectState":
+    def snapshot(self) -> ObjectState:
         """The object as it is now, immutable; its mask is packed once and shared by later snapshots."""
         if self.mask is None:
             self.packed = None
         elif self.packed is None or not self.packed.holds(self.mask):  # masks are replaced, never changed
             self.packed = PackedMask.pack(self.mask)
-        return ObjectState(self.name, self.colour, self.text, None if self.box is None else tuple(self.box),
-                           tuple(self.box_draft), tuple(tuple(p) for p in self.points), tuple(self.point_labels),
-                           self.packed)
+        return ObjectState(
+            self.name,
+            self.colour,
+            self.text,
+            None if self.box is None else tuple(self.box),
+            tuple(self.box_draft),
+            tuple(tuple(p) for p in self.points),
+            tuple(self.point_labels),
+            self.packed,
+        )
 
     @classmethod
-    def restore(cls, state: "ObjectState", masks: dict[int, np.ndarray]) -> "SegmentedObject":
+    def restore(cls, state: ObjectState, masks: dict[int, np.ndarray]) -> SegmentedObject:
         """The object of a snapshot; `masks` maps id(packed) to a live mask it was packed from."""
-        item = cls(state.name, state.colour, state.text, None if state.box is None else list(state.box),
-                   list(state.box_draft), [list(p) for p in state.points], list(state.point_labels))
+        item = cls(
+            state.name,
+            state.colour,
+            state.text,
+            None if state.box is None else list(state.box),
+            list(state.box_draft),
+            [list(p) for p in state.points],
+            list(state.point_labels),
+        )
         if state.mask is not None:
             item.mask = masks.get(id(state.mask))
             if item.mask is None:
@@ -203,7 +240,7 @@ class PackedMask:
     _live: weakref.ref | None = field(default=None, repr=False)  # the live mask it was packed from, if any
 
     @classmethod
-    def pack(cls, mask: np.ndarray) -> "PackedMask":
+    def pack(cls, mask: np.ndarray) -> PackedMask:
         packed = cls(tuple(mask.shape), zlib.compress(np.packbits(mask, axis=None).tobytes(), 1))
         packed.attach(mask)
         return packed
@@ -361,10 +398,20 @@ class Workspace:
             d, h, w = self.hu.shape
             spacing = [float(s) for s in self.image.spacing]
             return {
-                "open": True, "name": self.source.name, "shape": [d, h, w], "spacing": spacing,
-                "views": {v: {"size": self.geometry.size(v), "slices": self.geometry.slice_count(v),
-                              "aspect": _aspect(v, spacing)} for v in VIEWS},
-                "windows": list(WINDOWS), "objects": [o.record() for o in self.objects],
+                "open": True,
+                "name": self.source.name,
+                "shape": [d, h, w],
+                "spacing": spacing,
+                "views": {
+                    v: {
+                        "size": self.geometry.size(v),
+                        "slices": self.geometry.slice_count(v),
+                        "aspect": _aspect(v, spacing),
+                    }
+                    for v in VIEWS
+                },
+                "windows": list(WINDOWS),
+                "objects": [o.record() for o in self.objects],
                 "seconds": round(self.last_seconds, 3),
             }
 
@@ -420,8 +467,9 @@ class Workspace:
                 item.point_labels.append(1 if positive else 0)
                 return self._segment(item)
 
-    def set_box_range(self, name: str, view: str, index: int, start: tuple[float, float],
-                      end: tuple[float, float]) -> dict:
+    def set_box_range(
+        self, name: str, view: str, index: int, start: tuple[float, float], end: tuple[float, float]
+    ) -> dict:
         """A rectangle dragged on one view sets the box's extent along that view's two axes;
         a box becomes a prompt once all three axes are set (two views)."""
         with self.lock:
@@ -475,8 +523,9 @@ class Workspace:
 
     # -- pictures -----------------------------------------------------------------------------
 
-    def render(self, view: str, index: int, window: str = "abdomen",
-               cross: tuple[int, int, int] | None = None) -> bytes:
+    def render(
+        self, view: str, index: int, window: str = "abdomen", cross: tuple[int, int, int] | None = None
+    ) -> bytes:
         """A PNG of one slice: windowed image, every object's mask, the crosshair."""
         from PIL import Image
 
@@ -493,7 +542,7 @@ class Workspace:
                 if item.mask is None:
                     continue
                 mask = self.geometry.slice(item.mask, view, index)
-                colour = np.array([int(item.colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.float32)
+                colour = np.array([int(item.colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float32)
                 rgb[mask] = 0.45 * rgb[mask] + 0.55 * colour
             if cross is not None:
                 columns, rows = self.geometry.size(view)
@@ -546,10 +595,14 @@ class Workspace:
         with self.lock:
             records = self.export_records()
             output = self.root / name
-            description = predict_file(self.model, self.source, output, records, mode=self.mode,
-                                       weights=getattr(self, "weights", ""))
-            return {"path": output.relative_to(self.root).as_posix(), "records": records,
-                    "voxels": description.get("voxels", {})}
+            description = predict_file(
+                self.model, self.source, output, records, mode=self.mode, weights=getattr(self, "weights", "")
+            )
+            return {
+                "path": output.relative_to(self.root).as_posix(),
+                "records": records,
+                "voxels": description.get("voxels", {}),
+            }
 
 
 def _aspect(view: str, spacing) -> float:

@@ -135,10 +135,19 @@ def _outline(body: Body, z, y, x, inset: float) -> np.ndarray:
 
 def _diaphragm(body: Body, y, x, left_drop: float) -> np.ndarray:
     """Height (mm) of the diaphragm above each (y, x): two domes, the left one lower."""
-    right = body.dome_z - 55.0 * (((x - 0.42 * body.half_width) / (0.62 * body.half_width)) ** 2
-                                   + ((y - 0.05 * body.half_depth) / (0.9 * body.half_depth)) ** 2)
-    left = body.dome_z - left_drop - 55.0 * (((x + 0.42 * body.half_width) / (0.62 * body.half_width)) ** 2
-                                              + ((y - 0.05 * body.half_depth) / (0.9 * body.half_depth)) ** 2)
+    right = body.dome_z - 55.0 * (
+        ((x - 0.42 * body.half_width) / (0.62 * body.half_width)) ** 2
+        + ((y - 0.05 * body.half_depth) / (0.9 * body.half_depth)) ** 2
+    )
+    left = (
+        body.dome_z
+        - left_drop
+        - 55.0
+        * (
+            ((x + 0.42 * body.half_width) / (0.62 * body.half_width)) ** 2
+            + ((y - 0.05 * body.half_depth) / (0.9 * body.half_depth)) ** 2
+        )
+    )
     return np.maximum(right, left).astype(np.float32)
 
 
@@ -296,10 +305,8 @@ def _paint_stomach(tissue, grid: Grid, body: Body, rng, diaphragm) -> None:
     """Stomach in the left upper quadrant: wall, fluid, and a gas cap anteriorly."""
     s = body.organ_scale
     blob = Blob(
-        center=(body.dome_z - float(rng.uniform(45, 65)) * s, 0.3 * body.half_depth,
-                -0.38 * body.half_width),
-        semi_axes=(float(rng.uniform(35, 50)) * s, float(rng.uniform(28, 38)) * s,
-                   float(rng.uniform(35, 48)) * s),
+        center=(body.dome_z - float(rng.uniform(45, 65)) * s, 0.3 * body.half_depth, -0.38 * body.half_width),
+        semi_axes=(float(rng.uniform(35, 50)) * s, float(rng.uniform(28, 38)) * s, float(rng.uniform(35, 48)) * s),
         rotation=rotation(yaw_deg=float(rng.uniform(20, 45)), pitch_deg=float(rng.uniform(-15, 15))),
         wobble=0.15,
     )
@@ -350,8 +357,10 @@ def _paint_liver(tissue, grid: Grid, body: Body, rng, diaphragm):
         inside = (level < 1.0) & (z < diaphragm[:, region[1], region[2]] - 4.0)
         inside &= ~np.isin(view, (Tissue.MUSCLE, Tissue.AIR, Tissue.TABLE))
         view[inside] = Tissue.LIVER
-        union = region if union is None else tuple(
-            slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(union, region)
+        union = (
+            region
+            if union is None
+            else tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(union, region))
         )
     if union is None:
         return None
@@ -370,8 +379,11 @@ def _paint_liver(tissue, grid: Grid, body: Body, rng, diaphragm):
 def _paint_gallbladder(tissue, grid: Grid, body: Body, rng) -> None:
     s = body.organ_scale
     blob = Blob(
-        center=(body.dome_z - float(rng.uniform(95, 120)) * s, 0.45 * body.half_depth,
-                0.24 * body.half_width + float(rng.uniform(-8, 8))),
+        center=(
+            body.dome_z - float(rng.uniform(95, 120)) * s,
+            0.45 * body.half_depth,
+            0.24 * body.half_width + float(rng.uniform(-8, 8)),
+        ),
         semi_axes=(float(rng.uniform(22, 36)) * s, float(rng.uniform(10, 16)) * s, float(rng.uniform(10, 16)) * s),
         rotation=rotation(pitch_deg=float(rng.uniform(-30, 0)), roll_deg=float(rng.uniform(20, 40))),
         wobble=0.08,
@@ -387,8 +399,11 @@ def _paint_spleen(tissue, grid: Grid, body: Body, rng, diaphragm) -> None:
     s = body.organ_scale
     W, D = body.half_width, body.half_depth
     blob = Blob(
-        center=(body.dome_z - float(rng.uniform(50, 70)) * s, -0.3 * D + float(rng.uniform(-6, 6)),
-                -0.62 * W + float(rng.uniform(-6, 6))),
+        center=(
+            body.dome_z - float(rng.uniform(50, 70)) * s,
+            -0.3 * D + float(rng.uniform(-6, 6)),
+            -0.62 * W + float(rng.uniform(-6, 6)),
+        ),
         semi_axes=(float(rng.uniform(42, 58)) * s, float(rng.uniform(44, 58)) * s, float(rng.uniform(18, 26)) * s),
         rotation=rotation(yaw_deg=float(rng.uniform(25, 50)), roll_deg=float(rng.uniform(-15, 10))),
         exponent=2.2,
@@ -410,12 +425,14 @@ def _paint_pancreas(tissue, grid: Grid, body: Body, rng) -> None:
     W = body.half_width
     front = body.spine_y + 36.0 * s
     z0 = body.kidney_z[1] + float(rng.uniform(5, 20)) * s
-    control = np.array([
-        [z0 - 18.0 * s, front + 6.0, 0.26 * W],  # head
-        [z0, front + 18.0 * s, 0.02 * W],  # neck, in front of the vessels
-        [z0 + 12.0 * s, front + 2.0, -0.3 * W],  # body
-        [z0 + 22.0 * s, body.spine_y + 10.0, -0.52 * W],  # tail
-    ])
+    control = np.array(
+        [
+            [z0 - 18.0 * s, front + 6.0, 0.26 * W],  # head
+            [z0, front + 18.0 * s, 0.02 * W],  # neck, in front of the vessels
+            [z0 + 12.0 * s, front + 2.0, -0.3 * W],  # body
+            [z0 + 22.0 * s, body.spine_y + 10.0, -0.52 * W],  # tail
+        ]
+    )
     control += rng.normal(0.0, 4.0, control.shape)
     t = np.linspace(0.0, 1.0, 96)
     # Piecewise-linear path through the control points, then smoothed into a gentle curve.
@@ -462,8 +479,11 @@ def _paint_kidneys(tissue, grid: Grid, body: Body, rng) -> list[_Kidney]:
         along = (local[0, 0] * dz + local[0, 1] * dy + local[0, 2] * dx) / semi[0]
         hilum = (medial > 0.45) & (np.abs(along) < 0.3)
         view = tissue[region]
-        kidney = (level < 1.0) & ~hilum & np.isin(view, (*SOFT_BACKGROUND, Tissue.LIVER, Tissue.SPLEEN,
-                                                         Tissue.LIVER_VESSEL, Tissue.PANCREAS))
+        kidney = (
+            (level < 1.0)
+            & ~hilum
+            & np.isin(view, (*SOFT_BACKGROUND, Tissue.LIVER, Tissue.SPLEEN, Tissue.LIVER_VESSEL, Tissue.PANCREAS))
+        )
         cortex_id = Tissue.KIDNEY_RIGHT if side == "right" else Tissue.KIDNEY_LEFT
         medulla_id = Tissue.KIDNEY_RIGHT_MEDULLA if side == "right" else Tissue.KIDNEY_LEFT_MEDULLA
         view[kidney] = cortex_id
@@ -512,16 +532,31 @@ def _paint_kidney_tumor(tissue, grid: Grid, rng, kidneys) -> Lesion | None:
         label = Tissue.KIDNEY_LEFT_TUMOR
     contrast = -float(rng.uniform(50.0, 120.0))  # relative to the enhancing cortex
     # Exophytic growth: the tumour may displace perirenal fat and bowel, not bone or vessels.
-    return _paint_lesion(tissue, grid, rng, "kidney tumor", center, radius,
-                         (*host, Tissue.FAT, Tissue.BOWEL, Tissue.BOWEL_GAS), label, contrast,
-                         must_touch=host)
+    return _paint_lesion(
+        tissue,
+        grid,
+        rng,
+        "kidney tumor",
+        center,
+        radius,
+        (*host, Tissue.FAT, Tissue.BOWEL, Tissue.BOWEL_GAS),
+        label,
+        contrast,
+        must_touch=host,
+    )
 
 
-def _paint_lesion(tissue, grid, rng, kind, center, radius, replaceable, value, contrast,
-                  must_touch=None) -> Lesion | None:
+def _paint_lesion(
+    tissue, grid, rng, kind, center, radius, replaceable, value, contrast, must_touch=None
+) -> Lesion | None:
     semi = tuple(radius * float(rng.uniform(0.8, 1.2)) for _ in range(3))
-    blob = Blob(center=center, semi_axes=semi, rotation=rotation(*rng.uniform(-90, 90, 3)),
-                wobble=0.15, wobble_mm=max(6.0, radius))
+    blob = Blob(
+        center=center,
+        semi_axes=semi,
+        rotation=rotation(*rng.uniform(-90, 90, 3)),
+        wobble=0.15,
+        wobble_mm=max(6.0, radius),
+    )
     region, level = blob.evaluate(grid, rng)
     if region is None:
         return None
@@ -542,7 +577,13 @@ def _paint_great_vessels(tissue, grid: Grid, body: Body, rng, diaphragm) -> None
     z_axis = grid.axis(0)
     wander = smooth_noise(rng, (len(z_axis), 2), [60.0 / grid.spacing[0], 1.0])
     specs = (
-        (Tissue.AORTA, -float(rng.uniform(14, 22)) * s, body.spine_y + 24.0 * s, float(rng.uniform(9.5, 12.5)) * s, 1.0),
+        (
+            Tissue.AORTA,
+            -float(rng.uniform(14, 22)) * s,
+            body.spine_y + 24.0 * s,
+            float(rng.uniform(9.5, 12.5)) * s,
+            1.0,
+        ),
         (Tissue.IVC, float(rng.uniform(18, 28)) * s, body.spine_y + 24.0 * s, float(rng.uniform(9.0, 12.0)) * s, 0.75),
     )
     for k, (label, x0, y0, radius, flatten) in enumerate(specs):
@@ -577,15 +618,14 @@ def _paint_spine(tissue, grid: Grid, body: Body, rng) -> None:
     ry, rx = 15.5 * s, 20.0 * s
     yb = body.spine_y
     canal_y = yb - ry - 9.0 * s
-    region = grid.region((grid.origin[0] - 1, yb - ry - 62.0 * s, -55.0 * s),
-                         (1e6, yb + ry + 2.0, 55.0 * s))
+    region = grid.region((grid.origin[0] - 1, yb - ry - 62.0 * s, -55.0 * s), (1e6, yb + ry + 2.0, 55.0 * s))
     if region is None:
         return
     z, y, x = grid.coordinates(region)
     along = np.mod(z - phase, period)  # position within one vertebra (0 = lower endplate)
     in_disc = along < disc
     middle = (along > disc + 0.25 * (period - disc)) & (along < period - 0.2 * (period - disc))
-    vb = ((x / rx) ** 2 + ((y - yb) / ry) ** 2 < 1.0)
+    vb = (x / rx) ** 2 + ((y - yb) / ry) ** 2 < 1.0
     canal = (x / (8.0 * s)) ** 2 + ((y - canal_y) / (8.0 * s)) ** 2 < 1.0
     arch_ring = (x / (14.0 * s)) ** 2 + ((y - canal_y) / (13.0 * s)) ** 2 < 1.0
     arch = arch_ring & ~canal & (y < yb - ry + 4.0)

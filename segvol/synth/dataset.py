@@ -63,8 +63,11 @@ def dataset_spec(settings: dict, name: str) -> dict:
 
 def _shape_max(settings: dict, spec: dict, name: str) -> tuple[int, int, int]:
     """The dataset's own `shape_max` if it has one, else `synth.shape_max`."""
-    shape, key = (spec["shape_max"], f"synth.datasets.{name}.shape_max") if spec.get("shape_max") else (
-        settings.get("shape_max"), "synth.shape_max")
+    shape, key = (
+        (spec["shape_max"], f"synth.datasets.{name}.shape_max")
+        if spec.get("shape_max")
+        else (settings.get("shape_max"), "synth.shape_max")
+    )
     if (
         not isinstance(shape, (list, tuple))
         or len(shape) != 3
@@ -115,6 +118,7 @@ def _single_threaded_blas():
 def synthesize_dataset(name: str, out, seed: int, params=None, progress: bool = True) -> Path:
     """Write dataset `name` of the `synth` settings `params` (dict or JSON) to folder `out`."""
     import nibabel as nib
+
     from segvol.progress import progress_bar
 
     settings = stage_settings("synth", params)
@@ -126,8 +130,15 @@ def synthesize_dataset(name: str, out, seed: int, params=None, progress: bool = 
     required = tuple(kind for kind in LESION_CATEGORIES if kind in {canonical_name(n) for n in spec["labels"]})
     domain = DOMAINS[spec["domain"]]
     out = Path(out)
-    log.info("synth %s: %d %s cases, labels %s, orientation %s -> %s",
-             name, spec["n_cases"], spec["role"], spec["labels"], orientation, out)
+    log.info(
+        "synth %s: %d %s cases, labels %s, orientation %s -> %s",
+        name,
+        spec["n_cases"],
+        spec["role"],
+        spec["labels"],
+        orientation,
+        out,
+    )
 
     cases = []
     with _single_threaded_blas(), atomic_path(out) as folder:
@@ -149,9 +160,7 @@ def synthesize_dataset(name: str, out, seed: int, params=None, progress: bool = 
             "modality": "CT",
             "categories": categories,
             "cases": cases,
-            "description": (
-                f"Procedural abdominal CT phantoms ({domain.name} population) written by `segvol synth`."
-            ),
+            "description": (f"Procedural abdominal CT phantoms ({domain.name} population) written by `segvol synth`."),
             "synth": {"seed": int(seed), "orientation": orientation, "shape_max": list(shape_max)},
         }
         (folder / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")

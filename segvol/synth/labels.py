@@ -101,7 +101,5 @@ def label_space(names) -> tuple[dict[str, list[int]], np.ndarray]:
             lookup[tissue] = atom_value[signature]
     if len(atom_value) > 255:
         raise ValueError("too many label values for a uint8 label map")
-    categories = {
-        name: sorted({atom_value[membership[t]] for t in category_tissues(name)}) for name in names
-    }
+    categories = {name: sorted({atom_value[membership[t]] for t in category_tissues(name)}) for name in names}
     return categories, lookup

@@ -32,7 +32,7 @@ class Phantom:
 def case_rng(seed: int, dataset: str, index: int, stream: str = "case") -> np.random.Generator:
     """Generator that depends only on (seed, dataset name, case index, stream name)."""
     digest = hashlib.sha256(f"{dataset}\0{stream}".encode()).digest()
-    words = [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
+    words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *words, int(index)]))
 
 
@@ -92,8 +92,11 @@ def make_phantom(
     anatomy = None
     for attempt in range(4):
         anatomy = paint_anatomy(
-            grid, body, np.random.default_rng([anatomy_seed, attempt]),
-            liver_tumors=counts["liver tumor"], kidney_tumors=counts["kidney tumor"],
+            grid,
+            body,
+            np.random.default_rng([anatomy_seed, attempt]),
+            liver_tumors=counts["liver tumor"],
+            kidney_tumors=counts["kidney tumor"],
         )
         if _lesions_present(anatomy, require_lesion):
             break
@@ -127,8 +130,11 @@ def _lesions_present(anatomy: Anatomy, kinds) -> bool:
 
 def _canonical_affine(rng: np.random.Generator, grid: Grid) -> np.ndarray:
     """(d, h, w) -> RAS+ mm: body frame plus a random couch position (scanner coordinates)."""
-    table_position = (float(rng.uniform(-900.0, -300.0)), float(rng.uniform(-40.0, 40.0)),
-                      float(rng.uniform(-10.0, 10.0)))  # (S, A, R) offsets
+    table_position = (
+        float(rng.uniform(-900.0, -300.0)),
+        float(rng.uniform(-40.0, 40.0)),
+        float(rng.uniform(-10.0, 10.0)),
+    )  # (S, A, R) offsets
     affine = np.zeros((4, 4))
     affine[0, 2] = grid.spacing[2]  # w -> R
     affine[1, 1] = grid.spacing[1]  # h -> A

@@ -24,10 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, choices=["nnunet", "swinunetr", "uxnet"])
     parser.add_argument("--zarr", required=True, help="dataset store; its train split is used")
     parser.add_argument("--out", required=True, help="model folder to write")
-    parser.add_argument("--work", default=None,
-                        help="nnU-Net only: folder for nnUNet_raw and nnUNet_preprocessed (default: <out>.work)")
-    add_common_arguments(parser, params="taskspecific", device=True, threads=True,
-                         seed="seed of patches, augmentation and initialisation", quiet=True)
+    parser.add_argument(
+        "--work", default=None, help="nnU-Net only: folder for nnUNet_raw and nnUNet_preprocessed (default: <out>.work)"
+    )
+    add_common_arguments(
+        parser,
+        params="taskspecific",
+        device=True,
+        threads=True,
+        seed="seed of patches, augmentation and initialisation",
+        quiet=True,
+    )
 
 
 def run(args) -> int:
@@ -49,8 +56,14 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(int(args.threads))
     store, cases = training_cases(args.zarr)  # fail early on a bad store
-    manifest = {"method": args.method, "name": display_name(args.method), "dataset": store.name,
-                "store": str(args.zarr), "train_cases": cases, "seed": args.seed}
+    manifest = {
+        "method": args.method,
+        "name": display_name(args.method),
+        "dataset": store.name,
+        "store": str(args.zarr),
+        "train_cases": cases,
+        "seed": args.seed,
+    }
     with atomic_path(args.out) as folder:
         folder.mkdir(parents=True)
         if args.method == "nnunet":
@@ -73,13 +86,19 @@ def run(args) -> int:
             torch.manual_seed(args.seed)
             network = build_network(args.method, len(store.categories) + 1, architecture)
             losses = train_supervised(network, samples, supervised, seed=args.seed, device=device)
-            save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()},
-                      str(folder / "model.safetensors"))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()},
+                str(folder / "model.safetensors"),
+            )
             tail = max(1, len(losses) // 5)
-            manifest.update(label_map=label_map.to_json(), architecture=architecture,
-                            patch_size=supervised["patch_size"], settings=supervised,
-                            loss_first=float(np.mean(losses[:tail])) if losses else None,
-                            loss_last=float(np.mean(losses[-tail:])) if losses else None)
+            manifest.update(
+                label_map=label_map.to_json(),
+                architecture=architecture,
+                patch_size=supervised["patch_size"],
+                settings=supervised,
+                loss_first=float(np.mean(losses[:tail])) if losses else None,
+                loss_last=float(np.mean(losses[-tail:])) if losses else None,
+            )
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if args.method == "nnunet" and not args.work:
         shutil.rmtree(f"{args.out}.work", ignore_errors=True)

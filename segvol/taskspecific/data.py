@@ -28,6 +28,7 @@ def load_cases(store_path: str | Path, split: str = "train"):
     for case in cases:
         group = store.case(case)
         spacing = tuple(float(s) for s in store.case_attrs(case).get("spacing", (1.0, 1.0, 1.0)))
-        loaded.append((np.asarray(group["image"][...], np.float32), np.asarray(group["labels"][...], np.uint8),
-                       spacing))
+        loaded.append(
+            (np.asarray(group["image"][...], np.float32), np.asarray(group["labels"][...], np.uint8), spacing)
+        )
     return store, loaded

@@ -50,8 +50,11 @@ class LabelMap:
 
     @classmethod
     def from_json(cls, payload: dict) -> LabelMap:
-        return cls(list(payload["categories"]), {k: int(v) for k, v in payload["values"].items()},
-                   {k: list(v) for k, v in payload.get("contains", {}).items()})
+        return cls(
+            list(payload["categories"]),
+            {k: int(v) for k, v in payload["values"].items()},
+            {k: list(v) for k, v in payload.get("contains", {}).items()},
+        )
 
 
 def plan_label_map(categories: list[str], label_volumes) -> LabelMap:
@@ -72,8 +75,11 @@ def plan_label_map(categories: list[str], label_volumes) -> LabelMap:
     values = {categories[c]: rank + 1 for rank, c in enumerate(order)}
     contains = {}
     for a in range(count):
-        nested = [categories[b] for b in range(count)
-                  if b != a and sizes[b] > 0 and sizes[b] < sizes[a] and inside[a, b] >= NESTED_FRACTION * sizes[b]]
+        nested = [
+            categories[b]
+            for b in range(count)
+            if b != a and sizes[b] > 0 and sizes[b] < sizes[a] and inside[a, b] >= NESTED_FRACTION * sizes[b]
+        ]
         if nested:
             contains[categories[a]] = nested
     return LabelMap(list(categories), values, contains)

@@ -44,8 +44,14 @@ def dataset_folder_name(name: str) -> str:
 @contextmanager
 def nnunet_environment(raw: Path, preprocessed: Path, results: Path, processes: int = 1):
     """nnU-Net's folder variables (read lazily by nnunetv2 >= 2.6) and single-process settings."""
-    names = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(preprocessed), "nnUNet_results": str(results),
-             "nnUNet_n_proc_DA": "0", "nnUNet_compile": "false", "nnUNet_def_n_proc": str(processes)}
+    names = {
+        "nnUNet_raw": str(raw),
+        "nnUNet_preprocessed": str(preprocessed),
+        "nnUNet_results": str(results),
+        "nnUNet_n_proc_DA": "0",
+        "nnUNet_compile": "false",
+        "nnUNet_def_n_proc": str(processes),
+    }
     saved = {name: os.environ.get(name) for name in names}
     os.environ.update(names)
     try:
@@ -81,9 +87,17 @@ def export_raw(store_path: str | Path, raw: Path, split: str = "train") -> tuple
         sitk.WriteImage(label, str(folder / "labelsTr" / f"{case}.nii.gz"))
     categories = store.categories
     labels = {"background": 0, **{name: label_map.values[name] for name in categories}}
-    (folder / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": labels, "numTraining": len(cases), "file_ending": ".nii.gz",
-    }, indent=2))
+    (folder / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": labels,
+                "numTraining": len(cases),
+                "file_ending": ".nii.gz",
+            },
+            indent=2,
+        )
+    )
     return folder, label_map
 
 
@@ -110,8 +124,14 @@ def train(store_path: str | Path, out: Path, work: Path, settings: dict, device)
         from nnunetv2.run.run_training import get_trainer_from_args
 
         folder, label_map = export_raw(store_path, raw)
-        extract_fingerprint_dataset(DATASET_ID, num_processes=processes, check_dataset_integrity=True,
-                                    clean=True, verbose=False, show_progress_bar=False)
+        extract_fingerprint_dataset(
+            DATASET_ID,
+            num_processes=processes,
+            check_dataset_integrity=True,
+            clean=True,
+            verbose=False,
+            show_progress_bar=False,
+        )
         # The planner sizes its test networks with nnUNet_n_proc_DA threads (0 is refused there);
         # training then reads 0 as "augment in this process" (no worker processes on a small machine).
         os.environ["nnUNet_n_proc_DA"] = str(processes)
@@ -120,12 +140,14 @@ def train(store_path: str | Path, out: Path, work: Path, settings: dict, device)
         plans_file = preprocessed / folder.name / f"{PLANS}.json"
         plans = load_json(str(plans_file))
         if configuration not in plans["configurations"]:
-            raise ValueError(f"{plans_file}: nnU-Net planned no '{configuration}' configuration for this dataset"
-                             f" (planned: {', '.join(plans['configurations'])})")
-        preprocess_dataset(DATASET_ID, PLANS, (configuration,), (processes,), verbose=False,
-                           show_progress_bar=False)
-        trainer = get_trainer_from_args(str(DATASET_ID), configuration, "all", TRAINER, PLANS,
-                                        device=torch.device(device))
+            raise ValueError(
+                f"{plans_file}: nnU-Net planned no '{configuration}' configuration for this dataset"
+                f" (planned: {', '.join(plans['configurations'])})"
+            )
+        preprocess_dataset(DATASET_ID, PLANS, (configuration,), (processes,), verbose=False, show_progress_bar=False)
+        trainer = get_trainer_from_args(
+            str(DATASET_ID), configuration, "all", TRAINER, PLANS, device=torch.device(device)
+        )
         trainer.num_epochs = int(settings["epochs"])
         trainer.num_iterations_per_epoch = int(settings["iterations_per_epoch"])
         trainer.num_val_iterations_per_epoch = int(settings["val_iterations_per_epoch"])
@@ -142,8 +164,14 @@ def train(store_path: str | Path, out: Path, work: Path, settings: dict, device)
 class NnUNetSegmenter:
     """A trained nnU-Net folder through `nnUNetPredictor` (sliding window with nnU-Net's Gaussian)."""
 
-    def __init__(self, model_folder: Path, label_map: LabelMap, device="cpu", tile_step_size: float = 0.5,
-                 mirroring: bool = False):
+    def __init__(
+        self,
+        model_folder: Path,
+        label_map: LabelMap,
+        device="cpu",
+        tile_step_size: float = 0.5,
+        mirroring: bool = False,
+    ):
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -151,14 +179,23 @@ class NnUNetSegmenter:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: nnU-Net checkpoint not found")
         self.label_map = label_map
-        self.predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=mirroring,
-                                         perform_everything_on_device=False, device=torch.device(device),
-                                         verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-        self.predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=("all",),
-                                                            checkpoint_name="checkpoint_final.pth")
+        self.predictor = nnUNetPredictor(
+            tile_step_size=tile_step_size,
+            use_gaussian=True,
+            use_mirroring=mirroring,
+            perform_everything_on_device=False,
+            device=torch.device(device),
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
+        self.predictor.initialize_from_trained_model_folder(
+            str(model_folder), use_folds=("all",), checkpoint_name="checkpoint_final.pth"
+        )
 
     def segment(self, volume: np.ndarray, spacing) -> dict[str, np.ndarray]:
         """volume (D, H, W) in [0, 1], spacing (3,) mm -> category -> (D, H, W) bool."""
         label_map = self.predictor.predict_single_npy_array(
-            np.asarray(volume, np.float32)[None], {"spacing": [float(s) for s in spacing]}, None, None, False)
+            np.asarray(volume, np.float32)[None], {"spacing": [float(s) for s in spacing]}, None, None, False
+        )
         return self.label_map.masks(np.asarray(label_map))

@@ -29,13 +29,19 @@ def build_network(architecture: str, out_channels: int, settings: dict) -> torch
     if architecture == "swinunetr":
         from monai.networks.nets import SwinUNETR
 
-        return SwinUNETR(in_channels=1, out_channels=out_channels, feature_size=int(settings["feature_size"]),
-                         spatial_dims=3)
+        return SwinUNETR(
+            in_channels=1, out_channels=out_channels, feature_size=int(settings["feature_size"]), spatial_dims=3
+        )
     if architecture == "uxnet":
         from segvol.taskspecific.uxnet import UXNet
 
-        return UXNet(1, out_channels, depths=settings["depths"], widths=settings["widths"],
-                     hidden_size=int(settings["hidden_size"]))
+        return UXNet(
+            1,
+            out_channels,
+            depths=settings["depths"],
+            widths=settings["widths"],
+            hidden_size=int(settings["hidden_size"]),
+        )
     raise ValueError(f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}")
 
 
@@ -43,15 +49,24 @@ def patch_size(architecture: str, settings: dict) -> list[int]:
     """The architecture's own `patch_size` if set, else `supervised.patch_size`; ValueError if SwinUNETR
     cannot take it (MONAI halves it five times and instance-normalises the last level, which needs > 1
     voxel)."""
-    size = [int(s) for s in (settings.get(architecture) or {}).get("patch_size") or settings["supervised"]["patch_size"]]
+    size = [
+        int(s) for s in (settings.get(architecture) or {}).get("patch_size") or settings["supervised"]["patch_size"]
+    ]
     if architecture == "swinunetr" and any(s < 64 or s % 32 for s in size):
-        raise ValueError(f"taskspecific: SwinUNETR needs a patch_size of multiples of 32, at least 64 per side "
-                         f"(got {size}); set taskspecific.swinunetr.patch_size")
+        raise ValueError(
+            f"taskspecific: SwinUNETR needs a patch_size of multiples of 32, at least 64 per side "
+            f"(got {size}); set taskspecific.swinunetr.patch_size"
+        )
     return size
 
 
-def random_patch(image: np.ndarray, label_map: np.ndarray, size: Sequence[int], rng: np.random.Generator,
-                 foreground_probability: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def random_patch(
+    image: np.ndarray,
+    label_map: np.ndarray,
+    size: Sequence[int],
+    rng: np.random.Generator,
+    foreground_probability: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
     """A (size) crop of image and label map, zero-padded where the volume is smaller."""
     pad = [(0, max(0, s - n)) for s, n in zip(size, image.shape)]
     image, label_map = np.pad(image, pad), np.pad(label_map, pad)
@@ -65,8 +80,13 @@ def random_patch(image: np.ndarray, label_map: np.ndarray, size: Sequence[int], 
     return image[window], label_map[window]
 
 
-def train_supervised(network: torch.nn.Module, samples: Sequence[tuple[np.ndarray, np.ndarray]], settings: dict,
-                     seed: int = 0, device: str | torch.device = "cpu") -> list[float]:
+def train_supervised(
+    network: torch.nn.Module,
+    samples: Sequence[tuple[np.ndarray, np.ndarray]],
+    settings: dict,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> list[float]:
     """Train `network` in place on (image (D, H, W), label map (D, H, W)) pairs; returns the loss per step.
 
     settings: steps, batch_size, lr, weight_decay, patch_size.
@@ -77,12 +97,15 @@ def train_supervised(network: torch.nn.Module, samples: Sequence[tuple[np.ndarra
     torch.manual_seed(seed)
     network.to(device).train()
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=float(settings["lr"]),
-                                  weight_decay=float(settings["weight_decay"]))
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"])
+    )
     size = [int(s) for s in settings["patch_size"]]
     losses = []
     for step in range(int(settings["steps"])):
-        batch = [random_patch(*samples[rng.integers(len(samples))], size, rng) for _ in range(int(settings["batch_size"]))]
+        batch = [
+            random_patch(*samples[rng.integers(len(samples))], size, rng) for _ in range(int(settings["batch_size"]))
+        ]
         images = torch.from_numpy(np.stack([b[0] for b in batch])[:, None].astype(np.float32)).to(device)
         targets = torch.from_numpy(np.stack([b[1] for b in batch])[:, None].astype(np.int64)).to(device)
         loss = loss_fn(network(images), targets)
@@ -98,8 +121,14 @@ def train_supervised(network: torch.nn.Module, samples: Sequence[tuple[np.ndarra
 class SlidingWindowSegmenter:
     """A trained SwinUNETR / UX-Net with MONAI's sliding window: volume -> category masks."""
 
-    def __init__(self, network: torch.nn.Module, label_map: LabelMap, patch_size: Sequence[int],
-                 overlap: float = 0.5, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        label_map: LabelMap,
+        patch_size: Sequence[int],
+        overlap: float = 0.5,
+        device: str | torch.device = "cpu",
+    ):
         self.network = network.to(device).eval()
         self.label_map = label_map
         self.patch_size = [int(s) for s in patch_size]
@@ -114,7 +143,8 @@ class SlidingWindowSegmenter:
         pad = [(0, max(0, s - n)) for s, n in zip(self.patch_size, shape)]
         image = torch.from_numpy(np.pad(np.asarray(volume, np.float32), pad))[None, None].to(self.device)
         with torch.inference_mode():
-            logits = sliding_window_inference(image, self.patch_size, 1, self.network, overlap=self.overlap,
-                                              mode="gaussian")
+            logits = sliding_window_inference(
+                image, self.patch_size, 1, self.network, overlap=self.overlap, mode="gaussian"
+            )
         label_map = logits.argmax(1)[0].cpu().numpy()[tuple(slice(0, n) for n in shape)]
         return self.label_map.masks(label_map)

@@ -51,11 +51,17 @@ class UXNetEncoder(nn.Module):
 
     def __init__(self, in_channels: int, depths: Sequence[int], widths: Sequence[int]):
         super().__init__()
-        self.downsample = nn.ModuleList([nn.Sequential(
-            nn.Conv3d(in_channels, widths[0], 7, stride=2, padding=3), ChannelsFirstLayerNorm(widths[0]))])
+        self.downsample = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv3d(in_channels, widths[0], 7, stride=2, padding=3), ChannelsFirstLayerNorm(widths[0])
+                )
+            ]
+        )
         for i in range(len(widths) - 1):
-            self.downsample.append(nn.Sequential(ChannelsFirstLayerNorm(widths[i]),
-                                                 nn.Conv3d(widths[i], widths[i + 1], 2, stride=2)))
+            self.downsample.append(
+                nn.Sequential(ChannelsFirstLayerNorm(widths[i]), nn.Conv3d(widths[i], widths[i + 1], 2, stride=2))
+            )
         self.stages = nn.ModuleList(nn.Sequential(*[UXBlock(w) for _ in range(d)]) for d, w in zip(depths, widths))
         self.norms = nn.ModuleList(ChannelsFirstLayerNorm(w) for w in widths)
 
@@ -70,8 +76,15 @@ class UXNetEncoder(nn.Module):
 class UXNet(nn.Module):
     """3D UX-Net: UX-block encoder + UNETR decoder. (B, in, D, H, W) -> (B, out, D, H, W)."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 14, depths: Sequence[int] = (2, 2, 2, 2),
-                 widths: Sequence[int] = (48, 96, 192, 384), hidden_size: int = 768, norm_name: str = "instance"):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 14,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        widths: Sequence[int] = (48, 96, 192, 384),
+        hidden_size: int = 768,
+        norm_name: str = "instance",
+    ):
         from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 
         super().__init__()
@@ -81,14 +94,16 @@ class UXNet(nn.Module):
             return UnetrBasicBlock(3, cin, cout, kernel_size=3, stride=1, norm_name=norm_name, res_block=True)
 
         def up(cin, cout):
-            return UnetrUpBlock(3, cin, cout, kernel_size=3, upsample_kernel_size=2, norm_name=norm_name,
-                                res_block=True)
+            return UnetrUpBlock(
+                3, cin, cout, kernel_size=3, upsample_kernel_size=2, norm_name=norm_name, res_block=True
+            )
 
-        self.skip0 = basic(in_channels, widths[0])               # full resolution, from the image
+        self.skip0 = basic(in_channels, widths[0])  # full resolution, from the image
         self.skips = nn.ModuleList(basic(widths[i], widths[i + 1]) for i in range(len(widths) - 1))
         self.bottleneck = basic(widths[-1], hidden_size)
-        self.ups = nn.ModuleList([up(hidden_size, widths[-1])] +
-                                 [up(widths[i + 1], widths[i]) for i in reversed(range(len(widths) - 1))])
+        self.ups = nn.ModuleList(
+            [up(hidden_size, widths[-1])] + [up(widths[i + 1], widths[i]) for i in reversed(range(len(widths) - 1))]
+        )
         self.last = basic(widths[0], widths[0])
         self.head = UnetOutBlock(3, widths[0], out_channels)
 

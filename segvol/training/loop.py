@@ -19,9 +19,10 @@ work such as a validation every K steps.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -87,8 +88,15 @@ def train(
     steps = int(optimisation.steps)
     try:
         optimizer, scheduler = optimisation.build()
-        start, _ = rt.load_training_state(out, model=state, optimizer=optimizer, scheduler=scheduler, tag=tag,
-                                          inputs=inputs, map_location=runtime.device)
+        start, _ = rt.load_training_state(
+            out,
+            model=state,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            tag=tag,
+            inputs=inputs,
+            map_location=runtime.device,
+        )
         stream = iter(batches(start))
         log = rt.MetricsLog(out, [*metrics, "lr", "samples_per_s"], start, enabled=runtime.is_main)
         try:
@@ -109,8 +117,15 @@ def train(
                     stopping = stop_after is not None and done - start >= stop_after
                     periodic = checkpoint_every > 0 and done % checkpoint_every == 0
                     if runtime.is_main and done < steps and (stopping or periodic):
-                        rt.save_training_state(out, step=done, model=state, optimizer=optimizer,
-                                               scheduler=scheduler, tag=tag, inputs=inputs)
+                        rt.save_training_state(
+                            out,
+                            step=done,
+                            model=state,
+                            optimizer=optimizer,
+                            scheduler=scheduler,
+                            tag=tag,
+                            inputs=inputs,
+                        )
                     if stopping:
                         return Path(out)
             if runtime.is_main:

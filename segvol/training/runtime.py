@@ -272,8 +272,12 @@ def load_training_state(
     inputs = json.loads(json.dumps(inputs or {}, sort_keys=True))
     if written != inputs:
         changed = sorted(name for name in set(written) | set(inputs) if written.get(name) != inputs.get(name))
-        log.warning("ignoring training checkpoint %s: the content of its input(s) %s changed since it was "
-                    "written; starting afresh", path, ", ".join(changed))
+        log.warning(
+            "ignoring training checkpoint %s: the content of its input(s) %s changed since it was "
+            "written; starting afresh",
+            path,
+            ", ".join(changed),
+        )
         return 0, {}
     unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

@@ -13,9 +13,9 @@ keys and statistics; images normalized on read). Their case handles are per proc
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

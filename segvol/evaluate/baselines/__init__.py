@@ -16,7 +16,7 @@ names), `sam_med2d`, `sam_med3d` (their preprocessing and prompting).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from segvol.evaluate.methods import Method
 
@@ -61,7 +61,9 @@ def build_baselines(methods: Sequence[str], checkpoints: dict, device=None) -> t
         if method == "SegVol":
             continue
         if method not in BASELINE_PROMPTS:
-            raise ValueError(f"unknown method {method!r} in evaluate.methods; known: SegVol, {', '.join(BASELINE_PROMPTS)}")
+            raise ValueError(
+                f"unknown method {method!r} in evaluate.methods; known: SegVol, {', '.join(BASELINE_PROMPTS)}"
+            )
         checkpoint = (checkpoints or {}).get(method)
         for prompt in BASELINE_PROMPTS[method]:
             reasons[column_name(method, prompt)] = f"ran: {checkpoint}" if checkpoint else "not run: no checkpoint"

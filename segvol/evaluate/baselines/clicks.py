@@ -4,7 +4,7 @@ in a false positive), each prediction seeing all clicks so far and its previous 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -62,5 +62,3 @@ def central_point(mask: np.ndarray) -> np.ndarray:
     """The first click: the mask voxel farthest from its border (a user clicks the middle)."""
     depth = ndimage.distance_transform_edt(np.pad(mask, 1))[tuple(slice(1, -1) for _ in mask.shape)]
     return np.array(np.unravel_index(int(np.argmax(depth)), mask.shape))
-
-

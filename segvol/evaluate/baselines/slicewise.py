@@ -58,5 +58,3 @@ class SliceWiseMethod(Method):
 
                 mask[index], _ = click_correction(predict, truth, central_point(truth), self.clicks)
         return mask
-
-

@@ -78,8 +78,9 @@ class TransformersSam(SliceSegmenter):
         with torch.inference_mode():
             output = self.model(image_embeddings=self.embedding, multimask_output=False, **kwargs)
         low = output.pred_masks[:, 0]  # (1, 1, h, w) low-resolution logits, fed back as input_masks
-        upscaled = torch.nn.functional.interpolate(low, size=(self.size, self.size), mode="bilinear",
-                                                   align_corners=False)
+        upscaled = torch.nn.functional.interpolate(
+            low, size=(self.size, self.size), mode="bilinear", align_corners=False
+        )
         upscaled = upscaled[..., : self.resized[0], : self.resized[1]]
         logits = torch.nn.functional.interpolate(upscaled, size=self.shape, mode="bilinear", align_corners=False)
         return logits[0, 0].cpu().numpy(), low
@@ -102,8 +103,10 @@ def _rename_original_sam(state: dict) -> dict:
         (r"^image_encoder\.neck\.1", r"vision_encoder.neck.layer_norm1"),
         (r"^image_encoder\.neck\.2", r"vision_encoder.neck.conv2"),
         (r"^image_encoder\.neck\.3", r"vision_encoder.neck.layer_norm2"),
-        (r"^prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix",
-         r"shared_image_embedding.positional_embedding"),
+        (
+            r"^prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix",
+            r"shared_image_embedding.positional_embedding",
+        ),
         (r"^prompt_encoder\.point_embeddings\.(\d+)", r"prompt_encoder.point_embed.\1"),
         (r"^prompt_encoder\.mask_downscaling\.0", r"prompt_encoder.mask_embed.conv1"),
         (r"^prompt_encoder\.mask_downscaling\.1", r"prompt_encoder.mask_embed.layer_norm1"),
@@ -115,9 +118,18 @@ def _rename_original_sam(state: dict) -> dict:
         (r"^mask_decoder\.output_upscaling\.0", r"mask_decoder.upscale_conv1"),
         (r"^mask_decoder\.output_upscaling\.1", r"mask_decoder.upscale_layer_norm"),
         (r"^mask_decoder\.output_upscaling\.3", r"mask_decoder.upscale_conv2"),
-        (r"^mask_decoder\.output_hypernetworks_mlps\.(\d+)\.layers\.0", r"mask_decoder.output_hypernetworks_mlps.\1.proj_in"),
-        (r"^mask_decoder\.output_hypernetworks_mlps\.(\d+)\.layers\.1", r"mask_decoder.output_hypernetworks_mlps.\1.layers.0"),
-        (r"^mask_decoder\.output_hypernetworks_mlps\.(\d+)\.layers\.2", r"mask_decoder.output_hypernetworks_mlps.\1.proj_out"),
+        (
+            r"^mask_decoder\.output_hypernetworks_mlps\.(\d+)\.layers\.0",
+            r"mask_decoder.output_hypernetworks_mlps.\1.proj_in",
+        ),
+        (
+            r"^mask_decoder\.output_hypernetworks_mlps\.(\d+)\.layers\.1",
+            r"mask_decoder.output_hypernetworks_mlps.\1.layers.0",
+        ),
+        (
+            r"^mask_decoder\.output_hypernetworks_mlps\.(\d+)\.layers\.2",
+            r"mask_decoder.output_hypernetworks_mlps.\1.proj_out",
+        ),
         (r"^mask_decoder\.iou_prediction_head\.layers\.0", r"mask_decoder.iou_prediction_head.proj_in"),
         (r"^mask_decoder\.iou_prediction_head\.layers\.1", r"mask_decoder.iou_prediction_head.layers.0"),
         (r"^mask_decoder\.iou_prediction_head\.layers\.2", r"mask_decoder.iou_prediction_head.proj_out"),
@@ -160,5 +172,3 @@ def load_sam(checkpoint: str | Path):
             f" {len(unexpected)} unexpected, e.g. {unexpected[:3]})"
         )
     return model.eval()
-
-

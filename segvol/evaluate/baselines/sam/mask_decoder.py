@@ -17,8 +17,9 @@ from segvol.model.transformer import TwoWayTransformer
 
 
 class MaskDecoder(nn.Module):
-    def __init__(self, spatial_dims: int, transformer_dim: int, num_multimask_outputs: int = 3,
-                 iou_head_hidden_dim: int = 256) -> None:
+    def __init__(
+        self, spatial_dims: int, transformer_dim: int, num_multimask_outputs: int = 3, iou_head_hidden_dim: int = 256
+    ) -> None:
         super().__init__()
         self.transformer = TwoWayTransformer(depth=2, embedding_dim=transformer_dim, num_heads=8, mlp_dim=2048)
         self.num_mask_tokens = num_multimask_outputs + 1

@@ -1,9 +1,9 @@
 """The SAM-Med2D and SAM-Med3D architectures and their released checkpoints.
 
-| name        | input               | encoder                        | prompts                  | embedding    | low-res masks |
-|-------------|---------------------|--------------------------------|--------------------------|--------------|---------------|
-| `sam-med2d` | (B, 3, 256, 256)    | ViT-B 2-D + adapters, out 256  | points, box, mask        | 256 x 16^2   | 64^2          |
-| `sam-med3d` | (B, 1, 128, 128, 128) | ViT-B 3-D, out 384           | points, mask (no box)    | 384 x 8^3    | 32^3          |
+| name | input | encoder | prompts | embedding | low-res masks |
+| --- | --- | --- | --- | --- | --- |
+| `sam-med2d` | (B, 3, 256, 256) | ViT-B 2-D + adapters, out 256 | points, box, mask | 256 x 16^2 | 64^2 |
+| `sam-med3d` | (B, 1, 128, 128, 128) | ViT-B 3-D, out 384 | points, mask (no box) | 384 x 8^3 | 32^3 |
 
 Both: patch 16, depth 12, 12 heads, global attention in blocks 2, 5, 8, 11 and 14-wide windows
 elsewhere (the 3-D 8^3 grid is zero-padded to one 14^3 window, as in the release).
@@ -36,15 +36,34 @@ _CONSTANT_KEYS = ("pixel_mean", "pixel_std")
 class PromptableSam(nn.Module):
     """image_encoder + prompt_encoder + mask_decoder; `encode` once per image, `decode` per prompt."""
 
-    def __init__(self, spatial_dims: int, img_size: int, in_chans: int, embed_dim: int, depth: int,
-                 num_heads: int, global_attn_indexes, prompt_dim: int, adapter: bool, point_kinds: int,
-                 window_size: int = 14) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        img_size: int,
+        in_chans: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        global_attn_indexes,
+        prompt_dim: int,
+        adapter: bool,
+        point_kinds: int,
+        window_size: int = 14,
+    ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
         self.img_size = img_size
         self.image_encoder = ImageEncoderViT(
-            spatial_dims, img_size, in_chans, embed_dim, depth, num_heads, prompt_dim, global_attn_indexes,
-            window_size=window_size, adapter=adapter,
+            spatial_dims,
+            img_size,
+            in_chans,
+            embed_dim,
+            depth,
+            num_heads,
+            prompt_dim,
+            global_attn_indexes,
+            window_size=window_size,
+            adapter=adapter,
         )
         self.prompt_encoder = PromptEncoder(spatial_dims, prompt_dim, img_size // 16, img_size, point_kinds)
         self.mask_decoder = MaskDecoder(spatial_dims, prompt_dim)
@@ -97,7 +116,7 @@ def _read_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     state = read_weights(source)
     if state and all(key.startswith("module.") for key in state):
-        state = {key[len("module."):]: value for key, value in state.items()}
+        state = {key[len("module.") :]: value for key, value in state.items()}
     return {key: value for key, value in state.items() if key not in _CONSTANT_KEYS}
 
 

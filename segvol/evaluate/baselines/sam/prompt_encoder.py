@@ -52,7 +52,12 @@ class PromptEncoder(nn.Module):
     """`point_kinds` learned embeddings: [negative, positive] (+ [box corner 0, box corner 1] in 2-D)."""
 
     def __init__(
-        self, spatial_dims: int, embed_dim: int, embedding_size: int, input_size: int, point_kinds: int,
+        self,
+        spatial_dims: int,
+        embed_dim: int,
+        embedding_size: int,
+        input_size: int,
+        point_kinds: int,
         mask_in_chans: int = 16,
     ) -> None:
         super().__init__()
