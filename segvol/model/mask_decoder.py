@@ -2,7 +2,7 @@
 
 For `base`: image embedding (B, 768, 8, 16, 16) -> low-res mask logits (B, 1, 32, 64, 64).
 
-The second upscaling convolution runs, on the CPU, as one matrix product (`PatchConvTranspose3d`):
+The second upscaling convolution runs, on the CPU at inference, as one matrix product (`PatchConvTranspose3d`):
 the same numbers as `nn.ConvTranspose3d` (bit for bit on the CPUs we measured; the network's
 fidelity tests hold either way) in two thirds of the time (`base`, one thread: 0.14 s instead of
 0.22 s of a 0.55 s decode), since oneDNN's convolution spends much of its time converting its
@@ -22,8 +22,9 @@ from segvol.model.transformer import TwoWayTransformer
 
 class PatchConvTranspose3d(nn.ConvTranspose3d):
     """A kernel-2 stride-2 `nn.ConvTranspose3d` (same parameters and keys) computed, on the CPU in
-    full precision, as ``(B, d*h*w, C_in) @ (C_in, C_out*8)`` and a rearrangement: each input voxel
-    becomes its own 2x2x2 block of output voxels. Elsewhere (a GPU, autocast) the plain convolution.
+    full precision and without autograd (inference), as ``(B, d*h*w, C_in) @ (C_in, C_out*8)`` and a
+    rearrangement: each input voxel becomes its own 2x2x2 block of output voxels. Elsewhere (training,
+    a GPU, autocast) the plain convolution.
 
     (B, C_in, d, h, w) -> (B, C_out, 2d, 2h, 2w).
     """
@@ -32,7 +33,10 @@ class PatchConvTranspose3d(nn.ConvTranspose3d):
         super().__init__(in_channels, out_channels, kernel_size=2, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        # Training keeps the convolution: the matrix product's weight gradients sum in another order
+        # (~1e-4 apart), which would change every trained model of the workflow.
+        plain = x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+        if plain or torch.is_grad_enabled():
             return super().forward(x)
         b, c_in, *grid = x.shape
         c_out = self.out_channels
