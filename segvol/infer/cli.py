@@ -41,6 +41,13 @@ Examples:
   segvol predict ct.nii.gz -o seg/ct.nii.gz --checkpoint SegVol_v1.pth --prompts organs.yaml --mesh stl
       (then in 3D Slicer: drag ct.nii.gz and seg/ct_meshes/*.stl in)
 
+Starting from an existing mask (a TotalSegmentator output, a colleague's contour): --init-mask LABELS:ID
+starts the category from label ID of the label file LABELS, which must lie on the input's grid (one input
+only). Alone, the output is that label exactly; with --point/--negative-point (and --box/--text) the
+prompts refine it, as clicks edit an imported label in `segvol serve` (docs/interactive.md):
+  segvol predict ct.nii.gz -o liver.nii.gz --checkpoint SegVol_v1.pth \\
+      --init-mask totalseg.nii.gz:5 --point 60 70 35 --negative-point 80 75 30
+
 A prompt file (JSON or YAML) lists many categories:
   [{"name": "liver", "text": "liver", "box": [30, 40, 10, 90, 100, 60]},
    {"name": "spleen", "text": "spleen", "points": [[20, 60, 30]], "point_labels": [1]}]
@@ -101,6 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a voxel outside the object (repeatable)",
     )
     prompts.add_argument("--prompts", metavar="FILE", help="JSON/YAML list of prompts for many categories")
+    prompts.add_argument(
+        "--init-mask",
+        metavar="LABELS:ID",
+        help="start the category from label ID of this label file (on the input's grid); the other prompts "
+        "refine it, none keep it as it is",
+    )
     prompts.add_argument("--world", action="store_true", help="coordinates are RAS+ mm, not voxel indices")
     prompts.add_argument(
         "--strict", action="store_true", help="refuse a --text outside `segvol categories` (default: warn)"
@@ -158,7 +171,14 @@ def run(args) -> int:
     from segvol.infer.prompts import command_line_records
 
     records = command_line_records(
-        args.text, args.box, args.point, args.negative_point, args.prompts, args.strict, checkpoint=args.checkpoint
+        args.text,
+        args.box,
+        args.point,
+        args.negative_point,
+        args.prompts,
+        args.strict,
+        checkpoint=args.checkpoint,
+        init_mask=args.init_mask,
     )
     never_written = [Path(args.prompts)] if args.prompts and "://" not in args.prompts else []
     predict_files(

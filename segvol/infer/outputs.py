@@ -383,4 +383,6 @@ def _prompt_record(prompt, image) -> dict:
         record["points"] = [[float(c) for c in point] for point in prompt.points]
         record["points_world"] = world(prompt.points)
         record["point_labels"] = [int(v) for v in prompt.point_labels]
+    if getattr(prompt, "init_mask", None) is not None:
+        record["init_mask"] = prompt.init_mask
     return record

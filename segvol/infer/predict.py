@@ -8,7 +8,9 @@
 
 Prompt records are dicts `{"name", "text", "box", "points", "point_labels"}` in 0-based voxel indices of the
 input file (RAS+ mm with `world=True`); `segvol.infer.prompts` converts them, `segvol.infer.outputs` plans,
-checks and writes what comes out.
+checks and writes what comes out. A record's `"init_mask": "LABELS:ID"` starts that category from label ID of
+a label file on the image's grid (`Session.set_mask`): alone, the category is that label exactly; with other
+prompts, they refine it as clicks do in `segvol serve`.
 """
 
 from __future__ import annotations
@@ -114,13 +116,17 @@ def predict_files(
     `meshes`: formats ("stl", "obj") of one surface mesh per category (`segvol.infer.outputs`).
     """
     from segvol.device import resolve_device
-    from segvol.infer.prompts import prompts_from_records, without_coordinates
+    from segvol.infer.prompts import parse_init_mask, prompts_from_records, without_coordinates
 
     started = time.perf_counter()
     checked = prompts_from_records(records if not world else without_coordinates(records), source="prompts")
     names = [p.label for p in checked]
     paths = expand_inputs(inputs)
-    protected = [*paths, *protected, *([Path(checkpoint)] if checkpoint and "://" not in str(checkpoint) else [])]
+    label_files = [parse_init_mask(p.init_mask)[0] for p in checked if p.init_mask is not None]
+    if label_files and len(paths) > 1:
+        raise ValueError(f"--init-mask: {label_files[0]} lies on one image's grid; give one input, not {len(paths)}")
+    protected = [*paths, *protected, *label_files]
+    protected += [Path(checkpoint)] if checkpoint and "://" not in str(checkpoint) else []
     plans = [
         plan_outputs(path, label, names, masks, probabilities, dicom_seg, meshes)
         for path, label in zip(paths, label_paths(paths, output))
@@ -147,6 +153,7 @@ def predict_files(
     for number, plan in enumerate(todo, 1):
         log.info("[%d/%d] reading %s", number, len(todo), plan.input)
         image, prompts, canonical = prepare(plan.input, records, world)
+        starts = init_masks_on(image, prompts)
         trace("reading")
         if model is None:
             loading = time.perf_counter()
@@ -169,6 +176,7 @@ def predict_files(
             box_limits=box_limits,
             world=world,
             progress=progress,
+            starts=starts,
         )
     log.info("%d input(s) done in %.1f s", len(todo), time.perf_counter() - started)
     return len(todo)
@@ -181,6 +189,23 @@ def prepare(input_path: Path, records: list[dict], world: bool):
 
     image = read_image(input_path)
     return (image, *prompts_on_image(records, image, world))
+
+
+def init_masks_on(image, prompts, given: dict | None = None) -> list:
+    """Per prompt, the canonical bool mask it starts from (None for a prompt without ``init_mask``):
+    ``given[name]`` when there (an array on the canonical grid), else read from its ``LABELS:ID`` file."""
+    from segvol.infer.prompts import read_init_mask
+
+    given = given or {}
+    starts = []
+    for prompt in prompts:
+        if prompt.label in given:
+            starts.append(given[prompt.label])
+        elif prompt.init_mask is not None:
+            starts.append(read_init_mask(prompt.init_mask, image))
+        else:
+            starts.append(None)
+    return starts
 
 
 def predict_file(
@@ -199,19 +224,26 @@ def predict_file(
     box_limits: bool = True,
     overwrite: bool = False,
     meshes: tuple[str, ...] = (),
+    init_masks: dict | None = None,
 ) -> dict:
     """Segment one image file for prompt records (input-file coordinates) and write the outputs.
 
     Writes the label map ``output`` (NIfTI on the input grid), its manifest ``<stem>.json`` and
     the requested extras (`segvol.infer.outputs`); all or nothing. Returns the manifest.
+    `init_masks`: category name -> canonical bool mask, instead of reading the record's ``init_mask`` file
+    (`segvol serve` exports the label it imported).
     """
-    from segvol.infer.prompts import prompts_from_records, without_coordinates
+    from segvol.infer.prompts import parse_init_mask, prompts_from_records, without_coordinates
 
     input_path, output = Path(input_path), Path(output)
-    names = [p.label for p in prompts_from_records(without_coordinates(records), source="prompts")]
+    checked = prompts_from_records(without_coordinates(records), source="prompts")
+    names = [p.label for p in checked]
     plan = plan_outputs(input_path, output, names, masks, probabilities, dicom_seg, meshes)
-    check_outputs(plan, [input_path], overwrite)
+    given = init_masks or {}
+    label_files = [parse_init_mask(p.init_mask)[0] for p in checked if p.init_mask and p.label not in given]
+    check_outputs(plan, [input_path, *label_files], overwrite)
     image, prompts, canonical = prepare(input_path, records, world)
+    starts = init_masks_on(image, prompts, init_masks)
     return predict_image(
         model,
         image,
@@ -224,6 +256,7 @@ def predict_file(
         weights=weights,
         box_limits=box_limits,
         world=world,
+        starts=starts,
     )
 
 
@@ -240,9 +273,11 @@ def predict_image(
     box_limits=True,
     world=False,
     progress=True,
+    starts=None,
 ) -> dict:
     """Segment `image` (a `segvol.io` image) for `canonical` prompts (`prompts` in its file voxels, for the
-    manifest) and write what `plan` lists, category by category; all or nothing. Returns the manifest."""
+    manifest) and write what `plan` lists, category by category; all or nothing. Returns the manifest.
+    `starts`: per prompt, None or the canonical bool mask the category starts from (`init_masks_on`)."""
     import numpy as np
     import torch
 
@@ -280,8 +315,11 @@ def predict_image(
         # category's logits, not K of them; per-category files are written as they come.
         for k, prompt in enumerate(canonical):
             step = time.perf_counter()
-            region, logits = session.segment_region([prompt])
-            logits = logits[0]
+            if starts is not None and starts[k] is not None:
+                region, logits = refined_from_mask(session, prompt, starts[k])
+            else:
+                region, logits = session.segment_region([prompt])
+                logits = logits[0]
             timings["inference"] += time.perf_counter() - step
             step = time.perf_counter()
             builder.add(k, logits, region)
@@ -351,6 +389,22 @@ def predict_image(
         log.info("%s: %d voxels", prompt.label, manifest["voxels"][prompt.label])
     log.info("wrote %s (+ %s) in %.1f s", plan.label_map, plan.manifest.name, timings["total"])
     return manifest
+
+
+def refined_from_mask(session, prompt, mask) -> tuple:
+    """``(region, logits)`` of the category `prompt` started from the canonical bool `mask` and refined by
+    the prompt's text, box and points, as `segvol serve` edits an imported label (`Session.set_mask`)."""
+    name = prompt.label
+    session.set_mask(name, mask)
+    if prompt.text is not None:
+        session.add_text(name, prompt.text)
+    if prompt.box is not None:
+        session.set_box(name, prompt.box)
+    for point, label in zip(*(() if prompt.points is None else (prompt.points, prompt.point_labels))):
+        session.add_point(name, point, positive=bool(label))
+    region, logits = session.region_logits(name)
+    session.remove(name)  # what the session kept for it: one category at a time, as the lean path
+    return region, logits
 
 
 def write_meshes(mask, affine, region, paths: list[Path], name: str) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class Prompt:
     - ``points``: ``(N, 3)`` voxel indices; ``point_labels``: ``(N,)`` with 1 = inside the
       object, 0 = outside it.
     - ``name``: how outputs call the category (defaults to the text, else ``"prompt<i>"``).
+    - ``init_mask``: ``"LABELS:ID"``, the category starts from label ID of that label file (`read_init_mask`)
+      and the other prompts, if any, refine it; the only prompt a category may have alone besides the three.
     """
 
     text: str | None = None
@@ -39,6 +42,7 @@ class Prompt:
     points: Sequence[Sequence[float]] | np.ndarray | None = None
     point_labels: Sequence[int] | np.ndarray | None = None
     name: str | None = field(default=None, compare=False)
+    init_mask: str | None = None
 
     def __post_init__(self) -> None:
         _check_nesting(self.box, self.points, self.point_labels)
@@ -78,7 +82,7 @@ class Prompt:
             self.point_labels = labels.astype(np.int64)
         elif self.point_labels is not None:
             raise ValueError("point labels were given without points")
-        if self.text is None and self.box is None and self.points is None:
+        if self.text is None and self.box is None and self.points is None and self.init_mask is None:
             raise ValueError("a prompt needs at least one of text, box or points")
 
     @property
@@ -108,7 +112,51 @@ class Prompt:
         if box is not None and box_is_empty(box):
             raise ValueError(f"prompt '{self.label}': box {list(self.box)} falls outside the target grid")
         points = None if self.points is None else voxel_map.map_points(self.points, shape)
-        return Prompt(text=self.text, box=box, points=points, point_labels=self.point_labels, name=self.name)
+        return Prompt(
+            text=self.text,
+            box=box,
+            points=points,
+            point_labels=self.point_labels,
+            name=self.name,
+            init_mask=self.init_mask,
+        )
+
+
+def parse_init_mask(spec) -> tuple[Path, int]:
+    """``"LABELS:ID"`` (``--init-mask``) -> (the label file, the label value); ValueError/FileNotFoundError
+    in one line otherwise. The last ':' separates them, so a path may hold ':' itself."""
+    match = re.fullmatch(r"(.+):(-?[0-9]{1,9})", spec.strip()) if isinstance(spec, str) else None
+    if match is None:
+        raise ValueError(
+            f"--init-mask {_brief(spec)}: expected LABELS:ID, a label file and one of its label values "
+            "(e.g. labels.nii.gz:5)"
+        )
+    path, label = Path(match[1]), int(match[2])
+    if label < 1:
+        raise ValueError(f"--init-mask {spec}: label {label} is not an object (0 is the background); give an ID >= 1")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such label file (--init-mask {spec})")
+    return path, label
+
+
+def read_init_mask(spec: str, image) -> np.ndarray:
+    """The ``(D, H, W)`` bool mask of label ID of the ``"LABELS:ID"`` file, on the canonical grid of
+    `image` (a `segvol.io` image); the file must lie on the image's grid and hold that label."""
+    from segvol.io import read_label
+
+    path, label = parse_init_mask(spec)
+    try:
+        labels = read_label(path, image)
+    except ValueError as error:  # the first line says what differs; the rest lists both affines
+        raise ValueError(str(error).splitlines()[0].rstrip(":")) from None
+    mask = labels.array == label
+    if not mask.any():
+        present = np.unique(labels.array)
+        present = [int(v) for v in present[present != 0]]
+        raise ValueError(
+            f"{path}: has no voxel of label {label} (--init-mask {spec}); its labels: {_brief(present) or 'none'}"
+        )
+    return mask
 
 
 def prompts_from_records(records: Any, source: str = "prompt file") -> list[Prompt]:
@@ -118,7 +166,7 @@ def prompts_from_records(records: Any, source: str = "prompt file") -> list[Prom
     ``_origin`` (where the record came from, e.g. "--box/--point") only names it in errors.
     """
     records = _as_record_list(records, source)
-    allowed = {"name", "text", "box", "points", "point_labels"}
+    allowed = {"name", "text", "box", "points", "point_labels", "init_mask"}
     prompts = []
     for index, record in enumerate(records):
         check_record_types(record, f"{source}: prompt {index}")
@@ -198,7 +246,7 @@ def check_record_types(record: dict, where: str) -> None:
     """Refuse (one-line ValueError) a record whose values have the wrong types, before anything is
     converted or printed: `name`/`text` strings, `box` 6 numbers, `points` (N, 3) numbers,
     `point_labels` N zeros and ones."""
-    for key in ("name", "text", "_origin"):
+    for key in ("name", "text", "_origin", "init_mask"):
         value = record.get(key)
         if value is not None and not isinstance(value, str):
             raise ValueError(f"{where}: '{key}' must be a string, got {_kind(value)}")
@@ -295,15 +343,20 @@ def command_line_records(
     prompt_file: str | Path | None = None,
     strict: bool = False,
     checkpoint: str | Path | None = None,
+    init_mask: str | None = None,
 ) -> list[dict]:
     """Prompt records from `segvol predict`'s --text/--box/--point/--negative-point/--prompts, coordinates as given.
 
     Text outside the vocabulary (plus what a local `checkpoint` records it was trained on) warns (`strict`:
-    raises, with the closest names).
+    raises, with the closest names). `init_mask` (--init-mask LABELS:ID) starts the one category from that
+    label; alone, it is the category (named "label ID").
     """
     records = []
     if prompt_file:
-        records.extend({**r, "_origin": f"prompt file {prompt_file}"} for r in read_prompt_records(prompt_file))
+        for record in read_prompt_records(prompt_file):
+            if "init_mask" in record:  # a file must not make us read other files
+                raise ValueError(f"prompt file {prompt_file}: 'init_mask' is a command-line option (--init-mask)")
+            records.append({**record, "_origin": f"prompt file {prompt_file}"})
     if box is not None or points or negative_points:
         if len(text) > 1:
             raise ValueError(
@@ -317,6 +370,16 @@ def command_line_records(
         records.append(record)
     else:
         records.extend({"text": name, "_origin": "--text"} for name in text)
+    if init_mask is not None:
+        _, label = parse_init_mask(init_mask)
+        if len(records) > 1:
+            raise ValueError(
+                f"--init-mask starts one category, but the prompts give {len(records)}; "
+                "give the prompts of that one category only"
+            )
+        if not records:
+            records.append({"name": f"label {label}", "_origin": "--init-mask"})
+        records[0]["init_mask"] = init_mask
     if not records:
         raise ValueError("no prompt given: use --text, --box, --point or --prompts FILE")
     from segvol.vocabulary import check_text_prompt, known_categories
