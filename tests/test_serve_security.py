@@ -595,13 +595,13 @@ def test_a_failed_edit_leaves_the_state_as_it_was(served, monkeypatch):
     status, state = request(server, "/api/point", DEFAULTS["/api/point"])
     before = state_of(server), len(server.workspace.history)
     session = server.workspace.session
-    real = session.segment
+    real = session.region_logits
 
-    def failing(prompts):
-        monkeypatch.setattr(session, "segment", real)  # fails once
+    def failing(name):
+        monkeypatch.setattr(session, "region_logits", real)  # fails once
         raise RuntimeError("the model ran out of memory")
 
-    monkeypatch.setattr(session, "segment", failing)
+    monkeypatch.setattr(session, "region_logits", failing)
     status, payload = request(server, "/api/point", {**DEFAULTS["/api/point"], "x": 14})
     assert status == 400 and "out of memory" in payload["error"]
     assert (state_of(server), len(server.workspace.history)) == before

@@ -140,6 +140,35 @@ class Session:
     def remove_mask(self, name: str) -> None:
         self._category(name)["mask"] = None
 
+    def set_prompts(
+        self,
+        name: str,
+        text: str | None = None,
+        box: Sequence[int] | None = None,
+        points: Sequence[Sequence[float]] = (),
+        labels: Sequence[int] = (),
+        mask: MaskPrompt | None = None,
+    ) -> None:
+        """Every prompt of object ``name`` at once, replacing what it had: for an editor that keeps the
+        prompts itself (with its own undo, as `segvol serve` does). ``mask``: None, or the `MaskPrompt` that
+        `set_mask` made for it (`mask_prompt`); the same one keeps what was decoded for it."""
+        if len(points) != len(labels):
+            raise ValueError(f"{len(points)} points need {len(labels)} labels")
+        category = self._category(name)
+        if mask is not category["mask"]:
+            self.results.pop(name, None)  # another start: no previous round
+        category.update(
+            text=text,
+            box=None if box is None else [int(v) for v in box],
+            points=[[float(c) for c in p] for p in points],
+            labels=[1 if label else 0 for label in labels],
+            mask=mask,
+        )
+
+    def mask_prompt(self, name: str) -> MaskPrompt | None:
+        """The mask object ``name`` started from (`set_mask`), or None."""
+        return self._known(name)["mask"]
+
     def remove(self, name: str) -> None:
         """Forget an object, all its prompts and what was kept for it."""
         self.prompts.pop(name, None)

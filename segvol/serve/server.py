@@ -3,7 +3,9 @@
 Python's own `ThreadingHTTPServer` is enough for one person at one browser and adds no dependency;
 the page's assets are files of this package (no CDN), so the app works offline.
 
-API (JSON in and out; errors are `{"error": "<one line>"}` with a 4xx status, the server keeps running):
+API (JSON in and out; errors are `{"error": "<one line>"}` with a 4xx status, the server keeps running;
+a prompt change that a newer one for the same object overtook is answered 409 `{"superseded": true}`, its
+result dropped: the latest request for an object wins):
   GET  /api/state                              the open image, its views and objects; the upload limit
   GET  /api/files                              images under the served folder
   GET  /api/categories                         names `segvol categories` knows (text completion)
@@ -14,6 +16,10 @@ API (JSON in and out; errors are `{"error": "<one line>"}` with a 4xx status, th
   POST /api/point     {"object", "view", "index", "x", "y", "positive"}
   POST /api/box       {"object", "view", "index", "x0", "y0", "x1", "y1"}
   POST /api/text      {"object", "text"}
+  POST /api/labels    {"path"}                 load a label map of the served folder (on the open image's grid):
+                      its label values, voxel counts and names (from a sidecar <stem>.json or labels.txt)
+  POST /api/upload-labels  body = file bytes, header X-Filename: the same for an uploaded label map
+  POST /api/import    {"label", "name"}        a new object started from one label of the loaded map
   POST /api/undo
   POST /api/export    {"name"}                 label map + JSON, as `segvol predict` writes them
   GET  /api/slice?view=&index=&window=&d=&h=&w=   PNG of one slice with masks and crosshair
@@ -54,7 +60,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, unquote, urlparse
 
-from segvol.serve.workspace import plain_text
+from segvol.serve.workspace import Superseded, plain_text
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +172,8 @@ ROUTES = {
         ),
     ),
     "/api/text": (("object", "text"), lambda w, f: w.set_text(f.string("object", _REQUIRED), f.string("text", ""))),
+    "/api/labels": (("path",), lambda w, f: w.load_labels(w.inside_root(f.string("path", _REQUIRED)))),
+    "/api/import": (("label", "name"), lambda w, f: w.import_label(f.integer("label"), f.string("name", ""))),
     "/api/undo": ((), lambda w, f: w.undo()),
     "/api/export": (("name",), lambda w, f: w.export(f.string("name", _REQUIRED))),
 }
@@ -222,6 +230,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         except ClientError as error:
             status, message = error.status, str(error)
+        except Superseded as error:  # not a failure: the page drops the answer
+            self._json({"error": str(error), "superseded": True}, HTTPStatus.CONFLICT)
+            return
         except TimeoutError:
             status, message = HTTPStatus.REQUEST_TIMEOUT, "the request was not sent in time"
             self._body_done = True  # a stalled client: close, do not wait for it again
@@ -424,8 +435,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post(self, url) -> None:
         self._admit(api=True)
-        if url.path == "/api/upload":
-            self._upload()
+        if url.path in ("/api/upload", "/api/upload-labels"):
+            self._upload(labels=url.path == "/api/upload-labels")
             return
         if url.path not in ROUTES:
             raise ClientError(HTTPStatus.NOT_FOUND, "no such API call")
@@ -436,7 +447,8 @@ class Handler(BaseHTTPRequestHandler):
             self.server.opened_upload(None)
         self._json(result)
 
-    def _upload(self) -> None:
+    def _upload(self, labels: bool = False) -> None:
+        """An uploaded image (opened) or label map (`labels`: read into memory, the file removed at once)."""
         if media_type(self.headers.get("Content-Type")) != "application/octet-stream":
             raise ClientError(
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the file's bytes with Content-Type: application/octet-stream"
@@ -448,6 +460,13 @@ class Handler(BaseHTTPRequestHandler):
             with open(folder / name, "xb") as out:  # streamed: memory holds one piece, not the file
                 for piece in self._chunks(length):
                     out.write(piece)
+            if labels:
+                try:
+                    state = self.server.workspace.load_labels(folder / name, source=name)
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+                self._json(state)
+                return
             try:
                 state = self.server.workspace.open(folder / name)
             except Exception as error:

@@ -13,7 +13,17 @@ screen's left, anterior up), coronal from the front, sagittal from the patient's
 
 Every change of an object runs inside `Workspace._edit`: the objects as they were go onto the undo
 history when the change succeeds and are put back when it fails, so a refused or failed request leaves
-the state exactly as it was. The history keeps each mask packed (one bit per voxel, zlib-compressed) and
+the state exactly as it was.
+
+A prompt change is recorded at once, then segmented (one segmentation at a time: the `Session` is not
+thread-safe); the latest request for an object wins. A request whose object changed again while it waited
+or ran (a newer click, an undo, another image) is answered `Superseded` and its result is dropped; one still
+waiting when a newer one comes does no work at all, so fast clicks never queue stale segmentations. The state
+lock is held only to read or change prompts and masks, never while the model runs: slices render meanwhile.
+
+A label map (`load_labels`: a file of the served folder or an upload, read like an image and checked to lie
+on the open image's grid) is kept while the image is open; `import_label` makes one of its labels an object
+(`Session.set_mask`) that clicks then edit, and export hands that label to `segvol predict`'s init-mask path. The history keeps each mask packed (one bit per voxel, zlib-compressed) and
 shares the packed mask of an object that did not change between steps, so 50 steps cost about one
 compressed mask per edit, not a full copy of every mask; it is also capped in bytes (`History`).
 """
@@ -21,6 +31,7 @@ compressed mask per edit, not a full copy of every mask; it is also capped in by
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -58,6 +69,12 @@ LISTED_FILES = 10_000  # at most this many images are offered by `files()` ...
 VISITED_ENTRIES = 200_000  # ... from at most this many directory entries under the root
 HISTORY_STEPS = 50
 HISTORY_BYTES = 256 * 2**20
+LISTED_LABELS = 1000  # label values offered by `load_labels`
+SIDECAR_BYTES = 1 << 20  # a label-name sidecar is read only up to this size
+
+
+class Superseded(Exception):
+    """A request whose object changed again before its segmentation was shown: its result is dropped."""
 
 
 def plain_text(value, what: str, max_length: int) -> str:
@@ -167,6 +184,9 @@ class SegmentedObject:
     point_labels: list[int] = field(default_factory=list)
     mask: np.ndarray | None = field(default=None, repr=False)
     packed: PackedMask | None = field(default=None, repr=False)  # `mask` packed, once asked for
+    start: object | None = field(default=None, repr=False)  # the imported label it starts from (a MaskPrompt)
+    start_source: str | None = None  # where that label came from ("labels.nii.gz:5")
+    edits: int = field(default=0, repr=False)  # prompt changes so far: tells a request it was superseded
 
     def prompt(self):
         from segvol.infer.prompts import Prompt
@@ -177,10 +197,21 @@ class SegmentedObject:
             points=self.points or None,
             point_labels=self.point_labels or None,
             name=self.name,
+            init_mask=self.start_source if self.start is not None else None,
         )
 
     def has_prompt(self) -> bool:
-        return bool(self.text or self.box or self.points)
+        return bool(self.text or self.box or self.points or self.start is not None)
+
+    def start_mask(self, shape) -> np.ndarray | None:
+        """The imported label as a (D, H, W) bool mask of the whole volume, or None."""
+        if self.start is None:
+            return None
+        from segvol.infer.geometry import box_slices
+
+        mask = np.zeros(shape, dtype=bool)
+        mask[box_slices(self.start.region)] = self.start.values.numpy()
+        return mask
 
     def record(self) -> dict:
         return {
@@ -190,6 +221,7 @@ class SegmentedObject:
             "box": self.box,
             "points": self.points,
             "point_labels": self.point_labels,
+            "start": self.start_source,
             "voxels": 0 if self.mask is None else int(self.mask.sum()),
         }
 
@@ -208,6 +240,8 @@ class SegmentedObject:
             tuple(tuple(p) for p in self.points),
             tuple(self.point_labels),
             self.packed,
+            self.start,
+            self.start_source,
         )
 
     @classmethod
@@ -221,6 +255,8 @@ class SegmentedObject:
             list(state.box_draft),
             [list(p) for p in state.points],
             list(state.point_labels),
+            start=state.start,
+            start_source=state.start_source,
         )
         if state.mask is not None:
             item.mask = masks.get(id(state.mask))
@@ -273,6 +309,8 @@ class ObjectState:
     points: tuple[tuple[int, ...], ...]
     point_labels: tuple[int, ...]
     mask: PackedMask | None
+    start: object | None = None  # shared, never changed: a MaskPrompt
+    start_source: str | None = None
 
 
 class History:
@@ -310,7 +348,10 @@ class Workspace:
         self.model = model
         self.root = Path(root).resolve()
         self.mode = mode
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # the state: prompts, masks, the open image
+        self.computing = threading.Lock()  # the session: one segmentation at a time
+        self.edits = 0  # changes of the objects so far (a failed request undoes its own only if none came since)
+        self.labels = None  # the loaded label map: {"array", "source", "names"}
         self.image = None
         self.source: Path | None = None
         self.hu: np.ndarray | None = None
@@ -388,7 +429,9 @@ class Workspace:
             self.session = session
             self.geometry = ViewGeometry(self.hu.shape)
             self.objects = []
+            self.labels = None
             self.history.clear()
+            self.edits += 1
         return self.describe()
 
     def describe(self) -> dict:
@@ -413,6 +456,7 @@ class Workspace:
                 "windows": list(WINDOWS),
                 "objects": [o.record() for o in self.objects],
                 "seconds": round(self.last_seconds, 3),
+                "labels": None if self.labels is None else self.labels["source"],
             }
 
     # -- objects and prompts ----------------------------------------------------------------
@@ -433,11 +477,12 @@ class Workspace:
         """One undoable change of the objects: kept on the history when it succeeds, undone when it fails."""
         before = tuple(item.snapshot() for item in self.objects)
         try:
-            yield
+            yield before
         except BaseException:
             self.objects = self._restore(before)
             raise
         self.history.push(before)
+        self.edits += 1
 
     def _restore(self, step) -> list[SegmentedObject]:
         live = {id(o.packed): o.mask for o in self.objects if o.packed is not None and o.packed.holds(o.mask)}
@@ -462,10 +507,11 @@ class Workspace:
             item = self._object(name)
             self.geometry.check(view, index, column, row)
             voxel = self.geometry.voxel(view, index, column, row)
-            with self._edit():
+            with self._edit() as before:
                 item.points.append(list(voxel))
                 item.point_labels.append(1 if positive else 0)
-                return self._segment(item)
+            request = self._request(item, before)
+        return self._segment(request)
 
     def set_box_range(
         self, name: str, view: str, index: int, start: tuple[float, float], end: tuple[float, float]
@@ -480,22 +526,25 @@ class Workspace:
             first = self.geometry.voxel(view, index, *start)
             second = self.geometry.voxel(view, index, *end)
             axes = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}[view]
-            with self._edit():
+            with self._edit() as before:
                 for axis in axes:
                     item.box_draft[axis], item.box_draft[axis + 3] = sorted((first[axis], second[axis]))
-                if min(item.box_draft) < 0:
-                    return {**self.describe(), "waiting": "drag the box on a second view"}
-                item.box = list(item.box_draft)
-                return self._segment(item)
+                if min(item.box_draft) >= 0:
+                    item.box = list(item.box_draft)
+            if min(item.box_draft) < 0:
+                return {**self.describe(), "waiting": "drag the box on a second view"}
+            request = self._request(item, before)
+        return self._segment(request)
 
     def set_text(self, name: str, text: str | None) -> dict:
         text = plain_text("" if text is None else text, "text prompt", MAX_TEXT)
         with self.lock:
             self._require_image()
             item = self._object(name)
-            with self._edit():
+            with self._edit() as before:
                 item.text = text or None
-                return self._segment(item)
+            request = self._request(item, before)
+        return self._segment(request)
 
     def undo(self) -> dict:
         with self.lock:
@@ -503,23 +552,124 @@ class Workspace:
             if not len(self.history):
                 raise ValueError("nothing to undo")
             self.objects = self._restore(self.history.pop())
+            self.edits += 1
             return self.describe()
 
-    def _segment(self, item: SegmentedObject) -> dict:
-        """Segment `item` under its current prompts (the one place a segmentation request runs)."""
+    def _request(self, item: SegmentedObject, before: tuple) -> dict:
+        """A segmentation request for `item`'s prompts as they are now (call with the lock held)."""
+        item.edits += 1
+        return {"item": item, "edit": item.edits, "before": before, "version": self.edits}
+
+    def _check_current(self, request: dict) -> None:
+        """Superseded unless the request's object is still shown and has not changed since (lock held)."""
+        item = request["item"]
+        if item.edits != request["edit"] or not any(o is item for o in self.objects):
+            raise Superseded(f"superseded: a newer request for object {item.name!r} came in")
+
+    def _segment(self, request: dict) -> dict:
+        """Segment a request's object under its prompts (the one place a segmentation runs) and show it,
+        unless a newer request for that object came in meanwhile (`Superseded`, before any work if it can)."""
         import torch
 
-        if not item.has_prompt():
-            item.mask = None
+        from segvol.infer.geometry import box_slices
+
+        item = request["item"]
+        with self.computing:
+            with self.lock:
+                self._check_current(request)
+                session = self.session
+                prompts = dict(
+                    text=item.text,
+                    box=item.box,
+                    points=[list(p) for p in item.points],
+                    labels=list(item.point_labels),
+                    mask=item.start,
+                )
+            started = time.perf_counter()
+            try:
+                mask = None
+                if item.has_prompt():
+                    session.set_prompts(item.name, **prompts)
+                    with torch.inference_mode():  # the session keeps embeddings and decodes between edits
+                        region, logits = session.region_logits(item.name)
+                    mask = np.zeros(tuple(session.volume.shape), dtype=bool)
+                    mask[box_slices(region)] = (logits > 0).numpy()
+            except BaseException:
+                with self.lock:
+                    if self.edits == request["version"]:  # nothing else changed since: undo this change
+                        self.objects = self._restore(request["before"])
+                        self.history.pop()
+                        self.edits += 1
+                raise
+            seconds = time.perf_counter() - started
+            with self.lock:
+                self._check_current(request)
+                item.mask = mask
+                self.last_seconds = seconds
+                log.info("%s: %d voxels in %.2f s", item.name, 0 if mask is None else int(mask.sum()), seconds)
+                return self.describe()
+
+    # -- label maps ---------------------------------------------------------------------------
+
+    def load_labels(self, path: str | Path, source: str | None = None) -> dict:
+        """Read a label map (already checked to be allowed) on the open image's grid and keep it;
+        returns its label values (with names from a sidecar when there is one) and voxel counts.
+        `source`: how it is named to the user (default: its path relative to the served folder)."""
+        from segvol.io import read_label
+
+        path = Path(path)
+        with self.lock:
+            self._require_image()
+            image = self.image
+        try:
+            labels = read_label(path, image)
+        except ValueError as error:  # the first line says what is wrong; the rest lists affines
+            raise ValueError(str(error).splitlines()[0].rstrip(":")) from None
+        array = labels.array
+        values, counts = np.unique(array[array != 0], return_counts=True)
+        if len(values) == 0:
+            raise ValueError(f"{path}: the label map has no label (every voxel is 0)")
+        if source is None:
+            source = path.resolve().relative_to(self.root).as_posix()
+        names = label_names(path, self.root)  # none for an upload (outside the served folder)
+        listed = [
+            {"value": int(v), "voxels": int(n), "name": names.get(int(v))}
+            for v, n in zip(values[:LISTED_LABELS], counts[:LISTED_LABELS])
+        ]
+        with self.lock:
+            if self.image is not image:
+                raise Superseded("superseded: another image was opened")
+            self.labels = {"array": array, "source": source, "names": names}
+            return {"source": source, "labels": listed, "more": max(0, len(values) - LISTED_LABELS)}
+
+    def import_label(self, value: int, name: str = "") -> dict:
+        """A new object started from label `value` of the loaded label map: its mask is that label, and
+        clicks, a box or a text then edit it (`Session.set_mask`)."""
+        from segvol.infer.mask_prompts import MaskPrompt
+
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"label must be an integer, not {_json_type(value)}")
+        name = plain_text(name, "object name", MAX_NAME)
+        with self.lock:
+            self._require_image()
+            if self.labels is None:
+                raise ValueError("no label map is loaded: open or upload one first")
+            mask = self.labels["array"] == value
+            start = MaskPrompt.from_mask(mask)
+            if start is None:
+                raise ValueError(f"{self.labels['source']}: has no voxel of label {value}")
+            name = name or self.labels["names"].get(int(value)) or f"label {value}"
+            name = plain_text(name, "object name", MAX_NAME)
+            taken = {o.name for o in self.objects}
+            unique, number = name, 2
+            while unique in taken:
+                unique, number = f"{name} ({number})", number + 1
+            with self._edit():
+                item = SegmentedObject(unique, COLOURS[len(self.objects) % len(COLOURS)])
+                item.start, item.start_source = start, f"{self.labels['source']}:{int(value)}"
+                item.mask = mask  # the object is the label until a prompt edits it
+                self.objects.append(item)
             return self.describe()
-        prompt = item.prompt()
-        started = time.perf_counter()
-        with torch.inference_mode():  # the session keeps every view's image embedding between edits
-            logits = self.session.segment([prompt])
-        item.mask = (logits[0] > 0).numpy()
-        self.last_seconds = time.perf_counter() - started
-        log.info("%s: %d voxels in %.2f s", item.name, int(item.mask.sum()), self.last_seconds)
-        return self.describe()
 
     # -- pictures -----------------------------------------------------------------------------
 
@@ -545,20 +695,17 @@ class Workspace:
                 colour = np.array([int(item.colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float32)
                 rgb[mask] = 0.45 * rgb[mask] + 0.55 * colour
             if cross is not None:
-                columns, rows = self.geometry.size(view)
-                marker = np.zeros(self.hu.shape, dtype=bool)
+                # the crosshair's row and column on this picture (the slice's own axes, flipped as shown)
                 d, h, w = (int(np.clip(c, 0, n - 1)) for c, n in zip(cross, self.hu.shape))
-                if view == "axial":
-                    marker[index, h, :] = marker[index, :, w] = True
-                elif view == "coronal":
-                    marker[d, index, :] = marker[:, index, w] = True
-                else:
-                    marker[d, :, index] = marker[:, h, index] = True
-                line = self.geometry.slice(marker, view, index)
+                rows, columns = picture.shape
+                row_of, column_of = {"axial": (h, w), "coronal": (d, w), "sagittal": (d, h)}[view]
+                line = np.zeros((rows, columns), dtype=bool)
+                line[rows - 1 - row_of, :] = line[:, columns - 1 - column_of] = True
                 rgb[line] = 0.5 * rgb[line] + 0.5 * np.array([255, 230, 0], dtype=np.float32)
-            buffer = io.BytesIO()
-            Image.fromarray(rgb.astype(np.uint8)).save(buffer, format="PNG")
-            return buffer.getvalue()
+            picture = rgb.astype(np.uint8)
+        buffer = io.BytesIO()  # encoded outside the lock: a slow PNG holds no one up
+        Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
 
     # -- export -------------------------------------------------------------------------------
 
@@ -582,6 +729,8 @@ class Workspace:
                 if mapped.points is not None:
                     record["points"] = [[int(round(c)) for c in p] for p in np.asarray(mapped.points)]
                     record["point_labels"] = [int(v) for v in mapped.point_labels]
+                if item.start is not None:
+                    record["init_mask"] = item.start_source
                 records.append(record)
             if not records:
                 raise ValueError("no object has a prompt yet")
@@ -592,11 +741,19 @@ class Workspace:
         from segvol.infer.predict import predict_file
 
         name = export_file_name(name)
-        with self.lock:
-            records = self.export_records()
-            output = self.root / name
+        with self.computing:  # the model, not the state: slices render meanwhile
+            with self.lock:
+                records = self.export_records()
+                source, output, shape = self.source, self.root / name, self.hu.shape
+                starts = {o.name: o.start_mask(shape) for o in self.objects if o.start is not None}
             description = predict_file(
-                self.model, self.source, output, records, mode=self.mode, weights=getattr(self, "weights", "")
+                self.model,
+                source,
+                output,
+                records,
+                mode=self.mode,
+                weights=getattr(self, "weights", ""),
+                init_masks=starts,
             )
             return {
                 "path": output.relative_to(self.root).as_posix(),
@@ -609,3 +766,64 @@ def _aspect(view: str, spacing) -> float:
     """Height / width of a slice in millimetres per pixel ratio (rows' spacing over columns')."""
     d, h, w = spacing
     return {"axial": h / w, "coronal": d / w, "sagittal": d / h}[view]
+
+
+def label_names(path: Path, root: Path) -> dict[int, str]:
+    """Names of a label map's values from a sidecar next to it, when there is one: ``<stem>.json`` (the
+    manifest `segvol predict` writes, ``{"labels": {"1": "liver"}}``, or a plain ``{"1": "liver"}``) or
+    ``labels.txt`` (lines ``ID NAME``, or ITK-SNAP's ``ID R G B A VIS MESH "NAME"``). Only files inside
+    `root` are read (no link out of it), at most `SIDECAR_BYTES`; a sidecar that cannot be read is ignored."""
+    stem = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+    for sidecar in (path.with_name(stem + ".json"), path.with_name("labels.txt")):
+        try:
+            resolved = sidecar.resolve(strict=True)
+            if root not in resolved.parents or not resolved.is_file() or resolved.stat().st_size > SIDECAR_BYTES:
+                continue
+            text = resolved.read_text(encoding="utf-8")
+        except (OSError, RuntimeError, UnicodeDecodeError):
+            continue
+        names = _json_names(text) if sidecar.suffix == ".json" else _text_names(text)
+        if names:
+            return names
+    return {}
+
+
+def _clean_name(value) -> str | None:
+    try:
+        name = plain_text(value, "label name", MAX_NAME)
+    except ValueError:
+        return None
+    return name or None
+
+
+def _json_names(text: str) -> dict[int, str]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
+        data = data["labels"]
+    if not isinstance(data, dict):
+        return {}
+    names = {}
+    for key, value in data.items():
+        if isinstance(key, str) and re.fullmatch(r"[0-9]{1,9}", key) and int(key) != 0:
+            name = _clean_name(value)
+            if name:
+                names[int(key)] = name
+    return names
+
+
+def _text_names(text: str) -> dict[int, str]:
+    names = {}
+    for line in text.splitlines()[:100_000]:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        quoted = re.fullmatch(r"([0-9]{1,9})\s+(?:[-0-9.]+\s+){6}\"(.*)\"", line)  # ITK-SNAP
+        plain = quoted or re.fullmatch(r"([0-9]{1,9})[\s:=,]+(.+)", line)
+        if plain and int(plain[1]) != 0:
+            name = _clean_name(plain[2])
+            if name:
+                names[int(plain[1])] = name
+    return names
