@@ -205,8 +205,10 @@ def test_the_page_in_a_real_browser(served, tmp_path, caplog):
     from selenium.webdriver.support.ui import WebDriverWait
 
     from segvol.infer.predict import predict_file
+    from tests.test_serve_interactive import write_labels
 
     server, root = served
+    write_labels(root / "labels.nii.gz")  # before the page lists the folder's files
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in (
@@ -303,6 +305,16 @@ def test_the_page_in_a_real_browser(served, tmp_path, caplog):
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#objects li")) == 2)
         assert hostile_name in driver.find_element(By.ID, "objects").text
         assert not driver.find_elements(By.CSS_SELECTOR, "#objects img") and driver.title != "pwned"
+
+        # A label map of the served folder: its labels listed, one of them imported as an object.
+        from selenium.webdriver.support.ui import Select
+
+        Select(driver.find_element(By.ID, "files")).select_by_visible_text("labels.nii.gz")
+        driver.find_element(By.ID, "load-labels").click()
+        wait.until(lambda d: d.find_element(By.ID, "status").text == "2 labels in labels.nii.gz")
+        driver.find_element(By.ID, "import-label").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#objects li")) == 3)
+        assert server.workspace.objects[2].start_source == "labels.nii.gz:2"
 
         # Pages of another origin (same host, another port: cookies are sent) change nothing.
         def snapshot():

@@ -13,7 +13,9 @@ screen's left, anterior up), coronal from the front, sagittal from the patient's
 
 Every change of an object runs inside `Workspace._edit`: the objects as they were go onto the undo
 history when the change succeeds and are put back when it fails, so a refused or failed request leaves
-the state exactly as it was.
+the state exactly as it was. The history keeps each mask packed (one bit per voxel, zlib-compressed) and
+shares the packed mask of an object that did not change between steps, so 50 steps cost about one
+compressed mask per edit, not a full copy of every mask; it is also capped in bytes (`History`).
 
 A prompt change is recorded at once, then segmented (one segmentation at a time: the `Session` is not
 thread-safe); the latest request for an object wins. A request whose object changed again while it waited
@@ -23,9 +25,7 @@ lock is held only to read or change prompts and masks, never while the model run
 
 A label map (`load_labels`: a file of the served folder or an upload, read like an image and checked to lie
 on the open image's grid) is kept while the image is open; `import_label` makes one of its labels an object
-(`Session.set_mask`) that clicks then edit, and export hands that label to `segvol predict`'s init-mask path. The history keeps each mask packed (one bit per voxel, zlib-compressed) and
-shares the packed mask of an object that did not change between steps, so 50 steps cost about one
-compressed mask per edit, not a full copy of every mask; it is also capped in bytes (`History`).
+(`Session.set_mask`) that clicks then edit, and export hands that label to `segvol predict`'s init-mask path.
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ class Workspace:
         self.mode = mode
         self.lock = threading.RLock()  # the state: prompts, masks, the open image
         self.computing = threading.Lock()  # the session: one segmentation at a time
-        self.edits = 0  # changes of the objects so far (a failed request undoes its own only if none came since)
+        self.edits = 0  # changes of objects and masks so far (a failed request undoes its own only if none since)
         self.labels = None  # the loaded label map: {"array", "source", "names"}
         self.image = None
         self.source: Path | None = None
@@ -457,6 +457,7 @@ class Workspace:
                 "objects": [o.record() for o in self.objects],
                 "seconds": round(self.last_seconds, 3),
                 "labels": None if self.labels is None else self.labels["source"],
+                "version": self.edits,  # grows with every change: an answer with a lower one is older
             }
 
     # -- objects and prompts ----------------------------------------------------------------
@@ -605,6 +606,7 @@ class Workspace:
             with self.lock:
                 self._check_current(request)
                 item.mask = mask
+                self.edits += 1
                 self.last_seconds = seconds
                 log.info("%s: %d voxels in %.2f s", item.name, 0 if mask is None else int(mask.sum()), seconds)
                 return self.describe()

@@ -17,6 +17,8 @@ function setStatus(text, kind) {
   $("spinner").hidden = state.pending === 0;
 }
 
+// Resolves to the answer's JSON, or to null when the server says a newer request for the same object
+// overtook this one (409 superseded): its result is dropped, and the newer answer will be shown.
 async function call(method, url, body, headers) {
   state.pending += 1;
   setStatus("working…", "busy");
@@ -25,6 +27,7 @@ async function call(method, url, body, headers) {
     if (TOKEN) sent["X-SegVol-Token"] = TOKEN;
     const response = await fetch(url, { method, body, headers: sent, credentials: "same-origin" });
     const payload = await response.json();
+    if (response.status === 409 && payload.superseded) return null;
     if (!response.ok) throw new Error(payload.error || response.statusText);
     $("message").textContent = "";
     return payload;
@@ -70,10 +73,14 @@ function render() {
 }
 
 function applyState(payload, message) {
+  if (payload === null) return;  // superseded: a newer answer is on its way
+  // answers can arrive out of order: never replace a newer state by an older one
+  if (state.image && payload.open && payload.version < state.image.version) return;
   state.image = payload;
   if (!state.active && payload.objects && payload.objects.length) state.active = payload.objects[0].name;
   sizeViews();
   render();
+  if (state.pending > 0) return;  // another request is still running: keep showing that
   setStatus(message || (payload.waiting ? payload.waiting : `done in ${payload.seconds} s`), payload.waiting ? "idle" : "done");
 }
 
@@ -185,6 +192,36 @@ async function start() {
   };
   $("undo").onclick = async () => {
     try { applyState(await post("/api/undo"), "undone"); } catch (error) { setStatus("error", "error"); }
+  };
+  const showLabels = (payload) => {
+    // Label names come from a file: text only, never parsed as HTML.
+    const options = payload.labels.map((item) => {
+      const option = document.createElement("option");
+      option.value = String(item.value);
+      option.textContent = `${item.value}${item.name ? " " + item.name : ""} (${item.voxels} voxels)`;
+      return option;
+    });
+    $("labels").replaceChildren(...options);
+    setStatus(`${payload.labels.length} labels in ${payload.source}`, "done");
+  };
+  $("load-labels").onclick = async () => {
+    try { showLabels(await post("/api/labels", { path: $("files").value })); }
+    catch (error) { setStatus("error", "error"); }
+  };
+  $("upload-labels").onchange = async () => {
+    const file = $("upload-labels").files[0];
+    if (!file) return;
+    try {
+      const headers = { "Content-Type": "application/octet-stream", "X-Filename": encodeURIComponent(file.name) };
+      showLabels(await call("POST", "/api/upload-labels", file, headers));
+    } catch (error) { setStatus("error", "error"); }
+  };
+  $("import-label").onclick = async () => {
+    try {
+      const payload = await post("/api/import", { label: Number($("labels").value) });
+      state.active = payload.objects[payload.objects.length - 1].name;
+      applyState(payload, "label imported: click to edit it");
+    } catch (error) { setStatus("error", "error"); }
   };
   $("export").onclick = async () => {
     try {
