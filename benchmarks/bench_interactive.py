@@ -18,9 +18,13 @@ encoder passes (windows encoded) and decoder passes (prompt-window pairs decoded
 seconds spent inside `model.decode` and the rest (stitching, resampling, copies, Python). Goals
 on 2 CPU threads (docs/architecture.md#interactive-segmentation): base fp32 click <= 1.0 s, tiny <= 0.3 s.
 
-Not measured yet: serve's click-to-overlay (the same two clicks through `segvol serve`, then the
-rendered views; goal: within 0.2 s of the Session's click). Its place is marked in `one_run`
-(one more timed step) and `report` (one more column group).
+Serve's click-to-overlay (`serve_run`): a real `segvol serve` (SegVolServer + Workspace) on 127.0.0.1
+with its launch token, over the same image file, model and prompts: the box dragged on the axial then the
+coronal view, then the same two clicks, each timed from the POST /api/point to the three rendered slices
+(axial, coronal, sagittal through the click, fetched at once as the page does). Printed next to the
+Session's click with the difference (goal: serve within 0.2 s of the Session) and the Session seconds the
+server itself reports for the click (the rest is HTTP, JSON, rendering and PNG encoding).
+The synthetic case is written to a temporary NIfTI first, so that both read the same file.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import json
 import os
 import statistics
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -70,15 +76,23 @@ def _decode_batch(embedding, prompts) -> int:
     return int(embedding.shape[0])
 
 
-def synthetic_case():
-    """A [0, 1] body-like 96x192x192 volume, a 40x100x100 box and two clicks inside it."""
+def synthetic_case(folder: Path):
+    """A body-like 96x192x192 CT (written to `folder` as NIfTI, canonical = stored order reversed), a
+    40x100x100 box and two clicks inside it."""
+    import nibabel as nib
+
+    from segvol.io.image import read_image
+
     rng = np.random.default_rng(0)
     d, h, w = 96, 192, 192
     _, yy, xx = np.ogrid[:d, :h, :w]
     body = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.46 * w)) ** 2 <= 1
-    volume = np.where(body, 0.4 + 0.2 * rng.random((d, h, w), dtype=np.float32), 0.0).astype(np.float32)
+    hu = np.where(body, 20 + 80 * rng.random((d, h, w), dtype=np.float32), -1000.0).astype(np.int16)
+    path = folder / "synthetic_ct.nii.gz"
+    nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0), np.eye(4)), str(path))  # RAS: canonical (S, A, R)
     box = (28, 46, 46, 67, 145, 145)
-    return volume, "synthetic 96x192x192", box, clicks_in(np.argwhere(np.ones((40, 100, 100), bool)) + box[:3])
+    clicks = clicks_in(np.argwhere(np.ones((40, 100, 100), bool)) + box[:3])
+    return read_image(path), "synthetic 96x192x192", box, clicks, path
 
 
 def clicks_in(found: np.ndarray) -> tuple:
@@ -100,17 +114,16 @@ def real_case(image_path: Path, label_path: Path, label_id: int):
         raise SystemExit(f"{label_path}: no voxel has label {label_id}")
     found = np.argwhere(labels)
     box = tuple(int(v) for v in (*found.min(axis=0), *found.max(axis=0)))
-    return image, f"{image_path.name} {'x'.join(map(str, image.shape))}", box, clicks_in(found)
+    return image, f"{image_path.name} {'x'.join(map(str, image.shape))}", box, clicks_in(found), image_path
 
 
 def one_run(model, counts, case) -> dict:
     from segvol.infer.session import Session
 
-    image, _, box, (centre, end) = case
-    if not isinstance(image, np.ndarray):  # a Session may drop the image's own array: hand it a copy
-        import copy
+    image, _, box, (centre, end), _ = case
+    import copy
 
-        image = copy.copy(image)
+    image = copy.copy(image)  # a Session may drop the image's own array: hand it a copy
     row = {}
     session = Session(model, image)
     for step, edit in (
@@ -126,9 +139,82 @@ def one_run(model, counts, case) -> dict:
         row[f"{step}_cpu"] = time.process_time() - cpu
         row.update({f"{step}_{key}": value for key, value in counts.items()})
         row[f"{step}_voxels"] = int(mask.sum())
-    # Serve's click-to-overlay goes here: the same two clicks through segvol serve's own session
-    # (add the point, then render the views it shows), timed as steps "serve_click" and "serve_click2".
     return row
+
+
+def serve_run(model, counts, case) -> dict:
+    """The box and the two clicks through a real `segvol serve` on loopback: each click timed from the
+    POST to the three rendered slices through it (fetched concurrently, as the page loads its views)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segvol.serve.server import SegVolServer
+    from segvol.serve.workspace import Workspace
+
+    _, _, box, clicks, path = case
+    row = {}
+    with tempfile.TemporaryDirectory() as uploads:
+        server = SegVolServer(("127.0.0.1", 0), Workspace(model, path.parent), 1 << 20, upload_dir=uploads)
+        thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+        thread.start()
+        try:
+            depth, height, width = _call(server, "/api/open", {"path": path.name})["shape"]
+            _call(server, "/api/object", {"name": "object"})
+            d0, h0, w0, d1, h1, w1 = box
+            across = {"x0": width - w1 - 0.5, "x1": width - w0 - 0.5}  # pixel centres of the flipped columns
+            drags = [
+                ("axial", d0, {**across, "y0": height - h1 - 0.5, "y1": height - h0 - 0.5}),
+                ("coronal", h0, {**across, "y0": depth - d1 - 0.5, "y1": depth - d0 - 0.5}),
+            ]
+            centre_of_box = tuple((box[a] + box[a + 3]) // 2 for a in range(3))
+            for step, (d, h, w) in (
+                ("serve_first", centre_of_box),
+                ("serve_click", clicks[0]),
+                ("serve_click2", clicks[1]),
+            ):
+                counts.update(encoder=0, decoder=0, encoder_s=0.0, decoder_s=0.0)
+                started = time.perf_counter()
+                if step == "serve_first":
+                    _call(
+                        server,
+                        "/api/box",
+                        {"object": "object", "view": drags[0][0], "index": drags[0][1], **drags[0][2]},
+                    )
+                    state = _call(
+                        server,
+                        "/api/box",
+                        {"object": "object", "view": drags[1][0], "index": drags[1][1], **drags[1][2]},
+                    )
+                else:
+                    click = {"view": "axial", "index": d, "x": width - w - 0.5, "y": height - h - 0.5}
+                    state = _call(server, "/api/point", {"object": "object", **click})
+                slices = [
+                    f"/api/slice?view={v}&index={i}&window=abdomen&d={d}&h={h}&w={w}"
+                    for v, i in (("axial", d), ("coronal", h), ("sagittal", w))
+                ]
+                with ThreadPoolExecutor(3) as pool:
+                    pictures = list(pool.map(lambda url: _call(server, url), slices))
+                row[step] = time.perf_counter() - started
+                assert all(picture[:4] == b"\x89PNG" for picture in pictures)
+                row[f"{step}_session"] = state["seconds"]  # what the server's own Session took
+                row[f"{step}_encoder"], row[f"{step}_decoder"] = counts["encoder"], counts["decoder"]
+                row[f"{step}_voxels"] = state["objects"][0]["voxels"]
+            assert state["objects"][0]["box"] == list(box), (state["objects"][0]["box"], box)
+        finally:
+            server.shutdown()
+            server.server_close()
+    return row
+
+
+def _call(server, path: str, payload: dict | None = None):
+    """One API call with the launch's token, as the page makes it: JSON in and out, or a PNG."""
+    import urllib.request
+
+    data = None if payload is None else json.dumps(payload).encode()
+    headers = {"X-SegVol-Token": server.token, "Content-Type": "application/json"}
+    url = f"http://127.0.0.1:{server.port}{path}"
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=600) as response:
+        body = response.read()
+        return json.loads(body) if response.headers["Content-Type"] == "application/json" else body
 
 
 def main() -> None:
@@ -152,6 +238,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write every run's numbers to this file")
+    parser.add_argument("--no-serve", action="store_true", help="skip serve's click-to-overlay")
     args = parser.parse_args()
 
     import torch
@@ -160,8 +247,9 @@ def main() -> None:
     from segvol.model import build_model, model_config
 
     torch.set_num_threads(args.threads)
+    scratch = tempfile.TemporaryDirectory()
     if args.synthetic or args.image is None or args.label is None:
-        case = synthetic_case()
+        case = synthetic_case(Path(scratch.name))
     else:
         case = real_case(args.image, args.label, args.label_id)
     configs = {}
@@ -176,7 +264,10 @@ def main() -> None:
     for _ in range(args.repeats):
         for key, (model, counts) in configs.items():
             rows[key].append(one_run(model, counts, case))
+            if not args.no_serve:
+                rows[key][-1].update(serve_run(model, counts, case))
     report(rows, case, args, (load_before, os.getloadavg()[0]))
+    scratch.cleanup()
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -222,7 +313,29 @@ def report(rows: dict[tuple, list[dict]], case, args, load) -> None:
                 f" {med[step + '_decoder']:3.0f} {med[step + '_decoder_s']:6.3f} {rest:5.3f} |"
             )
         print(line + "  clicks of each run: " + " ".join(f"{run['click']:.2f}/{run['click2']:.2f}" for run in runs))
-    # Serve's click-to-overlay goes here: one more column group per serve step timed in one_run.
+    if "serve_click" not in rows[next(iter(rows))][0]:
+        return
+    print(
+        "serve: click-to-overlay through segvol serve on 127.0.0.1 (POST /api/point + the 3 slices' PNGs); "
+        "its session = the Session seconds the server reports; - Session = serve minus the Session API's click"
+    )
+    print(f"{'preset':>6} {'prec':>5} |{'serve first':>12} |{'serve click (centre)':>37} |{'serve click2 (end)':>37} |")
+    print(
+        f"{'':>6} {'':>5} | {'s':>10} |" + f" {'s':>6} {'its session':>11} {'- Session':>9} {'enc':>3} {'dec':>3} |" * 2
+    )
+    for (preset, precision), runs in rows.items():
+        line = f"{preset:>6} {precision:>5} | {statistics.median(run['serve_first'] for run in runs):10.2f} |"
+        for step in ("click", "click2"):
+            serve = f"serve_{step}"
+            line += (
+                f" {statistics.median(run[serve] for run in runs):6.3f}"
+                f" {statistics.median(run[serve + '_session'] for run in runs):11.3f}"
+                f" {statistics.median(run[serve] - run[step] for run in runs):+9.3f}"
+                f" {statistics.median(run[serve + '_encoder'] for run in runs):3.0f}"
+                f" {statistics.median(run[serve + '_decoder'] for run in runs):3.0f} |"
+            )
+        same = all(run[f"serve_{step}_voxels"] == run[f"{step}_voxels"] for run in runs for step in ("click", "click2"))
+        print(line + ("  same masks as the Session" if same else "  MASKS DIFFER from the Session's"))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,14 @@ The page shows axial, coronal and sagittal views (scroll to move through slices,
 crosshair) with window presets (abdomen, lung, bone, brain). Each object has a name and a colour; its
 prompts are positive/negative points (click in point mode; shift-click for negative), a 3D box (drag a
 rectangle on two views) and a text (with completion from `segvol categories`). Every change segments
-the object again and overlays the mask in all views. Export writes the label map and its JSON into the
-served folder exactly as `segvol predict` writes them for the same prompts.
+the object again and overlays the mask in all views (a click costs no encoder pass once the object is
+segmented; a newer click supersedes one still running, whose result is dropped). Export writes the label
+map and its JSON into the served folder exactly as `segvol predict` writes them for the same prompts.
+
+An existing mask as a start: load a label map (a file of the folder or an upload, on the open image's
+grid), pick one of its labels (names come from a <stem>.json or labels.txt next to it) and import it as an
+object; clicks then edit it, and its export equals `segvol predict --init-mask LABELS:ID` with the same
+prompts. Details: docs/interactive.md.
 
 Security (docs/security.md): the server listens on 127.0.0.1 unless --host says otherwise (which needs
 --allow-remote). It prints an address with a token made for this launch, as Jupyter does: the first page
