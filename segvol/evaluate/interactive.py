@@ -13,7 +13,8 @@ category of a case:
    26-connected components; the largest one gets a click at the maximum of its Euclidean distance
    transform (the volume's outside counts as background); ties are broken by `RandomState(42)`, as
    the official script does. The click is foreground when the truth is foreground there, else
-   background. The model sees the box, all clicks so far and its previous prediction.
+   background (`segvol.infer.clicks.corrective_click`, which corrective-click training shares). The
+   model sees the box, all clicks so far and its previous prediction.
 3. **Scores after every step:** DSC and NSD at 2 mm. Like the official script, NSD is only computed
    when DSC > 0.2 and is 0 otherwise.
 4. **Summaries:** `DSC_AUC` / `NSD_AUC` = trapezoid over the 5 click steps (x = 0..4, so the
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segvol.evaluate.metrics import dice, normalized_surface_dice
+from segvol.infer.clicks import corrective_click as challenge_click
 
 log = logging.getLogger("segvol.evaluate")
 
@@ -47,7 +49,6 @@ CLICKS = 5
 NSD_TOLERANCE_MM = 2.0
 NSD_MIN_DICE = 0.2
 TIME_CAP_SECONDS = 90.0
-CLICK_SEED = 42
 BOX_SEED = 2025
 
 # Categories for which the protocol gives no box (tubular structures a box does not describe).
@@ -95,25 +96,6 @@ def challenge_box(truth: np.ndarray, rng: np.random.RandomState) -> tuple[int, .
         min(height - 1, int(rows.max()) + shift_y),
         min(width - 1, int(cols.max()) + shift_x),
     )
-
-
-def challenge_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """The next click: (voxel (3,), 1 foreground | 0 background), or None when nothing is wrong."""
-    from scipy import ndimage
-
-    error = np.asarray(prediction, dtype=bool) != np.asarray(truth, dtype=bool)
-    if not error.any():
-        return None
-    components, _ = ndimage.label(error, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    largest = components == int(np.argmax(sizes))
-    # One voxel of background around the volume, so that a component touching a face is measured
-    # to that face (the official script pads its crop for the same reason).
-    depth = ndimage.distance_transform_edt(np.pad(largest, 1))[1:-1, 1:-1, 1:-1]
-    candidates = np.argwhere(depth == depth.max())
-    center = candidates[np.random.RandomState(CLICK_SEED).choice(len(candidates))]
-    return center.astype(np.int64), int(bool(truth[tuple(center)]))
 
 
 def click_auc(values: Sequence[float], clicks: int = CLICKS) -> float:
