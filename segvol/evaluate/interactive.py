@@ -199,12 +199,21 @@ def segvol_step_predictor(
 ) -> StepPredictor:
     """SegVol as a `StepPredictor`: box and all clicks so far (and `text` if given) as one prompt.
 
-    SegVol has no mask prompt, so the previous prediction is not an input; clicks carry the
-    correction. The image embedding is recomputed per step (the same cost a user pays per edit).
+    A model with a trained mask-prompt branch (`segvol.model.mask_prompt`, trained by corrective-click
+    fine-tuning) also gets its previous step's logits as mask prompt, as `Session` prompts a refinement;
+    without one (the released model) clicks alone carry the correction. The image embedding is
+    recomputed per step (the same cost a user pays per edit).
     """
     import torch
 
-    from segvol.infer import Prompt, segment
+    from segvol.infer import Prompt
+    from segvol.infer.geometry import box_slices
+    from segvol.infer.mask_prompts import MaskPrompt
+    from segvol.infer.zoom import OUTSIDE_LOGIT, segment_region
+    from segvol.model.mask_prompt import mask_prompt_is_trained
+
+    uses_mask = mask_prompt_is_trained(model)
+    kept: dict = {}
 
     def predict(box, points, labels, previous):
         prompt = Prompt(
@@ -213,10 +222,13 @@ def segvol_step_predictor(
             points=points.tolist() if len(points) else None,
             point_labels=labels.tolist() if len(points) else None,
         )
+        mask = kept.get("mask") if uses_mask and previous is not None else None
         with torch.inference_mode():
-            logits = segment(model, volume, [prompt], mode=mode, overlap=overlap)
-        logits = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
-        return logits[0] > 0
+            region, part = segment_region(model, volume, [prompt], mode=mode, overlap=overlap, masks=[mask])
+        kept["mask"] = MaskPrompt(region, part[0])
+        logits = torch.full(tuple(volume.shape), OUTSIDE_LOGIT, dtype=torch.float32)
+        logits[box_slices(region)] = part[0]
+        return logits.numpy() > 0
 
     return predict
 
