@@ -46,6 +46,10 @@ EVALUATIONS = {
         "segvol.evaluate.interactive",
         "Interactive protocol: a box, then 5 corrective clicks; DSC/NSD per step and AUCs",
     ),
+    "interactive_training": (
+        "segvol.evaluate.interactive_training",
+        "Corrective-click training vs released-style: the interactive protocol and box+text Dice per model",
+    ),
     "statistics": (
         "segvol.evaluate.table2_statistics",
         "Table 2 statistics: bootstrap confidence intervals of the medians, paired Wilcoxon vs SegVol",

@@ -13,7 +13,8 @@ category of a case:
    26-connected components; the largest one gets a click at the maximum of its Euclidean distance
    transform (the volume's outside counts as background); ties are broken by `RandomState(42)`, as
    the official script does. The click is foreground when the truth is foreground there, else
-   background. The model sees the box, all clicks so far and its previous prediction.
+   background (`segvol.infer.clicks.corrective_click`, which corrective-click training shares). The
+   model sees the box, all clicks so far and its previous prediction.
 3. **Scores after every step:** DSC and NSD at 2 mm. Like the official script, NSD is only computed
    when DSC > 0.2 and is 0 otherwise.
 4. **Summaries:** `DSC_AUC` / `NSD_AUC` = trapezoid over the 5 click steps (x = 0..4, so the
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segvol.evaluate.metrics import dice, normalized_surface_dice
+from segvol.infer.clicks import corrective_click as challenge_click
 
 log = logging.getLogger("segvol.evaluate")
 
@@ -47,7 +49,6 @@ CLICKS = 5
 NSD_TOLERANCE_MM = 2.0
 NSD_MIN_DICE = 0.2
 TIME_CAP_SECONDS = 90.0
-CLICK_SEED = 42
 BOX_SEED = 2025
 
 # Categories for which the protocol gives no box (tubular structures a box does not describe).
@@ -95,25 +96,6 @@ def challenge_box(truth: np.ndarray, rng: np.random.RandomState) -> tuple[int, .
         min(height - 1, int(rows.max()) + shift_y),
         min(width - 1, int(cols.max()) + shift_x),
     )
-
-
-def challenge_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """The next click: (voxel (3,), 1 foreground | 0 background), or None when nothing is wrong."""
-    from scipy import ndimage
-
-    error = np.asarray(prediction, dtype=bool) != np.asarray(truth, dtype=bool)
-    if not error.any():
-        return None
-    components, _ = ndimage.label(error, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    largest = components == int(np.argmax(sizes))
-    # One voxel of background around the volume, so that a component touching a face is measured
-    # to that face (the official script pads its crop for the same reason).
-    depth = ndimage.distance_transform_edt(np.pad(largest, 1))[1:-1, 1:-1, 1:-1]
-    candidates = np.argwhere(depth == depth.max())
-    center = candidates[np.random.RandomState(CLICK_SEED).choice(len(candidates))]
-    return center.astype(np.int64), int(bool(truth[tuple(center)]))
 
 
 def click_auc(values: Sequence[float], clicks: int = CLICKS) -> float:
@@ -217,12 +199,21 @@ def segvol_step_predictor(
 ) -> StepPredictor:
     """SegVol as a `StepPredictor`: box and all clicks so far (and `text` if given) as one prompt.
 
-    SegVol has no mask prompt, so the previous prediction is not an input; clicks carry the
-    correction. The image embedding is recomputed per step (the same cost a user pays per edit).
+    A model with a trained mask-prompt branch (`segvol.model.mask_prompt`, trained by corrective-click
+    fine-tuning) also gets its previous step's logits as mask prompt, as `Session` prompts a refinement;
+    without one (the released model) clicks alone carry the correction. The image embedding is
+    recomputed per step (the same cost a user pays per edit).
     """
     import torch
 
-    from segvol.infer import Prompt, segment
+    from segvol.infer import Prompt
+    from segvol.infer.geometry import box_slices
+    from segvol.infer.mask_prompts import MaskPrompt
+    from segvol.infer.zoom import OUTSIDE_LOGIT, segment_region
+    from segvol.model.mask_prompt import mask_prompt_is_trained
+
+    uses_mask = mask_prompt_is_trained(model)
+    kept: dict = {}
 
     def predict(box, points, labels, previous):
         prompt = Prompt(
@@ -231,10 +222,13 @@ def segvol_step_predictor(
             points=points.tolist() if len(points) else None,
             point_labels=labels.tolist() if len(points) else None,
         )
+        mask = kept.get("mask") if uses_mask and previous is not None else None
         with torch.inference_mode():
-            logits = segment(model, volume, [prompt], mode=mode, overlap=overlap)
-        logits = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
-        return logits[0] > 0
+            region, part = segment_region(model, volume, [prompt], mode=mode, overlap=overlap, masks=[mask])
+        kept["mask"] = MaskPrompt(region, part[0])
+        logits = torch.full(tuple(volume.shape), OUTSIDE_LOGIT, dtype=torch.float32)
+        logits[box_slices(region)] = part[0]
+        return logits.numpy() > 0
 
     return predict
 

@@ -13,6 +13,9 @@ pseudo passes.
 
 Both take the loss of a pair as Dice + BCE, sum it over the six combinations, and skip
 categories absent from a sample by masking their loss (never by feeding empty prompts).
+With `finetune.corrective_clicks`, each combination's prediction is refined by a few simulated
+corrective clicks (and, with `finetune.mask_prompt`, the previous round's logits) before its loss is
+taken (`segvol.finetune.corrective`); `clicks=0` is the decode above, unchanged.
 Normalizers are global (over all DDP ranks) and multiplied by the world size, so DDP's gradient
 average equals the gradient of one process holding the combined batch.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segvol.finetune.corrective import decode_with_clicks
 from segvol.finetune.losses import dice_bce
 
 # (text, box, points) switches of the six prompt combinations trained every step
@@ -38,10 +42,11 @@ PROMPT_COMBINATIONS: tuple[tuple[bool, bool, bool], ...] = (
 class FinetuneObjective(nn.Module):
     """Wraps the SegVol model so that DDP sees the whole loss computation as one forward."""
 
-    def __init__(self, model: nn.Module, pseudo_weight: float = 0.1):
+    def __init__(self, model: nn.Module, pseudo_weight: float = 0.1, mask_prompt: bool = False):
         super().__init__()
         self.model = model
         self.pseudo_weight = float(pseudo_weight)
+        self.mask_prompt = bool(mask_prompt)  # corrective rounds feed the previous logits to the mask branch
 
     def forward(
         self,
@@ -52,19 +57,21 @@ class FinetuneObjective(nn.Module):
         scale: float = 1.0,
         category: int | None = None,
         combinations: tuple[int, ...] = tuple(range(len(PROMPT_COMBINATIONS))),
+        clicks: int = 0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: collated `FinetuneSamples` items on the model's device.
 
         pair_count: number of present (sample, category) pairs over all ranks (of `category`
-        only, when given); sample_count: samples over all ranks; scale: world size.
+        only, when given); sample_count: samples over all ranks; scale: world size; clicks:
+        corrective-click rounds before each supervised loss (`segvol.finetune.corrective`).
         Returns (loss, {"supervised": ..., "pseudo": ...}).
         """
         model = self.model
         embedding = model.encode_image(batch["image"])  # (B, C, d, h, w)
         if category is None:
-            supervised = self._supervised_shared(embedding, batch, categories, combinations)
+            supervised = self._supervised_shared(embedding, batch, categories, combinations, clicks)
         else:
-            supervised = self._supervised_category(embedding, batch, categories, category, combinations)
+            supervised = self._supervised_category(embedding, batch, categories, category, combinations, clicks)
         supervised = supervised * (scale / max(pair_count, 1.0))
         pseudo = self._pseudo(embedding, batch) * (scale / max(sample_count, 1.0))
         loss = supervised + self.pseudo_weight * pseudo
@@ -72,19 +79,24 @@ class FinetuneObjective(nn.Module):
 
     # -- supervised ---------------------------------------------------------------------------
 
-    def _decode_combinations(self, combinations, embedding, text, boxes, points, point_labels, target, weight):
+    def _decode_combinations(self, combinations, embedding, text, boxes, points, point_labels, target, weight, clicks):
         total = embedding.new_zeros(())
         for use_text, use_box, use_points in (PROMPT_COMBINATIONS[i] for i in combinations):
-            logits = self.model.decode(
-                embedding,
-                text=text if use_text else None,
-                boxes=boxes if use_box else None,
-                points=(points, point_labels) if use_points else None,
-            )
+            prompts = {
+                "text": text if use_text else None,
+                "boxes": boxes if use_box else None,
+                "points": (points, point_labels) if use_points else None,
+            }
+            if clicks:
+                logits = decode_with_clicks(
+                    self.model, embedding, **prompts, target=target, rounds=clicks, mask_prompt=self.mask_prompt
+                )
+            else:
+                logits = self.model.decode(embedding, **prompts)
             total = total + (dice_bce(logits[:, 0], target) * weight).sum()
         return total
 
-    def _supervised_shared(self, embedding, batch, categories, combinations):
+    def _supervised_shared(self, embedding, batch, categories, combinations, clicks):
         text = self.model.encode_text(categories)  # (K, C)
         present = batch["present"]  # (B, K)
         sample_index, category_index = present.nonzero(as_tuple=True)
@@ -102,9 +114,10 @@ class FinetuneObjective(nn.Module):
             batch["point_labels"][sample_index, category_index],
             batch["labels"][sample_index, category_index],
             weight,
+            clicks,
         )
 
-    def _supervised_category(self, embedding, batch, categories, category, combinations):
+    def _supervised_category(self, embedding, batch, categories, category, combinations, clicks):
         text = self.model.encode_text([categories[category]])  # (1, C)
         b = embedding.shape[0]
         weight = batch["present"][:, category].to(embedding.dtype)
@@ -117,6 +130,7 @@ class FinetuneObjective(nn.Module):
             batch["point_labels"][:, category],
             batch["labels"][:, category],
             weight,
+            clicks,
         )
 
     # -- pseudo labels ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from segvol.finetune.corrective import click_rounds
 from segvol.finetune.data import DatasetBatches, FinetuneSamples
 from segvol.finetune.objective import PROMPT_COMBINATIONS, FinetuneObjective
 from segvol.training import runtime as rt
@@ -120,8 +121,14 @@ def finetune(
         spatial_size = cfg.spatial_size
     else:
         spatial_size = model.config.spatial_size
+    corrective = int(settings.get("corrective_clicks", 0))
+    mask_prompt = bool(settings.get("mask_prompt", False))
+    if mask_prompt:
+        from segvol.model.mask_prompt import attach_mask_prompt
+
+        attach_mask_prompt(model)
     model = model.to(runtime.device)
-    objective = FinetuneObjective(model, settings["pseudo_weight"])
+    objective = FinetuneObjective(model, settings["pseudo_weight"], mask_prompt=mask_prompt)
     trained: torch.nn.Module = objective
     if runtime.distributed:
         trained = torch.nn.parallel.DistributedDataParallel(
@@ -177,6 +184,7 @@ def finetune(
 
     def step(index: int, stream, optimizer) -> StepResult:
         combinations = prompt_combinations(seed, index, int(settings["prompt_combinations"]))
+        clicks = click_rounds(seed, index, corrective)
         totals = {"loss": 0.0, "supervised": 0.0, "pseudo": 0.0}
         samples = 0
         if shared:
@@ -190,7 +198,13 @@ def finetune(
                 context = trained.no_sync() if not sync else contextlib.nullcontext()
                 with context, rt.autocast(runtime.device):
                     loss, parts = trained(
-                        batch, categories, float(pairs), count, runtime.world_size, combinations=combinations
+                        batch,
+                        categories,
+                        float(pairs),
+                        count,
+                        runtime.world_size,
+                        combinations=combinations,
+                        clicks=clicks,
                     )
                 (loss / accum).backward()
                 _accumulate(totals, loss, parts, 1.0 / accum)
@@ -213,6 +227,7 @@ def finetune(
                         runtime.world_size,
                         category=k,
                         combinations=combinations,
+                        clicks=clicks,
                     )
                 loss.backward()
                 optimizer.step()

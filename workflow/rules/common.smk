@@ -90,11 +90,45 @@ def synth_json(dataset):
     return json.dumps(block, sort_keys=True)
 
 
+# Fine-tuning runs of the interactive_training ablation: the finetune block with these changes.
+CORRECTIVE_RUNS = {
+    "released": {"corrective_clicks": 0, "mask_prompt": False},
+    "corrective": {
+        "corrective_clicks": config["evaluate"]["corrective_clicks"],
+        "mask_prompt": False,
+    },
+    "corrective_mask": {
+        "corrective_clicks": config["evaluate"]["corrective_clicks"],
+        "mask_prompt": True,
+    },
+}
+
+
 def run_datasets(run):
-    """Training datasets of a fine-tuning run: `segvol` = all, `first<N>` = the first N (Fig 3a)."""
-    if run == "segvol":
+    """Training datasets of a fine-tuning run: `segvol` and the interactive_training runs = all, `first<N>` =
+    the first N (Fig 3a)."""
+    if run == "segvol" or run in CORRECTIVE_RUNS:
         return TRAIN
     return TRAIN[: int(run.removeprefix("first"))]
+
+
+def finetune_json(run):
+    """`--params` of a fine-tuning run: the finetune block (with an interactive_training run's changes)."""
+    return json.dumps(
+        {**config["finetune"], **CORRECTIVE_RUNS.get(run, {})}, sort_keys=True
+    )
+
+
+def corrective_run_model(run):
+    """Model file of an interactive_training run; `released` is the main model when that is released-style."""
+    released_style = not config["finetune"].get("corrective_clicks")
+    if (
+        run == "released"
+        and released_style
+        and not config["finetune"].get("mask_prompt")
+    ):
+        run = "segvol"
+    return f"{MODELS}/finetune/{run}/model.safetensors"
 
 
 def job_device(wildcards, resources):

@@ -404,6 +404,36 @@ rule interactive:
         )
 
 
+rule interactive_training:
+    """Corrective-click training vs released-style prompts, same data and steps: the interactive protocol and
+    Table 2's box+text Dice per model (not part of `all`: it trains two more models)."""
+    input:
+        released=corrective_run_model("released"),
+        corrective=corrective_run_model("corrective"),
+        corrective_mask=corrective_run_model("corrective_mask"),
+        zarr=expand(f"{ZARR}/{{dataset}}.zarr", dataset=EXTERNAL),
+    output:
+        table=table_report("interactive_training.csv", "interactive_training"),
+        per_case=f"{RESULTS}/interactive_training_per_case.parquet",
+        png=figure_report("interactive_training.png", "interactive_training"),
+    log:
+        "logs/interactive_training.log",
+    benchmark:
+        benchmark_file("interactive_training")
+    conda:
+        "../../envs/segvol.yaml"
+    threads: 2
+    params:
+        **model_params(),
+    shell:
+        evaluate_command(
+            "interactive_training",
+            "--checkpoints released={input.released} corrective={input.corrective}"
+            " corrective+mask={input.corrective_mask} --zarr {input.zarr} --out {output.table}"
+            " --per-case {output.per_case} --png {output.png}",
+        )
+
+
 rule gallery:
     """Best, median and worst case per task: three orthogonal views with ground truth and each method."""
     input:

@@ -13,7 +13,7 @@ rule finetune:
     benchmark:
         benchmark_file("finetune/{run}")
     wildcard_constraints:
-        run=r"segvol|first\d+",
+        run=r"segvol|first\d+|released|corrective|corrective_mask",
     # The critical path: run before the task-specific baselines that compete for the same cores.
     priority: 10
     conda:
@@ -27,7 +27,7 @@ rule finetune:
         launcher=launcher,
         seed=config["seed"],
         device=job_device,
-        settings=lambda wc: stage_json("finetune"),
+        settings=lambda wc: finetune_json(wc.run),
         model=lambda wc: stage_json("model"),
     shell:
         "{params.launcher} finetune --zarr {input.zarr} --pseudo {input.pseudo} --encoder {input.encoder}"
