@@ -206,7 +206,7 @@ def segvol_step_predictor(
     """
     import torch
 
-    from segvol.infer import Prompt
+    from segvol.infer import Prompt, segment
     from segvol.infer.geometry import box_slices
     from segvol.infer.mask_prompts import MaskPrompt
     from segvol.infer.zoom import OUTSIDE_LOGIT, segment_region
@@ -222,7 +222,12 @@ def segvol_step_predictor(
             points=points.tolist() if len(points) else None,
             point_labels=labels.tolist() if len(points) else None,
         )
-        mask = kept.get("mask") if uses_mask and previous is not None else None
+        if not uses_mask:  # the released model: exactly the one-shot segmentation of these prompts
+            with torch.inference_mode():
+                logits = segment(model, volume, [prompt], mode=mode, overlap=overlap)
+            logits = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
+            return logits[0] > 0
+        mask = kept.get("mask") if previous is not None else None
         with torch.inference_mode():
             region, part = segment_region(model, volume, [prompt], mode=mode, overlap=overlap, masks=[mask])
         kept["mask"] = MaskPrompt(region, part[0])
